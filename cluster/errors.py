@@ -1,0 +1,44 @@
+"""The one exception tree of authsim: every domain error is an AuthSimError."""
+
+from __future__ import annotations
+
+
+class AuthSimError(Exception):
+    """Base of every error authsim raises on purpose; its message is one line for the user."""
+
+
+class ValidationError(AuthSimError):
+    """Input breaks a rule; `problems` lists every broken rule as `field.path: rule`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class ConflictError(AuthSimError):
+    """A conditional write lost: the stored revision is not the one the caller read."""
+
+    def __init__(self, message: str, expected_revision: int = 0, actual_revision: int = 0) -> None:
+        self.expected_revision = expected_revision
+        self.actual_revision = actual_revision
+        super().__init__(message)
+
+
+class AlreadyExistsError(AuthSimError):
+    """A create found the resource already there."""
+
+
+class NotFoundError(AuthSimError):
+    """The named resource, key or token does not exist."""
+
+
+class KeyAccessError(AuthSimError):
+    """A key cannot be used here: another node's key, a locked or missing token, a wrong PIN."""
+
+
+class StoreUnavailableError(AuthSimError):
+    """The etcd cluster cannot be reached or did not answer in time."""
+
+
+class ClusterError(AuthSimError):
+    """The local cluster cannot be set up, started or stopped (missing binary, port, state dir)."""
