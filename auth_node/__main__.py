@@ -1,0 +1,40 @@
+"""Entry point of a node process: `python -m auth_node --config nodes/<name>/node.yaml`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from auth_node.config import NodeConfig
+from auth_node.server import run_node
+from cluster.errors import AuthSimError
+from hsm import Pkcs11KeyStore
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="auth_node", description="Run one authsim Auth node.")
+    parser.add_argument("--config", type=Path, required=True, help="path to the node's node.yaml")
+    args = parser.parse_args(argv)
+    name = args.config.parent.name
+    try:
+        node = NodeConfig.load(args.config)
+        name = node.name
+        logging.basicConfig(
+            level=logging.INFO, format=f"%(asctime)s {node.name} %(levelname)s %(name)s: %(message)s"
+        )
+        keystore = Pkcs11KeyStore.open(node.token(), node.host_id, node.name)
+    except AuthSimError as e:
+        print(f"auth_node {name}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_node(node, keystore))
+    finally:
+        keystore.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

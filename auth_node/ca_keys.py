@@ -1,0 +1,78 @@
+"""Node start-up: make sure this node holds a key of every CA type (SPEC §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from auth_node.ca_cert import self_signed_ca_cert
+from auth_node.config import NodeConfig
+from cluster.ca_types import CA_TYPES
+from cluster.cert_authority import CAKeyPair, CertAuthority
+from cluster.etcd_keys import cert_authority_key
+from cluster.store import EtcdStore, Versioned
+from hsm import KeyRef, Pkcs11KeyStore, public_key_hash
+
+log = logging.getLogger(__name__)
+
+
+async def load_cert_authority(store: EtcdStore, cluster_name: str, ca_type: str) -> CertAuthority | None:
+    found = await store.get(cert_authority_key(cluster_name, ca_type))
+    return None if found is None else CertAuthority.from_json(found.value, found.mod_revision)
+
+
+async def ensure_ca_keys(store: EtcdStore, keystore: Pkcs11KeyStore, node: NodeConfig) -> None:
+    """For each CA type: create the CA with this node's key active, or add the key as additional."""
+    for ca_type in CA_TYPES:
+        await _ensure_ca_key(store, keystore, node, ca_type)
+
+
+async def _ensure_ca_key(store: EtcdStore, keystore: Pkcs11KeyStore, node: NodeConfig, ca_type: str) -> None:
+    ca = await load_cert_authority(store, node.cluster_name, ca_type)
+    if ca is not None and ca.keys_of_host(node.host_id):
+        return
+    pair = await asyncio.to_thread(_own_key_pair, keystore, node, ca_type)
+
+    def add_own_key(current: Versioned | None) -> bytes | None:
+        if current is None:
+            return CertAuthority(node.cluster_name, ca_type, active_keys=(pair,)).to_json()
+        ca = CertAuthority.from_json(current.value)
+        if ca.keys_of_host(node.host_id):
+            return None
+        return ca.with_additional_key(pair).to_json()
+
+    result = await store.update(cert_authority_key(node.cluster_name, ca_type), add_own_key)
+    log.info("CA %s: own key %s recorded at revision %d after %d attempt(s)",
+             ca_type, pair.key.key_id, result.revision, result.attempts)
+
+
+def _own_key_pair(keystore: Pkcs11KeyStore, node: NodeConfig, ca_type: str) -> CAKeyPair:
+    """This node's key for `ca_type`: the one made earlier if the token still holds it, else a new one.
+
+    The pending key is recorded in `ca-keys.json` before it is offered to etcd, so a node that dies
+    between key generation and its compare-and-swap reuses the key instead of leaving an orphan.
+    """
+    record_path = node.node_dir / "ca-keys.json"
+    records = _read_records(record_path)
+    known = records.get(ca_type)
+    if known is not None:
+        ref = KeyRef(node.host_id, known["key_id"])
+        if keystore.holds(ref):
+            return CAKeyPair(known["cert"], ref, known["public_key_hash"])
+    ref, public_key = keystore.generate_rsa_key()
+    cert = keystore.run(lambda: self_signed_ca_cert(keystore.private_key(ref), node.cluster_name))
+    pair = CAKeyPair(cert.public_bytes(Encoding.PEM).decode(), ref, public_key_hash(public_key))
+    records[ca_type] = {"key_id": ref.key_id, "cert": pair.cert_pem, "public_key_hash": pair.public_key_hash}
+    record_path.write_text(json.dumps(records, indent=2, sort_keys=True))
+    return pair
+
+
+def _read_records(path: Path) -> dict[str, dict[str, str]]:
+    if not path.exists():
+        return {}
+    data: dict[str, dict[str, str]] = json.loads(path.read_text())
+    return data

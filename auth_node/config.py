@@ -1,0 +1,61 @@
+"""A node's configuration file (`nodes/<name>/node.yaml`) and host id."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from cluster.errors import ClusterError
+from hsm import TokenConfig, load_token_config
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node process needs to start; paths are absolute."""
+
+    name: str
+    cluster_name: str
+    host_id: str
+    listen: str  # host:port of the gRPC server
+    etcd_endpoints: tuple[str, ...]
+    node_dir: Path
+    pkcs11_module: str
+    token_label: str
+
+    def token(self) -> TokenConfig:
+        return load_token_config(self.node_dir, self.token_label, self.pkcs11_module)
+
+    @property
+    def log_file(self) -> Path:
+        return self.node_dir / "node.log"
+
+    def save(self) -> Path:
+        data = asdict(self)
+        data["node_dir"] = str(self.node_dir)
+        data["etcd_endpoints"] = list(self.etcd_endpoints)
+        path = self.node_dir / "node.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ClusterError(f"cannot read node config {path}: {e.strerror}") from None
+        data["node_dir"] = Path(data["node_dir"])
+        data["etcd_endpoints"] = tuple(data["etcd_endpoints"])
+        return cls(**data)
+
+
+def ensure_host_id(node_dir: Path) -> str:
+    """The node's host id: a UUID made once and kept in `host_id`."""
+    path = node_dir / "host_id"
+    if path.exists():
+        return path.read_text().strip()
+    host_id = str(uuid.uuid4())
+    path.write_text(host_id + "\n")
+    return host_id

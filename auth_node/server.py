@@ -1,0 +1,95 @@
+"""The node process: open its token, serve gRPC over mTLS, keep its CA keys in etcd, report health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from auth_node.ca_keys import ensure_ca_keys
+from auth_node.config import NodeConfig
+from auth_node.pb import authsim_pb2, authsim_pb2_grpc
+from auth_node.service import AuthService
+from cluster.errors import StoreUnavailableError
+from cluster.pki import TLSIdentity
+from cluster.store import EtcdStore
+from hsm import Pkcs11KeyStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = authsim_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+HEALTH_INTERVAL = 0.5  # seconds between etcd probes
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def node_tls(node: NodeConfig) -> TLSIdentity:
+    return TLSIdentity(node.node_dir / "tls.pem", node.node_dir / "tls.key", node.node_dir / "admin-ca.pem")
+
+
+def create_server(
+    node: NodeConfig, store: EtcdStore, keystore: Pkcs11KeyStore, health_servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server for `node` that accepts only clients with a certificate from the admin CA."""
+    server = grpc.aio.server()
+    authsim_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(node, store, keystore), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    key, cert, admin_ca = node_tls(node).read()
+    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=admin_ca, require_client_auth=True)
+    port = server.add_secure_port(node.listen, credentials)
+    return server, port
+
+
+async def _set_health(health_servicer: health.aio.HealthServicer, status: int) -> None:
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)
+
+
+async def keep_healthy(
+    node: NodeConfig, store: EtcdStore, keystore: Pkcs11KeyStore, health_servicer: health.aio.HealthServicer
+) -> None:
+    """SERVING once the CA keys are in place and while etcd answers; NOT_SERVING otherwise."""
+    ready = False
+    current = NOT_SERVING
+    while True:
+        try:
+            if not ready:
+                await ensure_ca_keys(store, keystore, node)
+                ready = True
+            else:
+                await store.ping()
+            status = SERVING
+        except StoreUnavailableError as e:
+            status = NOT_SERVING
+            if current == SERVING:
+                log.warning("etcd unreachable, NOT_SERVING: %s", e)
+        if status != current:
+            await _set_health(health_servicer, status)
+            log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            current = status
+        await asyncio.sleep(HEALTH_INTERVAL)
+
+
+async def run_node(node: NodeConfig, keystore: Pkcs11KeyStore) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    health_servicer = health.aio.HealthServicer()
+    await _set_health(health_servicer, NOT_SERVING)
+    async with EtcdStore(list(node.etcd_endpoints)) as store:
+        server, port = create_server(node, store, keystore, health_servicer)
+        await server.start()
+        log.info("node %s (host %s) listening on port %d", node.name, node.host_id, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        monitor = asyncio.create_task(keep_healthy(node, store, keystore, health_servicer))
+        await stop.wait()
+        monitor.cancel()
+        await server.stop(grace=1.0)

@@ -1,0 +1,31 @@
+"""The table of certificate authority types: adding a type is one entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cluster.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class CAType:
+    """One CA type the cluster keeps: its name, accepted spellings and what it issues."""
+
+    name: str
+    aliases: tuple[str, ...]
+    description: str
+
+
+CA_TYPES: dict[str, CAType] = {
+    "windows": CAType("windows", (), "desktop access: smartcard logon certificates checked against NTAuth"),
+    "db_client": CAType("db_client", ("db-client",), "database access: TLS client certificates"),
+}
+
+
+def resolve_ca_type(name: str, field: str = "type") -> CAType:
+    """Return the CA type called `name` (or one of its aliases); unknown names are a ValidationError."""
+    for ca_type in CA_TYPES.values():
+        if name == ca_type.name or name in ca_type.aliases:
+            return ca_type
+    known = ", ".join(CA_TYPES)
+    raise ValidationError([f"{field}: unknown CA type {name!r} (known: {known})"])

@@ -1,0 +1,13 @@
+"""Where each resource lives in etcd: one prefix per cluster, one key per resource."""
+
+from __future__ import annotations
+
+ROOT = "/authsim"
+
+
+def cluster_prefix(cluster_name: str) -> str:
+    return f"{ROOT}/{cluster_name}/"
+
+
+def cert_authority_key(cluster_name: str, ca_type: str) -> str:
+    return f"{ROOT}/{cluster_name}/cas/{ca_type}"

@@ -1,0 +1,186 @@
+"""The local cluster launcher behind `authsim up`, `status` and `down` (SPEC §4, §9)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from auth_node.config import NodeConfig, ensure_host_id
+from cluster import processes
+from cluster.errors import ClusterError
+from cluster.etcd_server import EtcdServer
+from cluster.node_client import NodeClient
+from cluster.pki import TLSIdentity, ensure_admin_identity, ensure_node_identity
+from cluster.ports import free_port, port_is_free
+from cluster.state import ClusterState, EtcdEntry, NodeEntry
+from hsm import provision_token
+
+NODE_MARKER = "auth_node"
+ETCD_MARKER = "etcd"
+START_TIMEOUT = 60.0  # seconds for every node to report SERVING
+
+Progress = Callable[[str, int, int], None]  # (message, nodes ready, nodes in all)
+
+
+def admin_identity(directory: Path) -> TLSIdentity:
+    admin = directory / "admin"
+    return TLSIdentity(admin / "admin.pem", admin / "admin.key", admin / "server-ca.pem")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    nodes: int | None = None
+    cluster_name: str | None = None
+    etcd_endpoints: list[str] | None = None
+    base_port: int | None = None
+
+
+def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None) -> ClusterState:
+    """Start (or restart) the cluster in `directory`, reusing its tokens, keys and etcd data."""
+    existing = _load_existing(directory)
+    if existing is not None and any(_node_running(directory, n) for n in existing.nodes):
+        raise ClusterError(f"the cluster in {directory} is already running: `authsim down --dir {directory}` first")
+    directory.mkdir(parents=True, exist_ok=True)
+    state = _plan(directory, existing, options)
+    state.save(directory)
+    try:
+        if state.etcd.embedded:
+            progress("starting etcd", 0, len(state.nodes))
+            _start_etcd(directory, state)
+            state.save(directory)
+        ensure_admin_identity(directory, state.cluster_name)
+        configs = [_prepare_node(directory, state, entry) for entry in state.nodes]
+        for config, entry in zip(configs, state.nodes):
+            entry.pid = _start_node(config).pid
+        state.save(directory)
+        _wait_serving(directory, state, progress)
+    except BaseException:
+        down(directory)
+        raise
+    return state
+
+
+def down(directory: Path, purge: bool = False) -> list[str]:
+    """Stop every process of the cluster by PID; with `purge`, delete the directory. Returns what stopped."""
+    stopped: list[str] = []
+    existing = _load_existing(directory)
+    if existing is not None:
+        for entry in existing.nodes:
+            if processes.stop(entry.pid, node_marker(directory, entry.name)):
+                stopped.append(entry.name)
+            entry.pid = None
+        if existing.etcd.embedded and processes.stop(existing.etcd.pid, str(directory / "etcd")):
+            stopped.append("etcd")
+        existing.etcd.pid = None
+        existing.save(directory)
+    if purge and directory.exists():
+        shutil.rmtree(directory)
+    return stopped
+
+
+def _load_existing(directory: Path) -> ClusterState | None:
+    return ClusterState.load(directory) if ClusterState.path(directory).exists() else None
+
+
+def node_marker(directory: Path, name: str) -> str:
+    return str(directory / "nodes" / name / "node.yaml")
+
+
+def _node_running(directory: Path, entry: NodeEntry) -> bool:
+    return processes.is_running(entry.pid, node_marker(directory, entry.name))
+
+
+def _pick_port(preferred: int | None) -> int:
+    return preferred if preferred and port_is_free(preferred) else free_port()
+
+
+def _plan(directory: Path, existing: ClusterState | None, options: UpOptions) -> ClusterState:
+    if existing is not None:
+        if options.cluster_name and options.cluster_name != existing.cluster_name:
+            raise ClusterError(
+                f"{directory} holds cluster {existing.cluster_name!r}, not {options.cluster_name!r}: "
+                "use another --dir or `authsim down --purge`"
+            )
+        state = existing
+        if options.etcd_endpoints:
+            state.etcd = EtcdEntry(endpoints=options.etcd_endpoints, embedded=False)
+    else:
+        name = options.cluster_name or "mycluster"
+        etcd = EtcdEntry(endpoints=options.etcd_endpoints or [], embedded=not options.etcd_endpoints)
+        state = ClusterState(cluster_name=name, etcd=etcd)
+    wanted = options.nodes or len(state.nodes) or 3
+    if wanted < len(state.nodes):
+        raise ClusterError(f"{directory} already has {len(state.nodes)} nodes; nodes are never removed by `up`")
+    for i in range(len(state.nodes), wanted):
+        port = options.base_port + i if options.base_port else free_port()
+        state.nodes.append(NodeEntry(name=f"node{i + 1}", address=f"127.0.0.1:{port}"))
+    for entry in state.nodes:
+        host, port = entry.address.rsplit(":", 1)
+        entry.address = f"{host}:{_pick_port(int(port))}"
+    return state
+
+
+def _start_etcd(directory: Path, state: ClusterState) -> None:
+    etcd = EtcdServer.start(
+        directory / "etcd" / "data",
+        client_port=_pick_port(state.etcd.client_port),
+        peer_port=_pick_port(state.etcd.peer_port),
+        detach=True,
+    )
+    state.etcd.client_port, state.etcd.peer_port = etcd.client_port, etcd.peer_port
+    state.etcd.endpoints = [etcd.endpoint]
+    state.etcd.pid = etcd.process.pid if etcd.process else None
+
+
+def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> NodeConfig:
+    node_dir = directory / "nodes" / entry.name
+    node_dir.mkdir(parents=True, exist_ok=True)
+    token = provision_token(node_dir, f"authsim-{entry.name}")
+    ensure_node_identity(directory, state.cluster_name, node_dir, entry.name)
+    config = NodeConfig(
+        name=entry.name,
+        cluster_name=state.cluster_name,
+        host_id=ensure_host_id(node_dir),
+        listen=entry.address,
+        etcd_endpoints=tuple(state.etcd.endpoints),
+        node_dir=node_dir,
+        pkcs11_module=token.module_path,
+        token_label=token.label,
+    )
+    config.save()
+    return config
+
+
+def _start_node(config: NodeConfig) -> processes.subprocess.Popen[bytes]:
+    env = config.token().process_env()
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", NODE_MARKER, "--config", str(config.node_dir / "node.yaml")]
+    return processes.spawn(argv, config.log_file, env)
+
+
+def _wait_serving(directory: Path, state: ClusterState, progress: Progress) -> None:
+    identity = admin_identity(directory)
+    clients = {e.name: NodeClient(e.address, identity, e.name, timeout=2.0) for e in state.nodes}
+    waiting = {e.name: e for e in state.nodes}
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while waiting:
+            progress(f"waiting for {', '.join(waiting)}", len(state.nodes) - len(waiting), len(state.nodes))
+            for name, entry in list(waiting.items()):
+                if not _node_running(directory, entry):
+                    log = directory / "nodes" / name / "node.log"
+                    raise ClusterError(f"node {name} exited during start-up; last lines of {log}:\n"
+                                       f"{processes.tail(log)}")
+                if clients[name].health() == "SERVING":
+                    del waiting[name]
+            if time.monotonic() > deadline:
+                raise ClusterError(f"nodes not SERVING after {START_TIMEOUT:.0f} s: {', '.join(waiting)}")
+            time.sleep(0.1)
+        progress("all nodes SERVING", len(state.nodes), len(state.nodes))
+    finally:
+        for client in clients.values():
+            client.close()

@@ -1,0 +1,155 @@
+"""The cluster-internal TLS identities: a server CA for node certificates, an admin CA for authctl.
+
+These are software keys (grpcio needs PEM keys for TLS); CA keys in tokens never serve TLS. Two CAs
+keep the roles apart: a node accepts only client certificates from the admin CA, so a node's own
+server certificate can never act as an admin identity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NODE_TLS_NAME = "authsim-node"  # DNS SAN every node certificate carries; clients verify against it
+ADMIN_CN = "admin"
+_VALIDITY = dt.timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class TLSIdentity:
+    """A certificate and its key on disk, with the CA bundle its peer must chain to."""
+
+    cert: Path
+    key: Path
+    peer_ca: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        return self.key.read_bytes(), self.cert.read_bytes(), self.peer_ca.read_bytes()
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file created 0600 (never briefly readable by others)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def _name(cn: str, org: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def _ensure_ca(directory: Path, name: str, cluster_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    if cert_path.exists() and key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = _name(f"{cluster_name} {name}", cluster_name)
+    cert = (
+        _builder(subject, subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def _issue(
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    cn: str,
+    cluster_name: str,
+    usage: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName],
+    cert_path: Path,
+    key_path: Path,
+) -> None:
+    if cert_path.exists() and key_path.exists():
+        return
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        _builder(_name(cn, cluster_name), ca_cert.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def ensure_admin_identity(cluster_dir: Path, cluster_name: str) -> TLSIdentity:
+    """The admin identity authctl presents (client cert from the admin CA), made once."""
+    pki = cluster_dir / "pki"
+    pki.mkdir(mode=0o700, parents=True, exist_ok=True)
+    server_ca, _ = _ensure_ca(pki, "server-ca", cluster_name)
+    admin_ca = _ensure_ca(pki, "admin-ca", cluster_name)
+    admin = cluster_dir / "admin"
+    admin.mkdir(mode=0o700, exist_ok=True)
+    _issue(
+        admin_ca, ADMIN_CN, cluster_name, ExtendedKeyUsageOID.CLIENT_AUTH, [],
+        admin / "admin.pem", admin / "admin.key",
+    )
+    (admin / "server-ca.pem").write_bytes(server_ca.public_bytes(serialization.Encoding.PEM))
+    return TLSIdentity(admin / "admin.pem", admin / "admin.key", admin / "server-ca.pem")
+
+
+def ensure_node_identity(cluster_dir: Path, cluster_name: str, node_dir: Path, node_name: str) -> TLSIdentity:
+    """A node's server certificate (from the server CA), trusting only the admin CA for clients."""
+    pki = cluster_dir / "pki"
+    server_ca = _ensure_ca(pki, "server-ca", cluster_name)
+    admin_ca, _ = _ensure_ca(pki, "admin-ca", cluster_name)
+    sans: list[x509.GeneralName] = [
+        x509.DNSName(NODE_TLS_NAME),
+        x509.DNSName(node_name),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    _issue(
+        server_ca, node_name, cluster_name, ExtendedKeyUsageOID.SERVER_AUTH, sans,
+        node_dir / "tls.pem", node_dir / "tls.key",
+    )
+    (node_dir / "admin-ca.pem").write_bytes(admin_ca.public_bytes(serialization.Encoding.PEM))
+    return TLSIdentity(node_dir / "tls.pem", node_dir / "tls.key", node_dir / "admin-ca.pem")

@@ -1,0 +1,317 @@
+"""The etcd store: reads, one compare-and-swap Txn primitive, and a bounded retry loop built on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+import grpc
+from aetcd import rpc
+
+from cluster.errors import AlreadyExistsError, ConflictError, StoreUnavailableError
+
+# gRPC status codes that mean "etcd cannot serve us now", with the words the one-line error uses.
+_UNAVAILABLE: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAVAILABLE: "unreachable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer in time",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "refused the request",
+}
+# aetcd errors raised without a gRPC cause, by the status code they stand for.
+_AETCD_CODES: dict[type[Exception], grpc.StatusCode] = {
+    aetcd.exceptions.ConnectionFailedError: grpc.StatusCode.UNAVAILABLE,
+    aetcd.exceptions.ConnectionTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    aetcd.exceptions.WatchTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+_CHANNEL_OPTIONS: dict[str, int] = {
+    # Reconnect within a second once etcd is back (gRPC's default backoff grows to 120 s).
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+    # Notice a peer that vanished without closing the connection, e.g. under a long watch.
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    # Prefix reads (events) may outgrow gRPC's 4 MiB default.
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+}
+
+_BACKOFF_BASE = 0.005
+_BACKOFF_CAP = 0.2
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A stored value with the revisions etcd gave it."""
+
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+
+@dataclass(frozen=True)
+class CasResult:
+    """The outcome of one compare-and-swap (or conditional delete) Txn.
+
+    `revision` is the store revision of the write when it succeeded (the store's revision at the time
+    of the Txn when it failed). On failure `current` is the value read by the Txn's failure branch,
+    None when the key is absent.
+    """
+
+    succeeded: bool
+    revision: int
+    current: Versioned | None = None
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """The outcome of `update()`: the revision now stored, the attempts taken, whether it wrote."""
+
+    revision: int
+    attempts: int
+    changed: bool
+    value: bytes | None
+
+
+class EtcdStore:
+    """An asyncio client of one etcd cluster; every call is bounded by `timeout` seconds.
+
+    `endpoints` are "host:port" strings. Several become one gRPC channel with target
+    "ipv4:ip1:port1,ip2:port2,..." (names resolved at connect), so gRPC's pick_first policy fails over
+    to the next member. aetcd builds its channel from f"{host}:{port}"; we hand it the target split at
+    its last colon, which rebuilds the same string. Connection failures surface as
+    StoreUnavailableError; the channel reconnects by itself when etcd comes back.
+    """
+
+    def __init__(self, endpoints: list[str], timeout: float = 5.0) -> None:
+        if not endpoints:
+            raise ValueError("EtcdStore needs at least one endpoint")
+        for endpoint in endpoints:
+            host, _, port = endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._client: Any = None
+
+    async def connect(self) -> None:
+        """Open the gRPC channel (no round trip: the first call connects)."""
+        if self._client is not None:
+            return
+        host, _, port = (await self._grpc_target()).rpartition(":")
+        client = aetcd.Client(host=host, port=int(port), timeout=self.timeout, options=_CHANNEL_OPTIONS)
+        with self._map_errors():
+            await client.connect()
+        self._client = client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def __aenter__(self) -> EtcdStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def get(self, key: str) -> Versioned | None:
+        response = await self._call("Range", rpc.RangeRequest(key=key.encode()))
+        return _versioned(response.kvs[0]) if response.kvs else None
+
+    async def get_prefix(self, prefix: str) -> list[tuple[str, Versioned]]:
+        """Every key starting with `prefix` ("" = all keys), sorted by key."""
+        key, range_end = _prefix_range(prefix)
+        response = await self._call("Range", rpc.RangeRequest(key=key, range_end=range_end))
+        return sorted((kv.key.decode(), _versioned(kv)) for kv in response.kvs)
+
+    async def compare_and_swap(self, key: str, expected_revision: int, value: bytes) -> CasResult:
+        """Put `value` if the key's mod_revision is `expected_revision` (0: the key must be absent).
+
+        One Txn: compare, success = Put, failure = Get, so a conflict costs no extra round trip.
+        """
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
+        return await self._guarded(key, expected_revision, put)
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Create `key` if absent and return the write's revision; AlreadyExistsError otherwise."""
+        result = await self.compare_and_swap(key, 0, value)
+        if not result.succeeded:
+            revision = result.current.mod_revision if result.current else result.revision
+            raise AlreadyExistsError(f"{key} already exists (revision {revision})")
+        return result.revision
+
+    async def delete(self, key: str, expected_revision: int) -> CasResult:
+        """Delete `key` if its mod_revision is `expected_revision`; same failure branch as CAS."""
+        if expected_revision < 1:
+            raise ValueError(f"delete of {key} needs the revision it read (> 0), not {expected_revision}")
+        op = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
+        return await self._guarded(key, expected_revision, op)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Unconditionally delete every key under a non-empty `prefix` (tests, purges); the count."""
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        key, range_end = _prefix_range(prefix)
+        response = await self._call("DeleteRange", rpc.DeleteRangeRequest(key=key, range_end=range_end))
+        return int(response.deleted)
+
+    async def update(
+        self,
+        key: str,
+        fn: Callable[[Versioned | None], bytes | None],
+        *,
+        max_attempts: int = 16,
+        deadline: float = 10.0,
+    ) -> UpdateResult:
+        """Read, `fn(current)`, compare-and-swap; on conflict retry `fn` on the value the Txn returned.
+
+        `fn` returns the new value, or None when nothing needs writing (then nothing is written). An
+        exception from `fn` propagates with nothing written. Retries back off with full jitter
+        (5 ms doubling to 200 ms) and stop after `max_attempts` or `deadline` seconds: ConflictError.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        current = await self.get(key)
+        attempt = 0
+        while True:
+            attempt += 1
+            new_value = fn(current)
+            expected = current.mod_revision if current else 0
+            if new_value is None:
+                return UpdateResult(expected, attempt, False, current.value if current else None)
+            result = await self.compare_and_swap(key, expected, new_value)
+            if result.succeeded:
+                return UpdateResult(result.revision, attempt, True, new_value)
+            current = result.current
+            delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
+            elapsed = loop.time() - started
+            if attempt >= max_attempts or elapsed + delay > deadline:
+                raise ConflictError(
+                    f"gave up updating {key} after {attempt} attempts in {elapsed:.2f}s "
+                    f"(limits: {max_attempts} attempts, {deadline:g}s): other writers kept changing it",
+                    expected_revision=expected,
+                    actual_revision=current.mod_revision if current else 0,
+                )
+            await asyncio.sleep(delay)
+
+    async def watch_prefix(
+        self, prefix: str, start_revision: int | None = None
+    ) -> AsyncIterator[tuple[str, Versioned | None]]:
+        """Yield (key, value) for each change under `prefix`; value None for a delete.
+
+        Raises StoreUnavailableError when the stream breaks: watch again from the last
+        mod_revision seen + 1 to miss nothing.
+        """
+        with self._map_errors():
+            watch = await self._connected().watch_prefix(prefix.encode(), start_revision=start_revision)
+            try:
+                async for event in watch:
+                    deleted = event.kind == aetcd.rtypes.EventKind.DELETE
+                    yield event.kv.key.decode(), None if deleted else _versioned(event.kv)
+            finally:
+                await watch.cancel()
+
+    async def ping(self) -> int:
+        """One linearizable read (needs a leader and quorum); returns the store revision."""
+        response = await self._call("Range", rpc.RangeRequest(key=b"\0", count_only=True))
+        return int(response.header.revision)
+
+    async def _guarded(self, key: str, expected_revision: int, op: Any) -> CasResult:
+        """Txn: if mod_revision(key) == expected (create_revision == 0 for 0) then `op` else Get."""
+        if expected_revision < 0:
+            raise ValueError(f"expected revision of {key} must be >= 0, not {expected_revision}")
+        k = key.encode()
+        if expected_revision == 0:
+            compare = rpc.Compare(
+                key=k, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+            )
+        else:
+            compare = rpc.Compare(
+                key=k, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_revision
+            )
+        get = rpc.RequestOp(request_range=rpc.RangeRequest(key=k))
+        response = await self._call("Txn", rpc.TxnRequest(compare=[compare], success=[op], failure=[get]))
+        revision = int(response.header.revision)
+        if response.succeeded:
+            return CasResult(True, revision)
+        kvs = response.responses[0].response_range.kvs
+        return CasResult(False, revision, _versioned(kvs[0]) if kvs else None)
+
+    async def _call(self, method: str, request: Any) -> Any:
+        """One unary KV call (Range, Txn, DeleteRange) with the timeout, errors mapped."""
+        client = self._connected()
+        with self._map_errors():
+            return await getattr(client.kvstub, method)(
+                request, timeout=self.timeout, metadata=client.metadata
+            )
+
+    def _connected(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("EtcdStore used before connect() or after close()")
+        return self._client
+
+    async def _grpc_target(self) -> str:
+        if len(self.endpoints) == 1:
+            return self.endpoints[0]
+        loop = asyncio.get_running_loop()
+        addresses = []
+        for endpoint in self.endpoints:
+            host, _, port = endpoint.rpartition(":")
+            with self._map_errors():
+                infos = await loop.getaddrinfo(
+                    host, int(port), family=socket.AF_INET, type=socket.SOCK_STREAM
+                )
+            addresses.append(f"{infos[0][4][0]}:{port}")
+        return "ipv4:" + ",".join(addresses)
+
+    @contextlib.contextmanager
+    def _map_errors(self) -> Iterator[None]:
+        """Turn every "etcd cannot serve us" failure into a one-line StoreUnavailableError."""
+        try:
+            yield
+        except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, TimeoutError, OSError) as exc:
+            status = _status(exc)
+            if status is None or status[0] not in _UNAVAILABLE:
+                raise
+            code, details = status
+            where, details = ",".join(self.endpoints), " ".join(details.split())
+            raise StoreUnavailableError(
+                f"etcd at {where} {_UNAVAILABLE[code]} (timeout {self.timeout:g}s): {details}"
+            ) from exc
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The gRPC status behind a gRPC, aetcd, timeout or resolver error, if there is one."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code(), exc.details() or ""
+    if isinstance(exc, aetcd.exceptions.ClientError):
+        if exc.__cause__ is not None:
+            return _status(exc.__cause__)
+        code = _AETCD_CODES.get(type(exc))
+        return (code, str(exc) or type(exc).__name__) if code else None
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "timed out"
+    if isinstance(exc, OSError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    return None
+
+
+def _versioned(kv: Any) -> Versioned:
+    return Versioned(
+        value=bytes(kv.value), mod_revision=int(kv.mod_revision), create_revision=int(kv.create_revision)
+    )
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """The [key, range_end) of every key starting with `prefix`; "" means every key."""
+    if not prefix:
+        return b"\0", b"\0"
+    return prefix.encode(), aetcd.utils.prefix_range_end(prefix.encode())

@@ -1,0 +1,139 @@
+"""Provision one SoftHSM2 token per node dir: its conf, token dir, PIN files and the token itself."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.errors import ClusterError, KeyAccessError
+
+DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+_MULTIARCH_PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"
+_MODULE_ENV = "AUTHSIM_PKCS11_MODULE"
+_SOFTHSM_UTIL = "softhsm2-util"
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Where a node's token lives: conf, token dir, PIN file, and the PKCS#11 module that opens it."""
+
+    node_dir: Path
+    label: str
+    softhsm_conf: Path
+    tokens_dir: Path
+    pin_file: Path
+    module_path: str
+
+    def pin(self) -> str:
+        """The token's user PIN, read from the node's PIN file."""
+        try:
+            return self.pin_file.read_text().strip()
+        except FileNotFoundError:
+            raise KeyAccessError(
+                f"token {self.label}: pin file {self.pin_file} is missing (run provisioning again)"
+            ) from None
+
+    def process_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A copy of `base` (default os.environ) with SOFTHSM2_CONF pointing at this node's conf."""
+        env = dict(os.environ if base is None else base)
+        env["SOFTHSM2_CONF"] = str(self.softhsm_conf)
+        return env
+
+
+def resolve_module_path(module_path: str | None = None) -> str:
+    """The PKCS#11 module to load: explicit, else $AUTHSIM_PKCS11_MODULE, else SoftHSM2's usual paths."""
+    if module_path:
+        return module_path
+    if os.environ.get(_MODULE_ENV):
+        return os.environ[_MODULE_ENV]
+    for candidate in (DEFAULT_PKCS11_MODULE, _MULTIARCH_PKCS11_MODULE):
+        if Path(candidate).exists():
+            return candidate
+    return DEFAULT_PKCS11_MODULE
+
+
+def load_token_config(node_dir: Path, label: str, module_path: str | None = None) -> TokenConfig:
+    """The TokenConfig of an already provisioned node dir; touches nothing on disk."""
+    node_dir = Path(node_dir).absolute()
+    return TokenConfig(
+        node_dir=node_dir,
+        label=label,
+        softhsm_conf=node_dir / "softhsm2.conf",
+        tokens_dir=node_dir / "tokens",
+        pin_file=node_dir / "pin",
+        module_path=resolve_module_path(module_path),
+    )
+
+
+def provision_token(node_dir: Path, label: str, module_path: str | None = None) -> TokenConfig:
+    """Create (or reuse) the node's SoftHSM2 conf, token dir, PINs and token labelled `label`."""
+    config = load_token_config(node_dir, label, module_path)
+    config.node_dir.mkdir(parents=True, exist_ok=True)
+    config.tokens_dir.mkdir(mode=0o700, exist_ok=True)
+    config.tokens_dir.chmod(0o700)  # mkdir's mode is filtered by the umask
+    conf_text = (
+        f"directories.tokendir = {config.tokens_dir}\n"
+        "objectstore.backend = file\n"
+        "log.level = ERROR\n"
+        "slots.removable = false\n"
+    )
+    if not config.softhsm_conf.exists() or config.softhsm_conf.read_text() != conf_text:
+        config.softhsm_conf.write_text(conf_text)
+
+    env = config.process_env()
+    if label in _token_labels(env):
+        if not config.pin_file.exists():
+            raise ClusterError(
+                f"token {label} exists in {config.tokens_dir} but its pin file {config.pin_file} is missing"
+            )
+        return config
+    pin = _read_or_create_secret(config.pin_file)
+    so_pin = _read_or_create_secret(config.node_dir / "so-pin")
+    # SoftHSM takes PINs only as arguments here; they are visible in this short-lived process's
+    # command line to the same user, who can read the PIN files anyway.
+    _softhsm_util(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin], env)
+    return config
+
+
+def _read_or_create_secret(path: Path) -> str:
+    """Read a PIN file, or create it with a fresh random PIN; created 0600 so it is never world-readable."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    secret = secrets.token_hex(16)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def _token_labels(env: Mapping[str, str]) -> list[str]:
+    """Labels of the initialized tokens SoftHSM2 sees with this environment's conf."""
+    out = _softhsm_util(["--show-slots"], env)
+    labels = []
+    for line in out.splitlines():
+        name, _, value = line.strip().partition(":")
+        if name == "Label" and value.strip():
+            labels.append(value.strip())
+    return labels
+
+
+def _softhsm_util(args: list[str], env: Mapping[str, str]) -> str:
+    """Run softhsm2-util and return its stdout; any failure becomes a ClusterError."""
+    exe = shutil.which(_SOFTHSM_UTIL, path=env.get("PATH"))
+    if exe is None:
+        raise ClusterError(
+            f"{_SOFTHSM_UTIL} not found on PATH: install SoftHSM2 with `apt-get install softhsm2`"
+        )
+    proc = subprocess.run([exe, *args], env=dict(env), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ClusterError(
+            f"{_SOFTHSM_UTIL} {args[0]} failed (exit {proc.returncode}, "
+            f"SOFTHSM2_CONF={env.get('SOFTHSM2_CONF')}): {(proc.stderr or proc.stdout).strip()}"
+        )
+    return proc.stdout
