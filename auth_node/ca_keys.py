@@ -65,7 +65,7 @@ def _own_key_pair(keystore: Pkcs11KeyStore, node: NodeConfig, ca_type: str) -> C
             return CAKeyPair(known["cert"], ref, known["public_key_hash"])
     ref, public_key = keystore.generate_rsa_key()
     cert = keystore.run(lambda: self_signed_ca_cert(keystore.private_key(ref), node.cluster_name))
-    pair = CAKeyPair(cert.public_bytes(Encoding.PEM).decode(), ref, public_key_hash(public_key))
+    pair = CAKeyPair(cert.public_bytes(Encoding.PEM).decode().strip(), ref, public_key_hash(public_key))
     records[ca_type] = {"key_id": ref.key_id, "cert": pair.cert_pem, "public_key_hash": pair.public_key_hash}
     record_path.write_text(json.dumps(records, indent=2, sort_keys=True))
     return pair

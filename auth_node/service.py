@@ -38,7 +38,7 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
     return wrapper
 
 
-class AuthService(pb_grpc.AuthServiceServicer):
+class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     """One node's API: reads through to etcd, signs only with keys in this node's token."""
 
     def __init__(self, node: NodeConfig, store: EtcdStore, keystore: Pkcs11KeyStore) -> None:

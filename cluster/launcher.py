@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -119,8 +120,8 @@ def _plan(directory: Path, existing: ClusterState | None, options: UpOptions) ->
         port = options.base_port + i if options.base_port else free_port()
         state.nodes.append(NodeEntry(name=f"node{i + 1}", address=f"127.0.0.1:{port}"))
     for entry in state.nodes:
-        host, port = entry.address.rsplit(":", 1)
-        entry.address = f"{host}:{_pick_port(int(port))}"
+        host, preferred = entry.address.rsplit(":", 1)
+        entry.address = f"{host}:{_pick_port(int(preferred))}"
     return state
 
 
@@ -155,7 +156,7 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
     return config
 
 
-def _start_node(config: NodeConfig) -> processes.subprocess.Popen[bytes]:
+def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
     env = config.token().process_env()
     env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, "-m", NODE_MARKER, "--config", str(config.node_dir / "node.yaml")]

@@ -31,7 +31,7 @@ def status_code_for(error: AuthSimError) -> grpc.StatusCode:
     """The gRPC status code of a domain error (its nearest class in the table)."""
     for cls in type(error).__mro__:
         if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]
+            return STATUS_CODES[cls]
     return grpc.StatusCode.UNKNOWN
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,7 @@ class EtcdStore:
         """Put `value` if the key's mod_revision is `expected_revision` (0: the key must be absent).
 
         One Txn: compare, success = Put, failure = Get, so a conflict costs no extra round trip.
+        A StoreUnavailableError (e.g. a deadline) leaves the outcome unknown: read again.
         """
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
         return await self._guarded(key, expected_revision, put)
@@ -176,6 +177,8 @@ class EtcdStore:
         `fn` returns the new value, or None when nothing needs writing (then nothing is written). An
         exception from `fn` propagates with nothing written. Retries back off with full jitter
         (5 ms doubling to 200 ms) and stop after `max_attempts` or `deadline` seconds: ConflictError.
+        Make `fn` return None when its change is already there, so repeating an update whose outcome
+        was unknown (StoreUnavailableError) is safe.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -204,11 +207,12 @@ class EtcdStore:
 
     async def watch_prefix(
         self, prefix: str, start_revision: int | None = None
-    ) -> AsyncIterator[tuple[str, Versioned | None]]:
+    ) -> AsyncGenerator[tuple[str, Versioned | None], None]:
         """Yield (key, value) for each change under `prefix`; value None for a delete.
 
         Raises StoreUnavailableError when the stream breaks: watch again from the last
-        mod_revision seen + 1 to miss nothing.
+        mod_revision seen + 1 to miss nothing. Wrap in `contextlib.aclosing` to cancel the watch
+        when leaving the loop early.
         """
         with self._map_errors():
             watch = await self._connected().watch_prefix(prefix.encode(), start_revision=start_revision)

@@ -1,0 +1,81 @@
+"""A Python API for a local cluster: start N nodes in a directory, reach them, run CLI verbs, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster import authctl_cli, launcher
+from cluster.node_client import NodeClient
+from cluster.state import ClusterState
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class LocalCluster:
+    """A running cluster in `directory`. Use `LocalCluster.start(...)` as a context manager."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def start(
+        cls,
+        directory: Path,
+        nodes: int = 3,
+        cluster_name: str = "mycluster",
+        etcd_endpoints: list[str] | None = None,
+    ) -> LocalCluster:
+        launcher.up(directory, launcher.UpOptions(nodes, cluster_name, etcd_endpoints))
+        return cls(directory)
+
+    @property
+    def state(self) -> ClusterState:
+        return ClusterState.load(self.directory)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.state.nodes]
+
+    def client(self, node: str) -> NodeClient:
+        entry = self.state.node(node)
+        return NodeClient(entry.address, launcher.admin_identity(self.directory), entry.name)
+
+    def host_id(self, node: str) -> str:
+        return (self.directory / "nodes" / node / "host_id").read_text().strip()
+
+    def authctl(self, *args: str, node: str | None = None) -> CliResult:
+        """Run `authctl --dir DIR [--node NODE] ARGS...` in this process and capture its output."""
+        argv = ["--dir", str(self.directory), *(["--node", node] if node else []), *args]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = authctl_cli.main(argv)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    def stop(self, purge: bool = False) -> list[str]:
+        return launcher.down(self.directory, purge=purge)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def local_cluster(directory: Path, nodes: int = 3, cluster_name: str = "mycluster",
+                  etcd_endpoints: list[str] | None = None) -> Iterator[LocalCluster]:
+    """Start a cluster, yield it, and stop every process it started, also when the body fails."""
+    cluster = LocalCluster.start(directory, nodes, cluster_name, etcd_endpoints)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,64 @@
+"""Shared fixtures: a real etcd on free loopback ports, an EtcdStore per test, async test functions."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from cluster.etcd_server import EtcdServer
+from cluster.store import EtcdStore
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One real etcd for the session; a missing binary fails the tests (ClusterError), never skips."""
+    server = EtcdServer.start(tmp_path_factory.mktemp("etcd") / "data")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The loop that runs this test's async fixtures and its `async def` body."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix no other test uses; the `store` fixture wipes it afterwards."""
+    return f"/test/{uuid.uuid4().hex}/"
+
+
+@pytest.fixture
+def store(
+    etcd_server: EtcdServer, key_prefix: str, event_loop: asyncio.AbstractEventLoop
+) -> Iterator[EtcdStore]:
+    """A connected EtcdStore on the session etcd; everything under `key_prefix` is deleted after."""
+    etcd_store = EtcdStore([etcd_server.endpoint])
+    event_loop.run_until_complete(etcd_store.connect())
+    yield etcd_store
+    event_loop.run_until_complete(etcd_store.delete_prefix(key_prefix))
+    event_loop.run_until_complete(etcd_store.close())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def` tests on the `event_loop` fixture when they use it, else on a fresh loop."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = inspect.signature(pyfuncitem.obj).parameters
+    coroutine = pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names})
+    loop = pyfuncitem.funcargs.get("event_loop")
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        loop.run_until_complete(coroutine)
+    else:
+        asyncio.run(coroutine)
+    return True

@@ -1,0 +1,302 @@
+"""Tests of cluster.store and cluster.etcd_server against a real etcd on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cluster.errors import (
+    AlreadyExistsError,
+    ClusterError,
+    ConflictError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from cluster.etcd_server import EtcdServer, find_etcd_binary, stop_pid
+from cluster.store import EtcdStore, UpdateResult, Versioned
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def appender(item: str) -> Callable[[Versioned | None], bytes | None]:
+    """An update() function adding `item` to a JSON list; None (no write) when already there."""
+
+    def add(current: Versioned | None) -> bytes | None:
+        items: list[str] = json.loads(current.value) if current else []
+        return None if item in items else json.dumps([*items, item]).encode()
+
+    return add
+
+
+async def test_create_if_absent_succeeds_once(store: EtcdStore, key_prefix: str) -> None:
+    key = key_prefix + "ca"
+    revision = await store.create(key, b"first")
+    with pytest.raises(AlreadyExistsError, match=f"{key} already exists \\(revision {revision}\\)"):
+        await store.create(key, b"second")
+    assert await store.get(key) == Versioned(b"first", revision, revision)
+
+
+async def test_cas_with_stale_revision_returns_current_value(store: EtcdStore, key_prefix: str) -> None:
+    key = key_prefix + "override"
+    first = await store.create(key, b"v1")
+    second = await store.compare_and_swap(key, first, b"v2")
+    assert second.succeeded and second.revision > first
+
+    stale = await store.compare_and_swap(key, first, b"v3")
+    assert not stale.succeeded
+    assert stale.current == await store.get(key) == Versioned(b"v2", second.revision, first)
+
+    assert (await store.compare_and_swap(key, 0, b"v4")).current == stale.current
+    absent = await store.compare_and_swap(key_prefix + "absent", 7, b"x")
+    assert not absent.succeeded and absent.current is None
+    assert await store.get(key_prefix + "absent") is None
+
+
+async def test_delete_with_stale_revision_refused(store: EtcdStore, key_prefix: str) -> None:
+    key = key_prefix + "override"
+    first = await store.create(key, b"v1")
+    second = (await store.compare_and_swap(key, first, b"v2")).revision
+
+    refused = await store.delete(key, first)
+    assert not refused.succeeded and refused.current == Versioned(b"v2", second, first)
+    assert await store.get(key) == refused.current
+
+    deleted = await store.delete(key, second)
+    assert deleted.succeeded and deleted.revision > second
+    assert await store.get(key) is None
+
+
+async def test_get_prefix_sorted_by_key(store: EtcdStore, key_prefix: str) -> None:
+    for name in ("b", "a", "c/d"):
+        await store.create(key_prefix + name, name.encode())
+    await store.create(key_prefix.rstrip("/") + "-sibling", b"not under the prefix")
+    found = await store.get_prefix(key_prefix)
+    assert [(key, v.value) for key, v in found] == [
+        (key_prefix + "a", b"a"),
+        (key_prefix + "b", b"b"),
+        (key_prefix + "c/d", b"c/d"),
+    ]
+    await store.delete_prefix(key_prefix.rstrip("/") + "-sibling")
+
+
+async def test_update_concurrent_writers_lose_nothing(store: EtcdStore, key_prefix: str) -> None:
+    key = key_prefix + "list"
+
+    async def writer(name: str) -> list[UpdateResult]:
+        return [await store.update(key, appender(f"{name}-{i}")) for i in range(25)]
+
+    results = await asyncio.gather(*(writer(f"w{n}") for n in range(8)))
+    current = await store.get(key)
+    assert current is not None
+    final = json.loads(current.value)
+    assert len(final) == 8 * 25 and Counter(final).most_common(1)[0][1] == 1
+    flat = [result for per_writer in results for result in per_writer]
+    assert all(result.changed for result in flat)
+    assert max(result.attempts for result in flat) > 1
+    assert max(result.revision for result in flat) == current.mod_revision
+
+
+async def test_update_of_present_item_writes_nothing(store: EtcdStore, key_prefix: str) -> None:
+    key = key_prefix + "list"
+    written = await store.update(key, appender("a"))
+    again = await store.update(key, appender("a"))
+    assert (again.changed, again.attempts, again.revision, again.value) == (
+        False,
+        1,
+        written.revision,
+        b'["a"]',
+    )
+    assert written.changed and written.attempts == 1
+
+
+async def test_update_where_fn_raises_writes_nothing(store: EtcdStore, key_prefix: str) -> None:
+    key = key_prefix + "override"
+    await store.create(key, b"valid")
+    before = await store.get(key)
+
+    def invalid(current: Versioned | None) -> bytes | None:
+        raise ValidationError(["spec.certificate_overrides[0].certificate: missing KeyUsage cRLSign"])
+
+    with pytest.raises(ValidationError, match="cRLSign"):
+        await store.update(key, invalid)
+    assert await store.get(key) == before
+
+
+async def test_update_gives_up_when_every_attempt_conflicts(
+    store: EtcdStore, key_prefix: str, etcd_server: EtcdServer
+) -> None:
+    key = key_prefix + "busy"
+    await store.create(key, b"0")
+
+    async def other_writer_put() -> None:
+        async with EtcdStore([etcd_server.endpoint]) as other:
+            await other.update(key, lambda current: str(int(current.value) + 1).encode() if current else b"1")
+
+    def change_behind_our_back(current: Versioned | None) -> bytes:
+        # Another client writes between our read and our CAS, so every CAS fails.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, other_writer_put()).result()
+        return b"ours"
+
+    with pytest.raises(ConflictError, match=f"gave up updating {key} after 3 attempts") as raised:
+        await store.update(key, change_behind_our_back, max_attempts=3)
+    assert raised.value.actual_revision > raised.value.expected_revision > 0
+    current = await store.get(key)
+    assert current is not None and current.value == b"3"
+
+
+async def test_watch_prefix_yields_puts_and_deletes(store: EtcdStore, key_prefix: str) -> None:
+    start = await store.ping() + 1
+    revision = await store.create(key_prefix + "a", b"1")
+    await store.delete(key_prefix + "a", revision)
+    events = []
+    async with contextlib.aclosing(store.watch_prefix(key_prefix, start_revision=start)) as watch:
+        async for event in watch:
+            events.append(event)
+            if len(events) == 2:
+                break
+    assert events == [(key_prefix + "a", Versioned(b"1", revision, revision)), (key_prefix + "a", None)]
+
+
+def test_update_from_separate_processes_loses_nothing(etcd_server: EtcdServer, key_prefix: str) -> None:
+    key, writers, count = key_prefix + "list", 4, 50
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.test_store", etcd_server.endpoint, key, f"p{n}", str(count)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(writers)
+    ]
+    try:
+        for proc in procs:  # every writer connected before any starts: they really overlap
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        reports = [json.loads(proc.communicate(timeout=120)[0]) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert all(proc.returncode == 0 for proc in procs)
+
+    acked = [item for report in reports for item in report["acked"]]
+    final = asyncio.run(_read_list(etcd_server.endpoint, key))
+    assert sorted(final) == sorted(acked)
+    assert len(acked) == writers * count
+    assert max(attempts for report in reports for attempts in report["attempts"]) > 1
+
+
+async def _read_list(endpoint: str, key: str) -> list[str]:
+    async with EtcdStore([endpoint]) as store:
+        current = await store.get(key)
+        await store.delete_prefix(key)
+    assert current is not None
+    items: list[str] = json.loads(current.value)
+    return items
+
+
+async def _append_worker(endpoint: str, key: str, writer: str, count: int) -> None:
+    """One writer process: connect, say ready, wait for go, append `count` items, report as JSON."""
+    acked, attempts = [], []
+    async with EtcdStore([endpoint]) as store:
+        await store.ping()
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        for i in range(count):
+            try:
+                result = await store.update(key, appender(f"{writer}-{i}"))
+            except ConflictError:
+                continue  # not acknowledged: the final list must not contain it either
+            acked.append(f"{writer}-{i}")
+            attempts.append(result.attempts)
+    print(json.dumps({"acked": acked, "attempts": attempts}), flush=True)
+
+
+def test_store_unavailable_while_etcd_down_then_recovers(tmp_path: Path) -> None:
+    server = EtcdServer.start(tmp_path / "etcd" / "data")
+    try:
+        asyncio.run(_down_and_up(server))
+    finally:
+        server.stop()
+
+
+async def _down_and_up(server: EtcdServer) -> None:
+    timeout = 2.0
+    async with EtcdStore([server.endpoint], timeout=timeout) as store:
+        revision = await store.create("/kept", b"survives a restart")
+        server.stop()
+        for call in (store.ping(), store.get("/kept"), store.compare_and_swap("/kept", revision, b"x")):
+            started = time.monotonic()
+            with pytest.raises(
+                StoreUnavailableError, match=f"etcd at {server.endpoint} unreachable"
+            ) as raised:
+                await call
+            assert time.monotonic() - started < timeout
+            assert "\n" not in str(raised.value)
+
+        restarted = EtcdServer.start(server.data_dir, server.client_port, server.peer_port)
+        try:
+            assert await store.get("/kept") == Versioned(b"survives a restart", revision, revision)
+            assert (await store.compare_and_swap("/kept", revision, b"after")).succeeded
+        finally:
+            restarted.stop()
+
+
+def test_find_etcd_binary_missing_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ClusterError, match="sudo apt-get install etcd-server"):
+        find_etcd_binary()
+    with pytest.raises(ClusterError, match="--etcd host:port"):
+        EtcdServer.start(tmp_path / "etcd" / "data")
+
+
+def test_start_on_a_busy_port_fails_clearly(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ClusterError, match=f"port 127.0.0.1:{port} is already in use"):
+            EtcdServer.start(tmp_path / "etcd" / "data", client_port=port)
+
+
+def test_stop_pid_stops_only_etcd(tmp_path: Path) -> None:
+    server = EtcdServer.start(tmp_path / "etcd" / "data", detach=True)
+    assert server.pid is not None and server.healthy()
+    assert (tmp_path / "etcd" / "etcd.log").stat().st_size > 0
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(
+            ClusterError, match=f"refusing to stop PID {sleeper.pid}: it is 'sleep', not etcd"
+        ):
+            stop_pid(sleeper.pid)
+        with pytest.raises(ClusterError, match="not the one of"):
+            stop_pid(server.pid, data_dir=tmp_path / "elsewhere")
+        assert stop_pid(server.pid, data_dir=server.data_dir)
+        assert not server.healthy()
+        assert not stop_pid(server.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        server.stop()
+
+
+if __name__ == "__main__":
+    endpoint, key, writer, count = sys.argv[1:]
+    asyncio.run(_append_worker(endpoint, key, writer, int(count)))
