@@ -46,8 +46,13 @@ async def _ensure_ca_key(store: EtcdStore, keystore: Pkcs11KeyStore, node: NodeC
         return ca.with_additional_key(pair).to_json()
 
     result = await store.update(cert_authority_key(node.cluster_name, ca_type), add_own_key)
-    log.info("CA %s: own key %s recorded at revision %d after %d attempt(s)",
-             ca_type, pair.key.key_id, result.revision, result.attempts)
+    log.info(
+        "CA %s: own key %s recorded at revision %d after %d attempt(s)",
+        ca_type,
+        pair.key.key_id,
+        result.revision,
+        result.attempts,
+    )
 
 
 def _own_key_pair(keystore: Pkcs11KeyStore, node: NodeConfig, ca_type: str) -> CAKeyPair:

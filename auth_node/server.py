@@ -38,11 +38,11 @@ def create_server(
     server = grpc.aio.server()
     authsim_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(node, store, keystore), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     key, cert, admin_ca = node_tls(node).read()
-    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=admin_ca, require_client_auth=True)
+    credentials = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=admin_ca, require_client_auth=True
+    )
     port = server.add_secure_port(node.listen, credentials)
     return server, port
 

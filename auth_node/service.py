@@ -32,7 +32,9 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
         try:
             return await method(self, request, context)
         except AuthSimError as e:
-            await context.abort(status_code_for(e), str(e), trailing_metadata=((ERROR_MARKER, type(e).__name__),))
+            await context.abort(
+                status_code_for(e), str(e), trailing_metadata=((ERROR_MARKER, type(e).__name__),)
+            )
             raise AssertionError("unreachable") from e
 
     return wrapper
@@ -72,7 +74,9 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
                 if await asyncio.to_thread(self.keystore.holds, pair.key):
                     status.keys.append(
                         pb.HeldKey(
-                            ca_type=ca_type, role=role, public_key_hash=pair.public_key_hash,
+                            ca_type=ca_type,
+                            role=role,
+                            public_key_hash=pair.public_key_hash,
                             key_id=pair.key.key_id,
                         )
                     )

@@ -42,7 +42,9 @@ class Target:
     def client(self) -> NodeClient:
         identity = admin_identity(self.directory)
         if not identity.cert.exists():
-            raise ClusterError(f"no admin identity in {self.directory}/admin: run `authsim up --dir {self.directory}`")
+            raise ClusterError(
+                f"no admin identity in {self.directory}/admin: run `authsim up --dir {self.directory}`"
+            )
         if self.auth_server:
             return NodeClient(self.auth_server, identity)
         state = ClusterState.load(self.directory)
@@ -58,7 +60,9 @@ class Target:
 
 
 @click.group(help="Administer an authsim cluster through one of its Auth nodes.")
-@click.option("--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)")
+@click.option(
+    "--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)"
+)
 @click.option("--node", default=None, help="node to talk to, by name (default: the first healthy node)")
 @click.option("--auth-server", default=None, help="node address host:port instead of --node")
 @click.pass_context
@@ -107,8 +111,10 @@ def status(target: Target, fmt: str) -> None:
     elif fmt == "yaml":
         click.echo(dump_yaml(data), nl=False)
     else:
-        console.print(f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
-                      f"token {reply.token_label}")
+        console.print(
+            f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
+            f"token {reply.token_label}"
+        )
         table = Table("CA TYPE", "ROLE", "PUBLIC KEY HASH", "KEY ID")
         for k in reply.keys:
             table.add_row(k.ca_type, k.role, k.public_key_hash, k.key_id)
@@ -116,13 +122,20 @@ def status(target: Target, fmt: str) -> None:
 
 
 def print_cert_authority(ca: CertAuthority, host_names: dict[str, str]) -> None:
-    console.print(f"cert_authority {ca.ca_type}  cluster {ca.cluster_name}  revision {ca.revision}  "
-                  f"rotation {ca.rotation_state}")
+    console.print(
+        f"cert_authority {ca.ca_type}  cluster {ca.cluster_name}  revision {ca.revision}  "
+        f"rotation {ca.rotation_state}"
+    )
     table = Table("ROLE", "PUBLIC KEY HASH", "HOST ID", "NODE", "NOT AFTER")
-    for role, pair in ca.keys():
+    for role, pair in ca.all_keys():
         cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
-        table.add_row(role, pair.public_key_hash[:16], pair.key.host_id, host_names.get(pair.key.host_id, "?"),
-                      cert.not_valid_after_utc.strftime("%Y-%m-%d"))
+        table.add_row(
+            role,
+            pair.public_key_hash[:16],
+            pair.key.host_id,
+            host_names.get(pair.key.host_id, "?"),
+            cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+        )
     console.print(table)
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,7 +19,9 @@ from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
 
 console = make_console()
-dir_option = click.option("--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)")
+dir_option = click.option(
+    "--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)"
+)
 
 
 @click.group(help="Run a local multi-node Auth cluster with per-node HSM (SoftHSM2) keys.")
@@ -34,13 +36,25 @@ def cli() -> None:
 @click.option("--etcd", "etcd", default=None, help="existing etcd endpoints host:port[,host:port...]")
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="first node gRPC port")
 @click.option("--detach", is_flag=True, help="return once the cluster is up (stop it with `authsim down`)")
-def up(directory: str | None, nodes: int | None, cluster_name: str | None, etcd: str | None,
-       base_port: int | None, detach: bool) -> None:
+def up(
+    directory: str | None,
+    nodes: int | None,
+    cluster_name: str | None,
+    etcd: str | None,
+    base_port: int | None,
+    detach: bool,
+) -> None:
     path = cluster_dir(directory)
     endpoints = [e.strip() for e in etcd.split(",") if e.strip()] if etcd else None
     options = launcher.UpOptions(nodes, cluster_name, endpoints, base_port)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} SERVING"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} SERVING"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("starting", total=None)
 
         def show(message: str, ready: int, total: int) -> None:
@@ -54,10 +68,8 @@ def up(directory: str | None, nodes: int | None, cluster_name: str | None, etcd:
     console.print("Cluster is up; Ctrl-C stops it.")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
-    except KeyboardInterrupt:
-        pass
     stopped = launcher.down(path)
     console.print(f"stopped: {', '.join(stopped) or 'nothing'}")
 
@@ -85,7 +97,10 @@ def demo(directory: str | None) -> None:
     path = cluster_dir(directory)
     console.rule("authsim demo: a local 3-node Auth cluster, one SoftHSM token per node")
     console.print(f"$ authsim up --nodes 3 --cluster-name mycluster --dir {path} --detach")
-    launcher.up(path, launcher.UpOptions(nodes=3, cluster_name=None if (path / "cluster.yaml").exists() else "mycluster"))
+    launcher.up(
+        path,
+        launcher.UpOptions(nodes=3, cluster_name=None if (path / "cluster.yaml").exists() else "mycluster"),
+    )
     print_status(collect_status(path))
     console.print(f"Try: authctl --dir {path} --node node2 get cas/windows --format text")
     console.print(f"Stop: authsim down --dir {path}")
@@ -97,12 +112,16 @@ def print_status(report: ClusterStatus) -> None:
     if report.etcd_running is None:
         console.print(f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (external)")
     else:
-        console.print(f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (embedded, "
-                      f"{'running' if report.etcd_running else 'stopped'})")
+        console.print(
+            f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (embedded, "
+            f"{'running' if report.etcd_running else 'stopped'})"
+        )
     table = Table("NODE", "ADDRESS", "PID", "HEALTH", "HOST ID", *(t.upper() for t in CA_TYPES))
     for row in report.nodes:
-        keys = [", ".join(f"{k.role} {k.public_key_hash[:12]}" for k in row.keys if k.ca_type == ca) or "-"
-                for ca in CA_TYPES]
+        keys = [
+            ", ".join(f"{k.role} {k.public_key_hash[:12]}" for k in row.keys if k.ca_type == ca) or "-"
+            for ca in CA_TYPES
+        ]
         table.add_row(row.name, row.address, str(row.pid or "-"), row.health, row.host_id or "-", *keys)
     console.print(table)
 

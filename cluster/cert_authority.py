@@ -46,14 +46,14 @@ class CertAuthority:
     rotation_state: str = "standby"
     revision: int = field(default=0, compare=False)
 
-    def keys(self) -> list[tuple[str, CAKeyPair]]:
+    def all_keys(self) -> list[tuple[str, CAKeyPair]]:
         """Every key with its role, active first."""
         return [("active", k) for k in self.active_keys] + [
             ("additional", k) for k in self.additional_trusted_keys
         ]
 
     def keys_of_host(self, host_id: str) -> list[tuple[str, CAKeyPair]]:
-        return [(role, k) for role, k in self.keys() if k.key.host_id == host_id]
+        return [(role, k) for role, k in self.all_keys() if k.key.host_id == host_id]
 
     def with_additional_key(self, pair: CAKeyPair) -> CertAuthority:
         return replace(self, additional_trusted_keys=(*self.additional_trusted_keys, pair))

@@ -32,4 +32,3 @@ def run_cli(group: click.Group, argv: Sequence[str] | None, prog_name: str) -> i
     except click.exceptions.Exit as e:
         return e.exit_code
     return 0
-

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -161,49 +158,3 @@ class EtcdServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def stop_pid(pid: int, timeout: float = 5.0, *, data_dir: Path | None = None) -> bool:
-    """Stop an etcd known only by PID (e.g. from cluster.yaml): SIGTERM, then SIGKILL.
-
-    Returns False when no such process runs. Refuses (ClusterError) when the PID is not etcd, or not
-    the etcd of `data_dir` when given, so a reused PID never gets signalled.
-    """
-    if not _alive(pid):
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return False
-    if Path(argv[0]).name != "etcd":
-        raise ClusterError(f"refusing to stop PID {pid}: it is {argv[0]!r}, not etcd")
-    if data_dir is not None and str(data_dir.absolute()) not in argv:
-        raise ClusterError(f"refusing to stop PID {pid}: it is an etcd, but not the one of {data_dir}")
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return True
-        give_up_at = time.monotonic() + wait
-        while time.monotonic() < give_up_at:
-            if not _alive(pid):
-                return True
-            time.sleep(0.05)
-    raise ClusterError(f"etcd PID {pid} still running after SIGKILL")
-
-
-def _alive(pid: int) -> bool:
-    """True when `pid` runs and is not a zombie; reaps it first when it is our child."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"

@@ -44,7 +44,9 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
     """Start (or restart) the cluster in `directory`, reusing its tokens, keys and etcd data."""
     existing = _load_existing(directory)
     if existing is not None and any(_node_running(directory, n) for n in existing.nodes):
-        raise ClusterError(f"the cluster in {directory} is already running: `authsim down --dir {directory}` first")
+        raise ClusterError(
+            f"the cluster in {directory} is already running: `authsim down --dir {directory}` first"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     state = _plan(directory, existing, options)
     state.save(directory)
@@ -55,7 +57,7 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
             state.save(directory)
         ensure_admin_identity(directory, state.cluster_name)
         configs = [_prepare_node(directory, state, entry) for entry in state.nodes]
-        for config, entry in zip(configs, state.nodes):
+        for config, entry in zip(configs, state.nodes, strict=False):
             entry.pid = _start_node(config).pid
         state.save(directory)
         _wait_serving(directory, state, progress)
@@ -115,7 +117,9 @@ def _plan(directory: Path, existing: ClusterState | None, options: UpOptions) ->
         state = ClusterState(cluster_name=name, etcd=etcd)
     wanted = options.nodes or len(state.nodes) or 3
     if wanted < len(state.nodes):
-        raise ClusterError(f"{directory} already has {len(state.nodes)} nodes; nodes are never removed by `up`")
+        raise ClusterError(
+            f"{directory} already has {len(state.nodes)} nodes; nodes are never removed by `up`"
+        )
     for i in range(len(state.nodes), wanted):
         port = options.base_port + i if options.base_port else free_port()
         state.nodes.append(NodeEntry(name=f"node{i + 1}", address=f"127.0.0.1:{port}"))
@@ -174,8 +178,9 @@ def _wait_serving(directory: Path, state: ClusterState, progress: Progress) -> N
             for name, entry in list(waiting.items()):
                 if not _node_running(directory, entry):
                     log = directory / "nodes" / name / "node.log"
-                    raise ClusterError(f"node {name} exited during start-up; last lines of {log}:\n"
-                                       f"{processes.tail(log)}")
+                    raise ClusterError(
+                        f"node {name} exited during start-up; last lines of {log}:\n{processes.tail(log)}"
+                    )
                 if clients[name].health() == "SERVING":
                     del waiting[name]
             if time.monotonic() > deadline:

@@ -71,8 +71,9 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(directory: Path, nodes: int = 3, cluster_name: str = "mycluster",
-                  etcd_endpoints: list[str] | None = None) -> Iterator[LocalCluster]:
+def local_cluster(
+    directory: Path, nodes: int = 3, cluster_name: str = "mycluster", etcd_endpoints: list[str] | None = None
+) -> Iterator[LocalCluster]:
     """Start a cluster, yield it, and stop every process it started, also when the body fails."""
     cluster = LocalCluster.start(directory, nodes, cluster_name, etcd_endpoints)
     try:

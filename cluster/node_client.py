@@ -26,7 +26,9 @@ class NodeClient:
         self.name = name or address
         self.timeout = timeout
         key, cert, server_ca = identity.read()
-        credentials = grpc.ssl_channel_credentials(root_certificates=server_ca, private_key=key, certificate_chain=cert)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=server_ca, private_key=key, certificate_chain=cert
+        )
         self._channel = grpc.secure_channel(
             address, credentials, options=[("grpc.ssl_target_name_override", NODE_TLS_NAME)]
         )

@@ -45,7 +45,9 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def _name(cn: str, org: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -54,7 +56,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.timezone.utc)
     return (
         x509.CertificateBuilder()
@@ -68,7 +72,9 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurve
     )
 
 
-def _ensure_ca(directory: Path, name: str, cluster_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _ensure_ca(
+    directory: Path, name: str, cluster_name: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     if cert_path.exists() and key_path.exists():
         key = serialization.load_pem_private_key(key_path.read_bytes(), None)
@@ -129,8 +135,13 @@ def ensure_admin_identity(cluster_dir: Path, cluster_name: str) -> TLSIdentity:
     admin = cluster_dir / "admin"
     admin.mkdir(mode=0o700, exist_ok=True)
     _issue(
-        admin_ca, ADMIN_CN, cluster_name, ExtendedKeyUsageOID.CLIENT_AUTH, [],
-        admin / "admin.pem", admin / "admin.key",
+        admin_ca,
+        ADMIN_CN,
+        cluster_name,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        [],
+        admin / "admin.pem",
+        admin / "admin.key",
     )
     (admin / "server-ca.pem").write_bytes(server_ca.public_bytes(serialization.Encoding.PEM))
     return TLSIdentity(admin / "admin.pem", admin / "admin.key", admin / "server-ca.pem")
@@ -148,8 +159,13 @@ def ensure_node_identity(cluster_dir: Path, cluster_name: str, node_dir: Path, n
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
     ]
     _issue(
-        server_ca, node_name, cluster_name, ExtendedKeyUsageOID.SERVER_AUTH, sans,
-        node_dir / "tls.pem", node_dir / "tls.key",
+        server_ca,
+        node_name,
+        cluster_name,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        sans,
+        node_dir / "tls.pem",
+        node_dir / "tls.key",
     )
     (node_dir / "admin-ca.pem").write_bytes(admin_ca.public_bytes(serialization.Encoding.PEM))
     return TLSIdentity(node_dir / "tls.pem", node_dir / "tls.key", node_dir / "admin-ca.pem")

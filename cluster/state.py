@@ -55,7 +55,9 @@ class ClusterState:
         try:
             data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
-            raise ClusterError(f"no cluster in {directory} ({path.name} missing): run `authsim up --dir {directory}`") from None
+            raise ClusterError(
+                f"no cluster in {directory} ({path.name} missing): run `authsim up --dir {directory}`"
+            ) from None
         return cls(
             cluster_name=data["cluster_name"],
             etcd=EtcdEntry(**data["etcd"]),

@@ -53,5 +53,7 @@ def collect_status(directory: Path) -> ClusterStatus:
                 continue
         keys = [HeldKeyRow(k.ca_type, k.role, k.public_key_hash) for k in status.keys]
         rows.append(NodeRow(entry.name, entry.address, entry.pid, health, status.host_id, keys))
-    etcd_running = processes.is_running(state.etcd.pid, str(directory / "etcd")) if state.etcd.embedded else None
+    etcd_running = (
+        processes.is_running(state.etcd.pid, str(directory / "etcd")) if state.etcd.embedded else None
+    )
     return ClusterStatus(state, etcd_running, rows)

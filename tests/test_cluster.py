@@ -72,8 +72,9 @@ def test_self_signed_ca_certificate_passes_openssl(cluster: LocalCluster, tmp_pa
     subject = openssl("x509", "-in", str(cert_file), "-noout", "-subject", "-nameopt", "RFC2253")
     assert "CN=mycluster" in subject and "O=mycluster" in subject
     spki = openssl("x509", "-in", str(cert_file), "-noout", "-pubkey")
-    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=spki.encode(),
-                         capture_output=True, check=True).stdout
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "DER"], input=spki.encode(), capture_output=True, check=True
+    ).stdout
     assert hashlib.sha256(der).hexdigest() == pair["public_key_hash"]
 
 
@@ -100,7 +101,9 @@ def test_cli_errors_are_one_line(cluster: LocalCluster) -> None:
 
 def _channel(cluster: LocalCluster, credentials: grpc.ChannelCredentials) -> grpc.Channel:
     address = cluster.state.node("node1").address
-    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", NODE_TLS_NAME)])
+    return grpc.secure_channel(
+        address, credentials, options=[("grpc.ssl_target_name_override", NODE_TLS_NAME)]
+    )
 
 
 def _status_call(channel: grpc.Channel) -> authsim_pb2.NodeStatus:
@@ -113,8 +116,10 @@ def _status_call(channel: grpc.Channel) -> authsim_pb2.NodeStatus:
 def test_mtls_refuses_clients_without_an_admin_certificate(cluster: LocalCluster, tmp_path: Path) -> None:
     server_ca = (cluster.directory / "admin" / "server-ca.pem").read_bytes()
     # No client certificate at all.
-    with _channel(cluster, grpc.ssl_channel_credentials(root_certificates=server_ca)) as channel, \
-            pytest.raises(grpc.RpcError) as refused:
+    with (
+        _channel(cluster, grpc.ssl_channel_credentials(root_certificates=server_ca)) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
         _status_call(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     # A client certificate from another CA (another cluster's admin identity).
@@ -127,7 +132,8 @@ def test_mtls_refuses_clients_without_an_admin_certificate(cluster: LocalCluster
     # A node's own server certificate is not an admin identity.
     node_dir = cluster.directory / "nodes" / "node2"
     creds = grpc.ssl_channel_credentials(
-        root_certificates=server_ca, private_key=(node_dir / "tls.key").read_bytes(),
+        root_certificates=server_ca,
+        private_key=(node_dir / "tls.key").read_bytes(),
         certificate_chain=(node_dir / "tls.pem").read_bytes(),
     )
     with _channel(cluster, creds) as channel, pytest.raises(grpc.RpcError) as refused:
@@ -136,7 +142,8 @@ def test_mtls_refuses_clients_without_an_admin_certificate(cluster: LocalCluster
     # The admin identity is accepted, and gRPC health says SERVING.
     admin = cluster.directory / "admin"
     creds = grpc.ssl_channel_credentials(
-        root_certificates=server_ca, private_key=(admin / "admin.key").read_bytes(),
+        root_certificates=server_ca,
+        private_key=(admin / "admin.key").read_bytes(),
         certificate_chain=(admin / "admin.pem").read_bytes(),
     )
     with _channel(cluster, creds) as channel:
@@ -173,8 +180,11 @@ def test_down_and_up_keep_host_ids_keys_and_resources(tmp_path: Path) -> None:
         for node in cluster.node_names:
             with cluster.client(node) as client:
                 held = {k.public_key_hash for k in client.node_status().keys}
-            mine = {k["public_key_hash"] for k in after["spec"]["active_keys"]["tls"]
-                    + after["spec"]["additional_trusted_keys"]["tls"] if k["key"]["host_id"] == hosts[node]}
+            mine = {
+                k["public_key_hash"]
+                for k in after["spec"]["active_keys"]["tls"] + after["spec"]["additional_trusted_keys"]["tls"]
+                if k["key"]["host_id"] == hosts[node]
+            }
             assert mine and mine <= held
     cluster.stop(purge=True)
     assert not directory.exists()
@@ -184,8 +194,9 @@ def test_simultaneous_start_creates_each_ca_once(etcd_server: EtcdServer, tmp_pa
     """Three nodes racing on an empty etcd, ten times: one CA per type, exactly one key per node."""
     for round_no in range(10):
         name = f"race{round_no}"
-        with local_cluster(tmp_path / name, nodes=3, cluster_name=name,
-                           etcd_endpoints=[etcd_server.endpoint]) as cluster:
+        with local_cluster(
+            tmp_path / name, nodes=3, cluster_name=name, etcd_endpoints=[etcd_server.endpoint]
+        ) as cluster:
             hosts = sorted(cluster.host_id(n) for n in cluster.node_names)
             for ca_type in ("windows", "db_client"):
                 ca = json.loads(cluster.authctl("get", f"cas/{ca_type}", "--format", "json").stdout)
@@ -199,8 +210,10 @@ def test_simultaneous_start_creates_each_ca_once(etcd_server: EtcdServer, tmp_pa
 def test_node_reports_not_serving_while_etcd_is_down(tmp_path: Path) -> None:
     etcd = EtcdServer.start(tmp_path / "etcd" / "data")
     try:
-        with local_cluster(tmp_path / "c", nodes=1, etcd_endpoints=[etcd.endpoint]) as cluster, \
-                cluster.client("node1") as client:
+        with (
+            local_cluster(tmp_path / "c", nodes=1, etcd_endpoints=[etcd.endpoint]) as cluster,
+            cluster.client("node1") as client,
+        ):
             pid = cluster.state.node("node1").pid
             etcd.stop()
             assert _wait_for(lambda: client.health() == "NOT_SERVING", 15)
@@ -223,8 +236,13 @@ def _wait_for(condition: object, timeout: float) -> bool:
 
 def test_up_without_etcd_on_path_says_how_to_install(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path / "empty"))
-    done = subprocess.run([str(BIN / "authsim"), "up", "--dir", str(tmp_path / "c"), "--detach"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(BIN / "authsim"), "up", "--dir", str(tmp_path / "c"), "--detach"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "etcd not found on PATH" in done.stderr and "apt-get install etcd-server" in done.stderr
     assert "Traceback" not in done.stderr
@@ -232,8 +250,13 @@ def test_up_without_etcd_on_path_says_how_to_install(tmp_path: Path) -> None:
 
 def _run_node(directory: Path, node: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SOFTHSM2_CONF=str(directory / "nodes" / node / "softhsm2.conf"))
-    return subprocess.run([sys.executable, "-m", "auth_node", "--config", str(directory / "nodes" / node / "node.yaml")],
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "auth_node", "--config", str(directory / "nodes" / node / "node.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_wrong_pin_or_missing_token_stops_the_node_with_a_clear_message(tmp_path: Path) -> None:
@@ -256,17 +279,51 @@ def test_wrong_pin_or_missing_token_stops_the_node_with_a_clear_message(tmp_path
 
 
 def test_console_scripts_run_as_installed(cluster: LocalCluster) -> None:
-    done = subprocess.run([str(BIN / "authctl"), "--dir", str(cluster.directory), "--node", "node3",
-                           "get", "cas/windows", "--format", "json"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [
+            str(BIN / "authctl"),
+            "--dir",
+            str(cluster.directory),
+            "--node",
+            "node3",
+            "get",
+            "cas/windows",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["spec"]["cluster_name"] == "mycluster"
-    done = subprocess.run([str(BIN / "authsim"), "status", "--dir", str(cluster.directory)],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [str(BIN / "authsim"), "status", "--dir", str(cluster.directory)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("SERVING") == 3
 
 
 def test_generated_grpc_code_is_fresh() -> None:
-    done = subprocess.run([str(REPO / "scripts" / "gen_proto"), "--check"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHON=sys.executable))
+    done = subprocess.run(
+        [str(REPO / "scripts" / "gen_proto"), "--check"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=sys.executable),
+    )
     assert done.returncode == 0, f"auth_node/pb is stale, run scripts/gen_proto:\n{done.stdout}{done.stderr}"
+
+
+def test_stop_signals_only_a_process_whose_command_line_is_ours(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not processes.stop(sleeper.pid, str(tmp_path / "etcd"))
+        assert sleeper.poll() is None
+        assert processes.stop(sleeper.pid, "sleep")
+        assert sleeper.wait(5) is not None
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -23,7 +23,7 @@ from cluster.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from cluster.etcd_server import EtcdServer, find_etcd_binary, stop_pid
+from cluster.etcd_server import EtcdServer, find_etcd_binary
 from cluster.store import EtcdStore, UpdateResult, Versioned
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,27 +274,6 @@ def test_start_on_a_busy_port_fails_clearly(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         with pytest.raises(ClusterError, match=f"port 127.0.0.1:{port} is already in use"):
             EtcdServer.start(tmp_path / "etcd" / "data", client_port=port)
-
-
-def test_stop_pid_stops_only_etcd(tmp_path: Path) -> None:
-    server = EtcdServer.start(tmp_path / "etcd" / "data", detach=True)
-    assert server.pid is not None and server.healthy()
-    assert (tmp_path / "etcd" / "etcd.log").stat().st_size > 0
-    sleeper = subprocess.Popen(["sleep", "30"])
-    try:
-        with pytest.raises(
-            ClusterError, match=f"refusing to stop PID {sleeper.pid}: it is 'sleep', not etcd"
-        ):
-            stop_pid(sleeper.pid)
-        with pytest.raises(ClusterError, match="not the one of"):
-            stop_pid(server.pid, data_dir=tmp_path / "elsewhere")
-        assert stop_pid(server.pid, data_dir=server.data_dir)
-        assert not server.healthy()
-        assert not stop_pid(server.pid)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-        server.stop()
 
 
 if __name__ == "__main__":
