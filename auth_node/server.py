@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from auth_node.ca_keys import ensure_ca_keys
 from auth_node.config import NodeConfig
 from auth_node.pb import authsim_pb2, authsim_pb2_grpc
+from auth_node.registry import register_node
 from auth_node.service import AuthService
 from cluster.errors import StoreUnavailableError
 from cluster.pki import TLSIdentity
@@ -62,6 +63,7 @@ async def keep_healthy(
         try:
             if not ready:
                 await ensure_ca_keys(store, keystore, node)
+                await register_node(store, node)
                 ready = True
             else:
                 await store.ping()

@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 
 from auth_node.ca_keys import load_cert_authority
 from auth_node.config import NodeConfig
+from auth_node.csr import create_override_csrs
+from auth_node.overrides import Overrides, WriteResult
 from auth_node.pb import authsim_pb2 as pb
 from auth_node.pb import authsim_pb2_grpc as pb_grpc
+from auth_node.registry import node_names
+from cluster.ca_override import CertAuthorityOverride, CertificateOverride
 from cluster.ca_types import CA_TYPES, resolve_ca_type
+from cluster.cert_authority import CertAuthority
 from cluster.errors import AuthSimError, NotFoundError
 from cluster.rpc_errors import ERROR_MARKER, status_code_for
 from cluster.store import EtcdStore
@@ -47,16 +53,20 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.node = node
         self.store = store
         self.keystore = keystore
+        self.overrides = Overrides(store, node)
+
+    async def _cert_authority(self, type_name: str) -> CertAuthority:
+        ca_type = resolve_ca_type(type_name).name
+        ca = await load_cert_authority(self.store, self.node.cluster_name, ca_type)
+        if ca is None:
+            raise NotFoundError(f"cert_authority {ca_type} of cluster {self.node.cluster_name} not found")
+        return ca
 
     @_domain_errors
     async def GetCertAuthority(
         self, request: pb.GetCertAuthorityRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CertAuthority:
-        ca_type = resolve_ca_type(request.type).name
-        ca = await load_cert_authority(self.store, self.node.cluster_name, ca_type)
-        if ca is None:
-            raise NotFoundError(f"cert_authority {ca_type} of cluster {self.node.cluster_name} not found")
-        return ca.to_proto()
+        return (await self._cert_authority(request.type)).to_proto()
 
     @_domain_errors
     async def GetNodeStatus(
@@ -81,3 +91,93 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
                         )
                     )
         return status
+
+    @_domain_errors
+    async def CreateOverrideCSR(
+        self, request: pb.CreateOverrideCSRRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateOverrideCSRResponse:
+        ca = await self._cert_authority(request.type)
+        names = await node_names(self.store, self.node.cluster_name)
+        csrs, warnings = await create_override_csrs(
+            ca, self.keystore, names, request.subject, request.public_key_hash
+        )
+        return pb.CreateOverrideCSRResponse(
+            csrs=[
+                pb.OverrideCSR(ca_type=c.ca_type, role=c.role, public_key_hash=c.public_key_hash, pem=c.pem)
+                for c in csrs
+            ],
+            warnings=warnings,
+        )
+
+    @_domain_errors
+    async def ListOverrides(
+        self, request: pb.GetOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListOverridesResponse:
+        if request.type:
+            found = [await self.overrides.get(resolve_ca_type(request.type).name)]
+        else:
+            found = await self.overrides.list()
+        return pb.ListOverridesResponse(overrides=[o.to_proto() for o in found])
+
+    @_domain_errors
+    async def WriteOverrideResource(
+        self, request: pb.WriteOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WriteResponse:
+        resource = CertAuthorityOverride.from_proto(request.resource)
+        resource = replace(resource, ca_type=resolve_ca_type(resource.ca_type, "sub_kind").name)
+        write = {
+            pb.CREATE: self.overrides.create,
+            pb.UPSERT: self.overrides.upsert,
+            pb.UPDATE: self.overrides.update,
+        }[request.mode]
+        return _written(await write(resource, request.force))
+
+    @_domain_errors
+    async def DeleteOverrideResource(
+        self, request: pb.DeleteOverrideResourceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WriteResponse:
+        return _written(await self.overrides.delete(resolve_ca_type(request.type).name, request.force))
+
+    @_domain_errors
+    async def CreateOverride(
+        self, request: pb.CreateOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WriteResponse:
+        entry = CertificateOverride(
+            certificate=request.certificate.strip(),
+            chain=tuple(c.strip() for c in request.chain),
+            disabled=request.disabled,
+        )
+        ca_type = resolve_ca_type(request.type).name
+        return _written(await self.overrides.create_entry(ca_type, entry, request.force))
+
+    @_domain_errors
+    async def UpdateOverride(
+        self, request: pb.UpdateOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WriteResponse:
+        def change(entry: CertificateOverride) -> CertificateOverride:
+            if request.HasField("set_disabled"):
+                entry = replace(entry, disabled=request.set_disabled)
+            if request.set_certificate:
+                entry = replace(entry, certificate=request.set_certificate.strip())
+            if request.set_chain or request.clear_chain:
+                entry = replace(entry, chain=tuple(c.strip() for c in request.set_chain))
+            return entry
+
+        ca_type = resolve_ca_type(request.type).name
+        return _written(await self.overrides.update_entry(ca_type, request.public_key, change, request.force))
+
+    @_domain_errors
+    async def DeleteOverride(
+        self, request: pb.DeleteOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WriteResponse:
+        ca_type = resolve_ca_type(request.type).name
+        return _written(await self.overrides.delete_entry(ca_type, request.public_key, request.force))
+
+
+def _written(result: WriteResult) -> pb.WriteResponse:
+    return pb.WriteResponse(
+        revision=result.revision,
+        attempts=result.attempts,
+        changed=result.changed,
+        public_key=result.public_key,
+    )

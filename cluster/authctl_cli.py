@@ -3,60 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from cryptography import x509
 from rich.table import Table
 
+from auth_node.pb import authsim_pb2 as pb
+from cluster.authctl_auth import auth
+from cluster.authctl_target import Target
+from cluster.ca_override import CertAuthorityOverride, parse_override_yaml
 from cluster.cert_authority import CertAuthority
 from cluster.cli_common import make_console, run_cli
-from cluster.errors import ClusterError, ValidationError
-from cluster.launcher import admin_identity
-from cluster.node_client import NodeClient
-from cluster.state import ClusterState, cluster_dir
+from cluster.errors import AuthSimError, ValidationError
+from cluster.state import cluster_dir
 from cluster.yaml_codec import dump_yaml
 
 console = make_console()
 FORMATS = click.Choice(["yaml", "json", "text"])
-
-
-@dataclass
-class Target:
-    """Which node a command goes to, resolved lazily so `--help` needs no cluster."""
-
-    directory: Path
-    node: str | None
-    auth_server: str | None
-
-    def host_names(self) -> dict[str, str]:
-        """host id → node name, from the cluster dir (empty for a remote cluster)."""
-        names = {}
-        for host_file in (self.directory / "nodes").glob("*/host_id"):
-            names[host_file.read_text().strip()] = host_file.parent.name
-        return names
-
-    def client(self) -> NodeClient:
-        identity = admin_identity(self.directory)
-        if not identity.cert.exists():
-            raise ClusterError(
-                f"no admin identity in {self.directory}/admin: run `authsim up --dir {self.directory}`"
-            )
-        if self.auth_server:
-            return NodeClient(self.auth_server, identity)
-        state = ClusterState.load(self.directory)
-        if self.node:
-            entry = state.node(self.node)
-            return NodeClient(entry.address, identity, entry.name)
-        for entry in state.nodes:
-            client = NodeClient(entry.address, identity, entry.name)
-            if client.health() == "SERVING":
-                return client
-            client.close()
-        raise ClusterError(f"no node of {self.directory} is SERVING: start the cluster with `authsim up`")
 
 
 @click.group(help="Administer an authsim cluster through one of its Auth nodes.")
@@ -72,14 +42,32 @@ def cli(ctx: click.Context, directory: str | None, node: str | None, auth_server
     ctx.obj = Target(cluster_dir(directory), node, auth_server)
 
 
-@cli.command(help="Show a resource: cas/TYPE.")
+CA_KINDS = ("cas", "cert_authority", "cert_authorities")
+OVERRIDE_KINDS = ("ca_overrides", "ca_override", "cert_authority_override", "cert_authority_overrides")
+
+
+def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
+    kind, _, name = resource.partition("/")
+    if kind not in kinds or (need_name and not name):
+        known = "cas/TYPE, ca_overrides[/TYPE]"
+        raise ValidationError([f"resource: {resource!r} is not a resource authctl knows (known: {known})"])
+    return name
+
+
+@cli.command(help="Show a resource: cas/TYPE or ca_overrides[/TYPE].")
 @click.argument("resource")
 @click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True)
 @click.pass_obj
 def get(target: Target, resource: str, fmt: str) -> None:
-    kind, _, name = resource.partition("/")
-    if kind not in ("cas", "cert_authority", "cert_authorities") or not name:
-        raise ValidationError([f"resource: unknown resource {resource!r} (known: cas/TYPE)"])
+    if resource.partition("/")[0] in OVERRIDE_KINDS:
+        name = _split(resource, OVERRIDE_KINDS, need_name=False)
+        with target.client() as client:
+            reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
+            found = [CertAuthorityOverride.from_proto(o) for o in reply.overrides]
+            cas = {o.ca_type: CertAuthority.from_proto(client.get_cert_authority(o.ca_type)) for o in found}
+        _print_overrides(found, cas, target.host_names(), fmt, single=bool(name))
+        return
+    name = _split(resource, CA_KINDS, need_name=True)
     with target.client() as client:
         ca = CertAuthority.from_proto(client.get_cert_authority(name))
     if fmt == "yaml":
@@ -88,6 +76,117 @@ def get(target: Target, resource: str, fmt: str) -> None:
         click.echo(json.dumps(ca.to_dict(), indent=2))
     else:
         print_cert_authority(ca, target.host_names())
+
+
+def _print_overrides(
+    found: list[CertAuthorityOverride],
+    cas: dict[str, CertAuthority],
+    names: dict[str, str],
+    fmt: str,
+    single: bool,
+) -> None:
+    if fmt == "yaml":
+        click.echo("---\n".join(o.to_yaml() for o in found), nl=False)
+    elif fmt == "json":
+        data = [o.to_dict() for o in found]
+        click.echo(json.dumps(data[0] if single else data, indent=2))
+    else:
+        for resource in found:
+            holders = {p.public_key_hash: p.key.host_id for _, p in cas[resource.ca_type].all_keys()}
+            console.print(
+                f"cert_authority_override {resource.ca_type}  cluster {resource.cluster_name}  "
+                f"revision {resource.revision}"
+            )
+            table = Table("PUBLIC KEY HASH", "NODE", "SUBJECT", "NOT AFTER", "DISABLED")
+            for entry in resource.certificate_overrides:
+                subject, not_after = "-", "-"
+                if entry.certificate:
+                    cert = x509.load_pem_x509_certificate(entry.certificate.encode())
+                    subject, not_after = (
+                        cert.subject.rfc4514_string(),
+                        cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+                    )
+                host = holders.get(entry.key_hash, "")
+                table.add_row(
+                    entry.key_hash[:16],
+                    names.get(host, host or "not a CA key"),
+                    subject,
+                    not_after,
+                    "yes" if entry.disabled else "no",
+                )
+            console.print(table)
+
+
+def _write(
+    target: Target, resource: CertAuthorityOverride, mode: pb.WriteMode, force: bool
+) -> pb.WriteResponse:
+    with target.client() as client:
+        request = pb.WriteOverrideRequest(resource=resource.to_proto(), mode=mode, force=force)
+        reply: pb.WriteResponse = client.call("WriteOverrideResource", request)
+        return reply
+
+
+@cli.command(help="Create a resource from a YAML file (the seed's cert_authority_override).")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "upsert", is_flag=True, help="replace the resource when it exists")
+@click.option(
+    "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
+)
+@click.pass_obj
+def create(target: Target, file: str, upsert: bool, force: bool) -> None:
+    text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    resource = parse_override_yaml(text)
+    reply = _write(target, resource, pb.UPSERT if upsert else pb.CREATE, force)
+    verb = "written" if upsert else "created"
+    click.echo(f"cert_authority_override {resource.ca_type} {verb} (revision {reply.revision})")
+
+
+@cli.command(help="Edit ca_overrides/TYPE in $EDITOR; saved only if nobody changed it meanwhile.")
+@click.argument("resource")
+@click.option(
+    "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
+)
+@click.pass_obj
+def edit(target: Target, resource: str, force: bool) -> None:
+    name = _split(resource, OVERRIDE_KINDS, need_name=True)
+    with target.client() as client:
+        reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
+    original = CertAuthorityOverride.from_proto(reply.overrides[0]).to_yaml()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"ca_overrides-{name}-", delete=False) as f:
+        f.write(original)
+        path = Path(f.name)
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    if subprocess.run([*editor.split(), str(path)]).returncode != 0:
+        raise AuthSimError(f"editor {editor!r} failed; your text is in {path}")
+    edited = path.read_text()
+    if edited == original:
+        path.unlink()
+        click.echo("no changes")
+        return
+    try:
+        result = _write(target, parse_override_yaml(edited, revision_required=True), pb.UPDATE, force)
+    except AuthSimError as e:
+        kept = Path.cwd() / f"ca_overrides-{name}.{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+        try:
+            kept.write_text(edited)
+        except OSError:
+            kept = path
+        raise AuthSimError(f"{e}; your edited text is kept in {kept}") from None
+    path.unlink()
+    click.echo(f"cert_authority_override {name} updated (revision {result.revision})")
+
+
+@cli.command(help="Remove ca_overrides/TYPE.")
+@click.argument("resource")
+@click.option("--force", is_flag=True, help="also when it holds an enabled override of an active key")
+@click.pass_obj
+def rm(target: Target, resource: str, force: bool) -> None:
+    name = _split(resource, OVERRIDE_KINDS, need_name=True)
+    with target.client() as client:
+        reply = client.call(
+            "DeleteOverrideResource", pb.DeleteOverrideResourceRequest(type=name, force=force)
+        )
+    click.echo(f"cert_authority_override {name} removed (revision {reply.revision})")
 
 
 @cli.command(help="Show the node: its host id, token and the CA keys its token holds.")
@@ -137,6 +236,9 @@ def print_cert_authority(ca: CertAuthority, host_names: dict[str, str]) -> None:
             cert.not_valid_after_utc.strftime("%Y-%m-%d"),
         )
     console.print(table)
+
+
+cli.add_command(auth)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cluster import launcher
 from cluster.ca_types import CA_TYPES
+from cluster.external_ca_cli import external_ca
 from cluster.cli_common import make_console, run_cli
 from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
@@ -124,6 +125,9 @@ def print_status(report: ClusterStatus) -> None:
         ]
         table.add_row(row.name, row.address, str(row.pid or "-"), row.health, row.host_id or "-", *keys)
     console.print(table)
+
+
+cli.add_command(external_ca)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,3 +11,19 @@ def cluster_prefix(cluster_name: str) -> str:
 
 def cert_authority_key(cluster_name: str, ca_type: str) -> str:
     return f"{ROOT}/{cluster_name}/cas/{ca_type}"
+
+
+def override_key(cluster_name: str, ca_type: str) -> str:
+    return f"{ROOT}/{cluster_name}/ca_overrides/{ca_type}"
+
+
+def override_prefix(cluster_name: str) -> str:
+    return f"{ROOT}/{cluster_name}/ca_overrides/"
+
+
+def nodes_prefix(cluster_name: str) -> str:
+    return f"{ROOT}/{cluster_name}/nodes/"
+
+
+def node_key(cluster_name: str, host_id: str) -> str:
+    return f"{nodes_prefix(cluster_name)}{host_id}"

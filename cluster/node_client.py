@@ -64,19 +64,19 @@ class NodeClient:
             return "UNREACHABLE"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
-    def get_cert_authority(self, ca_type: str) -> pb.CertAuthority:
+    def call(self, method: str, request: Any) -> Any:
+        """Call AuthService.`method` with the deadline; failures come back as domain errors."""
         with self._errors():
-            reply: pb.CertAuthority = self._stub.GetCertAuthority(
-                pb.GetCertAuthorityRequest(type=ca_type), timeout=self.timeout
-            )
-            return reply
+            return getattr(self._stub, method)(request, timeout=self.timeout)
         raise AssertionError("unreachable")
 
+    def get_cert_authority(self, ca_type: str) -> pb.CertAuthority:
+        reply: pb.CertAuthority = self.call("GetCertAuthority", pb.GetCertAuthorityRequest(type=ca_type))
+        return reply
+
     def node_status(self) -> pb.NodeStatus:
-        with self._errors():
-            reply: pb.NodeStatus = self._stub.GetNodeStatus(pb.NodeStatusRequest(), timeout=self.timeout)
-            return reply
-        raise AssertionError("unreachable")
+        reply: pb.NodeStatus = self.call("GetNodeStatus", pb.NodeStatusRequest())
+        return reply
 
 
 def _from_node(error: Any) -> bool:

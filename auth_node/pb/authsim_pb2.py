@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uth_node/pb/authsim.proto\x12\nauthsim.v1\")\n\x06KeyRef\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"S\n\tCAKeyPair\x12\x0c\n\x04\x63\x65rt\x18\x01 \x01(\t\x12\x1f\n\x03key\x18\x02 \x01(\x0b\x32\x12.authsim.v1.KeyRef\x12\x17\n\x0fpublic_key_hash\x18\x03 \x01(\t\"\xc1\x01\n\rCertAuthority\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12*\n\x0b\x61\x63tive_keys\x18\x04 \x03(\x0b\x32\x15.authsim.v1.CAKeyPair\x12\x36\n\x17\x61\x64\x64itional_trusted_keys\x18\x05 \x03(\x0b\x32\x15.authsim.v1.CAKeyPair\x12\x16\n\x0erotation_state\x18\x06 \x01(\t\"\'\n\x17GetCertAuthorityRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\"\x13\n\x11NodeStatusRequest\"Q\n\x07HeldKey\x12\x0f\n\x07\x63\x61_type\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0fpublic_key_hash\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"~\n\nNodeStatus\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63luster_name\x18\x03 \x01(\t\x12\x13\n\x0btoken_label\x18\x04 \x01(\t\x12!\n\x04keys\x18\x05 \x03(\x0b\x32\x13.authsim.v1.HeldKey2\xa9\x01\n\x0b\x41uthService\x12R\n\x10GetCertAuthority\x12#.authsim.v1.GetCertAuthorityRequest\x1a\x19.authsim.v1.CertAuthority\x12\x46\n\rGetNodeStatus\x12\x1d.authsim.v1.NodeStatusRequest\x1a\x16.authsim.v1.NodeStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uth_node/pb/authsim.proto\x12\nauthsim.v1\")\n\x06KeyRef\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"S\n\tCAKeyPair\x12\x0c\n\x04\x63\x65rt\x18\x01 \x01(\t\x12\x1f\n\x03key\x18\x02 \x01(\x0b\x32\x12.authsim.v1.KeyRef\x12\x17\n\x0fpublic_key_hash\x18\x03 \x01(\t\"\xc1\x01\n\rCertAuthority\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12*\n\x0b\x61\x63tive_keys\x18\x04 \x03(\x0b\x32\x15.authsim.v1.CAKeyPair\x12\x36\n\x17\x61\x64\x64itional_trusted_keys\x18\x05 \x03(\x0b\x32\x15.authsim.v1.CAKeyPair\x12\x16\n\x0erotation_state\x18\x06 \x01(\t\"\'\n\x17GetCertAuthorityRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\"\x13\n\x11NodeStatusRequest\"Q\n\x07HeldKey\x12\x0f\n\x07\x63\x61_type\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0fpublic_key_hash\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"~\n\nNodeStatus\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63luster_name\x18\x03 \x01(\t\x12\x13\n\x0btoken_label\x18\x04 \x01(\t\x12!\n\x04keys\x18\x05 \x03(\x0b\x32\x13.authsim.v1.HeldKey\"_\n\x13\x43\x65rtificateOverride\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x03(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"\x8d\x01\n\x15\x43\x65rtAuthorityOverride\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12>\n\x15\x63\x65rtificate_overrides\x18\x04 \x03(\x0b\x32\x1f.authsim.v1.CertificateOverride\"R\n\x18\x43reateOverrideCSRRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x17\n\x0fpublic_key_hash\x18\x03 \x01(\t\"R\n\x0bOverrideCSR\x12\x0f\n\x07\x63\x61_type\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0fpublic_key_hash\x18\x03 \x01(\t\x12\x0b\n\x03pem\x18\x04 \x01(\t\"T\n\x19\x43reateOverrideCSRResponse\x12%\n\x04\x63srs\x18\x01 \x03(\x0b\x32\x17.authsim.v1.OverrideCSR\x12\x10\n\x08warnings\x18\x02 \x03(\t\"\"\n\x12GetOverrideRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\"M\n\x15ListOverridesResponse\x12\x34\n\toverrides\x18\x01 \x03(\x0b\x32!.authsim.v1.CertAuthorityOverride\"\x7f\n\x14WriteOverrideRequest\x12\x33\n\x08resource\x18\x01 \x01(\x0b\x32!.authsim.v1.CertAuthorityOverride\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.authsim.v1.WriteMode\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"<\n\x1d\x44\x65leteOverrideResourceRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"j\n\x15\x43reateOverrideRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x03(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\xb5\x01\n\x15UpdateOverrideRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x19\n\x0cset_disabled\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\x0fset_certificate\x18\x04 \x01(\t\x12\x11\n\tset_chain\x18\x05 \x03(\t\x12\x13\n\x0b\x63lear_chain\x18\x06 \x01(\x08\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\x42\x0f\n\r_set_disabled\"H\n\x15\x44\x65leteOverrideRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"X\n\rWriteResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\x05\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x12\n\npublic_key\x18\x04 \x01(\t*/\n\tWriteMode\x12\n\n\x06\x43REATE\x10\x00\x12\n\n\x06UPSERT\x10\x01\x12\n\n\x06UPDATE\x10\x02\x32\x85\x06\n\x0b\x41uthService\x12R\n\x10GetCertAuthority\x12#.authsim.v1.GetCertAuthorityRequest\x1a\x19.authsim.v1.CertAuthority\x12\x46\n\rGetNodeStatus\x12\x1d.authsim.v1.NodeStatusRequest\x1a\x16.authsim.v1.NodeStatus\x12`\n\x11\x43reateOverrideCSR\x12$.authsim.v1.CreateOverrideCSRRequest\x1a%.authsim.v1.CreateOverrideCSRResponse\x12R\n\rListOverrides\x12\x1e.authsim.v1.GetOverrideRequest\x1a!.authsim.v1.ListOverridesResponse\x12T\n\x15WriteOverrideResource\x12 .authsim.v1.WriteOverrideRequest\x1a\x19.authsim.v1.WriteResponse\x12^\n\x16\x44\x65leteOverrideResource\x12).authsim.v1.DeleteOverrideResourceRequest\x1a\x19.authsim.v1.WriteResponse\x12N\n\x0e\x43reateOverride\x12!.authsim.v1.CreateOverrideRequest\x1a\x19.authsim.v1.WriteResponse\x12N\n\x0eUpdateOverride\x12!.authsim.v1.UpdateOverrideRequest\x1a\x19.authsim.v1.WriteResponse\x12N\n\x0e\x44\x65leteOverride\x12!.authsim.v1.DeleteOverrideRequest\x1a\x19.authsim.v1.WriteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'auth_node.pb.authsim_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WRITEMODE']._serialized_start=1896
+  _globals['_WRITEMODE']._serialized_end=1943
   _globals['_KEYREF']._serialized_start=42
   _globals['_KEYREF']._serialized_end=83
   _globals['_CAKEYPAIR']._serialized_start=85
@@ -45,6 +47,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELDKEY']._serialized_end=509
   _globals['_NODESTATUS']._serialized_start=511
   _globals['_NODESTATUS']._serialized_end=637
-  _globals['_AUTHSERVICE']._serialized_start=640
-  _globals['_AUTHSERVICE']._serialized_end=809
+  _globals['_CERTIFICATEOVERRIDE']._serialized_start=639
+  _globals['_CERTIFICATEOVERRIDE']._serialized_end=734
+  _globals['_CERTAUTHORITYOVERRIDE']._serialized_start=737
+  _globals['_CERTAUTHORITYOVERRIDE']._serialized_end=878
+  _globals['_CREATEOVERRIDECSRREQUEST']._serialized_start=880
+  _globals['_CREATEOVERRIDECSRREQUEST']._serialized_end=962
+  _globals['_OVERRIDECSR']._serialized_start=964
+  _globals['_OVERRIDECSR']._serialized_end=1046
+  _globals['_CREATEOVERRIDECSRRESPONSE']._serialized_start=1048
+  _globals['_CREATEOVERRIDECSRRESPONSE']._serialized_end=1132
+  _globals['_GETOVERRIDEREQUEST']._serialized_start=1134
+  _globals['_GETOVERRIDEREQUEST']._serialized_end=1168
+  _globals['_LISTOVERRIDESRESPONSE']._serialized_start=1170
+  _globals['_LISTOVERRIDESRESPONSE']._serialized_end=1247
+  _globals['_WRITEOVERRIDEREQUEST']._serialized_start=1249
+  _globals['_WRITEOVERRIDEREQUEST']._serialized_end=1376
+  _globals['_DELETEOVERRIDERESOURCEREQUEST']._serialized_start=1378
+  _globals['_DELETEOVERRIDERESOURCEREQUEST']._serialized_end=1438
+  _globals['_CREATEOVERRIDEREQUEST']._serialized_start=1440
+  _globals['_CREATEOVERRIDEREQUEST']._serialized_end=1546
+  _globals['_UPDATEOVERRIDEREQUEST']._serialized_start=1549
+  _globals['_UPDATEOVERRIDEREQUEST']._serialized_end=1730
+  _globals['_DELETEOVERRIDEREQUEST']._serialized_start=1732
+  _globals['_DELETEOVERRIDEREQUEST']._serialized_end=1804
+  _globals['_WRITERESPONSE']._serialized_start=1806
+  _globals['_WRITERESPONSE']._serialized_end=1894
+  _globals['_AUTHSERVICE']._serialized_start=1946
+  _globals['_AUTHSERVICE']._serialized_end=2719
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class WriteMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CREATE: _ClassVar[WriteMode]
+    UPSERT: _ClassVar[WriteMode]
+    UPDATE: _ClassVar[WriteMode]
+CREATE: WriteMode
+UPSERT: WriteMode
+UPDATE: WriteMode
 
 class KeyRef(_message.Message):
     __slots__ = ("host_id", "key_id")
@@ -75,3 +85,141 @@ class NodeStatus(_message.Message):
     token_label: str
     keys: _containers.RepeatedCompositeFieldContainer[HeldKey]
     def __init__(self, node_name: _Optional[str] = ..., host_id: _Optional[str] = ..., cluster_name: _Optional[str] = ..., token_label: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[HeldKey, _Mapping]]] = ...) -> None: ...
+
+class CertificateOverride(_message.Message):
+    __slots__ = ("certificate", "public_key", "chain", "disabled")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    certificate: str
+    public_key: str
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    disabled: bool
+    def __init__(self, certificate: _Optional[str] = ..., public_key: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ...) -> None: ...
+
+class CertAuthorityOverride(_message.Message):
+    __slots__ = ("cluster_name", "type", "revision", "certificate_overrides")
+    CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    cluster_name: str
+    type: str
+    revision: int
+    certificate_overrides: _containers.RepeatedCompositeFieldContainer[CertificateOverride]
+    def __init__(self, cluster_name: _Optional[str] = ..., type: _Optional[str] = ..., revision: _Optional[int] = ..., certificate_overrides: _Optional[_Iterable[_Union[CertificateOverride, _Mapping]]] = ...) -> None: ...
+
+class CreateOverrideCSRRequest(_message.Message):
+    __slots__ = ("type", "subject", "public_key_hash")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    subject: str
+    public_key_hash: str
+    def __init__(self, type: _Optional[str] = ..., subject: _Optional[str] = ..., public_key_hash: _Optional[str] = ...) -> None: ...
+
+class OverrideCSR(_message.Message):
+    __slots__ = ("ca_type", "role", "public_key_hash", "pem")
+    CA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    ca_type: str
+    role: str
+    public_key_hash: str
+    pem: str
+    def __init__(self, ca_type: _Optional[str] = ..., role: _Optional[str] = ..., public_key_hash: _Optional[str] = ..., pem: _Optional[str] = ...) -> None: ...
+
+class CreateOverrideCSRResponse(_message.Message):
+    __slots__ = ("csrs", "warnings")
+    CSRS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    csrs: _containers.RepeatedCompositeFieldContainer[OverrideCSR]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, csrs: _Optional[_Iterable[_Union[OverrideCSR, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetOverrideRequest(_message.Message):
+    __slots__ = ("type",)
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    def __init__(self, type: _Optional[str] = ...) -> None: ...
+
+class ListOverridesResponse(_message.Message):
+    __slots__ = ("overrides",)
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    overrides: _containers.RepeatedCompositeFieldContainer[CertAuthorityOverride]
+    def __init__(self, overrides: _Optional[_Iterable[_Union[CertAuthorityOverride, _Mapping]]] = ...) -> None: ...
+
+class WriteOverrideRequest(_message.Message):
+    __slots__ = ("resource", "mode", "force")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    resource: CertAuthorityOverride
+    mode: WriteMode
+    force: bool
+    def __init__(self, resource: _Optional[_Union[CertAuthorityOverride, _Mapping]] = ..., mode: _Optional[_Union[WriteMode, str]] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DeleteOverrideResourceRequest(_message.Message):
+    __slots__ = ("type", "force")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    force: bool
+    def __init__(self, type: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class CreateOverrideRequest(_message.Message):
+    __slots__ = ("type", "certificate", "chain", "disabled", "force")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    certificate: str
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    disabled: bool
+    force: bool
+    def __init__(self, type: _Optional[str] = ..., certificate: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class UpdateOverrideRequest(_message.Message):
+    __slots__ = ("type", "public_key", "set_disabled", "set_certificate", "set_chain", "clear_chain", "force")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SET_DISABLED_FIELD_NUMBER: _ClassVar[int]
+    SET_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SET_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    public_key: str
+    set_disabled: bool
+    set_certificate: str
+    set_chain: _containers.RepeatedScalarFieldContainer[str]
+    clear_chain: bool
+    force: bool
+    def __init__(self, type: _Optional[str] = ..., public_key: _Optional[str] = ..., set_disabled: _Optional[bool] = ..., set_certificate: _Optional[str] = ..., set_chain: _Optional[_Iterable[str]] = ..., clear_chain: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DeleteOverrideRequest(_message.Message):
+    __slots__ = ("type", "public_key", "force")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    public_key: str
+    force: bool
+    def __init__(self, type: _Optional[str] = ..., public_key: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("revision", "attempts", "changed", "public_key")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    attempts: int
+    changed: bool
+    public_key: str
+    def __init__(self, revision: _Optional[int] = ..., attempts: _Optional[int] = ..., changed: _Optional[bool] = ..., public_key: _Optional[str] = ...) -> None: ...

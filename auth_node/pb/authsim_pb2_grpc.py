@@ -44,6 +44,41 @@ class AuthServiceStub:
                 request_serializer=auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.SerializeToString,
                 response_deserializer=auth__node_dot_pb_dot_authsim__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.CreateOverrideCSR = channel.unary_unary(
+                '/authsim.v1.AuthService/CreateOverrideCSR',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.FromString,
+                _registered_method=True)
+        self.ListOverrides = channel.unary_unary(
+                '/authsim.v1.AuthService/ListOverrides',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.FromString,
+                _registered_method=True)
+        self.WriteOverrideResource = channel.unary_unary(
+                '/authsim.v1.AuthService/WriteOverrideResource',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.DeleteOverrideResource = channel.unary_unary(
+                '/authsim.v1.AuthService/DeleteOverrideResource',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.CreateOverride = channel.unary_unary(
+                '/authsim.v1.AuthService/CreateOverride',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.UpdateOverride = channel.unary_unary(
+                '/authsim.v1.AuthService/UpdateOverride',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.DeleteOverride = channel.unary_unary(
+                '/authsim.v1.AuthService/DeleteOverride',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -61,6 +96,48 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateOverrideCSR(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOverrides(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteOverrideResource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteOverrideResource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateOverride(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateOverride(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteOverride(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +150,41 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetNodeStatus,
                     request_deserializer=auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.FromString,
                     response_serializer=auth__node_dot_pb_dot_authsim__pb2.NodeStatus.SerializeToString,
+            ),
+            'CreateOverrideCSR': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOverrideCSR,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.SerializeToString,
+            ),
+            'ListOverrides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOverrides,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.SerializeToString,
+            ),
+            'WriteOverrideResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteOverrideResource,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+            ),
+            'DeleteOverrideResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteOverrideResource,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+            ),
+            'CreateOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOverride,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+            ),
+            'UpdateOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateOverride,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+            ),
+            'DeleteOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteOverride,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +241,195 @@ class AuthService:
             '/authsim.v1.AuthService/GetNodeStatus',
             auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.SerializeToString,
             auth__node_dot_pb_dot_authsim__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOverrideCSR(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/CreateOverrideCSR',
+            auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOverrides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/ListOverrides',
+            auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteOverrideResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/WriteOverrideResource',
+            auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteOverrideResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/DeleteOverrideResource',
+            auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/CreateOverride',
+            auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/UpdateOverride',
+            auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/DeleteOverride',
+            auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,107 @@
+"""CSRs for the CA keys this node holds, signed inside its token (SPEC §6)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from cluster.cert_authority import CAKeyPair, CertAuthority
+from cluster.errors import NotFoundError, ValidationError
+from cluster.override_validation import CLUSTER_NAME_OID
+from hsm import Pkcs11KeyStore
+
+
+@dataclass(frozen=True)
+class OverrideCSR:
+    ca_type: str
+    role: str
+    public_key_hash: str
+    pem: str
+
+
+def csr_subject(ca_cert_subject: x509.Name, cluster_name: str, custom: str = "") -> x509.Name:
+    """The CSR subject: the CA's subject without serialNumber, or `custom` made to name the cluster.
+
+    A custom subject keeps a first O equal to the cluster name; without any O it gets O=<cluster>;
+    with another first O it gets OID 1.3.9999.4.1=<cluster>; an OID naming another cluster is refused.
+    """
+    if not custom:
+        return x509.Name(
+            [rdn for rdn in ca_cert_subject.rdns if not any(a.oid == NameOID.SERIAL_NUMBER for a in rdn)]
+        )
+    try:
+        name = x509.Name.from_rfc4514_string(custom)
+    except ValueError as e:
+        raise ValidationError([f"subject: not an RFC 4514 distinguished name: {e}"]) from None
+    oid_values = [str(a.value) for a in name.get_attributes_for_oid(CLUSTER_NAME_OID)]
+    if any(v != cluster_name for v in oid_values):
+        other = next(v for v in oid_values if v != cluster_name)
+        raise ValidationError(
+            [f"subject: OID 1.3.9999.4.1 is {other!r}, not the cluster name {cluster_name!r}"]
+        )
+    orgs = name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if oid_values or (orgs and orgs[0].value == cluster_name):
+        return name
+    oid = NameOID.ORGANIZATION_NAME if not orgs else CLUSTER_NAME_OID
+    return x509.Name([*name.rdns, x509.RelativeDistinguishedName([x509.NameAttribute(oid, cluster_name)])])
+
+
+async def create_override_csrs(
+    ca: CertAuthority,
+    keystore: Pkcs11KeyStore,
+    node_names: dict[str, str],
+    subject: str = "",
+    public_key_hash: str = "",
+) -> tuple[list[OverrideCSR], list[str]]:
+    """One CSR per key of `ca` in this node's token (active first), and warnings for the keys skipped."""
+    own = [(role, pair) for role, pair in ca.all_keys() if pair.key.host_id == keystore.host_id]
+    others = [(role, pair) for role, pair in ca.all_keys() if pair.key.host_id != keystore.host_id]
+    if public_key_hash:
+        own = [(r, p) for r, p in own if p.public_key_hash == public_key_hash]
+        held_elsewhere = [p for _, p in others if p.public_key_hash == public_key_hash]
+        if not own and held_elsewhere:
+            holder = _holder(held_elsewhere[0], node_names)
+            raise ValidationError(
+                [
+                    f"public_key: key {public_key_hash[:16]} is held by {holder}: "
+                    "run create-override-csr on that node"
+                ]
+            )
+        others = []
+    if not own:
+        which = f" with public key {public_key_hash}" if public_key_hash else ""
+        raise NotFoundError(f"node {keystore.node_name} holds no key{which} of the {ca.ca_type} CA")
+    if subject and len(own) > 1:
+        raise ValidationError(
+            [f"subject: a custom subject would apply to {len(own)} keys: pick one with --public-key"]
+        )
+    warnings = [
+        f"skipped {role} key {p.public_key_hash[:16]}: held by {_holder(p, node_names)}, "
+        "run create-override-csr on that node"
+        for role, p in others
+    ]
+    csrs = []
+    for role, pair in own:
+        pem = await asyncio.to_thread(_sign_csr, keystore, pair, ca.cluster_name, subject)
+        csrs.append(OverrideCSR(ca.ca_type, role, pair.public_key_hash, pem))
+    return csrs, warnings
+
+
+def _holder(pair: CAKeyPair, node_names: dict[str, str]) -> str:
+    name = node_names.get(pair.key.host_id, "another node")
+    return f"node {name} (host {pair.key.host_id})"
+
+
+def _sign_csr(keystore: Pkcs11KeyStore, pair: CAKeyPair, cluster_name: str, subject: str) -> str:
+    ca_cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        csr_subject(ca_cert.subject, cluster_name, subject)
+    )
+    key = keystore.private_key(pair.key)
+    csr = keystore.run(lambda: builder.sign(key, hashes.SHA256()))
+    return csr.public_bytes(Encoding.PEM).decode()

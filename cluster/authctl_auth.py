@@ -1,0 +1,165 @@
+"""`authctl auth ...`: CSRs for the keys a node holds, and the per-node override entry edits."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from auth_node.pb import authsim_pb2 as pb
+from cluster.authctl_target import Target
+from cluster.cert_files import public_key_hash_of_cert, read_pem_certificate
+from cluster.errors import ValidationError
+
+type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
+force_option = click.option(
+    "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
+)
+
+
+@click.group(help="CA override commands, run against the node that holds the key.")
+def auth() -> None:
+    pass
+
+
+@auth.command("create-override-csr", help="CSRs for the keys of CA TYPE that this node holds.")
+@type_option
+@click.option(
+    "--subject", default="", help="RFC 4514 subject, e.g. 'OU=My Organization Unit,CN=My Windows CA'"
+)
+@click.option("--public-key", "public_key", default="", help="only the key with this public key hash")
+@click.option("--out", default="", help="write one file per CSR: PREFIX<type>-<hash prefix>-csr.pem")
+@click.option("--all-nodes", is_flag=True, help="ask every node for the CSRs of its own keys")
+@click.pass_obj
+def create_override_csr(
+    target: Target, ca_type: str, subject: str, public_key: str, out: str, all_nodes: bool
+) -> None:
+    request = pb.CreateOverrideCSRRequest(type=ca_type, subject=subject, public_key_hash=public_key)
+    csrs: list[pb.OverrideCSR] = []
+    for client in target.all_clients() if all_nodes else [target.client()]:
+        with client:
+            reply = client.call("CreateOverrideCSR", request)
+        csrs.extend(reply.csrs)
+        if not all_nodes:
+            for warning in reply.warnings:
+                click.echo(f"warning: {warning}", err=True)
+    if not out:
+        for csr in csrs:
+            click.echo(csr.pem, nl=False)
+        return
+    for csr, path in zip(csrs, csr_paths(out, csrs), strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(csr.pem)
+        click.echo(f"Wrote {path}")
+
+
+def csr_paths(prefix: str, csrs: list[pb.OverrideCSR]) -> list[Path]:
+    """`PREFIX<type>-<hash prefix>-csr.pem`, the shortest hash prefix (≥ 8) unique among these CSRs."""
+    hashes = [c.public_key_hash for c in csrs]
+    length = 8
+    while length < 64 and len({h[:length] for h in hashes}) < len(set(hashes)):
+        length += 1
+    return [Path(f"{prefix}{c.ca_type}-{c.public_key_hash[:length]}-csr.pem") for c in csrs]
+
+
+def _pems(paths: tuple[str, ...]) -> list[str]:
+    """Every certificate in the given files, in order (a file may hold several)."""
+    pems: list[str] = []
+    for path in paths:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise ValidationError([f"{path}: no PEM certificate in it"]) from None
+        pems.extend(c.public_bytes(Encoding.PEM).decode().strip() for c in certs)
+    return pems
+
+
+def _report(action: str, reply: pb.WriteResponse) -> None:
+    if not reply.changed:
+        click.echo(
+            f"override {reply.public_key[:16]} already as requested: nothing written "
+            f"(revision {reply.revision})"
+        )
+        return
+    click.echo(
+        f"override {reply.public_key[:16]} {action}: revision {reply.revision}, "
+        f"{reply.attempts} attempt{'s' if reply.attempts != 1 else ''}"
+    )
+
+
+@auth.command(
+    "create-override", help="Add this node's override entry: CERT, then its chain towards the root."
+)
+@type_option
+@click.argument("cert", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("chain", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--disabled", is_flag=True, help="stage the entry disabled (any node may stage)")
+@force_option
+@click.pass_obj
+def create_override(
+    target: Target, ca_type: str, cert: str, chain: tuple[str, ...], disabled: bool, force: bool
+) -> None:
+    certificate = _pems((cert,))
+    if len(certificate) != 1:
+        raise ValidationError([f"{cert}: holds {len(certificate)} certificates, expected exactly one"])
+    request = pb.CreateOverrideRequest(
+        type=ca_type, certificate=certificate[0], chain=_pems(chain), disabled=disabled, force=force
+    )
+    with target.client() as client:
+        _report("added", client.call("CreateOverride", request))
+
+
+@auth.command("update-override", help="Change the entry for one public key.")
+@type_option
+@click.option("--public-key", "public_key", required=True, help="the entry's public key hash")
+@click.option("--set-disabled", type=click.BOOL, default=None, help="true or false")
+@click.option("--set-cert", type=click.Path(dir_okay=False), default=None, help="new override certificate")
+@click.option("--set-chain", multiple=True, type=click.Path(dir_okay=False), help="new chain files")
+@click.option("--clear-chain", is_flag=True, help="remove the chain")
+@force_option
+@click.pass_obj
+def update_override(
+    target: Target,
+    ca_type: str,
+    public_key: str,
+    set_disabled: bool | None,
+    set_cert: str | None,
+    set_chain: tuple[str, ...],
+    clear_chain: bool,
+    force: bool,
+) -> None:
+    if set_chain and clear_chain:
+        raise click.UsageError("give --set-chain or --clear-chain, not both")
+    request = pb.UpdateOverrideRequest(
+        type=ca_type,
+        public_key=public_key,
+        set_chain=_pems(set_chain),
+        clear_chain=clear_chain,
+        force=force,
+        set_certificate=_pems((set_cert,))[0] if set_cert else "",
+    )
+    if set_disabled is not None:
+        request.set_disabled = set_disabled
+    with target.client() as client:
+        _report("updated", client.call("UpdateOverride", request))
+
+
+@auth.command("delete-override", help="Remove the entry for one public key.")
+@type_option
+@click.option("--public-key", "public_key", required=True, help="the entry's public key hash")
+@force_option
+@click.pass_obj
+def delete_override(target: Target, ca_type: str, public_key: str, force: bool) -> None:
+    request = pb.DeleteOverrideRequest(type=ca_type, public_key=public_key, force=force)
+    with target.client() as client:
+        _report("deleted", client.call("DeleteOverride", request))
+
+
+@auth.command("pub-key-hash", help="The public key hash (hex SHA-256 of the SPKI) of a certificate.")
+@click.option("--cert", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="PEM file or -")
+def pub_key_hash(cert: str) -> None:
+    click.echo(public_key_hash_of_cert(read_pem_certificate(cert)))

@@ -1,0 +1,51 @@
+"""Which node an authctl command talks to: `--node`, `--auth-server`, or the first healthy node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.errors import ClusterError
+from cluster.launcher import admin_identity
+from cluster.node_client import NodeClient
+from cluster.state import ClusterState
+
+
+@dataclass
+class Target:
+    """Which node a command goes to, resolved lazily so `--help` needs no cluster."""
+
+    directory: Path
+    node: str | None
+    auth_server: str | None
+
+    def host_names(self) -> dict[str, str]:
+        """host id → node name, from the cluster dir (empty for a remote cluster)."""
+        names = {}
+        for host_file in (self.directory / "nodes").glob("*/host_id"):
+            names[host_file.read_text().strip()] = host_file.parent.name
+        return names
+
+    def client(self) -> NodeClient:
+        identity = admin_identity(self.directory)
+        if not identity.cert.exists():
+            raise ClusterError(
+                f"no admin identity in {self.directory}/admin: run `authsim up --dir {self.directory}`"
+            )
+        if self.auth_server:
+            return NodeClient(self.auth_server, identity)
+        state = ClusterState.load(self.directory)
+        if self.node:
+            entry = state.node(self.node)
+            return NodeClient(entry.address, identity, entry.name)
+        for entry in state.nodes:
+            client = NodeClient(entry.address, identity, entry.name)
+            if client.health() == "SERVING":
+                return client
+            client.close()
+        raise ClusterError(f"no node of {self.directory} is SERVING: start the cluster with `authsim up`")
+
+    def all_clients(self) -> list[NodeClient]:
+        """A client for every node of the cluster dir (for --all-nodes)."""
+        identity = admin_identity(self.directory)
+        return [NodeClient(e.address, identity, e.name) for e in ClusterState.load(self.directory).nodes]
