@@ -59,17 +59,19 @@ class Overrides:
 
     async def create(self, resource: CertAuthorityOverride, force: bool) -> WriteResult:
         """Create; an existing resource is an error (use upsert or update)."""
-        ctx = await self._context(resource.ca_type, force)
-        resource = self._checked(resource, None, ctx)
         key = override_key(self.node.cluster_name, resource.ca_type)
-        result = await self.store.compare_and_swap(key, 0, resource.to_json())
-        if not result.succeeded:
-            revision = result.current.mod_revision if result.current else 0
-            raise AlreadyExistsError(
-                f"ca_overrides/{resource.ca_type} already exists (revision {revision}): "
-                f"use `authctl create -f` to replace it or `authctl edit ca_overrides/{resource.ca_type}`"
-            )
-        return WriteResult(result.revision, 1, True)
+        existing = await self.store.get(key)
+        if existing is None:
+            ctx = await self._context(resource.ca_type, force)
+            result = await self.store.compare_and_swap(key, 0, self._checked(resource, None, ctx).to_json())
+            if result.succeeded:
+                return WriteResult(result.revision, 1, True)
+            existing = result.current
+        revision = existing.mod_revision if existing else 0
+        raise AlreadyExistsError(
+            f"ca_overrides/{resource.ca_type} already exists (revision {revision}): "
+            f"use `authctl create -f` to replace it or `authctl edit ca_overrides/{resource.ca_type}`"
+        )
 
     async def upsert(self, resource: CertAuthorityOverride, force: bool) -> WriteResult:
         """Create or replace, validated against whatever is stored at the moment of the swap."""
@@ -124,8 +126,8 @@ class Overrides:
             if found is not None:
                 raise ValidationError(
                     [
-                        f"spec.certificate_overrides[{found[0]}]: an entry for public key {entry.key_hash} exists "
-                        "already: change it with `authctl auth update-override`"
+                        f"spec.certificate_overrides[{found[0]}]: an entry for public key {entry.key_hash} "
+                        "exists already: change it with `authctl auth update-override`"
                     ]
                 )
             return self._checked(base.with_entry(entry), previous, ctx)

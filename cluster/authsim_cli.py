@@ -14,8 +14,8 @@ from rich.table import Table
 
 from cluster import launcher
 from cluster.ca_types import CA_TYPES
-from cluster.external_ca_cli import external_ca
 from cluster.cli_common import make_console, run_cli
+from cluster.external_ca_cli import external_ca
 from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
 

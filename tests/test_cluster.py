@@ -91,7 +91,7 @@ def test_cli_errors_are_one_line(cluster: LocalCluster) -> None:
     for args, node, needle in [
         (("get", "cas/nope"), None, "type: unknown CA type 'nope'"),
         (("get", "cas/windows"), "node9", "no node named 'node9'"),
-        (("get", "widgets/x"), None, "unknown resource"),
+        (("get", "widgets/x"), None, "is not a resource authctl knows"),
     ]:
         result = cluster.authctl(*args, node=node)
         assert result.exit_code != 0
@@ -320,6 +320,7 @@ def test_generated_grpc_code_is_fresh() -> None:
 def test_stop_signals_only_a_process_whose_command_line_is_ours(tmp_path: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
+        assert _wait_for(lambda: processes.is_running(sleeper.pid, "sleep"), 5)  # exec has happened
         assert not processes.stop(sleeper.pid, str(tmp_path / "etcd"))
         assert sleeper.poll() is None
         assert processes.stop(sleeper.pid, "sleep")

@@ -40,7 +40,6 @@ from cluster import external_ca_cli
 from cluster.cert_files import public_key_hash_of_cert, read_pem_block, read_pem_certificate
 from cluster.errors import ClusterError, NotFoundError, ValidationError
 from cluster.external_ca import (
-    CLUSTER_NAME_OID,
     DEFECTS,
     OPENSSL_EXTFILE,
     OPENSSL_SIGN_COMMAND,
@@ -48,6 +47,7 @@ from cluster.external_ca import (
     ExternalCA,
     init,
 )
+from cluster.override_validation import CLUSTER_NAME_OID
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = [(NameOID.ORGANIZATION_NAME, "mycluster"), (NameOID.COMMON_NAME, "mycluster")]

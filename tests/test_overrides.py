@@ -62,7 +62,8 @@ def csr_subject(path: Path) -> str:
         (
             "CN=My Windows CA,O=Example Corp",
             # openssl prints an unknown OID's value as hex DER: UTF8String "mycluster"
-            f"subject=1.3.9999.4.1=#{(bytes([0x0C, 9]) + b'mycluster').hex().upper()},CN=My Windows CA,O=Example Corp",
+            f"subject=1.3.9999.4.1=#{(bytes([0x0C, 9]) + b'mycluster').hex().upper()},"
+            "CN=My Windows CA,O=Example Corp",
         ),
     ],
 )
@@ -230,7 +231,8 @@ def test_stale_edit_is_refused_and_the_text_kept(
     editor = tmp_path / "editor.py"
     editor.write_text(
         "import subprocess, sys\n"
-        f"subprocess.run([{str(Path(sys.executable).parent / 'authctl')!r}, '--dir', {str(cluster.directory)!r},"
+        f"subprocess.run([{str(Path(sys.executable).parent / 'authctl')!r},"
+        f" '--dir', {str(cluster.directory)!r},"
         f" 'create', '-f', {str(empty)!r}], check=True)\n"
         "text = open(sys.argv[1]).read().replace('spec: {}', 'spec:\\n  certificate_overrides: []')\n"
         "open(sys.argv[1], 'w').write(text + '# my edit\\n')\n"
