@@ -8,7 +8,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from auth_node.pb import authsim_pb2 as pb
 from cluster import authctl_cli, launcher
+from cluster.external_ca import ExternalCA
 from cluster.node_client import NodeClient
 from cluster.state import ClusterState
 
@@ -51,6 +55,16 @@ class LocalCluster:
 
     def host_id(self, node: str) -> str:
         return (self.directory / "nodes" / node / "host_id").read_text().strip()
+
+    def override_certs(self, external: ExternalCA, ca_type: str) -> dict[str, str]:
+        """node → an override certificate signed by `external` for the key of `ca_type` the node holds."""
+        certs = {}
+        for node in self.node_names:
+            with self.client(node) as client:
+                reply = client.call("CreateOverrideCSR", pb.CreateOverrideCSRRequest(type=ca_type))
+            pem = external.sign_csr(reply.csrs[0].pem.encode()).public_bytes(Encoding.PEM)
+            certs[node] = pem.decode().strip()
+        return certs
 
     def authctl(self, *args: str, node: str | None = None) -> CliResult:
         """Run `authctl --dir DIR [--node NODE] ARGS...` in this process and capture its output."""
