@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from auth_node.ca_keys import ensure_ca_keys
+from auth_node.cluster_view import ClusterView
 from auth_node.config import NodeConfig
 from auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from auth_node.registry import register_node
@@ -33,11 +34,15 @@ def node_tls(node: NodeConfig) -> TLSIdentity:
 
 
 def create_server(
-    node: NodeConfig, store: EtcdStore, keystore: Pkcs11KeyStore, health_servicer: health.aio.HealthServicer
+    node: NodeConfig,
+    store: EtcdStore,
+    keystore: Pkcs11KeyStore,
+    view: ClusterView,
+    health_servicer: health.aio.HealthServicer,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server for `node` that accepts only clients with a certificate from the admin CA."""
     server = grpc.aio.server()
-    authsim_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(node, store, keystore), server)
+    authsim_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(node, store, keystore, view), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     key, cert, admin_ca = node_tls(node).read()
@@ -84,14 +89,19 @@ async def run_node(node: NodeConfig, keystore: Pkcs11KeyStore) -> None:
     health_servicer = health.aio.HealthServicer()
     await _set_health(health_servicer, NOT_SERVING)
     async with EtcdStore(list(node.etcd_endpoints)) as store:
-        server, port = create_server(node, store, keystore, health_servicer)
+        view = ClusterView(store, node.cluster_name)
+        server, port = create_server(node, store, keystore, view, health_servicer)
         await server.start()
         log.info("node %s (host %s) listening on port %d", node.name, node.host_id, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        monitor = asyncio.create_task(keep_healthy(node, store, keystore, health_servicer))
+        tasks = [
+            asyncio.create_task(keep_healthy(node, store, keystore, health_servicer)),
+            asyncio.create_task(view.run()),
+        ]
         await stop.wait()
-        monitor.cancel()
+        for task in tasks:
+            task.cancel()
         await server.stop(grace=1.0)

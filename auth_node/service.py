@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from auth_node.ca_keys import load_cert_authority
+from auth_node.cluster_view import ClusterView
 from auth_node.config import NodeConfig
 from auth_node.csr import create_override_csrs
+from auth_node.issuance import DEFAULT_TTL, Credential, issue_credential, require_ca, resolve_issuer
 from auth_node.overrides import Overrides, WriteResult
 from auth_node.pb import authsim_pb2 as pb
 from auth_node.pb import authsim_pb2_grpc as pb_grpc
@@ -20,13 +26,14 @@ from auth_node.registry import node_names
 from cluster.ca_override import CertAuthorityOverride, CertificateOverride
 from cluster.ca_types import CA_TYPES, resolve_ca_type
 from cluster.cert_authority import CertAuthority
-from cluster.errors import AuthSimError, NotFoundError
+from cluster.errors import AuthSimError, NotFoundError, StoreUnavailableError, ValidationError
 from cluster.rpc_errors import ERROR_MARKER, status_code_for
 from cluster.store import EtcdStore
 from hsm import Pkcs11KeyStore
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+VIEW_TIMEOUT = 5.0  # seconds a request waits for the first listing of the cluster
 Method = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 
 
@@ -49,11 +56,33 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
 class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     """One node's API: reads through to etcd, signs only with keys in this node's token."""
 
-    def __init__(self, node: NodeConfig, store: EtcdStore, keystore: Pkcs11KeyStore) -> None:
+    def __init__(
+        self, node: NodeConfig, store: EtcdStore, keystore: Pkcs11KeyStore, view: ClusterView
+    ) -> None:
         self.node = node
         self.store = store
         self.keystore = keystore
+        self.view = view
         self.overrides = Overrides(store, node)
+
+    async def issue(
+        self,
+        type_name: str,
+        user: str,
+        public_key: CertificateIssuerPublicKeyTypes,
+        ttl: dt.timedelta = DEFAULT_TTL,
+    ) -> Credential:
+        """A credential from this node's active key, through the override the view holds for it."""
+        ca_type = resolve_ca_type(type_name).name
+        try:
+            await asyncio.wait_for(self.view.ready.wait(), VIEW_TIMEOUT)
+        except TimeoutError:
+            raise StoreUnavailableError("this node has not loaded the cluster's CAs from etcd yet") from None
+        ca = require_ca(self.view.cert_authorities, ca_type, self.node.cluster_name)
+        issuer = resolve_issuer(
+            ca, self.view.overrides.get(ca_type), self.node.host_id, self.node.name, self.view.node_names
+        )
+        return await issue_credential(issuer, self.keystore, ca_type, user, public_key, ttl)
 
     async def _cert_authority(self, type_name: str) -> CertAuthority:
         ca_type = resolve_ca_type(type_name).name
@@ -172,6 +201,32 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> pb.WriteResponse:
         ca_type = resolve_ca_type(request.type).name
         return _written(await self.overrides.delete_entry(ca_type, request.public_key, request.force))
+
+    @_domain_errors
+    async def Sign(
+        self, request: pb.SignRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SignResponse:
+        try:
+            public_key = load_der_public_key(request.public_key)
+        except ValueError:
+            raise ValidationError(["public_key: not a DER SubjectPublicKeyInfo"]) from None
+        if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise ValidationError(["public_key: must be an RSA or EC key"])
+        ttl = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else DEFAULT_TTL
+        credential = await self.issue(request.type, request.user, public_key, ttl)
+        cert = credential.certificate
+        return pb.SignResponse(
+            certificate=credential.pem,
+            chain=credential.issuer.chain,
+            ca_override=pb.CAOverrideInfo(
+                active=credential.issuer.override_active,
+                public_key_hash=credential.issuer.key.public_key_hash,
+            ),
+            serial=format(cert.serial_number, "x"),
+            issuer=cert.issuer.rfc4514_string(),
+            not_after=cert.not_valid_after_utc.isoformat(),
+            node_name=self.node.name,
+        )
 
 
 def _written(result: WriteResult) -> pb.WriteResponse:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import click
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from auth_node.pb import authsim_pb2 as pb
 from cluster.authctl_target import Target
 from cluster.cert_files import public_key_hash_of_cert, read_pem_certificate
 from cluster.errors import ValidationError
+from cluster.pki import write_private
 
 type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
 force_option = click.option(
@@ -163,3 +166,50 @@ def delete_override(target: Target, ca_type: str, public_key: str, force: bool) 
 @click.option("--cert", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="PEM file or -")
 def pub_key_hash(cert: str) -> None:
     click.echo(public_key_hash_of_cert(read_pem_certificate(cert)))
+
+
+@auth.command("sign", help="Issue a client credential signed with this node's active key of CA TYPE.")
+@type_option
+@click.option("--user", required=True, help="the user the credential is for")
+@click.option("--out", required=True, help="PREFIX: writes PREFIX.crt, .key, .chain.pem and .json")
+@click.option(
+    "--ttl", type=click.IntRange(1, 30 * 24 * 3600), default=3600, show_default=True, help="seconds"
+)
+@click.pass_obj
+def sign(target: Target, ca_type: str, user: str, out: str, ttl: int) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    request = pb.SignRequest(type=ca_type, user=user, public_key=spki, ttl_seconds=ttl)
+    with target.client() as client:
+        reply: pb.SignResponse = client.call("Sign", request)
+    write_credential(Path(out), reply, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+
+
+def write_credential(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> None:
+    """PREFIX.crt (the leaf), PREFIX.key (0600), PREFIX.chain.pem (above the leaf), PREFIX.json."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    files = {
+        ".crt": reply.certificate.encode(),
+        ".chain.pem": "".join(pem.strip() + "\n" for pem in reply.chain).encode(),
+        ".json": json.dumps(
+            {
+                "ca_override": {
+                    "active": reply.ca_override.active,
+                    "public_key_hash": reply.ca_override.public_key_hash,
+                },
+                "serial": reply.serial,
+                "issuer": reply.issuer,
+                "not_after": reply.not_after,
+                "node": reply.node_name,
+            },
+            indent=2,
+        ).encode()
+        + b"\n",
+    }
+    write_private(Path(f"{prefix}.key"), key_pem)
+    click.echo(f"Wrote {prefix}.key")
+    for suffix, data in files.items():
+        Path(f"{prefix}{suffix}").write_bytes(data)
+        click.echo(f"Wrote {prefix}{suffix}")
+    state = "active" if reply.ca_override.active else "not active (self-signed CA)"
+    click.echo(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")

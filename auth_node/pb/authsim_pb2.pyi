@@ -223,3 +223,67 @@ class WriteResponse(_message.Message):
     changed: bool
     public_key: str
     def __init__(self, revision: _Optional[int] = ..., attempts: _Optional[int] = ..., changed: _Optional[bool] = ..., public_key: _Optional[str] = ...) -> None: ...
+
+class SignRequest(_message.Message):
+    __slots__ = ("type", "user", "public_key", "ttl_seconds")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    user: str
+    public_key: bytes
+    ttl_seconds: int
+    def __init__(self, type: _Optional[str] = ..., user: _Optional[str] = ..., public_key: _Optional[bytes] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class CAOverrideInfo(_message.Message):
+    __slots__ = ("active", "public_key_hash")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    public_key_hash: str
+    def __init__(self, active: _Optional[bool] = ..., public_key_hash: _Optional[str] = ...) -> None: ...
+
+class SignResponse(_message.Message):
+    __slots__ = ("certificate", "chain", "ca_override", "serial", "issuer", "not_after", "node_name")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    CA_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    certificate: str
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    ca_override: CAOverrideInfo
+    serial: str
+    issuer: str
+    not_after: str
+    node_name: str
+    def __init__(self, certificate: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., ca_override: _Optional[_Union[CAOverrideInfo, _Mapping]] = ..., serial: _Optional[str] = ..., issuer: _Optional[str] = ..., not_after: _Optional[str] = ..., node_name: _Optional[str] = ...) -> None: ...
+
+class ExerciseRequest(_message.Message):
+    __slots__ = ("type", "user", "target_address")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    user: str
+    target_address: str
+    def __init__(self, type: _Optional[str] = ..., user: _Optional[str] = ..., target_address: _Optional[str] = ...) -> None: ...
+
+class ExerciseResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    def __init__(self, event: _Optional[str] = ...) -> None: ...
+
+class ListEventsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, events: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -34,6 +34,21 @@ class AuthServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Sign = channel.unary_unary(
+                '/authsim.v1.AuthService/Sign',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignResponse.FromString,
+                _registered_method=True)
+        self.Exercise = channel.unary_unary(
+                '/authsim.v1.AuthService/Exercise',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/authsim.v1.AuthService/ListEvents',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
         self.GetCertAuthority = channel.unary_unary(
                 '/authsim.v1.AuthService/GetCertAuthority',
                 request_serializer=auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.SerializeToString,
@@ -83,6 +98,24 @@ class AuthServiceStub:
 
 class AuthServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Sign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exercise(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetCertAuthority(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -141,6 +174,21 @@ class AuthServiceServicer:
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Sign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sign,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.SignResponse.SerializeToString,
+            ),
+            'Exercise': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exercise,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.SerializeToString,
+            ),
             'GetCertAuthority': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCertAuthority,
                     request_deserializer=auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.FromString,
@@ -196,6 +244,87 @@ def add_AuthServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AuthService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Sign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/Sign',
+            auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.SignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exercise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/Exercise',
+            auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/ListEvents',
+            auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetCertAuthority(request,

@@ -1,0 +1,136 @@
+"""Client credentials signed with this node's active CA key, through an override when one is enabled."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cluster.ca_override import CertAuthorityOverride
+from cluster.cert_authority import CAKeyPair, CertAuthority
+from cluster.errors import KeyAccessError, NotFoundError, ValidationError
+from hsm import Pkcs11KeyStore
+
+SMARTCARD_LOGON = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.2")
+UPN = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+DEFAULT_TTL = dt.timedelta(hours=1)
+MAX_TTL = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """Who signs: the CA key, and the certificate that names it (the override's, or the self-signed one)."""
+
+    key: CAKeyPair
+    certificate: x509.Certificate
+    chain: tuple[str, ...]  # PEMs presented above the leaf, nearest first
+    override_active: bool
+
+
+@dataclass(frozen=True)
+class Credential:
+    certificate: x509.Certificate
+    issuer: Issuer
+
+    @property
+    def pem(self) -> str:
+        return self.certificate.public_bytes(Encoding.PEM).decode()
+
+
+def resolve_issuer(
+    ca: CertAuthority, override: CertAuthorityOverride | None, host_id: str, node: str
+) -> Issuer:
+    """This node's active key of `ca`, issuing under its enabled override entry if there is one."""
+    active = [pair for pair in ca.active_keys if pair.key.host_id == host_id]
+    if not active:
+        role = "only an additional key" if ca.keys_of_host(host_id) else "no key"
+        holders = ", ".join(
+            f"{node_names.get(p.key.host_id, 'host')} ({p.key.host_id})" for p in ca.active_keys
+        )
+        raise KeyAccessError(
+            f"node {node} holds {role} of the {ca.ca_type} CA, so it cannot sign: its key signs once a CA "
+            f"rotation makes it active; until then run `authctl --node NODE auth sign` on the node holding "
+            f"the active key: {holders}"
+        )
+    pair = active[0]
+    found = None if override is None else override.entry(pair.public_key_hash)
+    if found is not None and not found[1].disabled and found[1].certificate:
+        entry = found[1]
+        chain = () if ca.ca_type == "windows" else (entry.certificate, *entry.chain)
+        return Issuer(pair, x509.load_pem_x509_certificate(entry.certificate.encode()), chain, True)
+    return Issuer(pair, x509.load_pem_x509_certificate(pair.cert_pem.encode()), (), False)
+
+
+async def issue_credential(
+    issuer: Issuer,
+    keystore: Pkcs11KeyStore,
+    ca_type: str,
+    user: str,
+    public_key: CertificateIssuerPublicKeyTypes,
+    ttl: dt.timedelta = DEFAULT_TTL,
+) -> Credential:
+    """A client certificate for `user` and the client's `public_key`, signed inside the token."""
+    if not user or len(user) > 256 or any(c in user for c in "\0\n\r"):
+        raise ValidationError(["user: must be 1 to 256 printable characters"])
+    if not dt.timedelta(0) < ttl <= MAX_TTL:
+        raise ValidationError([f"ttl: must be between 1 second and {MAX_TTL.days} days"])
+    builder = _leaf_builder(issuer, ca_type, user, public_key, ttl)
+    key = keystore.private_key(issuer.key.key)
+    certificate = await asyncio.to_thread(keystore.run, lambda: builder.sign(key, hashes.SHA256()))
+    return Credential(certificate, issuer)
+
+
+def _leaf_builder(
+    issuer: Issuer, ca_type: str, user: str, public_key: CertificateIssuerPublicKeyTypes, ttl: dt.timedelta
+) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.timezone.utc)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if ca_type == "windows":
+        usages.append(SMARTCARD_LOGON)
+    try:
+        ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.certificate.public_key())  # type: ignore[arg-type]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+        .issuer_name(issuer.certificate.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(min(now + ttl, issuer.certificate.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(aki, critical=False)
+    )
+    if ca_type == "windows":
+        upn = x509.OtherName(UPN, _der_utf8_string(user))
+        builder = builder.add_extension(x509.SubjectAlternativeName([upn]), critical=False)
+    return builder
+
+
+def _der_utf8_string(text: str) -> bytes:
+    """DER encoding of an ASN.1 UTF8String (the value of a UPN otherName)."""
+    data = text.encode()
+    if len(data) < 0x80:
+        return bytes([0x0C, len(data)]) + data
+    length = len(data).to_bytes((len(data).bit_length() + 7) // 8, "big")
+    return bytes([0x0C, 0x80 | len(length)]) + length + data
+
+
+def require_ca(cert_authorities: dict[str, CertAuthority], ca_type: str, cluster_name: str) -> CertAuthority:
+    ca = cert_authorities.get(ca_type)
+    if ca is None:
+        raise NotFoundError(f"cert_authority {ca_type} of cluster {cluster_name} not found")
+    return ca

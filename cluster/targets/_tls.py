@@ -1,0 +1,28 @@
+"""The targets' TLS server identities: certificates from the cluster's server CA, as nodes have."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from cluster.pki import TLSIdentity, ensure_node_identity
+
+KINDS = ("desktop", "db")
+
+
+def target_identity(cluster_dir: Path, cluster_name: str, kind: str) -> TLSIdentity:
+    """The target's server certificate in `targets/<kind>/tls.pem`, made once; its DNS SANs include
+    `kind`, the name clients verify (see `cluster.targets.client`)."""
+    return ensure_node_identity(cluster_dir, cluster_name, cluster_dir / "targets" / kind, kind)
+
+
+def server_context(identity: TLSIdentity) -> ssl.SSLContext:
+    """A TLS server context presenting the target's certificate; no client certificate asked for."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(identity.cert, identity.key)
+    return context
+
+
+def server_ca(cluster_dir: Path) -> Path:
+    """The CA that issued every target's (and node's) server certificate."""
+    return cluster_dir / "pki" / "server-ca.pem"
