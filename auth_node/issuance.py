@@ -45,7 +45,11 @@ class Credential:
 
 
 def resolve_issuer(
-    ca: CertAuthority, override: CertAuthorityOverride | None, host_id: str, node: str
+    ca: CertAuthority,
+    override: CertAuthorityOverride | None,
+    host_id: str,
+    node: str,
+    node_names: Mapping[str, str],
 ) -> Issuer:
     """This node's active key of `ca`, issuing under its enabled override entry if there is one."""
     active = [pair for pair in ca.active_keys if pair.key.host_id == host_id]
