@@ -57,10 +57,11 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
             state.save(directory)
         ensure_admin_identity(directory, state.cluster_name)
         configs = [_prepare_node(directory, state, entry) for entry in state.nodes]
-        for config, entry in zip(configs, state.nodes, strict=False):
-            entry.pid = _start_node(config).pid
+        started = {config.name: _start_node(config) for config in configs}
+        for entry in state.nodes:
+            entry.pid = started[entry.name].pid
         state.save(directory)
-        _wait_serving(directory, state, progress)
+        _wait_serving(directory, state, started, progress)
     except BaseException:
         down(directory)
         raise
@@ -167,22 +168,24 @@ def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
     return processes.spawn(argv, config.log_file, env)
 
 
-def _wait_serving(directory: Path, state: ClusterState, progress: Progress) -> None:
+def _wait_serving(
+    directory: Path, state: ClusterState, started: dict[str, subprocess.Popen[bytes]], progress: Progress
+) -> None:
     identity = admin_identity(directory)
     clients = {e.name: NodeClient(e.address, identity, e.name, timeout=2.0) for e in state.nodes}
-    waiting = {e.name: e for e in state.nodes}
+    waiting = [e.name for e in state.nodes]
     deadline = time.monotonic() + START_TIMEOUT
     try:
         while waiting:
             progress(f"waiting for {', '.join(waiting)}", len(state.nodes) - len(waiting), len(state.nodes))
-            for name, entry in list(waiting.items()):
-                if not _node_running(directory, entry):
+            for name in list(waiting):
+                if started[name].poll() is not None:
                     log = directory / "nodes" / name / "node.log"
                     raise ClusterError(
                         f"node {name} exited during start-up; last lines of {log}:\n{processes.tail(log)}"
                     )
                 if clients[name].health() == "SERVING":
-                    del waiting[name]
+                    waiting.remove(name)
             if time.monotonic() > deadline:
                 raise ClusterError(f"nodes not SERVING after {START_TIMEOUT:.0f} s: {', '.join(waiting)}")
             time.sleep(0.1)

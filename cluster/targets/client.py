@@ -14,7 +14,7 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +107,8 @@ async def _exchange(
         return await reader.readline()
     finally:
         writer.close()
-        with contextlib.suppress(OSError):
-            await _quietly(writer.wait_closed())
-
-
-async def _quietly(closing: Awaitable[None]) -> None:
-    with contextlib.suppress(ssl.SSLError, ConnectionError):
-        await closing
+        with contextlib.suppress(OSError):  # includes ssl.SSLError
+            await writer.wait_closed()
 
 
 def _client_context(server_ca_pem: str | bytes) -> ssl.SSLContext:
