@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -12,12 +13,18 @@ from typing import Any, TypeVar
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_der_public_key,
+)
 
 from auth_node.ca_keys import load_cert_authority
 from auth_node.cluster_view import ClusterView
 from auth_node.config import NodeConfig
 from auth_node.csr import create_override_csrs
+from auth_node.events import list_events, record_event, session_start_event
 from auth_node.issuance import DEFAULT_TTL, Credential, issue_credential, require_ca, resolve_issuer
 from auth_node.overrides import Overrides, WriteResult
 from auth_node.pb import authsim_pb2 as pb
@@ -29,10 +36,12 @@ from cluster.cert_authority import CertAuthority
 from cluster.errors import AuthSimError, NotFoundError, StoreUnavailableError, ValidationError
 from cluster.rpc_errors import ERROR_MARKER, status_code_for
 from cluster.store import EtcdStore
+from cluster.targets.client import open_db_session, open_desktop_session
 from hsm import Pkcs11KeyStore
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+TARGET_TIMEOUT = 5.0  # seconds for a session on a downstream target
 VIEW_TIMEOUT = 5.0  # seconds a request waits for the first listing of the cluster
 Method = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 
@@ -227,6 +236,50 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             not_after=cert.not_valid_after_utc.isoformat(),
             node_name=self.node.name,
         )
+
+    @_domain_errors
+    async def Exercise(
+        self, request: pb.ExerciseRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ExerciseResponse:
+        """Issue a credential, open a session on the downstream target with it, record the event."""
+        ca_type = resolve_ca_type(request.type).name
+        key = ec.generate_private_key(ec.SECP256R1())
+        credential = await self.issue(ca_type, request.user, key.public_key())
+        server_ca = (self.node.node_dir / "server-ca.pem").read_bytes()
+        chain = credential.issuer.chain
+        if ca_type == "windows":
+            result = await open_desktop_session(
+                request.target_address, server_ca, request.user, credential.pem, chain, TARGET_TIMEOUT
+            )
+        else:
+            key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+            result = await open_db_session(
+                request.target_address,
+                server_ca,
+                request.user,
+                credential.pem,
+                key_pem,
+                chain,
+                TARGET_TIMEOUT,
+            )
+        event = session_start_event(
+            self.node.cluster_name,
+            ca_type,
+            request.user,
+            credential,
+            result.success,
+            result.reason,
+            result.resource_name,
+            self.node.name,
+        )
+        await record_event(self.store, self.node.cluster_name, event)
+        return pb.ExerciseResponse(event=json.dumps(event, sort_keys=True))
+
+    @_domain_errors
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListEventsResponse:
+        return pb.ListEventsResponse(events=await list_events(self.store, self.node.cluster_name))
 
 
 def _written(result: WriteResult) -> pb.WriteResponse:

@@ -180,7 +180,7 @@ def sign(target: Target, ca_type: str, user: str, out: str, ttl: int) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     request = pb.SignRequest(type=ca_type, user=user, public_key=spki, ttl_seconds=ttl)
-    with target.client() as client:
+    with target.signer_client(ca_type) as client:
         reply: pb.SignResponse = client.call("Sign", request)
     write_credential(Path(out), reply, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
 

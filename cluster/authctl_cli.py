@@ -19,10 +19,11 @@ from auth_node.pb import authsim_pb2 as pb
 from cluster.authctl_auth import auth
 from cluster.authctl_target import Target
 from cluster.ca_override import CertAuthorityOverride, parse_override_yaml
+from cluster.ca_types import resolve_ca_type
 from cluster.cert_authority import CertAuthority
 from cluster.cli_common import make_console, run_cli
 from cluster.errors import AuthSimError, ValidationError
-from cluster.state import cluster_dir
+from cluster.state import ClusterState, cluster_dir
 from cluster.yaml_codec import dump_yaml
 
 console = make_console()
@@ -49,16 +50,21 @@ OVERRIDE_KINDS = ("ca_overrides", "ca_override", "cert_authority_override", "cer
 def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
     kind, _, name = resource.partition("/")
     if kind not in kinds or (need_name and not name):
-        known = "cas/TYPE, ca_overrides[/TYPE]"
+        known = "cas/TYPE, ca_overrides[/TYPE], events"
         raise ValidationError([f"resource: {resource!r} is not a resource authctl knows (known: {known})"])
     return name
 
 
-@cli.command(help="Show a resource: cas/TYPE or ca_overrides[/TYPE].")
+@cli.command(help="Show a resource: cas/TYPE, ca_overrides[/TYPE] or events.")
 @click.argument("resource")
 @click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True)
 @click.pass_obj
 def get(target: Target, resource: str, fmt: str) -> None:
+    if resource == "events":
+        with target.client() as client:
+            events = [json.loads(e) for e in client.call("ListEvents", pb.ListEventsRequest()).events]
+        _print_events(events, fmt)
+        return
     if resource.partition("/")[0] in OVERRIDE_KINDS:
         name = _split(resource, OVERRIDE_KINDS, need_name=False)
         with target.client() as client:
@@ -76,6 +82,29 @@ def get(target: Target, resource: str, fmt: str) -> None:
         click.echo(json.dumps(ca.to_dict(), indent=2))
     else:
         print_cert_authority(ca, target.host_names())
+
+
+def _print_events(events: list[dict[str, object]], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(events, indent=2, sort_keys=True))
+    elif fmt == "yaml":
+        click.echo(dump_yaml(events), nl=False)
+    else:
+        table = Table("TIME", "EVENT", "CODE", "USER", "SUCCESS", "CA OVERRIDE", "NODE")
+        for e in events:
+            override = e["ca_override"]
+            assert isinstance(override, dict)
+            shown = f"active {str(override['public_key_hash'])[:16]}" if override["active"] else "not active"
+            table.add_row(
+                str(e["time"]),
+                str(e["event"]),
+                str(e["code"]),
+                str(e["user"]),
+                "yes" if e["success"] else f"no: {e.get('error')}",
+                shown,
+                str(e.get("auth_node")),
+            )
+        console.print(table)
 
 
 def _print_overrides(
@@ -124,6 +153,24 @@ def _write(
         request = pb.WriteOverrideRequest(resource=resource.to_proto(), mode=mode, force=force)
         reply: pb.WriteResponse = client.call("WriteOverrideResource", request)
         return reply
+
+
+@cli.command(help="Open a session on the downstream target with a fresh credential; records the event.")
+@click.option(
+    "--type", "ca_type", required=True, help="windows (desktop target) or db_client (database target)"
+)
+@click.option("--user", required=True)
+@click.pass_obj
+def exercise(target: Target, ca_type: str, user: str) -> None:
+    address = ClusterState.load(target.directory).target(resolve_ca_type(ca_type).target).address
+    with target.signer_client(ca_type) as client:
+        reply = client.call("Exercise", pb.ExerciseRequest(type=ca_type, user=user, target_address=address))
+    event = json.loads(reply.event)
+    click.echo(json.dumps(event, indent=2, sort_keys=True))
+    if not event["success"]:
+        raise AuthSimError(
+            f"session refused by the {resolve_ca_type(ca_type).target} target: {event['error']}"
+        )
 
 
 @cli.command(help="Create a resource from a YAML file (the seed's cert_authority_override).")

@@ -49,3 +49,15 @@ class Target:
         """A client for every node of the cluster dir (for --all-nodes)."""
         identity = admin_identity(self.directory)
         return [NodeClient(e.address, identity, e.name) for e in ClusterState.load(self.directory).nodes]
+
+    def signer_client(self, ca_type: str) -> NodeClient:
+        """The chosen node, or by default the node holding the active key of `ca_type` (it can sign)."""
+        if self.node or self.auth_server:
+            return self.client()
+        with self.client() as any_node:
+            active = any_node.get_cert_authority(ca_type).active_keys
+        names = self.host_names()
+        holder = next((names[k.key.host_id] for k in active if k.key.host_id in names), None)
+        if holder is None:
+            return self.client()
+        return Target(self.directory, holder, None).client()

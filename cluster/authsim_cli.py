@@ -18,6 +18,7 @@ from cluster.cli_common import make_console, run_cli
 from cluster.external_ca_cli import external_ca
 from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
+from cluster.targets.trust_cli import trust
 
 console = make_console()
 dir_option = click.option(
@@ -128,6 +129,7 @@ def print_status(report: ClusterStatus) -> None:
 
 
 cli.add_command(external_ca)
+cli.add_command(trust)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

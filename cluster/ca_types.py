@@ -14,11 +14,14 @@ class CAType:
     name: str
     aliases: tuple[str, ...]
     description: str
+    target: str  # the downstream target that checks its credentials
 
 
 CA_TYPES: dict[str, CAType] = {
-    "windows": CAType("windows", (), "desktop access: smartcard logon certificates checked against NTAuth"),
-    "db_client": CAType("db_client", ("db-client",), "database access: TLS client certificates"),
+    "windows": CAType(
+        "windows", (), "desktop access: smartcard logon certificates checked against NTAuth", "desktop"
+    ),
+    "db_client": CAType("db_client", ("db-client",), "database access: TLS client certificates", "db"),
 }
 
 

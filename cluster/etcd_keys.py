@@ -27,3 +27,7 @@ def nodes_prefix(cluster_name: str) -> str:
 
 def node_key(cluster_name: str, host_id: str) -> str:
     return f"{nodes_prefix(cluster_name)}{host_id}"
+
+
+def events_prefix(cluster_name: str) -> str:
+    return f"{ROOT}/{cluster_name}/events/"

@@ -12,12 +12,15 @@ from pathlib import Path
 
 from auth_node.config import NodeConfig, ensure_host_id
 from cluster import processes
+from cluster.ca_types import CA_TYPES
 from cluster.errors import ClusterError
 from cluster.etcd_server import EtcdServer
 from cluster.node_client import NodeClient
 from cluster.pki import TLSIdentity, ensure_admin_identity, ensure_node_identity
 from cluster.ports import free_port, port_is_free
-from cluster.state import ClusterState, EtcdEntry, NodeEntry
+from cluster.state import ClusterState, EtcdEntry, NodeEntry, TargetEntry
+from cluster.targets.process import start_target, target_marker, wait_listening
+from cluster.targets.trust import set_default_trust
 from hsm import provision_token
 
 NODE_MARKER = "auth_node"
@@ -62,6 +65,9 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
             entry.pid = started[entry.name].pid
         state.save(directory)
         _wait_serving(directory, state, started, progress)
+        progress("starting the downstream targets", len(state.nodes), len(state.nodes))
+        _start_targets(directory, state)
+        state.save(directory)
     except BaseException:
         down(directory)
         raise
@@ -77,6 +83,10 @@ def down(directory: Path, purge: bool = False) -> list[str]:
             if processes.stop(entry.pid, node_marker(directory, entry.name)):
                 stopped.append(entry.name)
             entry.pid = None
+        for kind, target in existing.targets.items():
+            if processes.stop(target.pid, target_marker(directory, kind)):
+                stopped.append(f"{kind} target")
+            target.pid = None
         if existing.etcd.embedded and processes.stop(existing.etcd.pid, str(directory / "etcd")):
             stopped.append("etcd")
         existing.etcd.pid = None
@@ -166,6 +176,26 @@ def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
     env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, "-m", NODE_MARKER, "--config", str(config.node_dir / "node.yaml")]
     return processes.spawn(argv, config.log_file, env)
+
+
+def _start_targets(directory: Path, state: ClusterState) -> None:
+    """The desktop and database targets, trusting the cluster's self-signed CAs unless told otherwise."""
+    entry = state.nodes[0]
+    with NodeClient(entry.address, admin_identity(directory), entry.name) as client:
+        ca_pems = {
+            ca_type: [pair.cert for pair in (*ca.active_keys, *ca.additional_trusted_keys)]
+            for ca_type in CA_TYPES
+            if (ca := client.get_cert_authority(ca_type))
+        }
+    set_default_trust(directory, ca_pems["windows"], ca_pems["db_client"])
+    started = {}
+    for kind in {t.target for t in CA_TYPES.values()}:
+        previous = state.targets.get(kind)
+        port = _pick_port(int(previous.address.rsplit(":", 1)[1]) if previous else None)
+        started[kind] = (start_target(directory, kind, port, state.cluster_name), f"127.0.0.1:{port}")
+    for kind, (process, address) in started.items():
+        state.targets[kind] = TargetEntry(address, process.pid)
+        wait_listening(address, START_TIMEOUT)
 
 
 def _wait_serving(

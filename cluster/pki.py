@@ -148,7 +148,10 @@ def ensure_admin_identity(cluster_dir: Path, cluster_name: str) -> TLSIdentity:
 
 
 def ensure_node_identity(cluster_dir: Path, cluster_name: str, node_dir: Path, node_name: str) -> TLSIdentity:
-    """A node's server certificate (from the server CA), trusting only the admin CA for clients."""
+    """A node's server certificate (from the server CA), trusting only the admin CA for clients.
+
+    The node also gets the server CA, to check the downstream targets it connects to.
+    """
     pki = cluster_dir / "pki"
     server_ca = _ensure_ca(pki, "server-ca", cluster_name)
     admin_ca, _ = _ensure_ca(pki, "admin-ca", cluster_name)
@@ -168,4 +171,5 @@ def ensure_node_identity(cluster_dir: Path, cluster_name: str, node_dir: Path, n
         node_dir / "tls.key",
     )
     (node_dir / "admin-ca.pem").write_bytes(admin_ca.public_bytes(serialization.Encoding.PEM))
+    (node_dir / "server-ca.pem").write_bytes(server_ca[0].public_bytes(serialization.Encoding.PEM))
     return TLSIdentity(node_dir / "tls.pem", node_dir / "tls.key", node_dir / "admin-ca.pem")

@@ -35,10 +35,19 @@ class EtcdEntry:
 
 
 @dataclass
+class TargetEntry:
+    """A downstream target process: `desktop` (NTAuth) or `db` (TLS client-certificate trust)."""
+
+    address: str
+    pid: int | None = None
+
+
+@dataclass
 class ClusterState:
     cluster_name: str
     etcd: EtcdEntry
     nodes: list[NodeEntry] = field(default_factory=list)
+    targets: dict[str, TargetEntry] = field(default_factory=dict)
 
     @staticmethod
     def path(directory: Path) -> Path:
@@ -62,6 +71,7 @@ class ClusterState:
             cluster_name=data["cluster_name"],
             etcd=EtcdEntry(**data["etcd"]),
             nodes=[NodeEntry(**n) for n in data["nodes"]],
+            targets={k: TargetEntry(**v) for k, v in (data.get("targets") or {}).items()},
         )
 
     def node(self, name: str) -> NodeEntry:
@@ -70,3 +80,8 @@ class ClusterState:
                 return entry
         known = ", ".join(n.name for n in self.nodes)
         raise ClusterError(f"no node named {name!r} in this cluster (nodes: {known})")
+
+    def target(self, kind: str) -> TargetEntry:
+        if kind not in self.targets:
+            raise ClusterError(f"no {kind} target in this cluster: `authsim up` starts the targets")
+        return self.targets[kind]

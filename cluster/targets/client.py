@@ -60,7 +60,7 @@ async def open_db_session(
     fd, path = tempfile.mkstemp(prefix="authsim-db-", suffix=".pem")  # created 0600
     try:
         with os.fdopen(fd, "w") as f:
-            f.write("".join(_text(p) for p in (leaf_key_pem, leaf_pem, *chain_pems)))
+            f.write("".join(_text(p).strip() + "\n" for p in (leaf_key_pem, leaf_pem, *chain_pems)))
         context.load_cert_chain(path)
     finally:
         os.unlink(path)

@@ -79,5 +79,7 @@ def _answer(line: bytes, peer_der: bytes | None) -> dict[str, Any]:
         names = x509.load_der_x509_certificate(peer_der or b"").subject
         cn = next((str(a.value) for a in names.get_attributes_for_oid(NameOID.COMMON_NAME)), "")
         reason = "" if cn == user else f"certificate CN {cn!r} does not match user {user!r}"
-    log.info("session user=%r cn=%r success=%s%s", user, cn, not reason, f" reason={reason!r}" if reason else "")
+    log.info(
+        "session user=%r cn=%r success=%s%s", user, cn, not reason, f" reason={reason!r}" if reason else ""
+    )
     return {"success": not reason, "reason": reason, "database": DATABASE_NAME}

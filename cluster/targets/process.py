@@ -26,7 +26,7 @@ def start_target(cluster_dir: Path, kind: str, port: int, cluster_name: str) -> 
     if kind not in KINDS:
         raise ClusterError(f"unknown target kind {kind!r} (known: {', '.join(KINDS)})")
     target_identity(cluster_dir, cluster_name, kind)
-    argv = [sys.executable, "-m", *target_marker(cluster_dir, kind).split(" ")]
+    argv = [sys.executable, "-m", "cluster.targets", "--dir", str(cluster_dir), "--kind", kind]
     argv += ["--listen", f"127.0.0.1:{port}", "--cluster-name", cluster_name]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return processes.spawn(argv, cluster_dir / "targets" / kind / "target.log", env)

@@ -83,7 +83,9 @@ def set_default_trust(
     written = []
     for path, pems in contents.items():
         if not path.exists():
-            certs = [c for i, pem in enumerate(pems) for c in parse_certificates(pem.encode(), f"{path}[{i}]")]
+            certs = [
+                c for i, pem in enumerate(pems) for c in parse_certificates(pem.encode(), f"{path}[{i}]")
+            ]
             _write(path, _unique(certs))
             written.append(path)
     return written
@@ -107,7 +109,8 @@ def add_trust(
     if ntauth and target != "desktop":
         problems.append(f"ntauth: the {target} target has no NTAuth store")
     given: dict[Store, list[x509.Certificate]] = {}
-    for store, blobs in (("ntauth", ntauth), ("ca", ca)):
+    stores: list[tuple[Store, Sequence[bytes]]] = [("ntauth", ntauth), ("ca", ca)]
+    for store, blobs in stores:
         for i, blob in enumerate(blobs):
             try:
                 given.setdefault(store, []).extend(parse_certificates(blob, f"{store}[{i}]"))

@@ -1,0 +1,55 @@
+"""Entry point of a target process: `python -m cluster.targets --dir D --kind desktop|db --listen H:P`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cluster.errors import AuthSimError
+from cluster.targets._tls import KINDS, target_identity
+from cluster.targets.database import start_database
+from cluster.targets.desktop import start_desktop
+
+log = logging.getLogger("target")
+
+
+async def serve(cluster_dir: Path, kind: str, host: str, port: int, cluster_name: str) -> None:
+    """Run the target until SIGTERM or SIGINT, then stop listening and return."""
+    identity = target_identity(cluster_dir, cluster_name, kind)
+    start = start_desktop if kind == "desktop" else start_database
+    server = await start(cluster_dir, identity, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("%s target listening on %s:%d (trust in %s)", kind, host, port, cluster_dir / "targets" / kind)
+    await stop.wait()
+    server.close()
+    log.info("%s target stopped", kind)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cluster.targets", description="Run one authsim downstream target.")
+    parser.add_argument("--dir", type=Path, required=True, help="the cluster dir")
+    parser.add_argument("--kind", choices=KINDS, required=True, help="which target")
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on")
+    parser.add_argument("--cluster-name", required=True, help="the cluster's name (server certificate's O)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
+    )
+    host, port = args.listen.rsplit(":", 1)
+    try:
+        asyncio.run(serve(args.dir.absolute(), args.kind, host, int(port), args.cluster_name))
+    except AuthSimError as e:
+        print(f"cluster.targets {args.kind}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
