@@ -6,6 +6,7 @@ current value from the Txn's failure branch. A rejected write changes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -63,7 +64,8 @@ class Overrides:
         existing = await self.store.get(key)
         if existing is None:
             ctx = await self._context(resource.ca_type, force)
-            result = await self.store.compare_and_swap(key, 0, self._checked(resource, None, ctx).to_json())
+            checked = self._stamped(self._checked(resource, None, ctx), 1)
+            result = await self.store.compare_and_swap(key, 0, checked.to_json())
             if result.succeeded:
                 return WriteResult(result.revision, 1, True)
             existing = result.current
@@ -88,7 +90,7 @@ class Overrides:
         if current.revision != resource.revision:
             raise _stale(resource, current.revision)
         result = await self.store.compare_and_swap(
-            key, resource.revision, self._checked(resource, current, ctx).to_json()
+            key, resource.revision, self._stamped(self._checked(resource, current, ctx), 1).to_json()
         )
         if not result.succeeded:
             raise _stale(resource, result.current.mod_revision if result.current else 0)
@@ -180,6 +182,12 @@ class Overrides:
         entries = tuple(replace(e, public_key=e.key_hash) for e in new.certificate_overrides)
         return replace(new, certificate_overrides=entries)
 
+    def _stamped(self, resource: CertAuthorityOverride, attempts: int) -> CertAuthorityOverride:
+        """`resource` with status.last_write: which node wrote it, when, and the attempt that landed."""
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+        record = {"node": self.node.name, "host_id": self.node.host_id, "attempts": attempts, "time": now}
+        return replace(resource, last_write=record)
+
     async def _update(
         self,
         ca_type: str,
@@ -187,9 +195,13 @@ class Overrides:
     ) -> WriteResult:
         """The compare-and-swap loop: `change` maps the current resource to the new one (None = no-op)."""
 
+        attempts = 0
+
         def encode(current: Versioned | None) -> bytes | None:
+            nonlocal attempts
+            attempts += 1
             new = change(_decode(current))
-            return None if new is None else new.to_json()
+            return None if new is None else self._stamped(new, attempts).to_json()
 
         result = await self.store.update(override_key(self.node.cluster_name, ca_type), encode)
         return WriteResult(result.revision, result.attempts, result.changed)

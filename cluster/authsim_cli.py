@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,10 +16,12 @@ from rich.table import Table
 from cluster import launcher
 from cluster.ca_types import CA_TYPES
 from cluster.cli_common import make_console, run_cli
+from cluster.demo import run_demo
 from cluster.external_ca_cli import external_ca
 from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
 from cluster.targets.trust_cli import trust
+from cluster.watch import run_watch
 
 console = make_console()
 dir_option = click.option(
@@ -93,19 +96,33 @@ def down(directory: str | None, purge: bool) -> None:
         console.print(f"deleted {path}")
 
 
-@cli.command(help="Start a 3-node cluster (if not running) in --dir and show it.")
+@cli.command(help="The seed's five steps on a fresh 3-node cluster, narrated; non-zero exit if a step fails.")
+@click.option(
+    "--dir",
+    "directory",
+    default=".authsim-demo",
+    show_default=True,
+    help="the demo's own cluster dir (replaced on every run)",
+)
+def demo(directory: str) -> None:
+    run_demo(Path(directory).absolute(), console)
+
+
+@cli.command(
+    help="Live view of ca_overrides/TYPE: each new revision, who wrote it, what changed, CAS attempts."
+)
+@click.argument("resource")
 @dir_option
-def demo(directory: str | None) -> None:
-    path = cluster_dir(directory)
-    console.rule("authsim demo: a local 3-node Auth cluster, one SoftHSM token per node")
-    console.print(f"$ authsim up --nodes 3 --cluster-name mycluster --dir {path} --detach")
-    launcher.up(
-        path,
-        launcher.UpOptions(nodes=3, cluster_name=None if (path / "cluster.yaml").exists() else "mycluster"),
+@click.option(
+    "--count", type=click.IntRange(0), default=0, help="stop after this many new revisions (0: never)"
+)
+def watch(resource: str, directory: str | None, count: int) -> None:
+    kind, _, name = resource.partition("/")
+    if kind != "ca_overrides" or not name:
+        raise click.UsageError("watch takes ca_overrides/TYPE")
+    run_watch(
+        cluster_dir(directory), name, lambda line: console.print(line, markup=False, highlight=False), count
     )
-    print_status(collect_status(path))
-    console.print(f"Try: authctl --dir {path} --node node2 get cas/windows --format text")
-    console.print(f"Stop: authsim down --dir {path}")
 
 
 def print_status(report: ClusterStatus) -> None:

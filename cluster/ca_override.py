@@ -102,6 +102,7 @@ class CertAuthorityOverride:
     ca_type: str
     certificate_overrides: tuple[CertificateOverride, ...] = ()
     revision: int = field(default=0, compare=False)
+    last_write: dict[str, Any] | None = field(default=None, compare=False)  # status: node, attempts, time
 
     def entry(self, key_hash: str) -> tuple[int, CertificateOverride] | None:
         """The entry for public key `key_hash` and its index, or None."""
@@ -134,7 +135,7 @@ class CertAuthorityOverride:
             "version": VERSION,
             "metadata": {"name": self.cluster_name, "revision": self.revision},
             "spec": spec,
-            "status": {},
+            "status": {"last_write": self.last_write} if self.last_write else {},
         }
 
     @classmethod
@@ -145,6 +146,7 @@ class CertAuthorityOverride:
             ca_type=str(data["sub_kind"]),
             certificate_overrides=tuple(CertificateOverride.from_dict(e) for e in entries),
             revision=revision,
+            last_write=(data.get("status") or {}).get("last_write"),
         )
 
     def to_yaml(self) -> str:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from auth_node.pb import authsim_pb2 as pb
 from cluster import authctl_cli, launcher
+from cluster.errors import AuthSimError
 from cluster.external_ca import ExternalCA
 from cluster.node_client import NodeClient
 from cluster.state import ClusterState
@@ -73,6 +76,26 @@ class LocalCluster:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = authctl_cli.main(argv)
         return CliResult(code, out.getvalue(), err.getvalue())
+
+    def sign(self, ca_type: str, user: str, out: Path, node: str | None = None) -> dict[str, Any]:
+        """`authctl auth sign`: writes OUT.crt/.key/.chain.pem/.json and returns the .json content."""
+        result = self.authctl("auth", "sign", "--type", ca_type, "--user", user, "--out", str(out), node=node)
+        if result.exit_code != 0:
+            raise AuthSimError(result.stderr.strip())
+        data: dict[str, Any] = json.loads(Path(f"{out}.json").read_text())
+        return data
+
+    def exercise(self, ca_type: str, user: str, node: str | None = None) -> dict[str, Any]:
+        """`authctl exercise`: the session-start event the node recorded (success or not)."""
+        result = self.authctl("exercise", "--type", ca_type, "--user", user, node=node)
+        if not result.stdout.strip():
+            raise AuthSimError(result.stderr.strip())
+        event: dict[str, Any] = json.loads(result.stdout)
+        return event
+
+    def events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = json.loads(self.authctl("get", "events", "--format", "json").stdout)
+        return events
 
     def stop(self, purge: bool = False) -> list[str]:
         return launcher.down(self.directory, purge=purge)

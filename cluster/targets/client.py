@@ -84,7 +84,8 @@ async def _session(
     except ssl.SSLError as e:
         return SessionResult(False, f"TLS handshake refused: {_ssl_reason(e)}", "")
     except OSError as e:
-        return SessionResult(False, f"cannot reach {kind} target at {address}: {e.strerror or e}", "")
+        why = os.strerror(e.errno) if e.errno else str(e)
+        return SessionResult(False, f"cannot reach {kind} target at {address}: {why}", "")
     if not reply:
         return SessionResult(False, f"{kind} target at {address} closed the connection without a reply", "")
     try:
