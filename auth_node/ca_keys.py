@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -13,8 +14,9 @@ from auth_node.ca_cert import self_signed_ca_cert
 from auth_node.config import NodeConfig
 from cluster.ca_types import CA_TYPES
 from cluster.cert_authority import CAKeyPair, CertAuthority
+from cluster.errors import NotFoundError
 from cluster.etcd_keys import cert_authority_key
-from cluster.store import EtcdStore, Versioned
+from cluster.store import EtcdStore, UpdateResult, Versioned
 from hsm import KeyRef, Pkcs11KeyStore, public_key_hash
 
 log = logging.getLogger(__name__)
@@ -81,3 +83,21 @@ def _read_records(path: Path) -> dict[str, dict[str, str]]:
         return {}
     data: dict[str, dict[str, str]] = json.loads(path.read_text())
     return data
+
+
+async def promote_additional_keys(store: EtcdStore, cluster_name: str, ca_type: str) -> UpdateResult:
+    """A minimal rotation: every additional trusted key becomes active, so each node signs with its own.
+
+    Already-trusted keys only: nothing downstream trusts changes, and no key leaves its token.
+    """
+
+    def promote(current: Versioned | None) -> bytes | None:
+        if current is None:
+            raise NotFoundError(f"cert_authority {ca_type} of cluster {cluster_name} not found")
+        ca = CertAuthority.from_json(current.value)
+        if not ca.additional_trusted_keys:
+            return None
+        keys = (*ca.active_keys, *ca.additional_trusted_keys)
+        return replace(ca, active_keys=keys, additional_trusted_keys=()).to_json()
+
+    return await store.update(cert_authority_key(cluster_name, ca_type), promote)

@@ -59,8 +59,8 @@ def resolve_issuer(
             f"{node_names.get(p.key.host_id, 'host')} ({p.key.host_id})" for p in ca.active_keys
         )
         raise KeyAccessError(
-            f"node {node} holds {role} of the {ca.ca_type} CA, so it cannot sign: its key signs once a CA "
-            f"rotation makes it active; until then run `authctl --node NODE auth sign` on the node holding "
+            f"node {node} holds {role} of the {ca.ca_type} CA, so it cannot sign: run "
+            f"`authctl auth rotate --type {ca.ca_type}` to make its key active, or sign on the node holding "
             f"the active key: {holders}"
         )
     pair = active[0]

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_public_key,
 )
 
-from auth_node.ca_keys import load_cert_authority
+from auth_node.ca_keys import load_cert_authority, promote_additional_keys
 from auth_node.cluster_view import ClusterView
 from auth_node.config import NodeConfig
 from auth_node.csr import create_override_csrs
@@ -280,6 +280,15 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListEventsResponse:
         return pb.ListEventsResponse(events=await list_events(self.store, self.node.cluster_name))
+
+    @_domain_errors
+    async def RotateCertAuthority(
+        self, request: pb.RotateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WriteResponse:
+        result = await promote_additional_keys(
+            self.store, self.node.cluster_name, resolve_ca_type(request.type).name
+        )
+        return pb.WriteResponse(revision=result.revision, attempts=result.attempts, changed=result.changed)
 
 
 def _written(result: WriteResult) -> pb.WriteResponse:

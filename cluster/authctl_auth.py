@@ -213,3 +213,17 @@ def write_credential(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> No
         click.echo(f"Wrote {prefix}{suffix}")
     state = "active" if reply.ca_override.active else "not active (self-signed CA)"
     click.echo(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
+
+
+@auth.command(
+    "rotate", help="Make every additional trusted key of CA TYPE active, so each node signs with its own."
+)
+@type_option
+@click.pass_obj
+def rotate(target: Target, ca_type: str) -> None:
+    with target.client() as client:
+        reply: pb.WriteResponse = client.call("RotateCertAuthority", pb.RotateRequest(type=ca_type))
+    if reply.changed:
+        click.echo(f"cert_authority {ca_type}: every key is active now (revision {reply.revision})")
+    else:
+        click.echo(f"cert_authority {ca_type}: no additional keys, nothing to do (revision {reply.revision})")

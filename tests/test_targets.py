@@ -6,6 +6,7 @@ CA certify the same key; the override is signed by an external intermediate belo
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import signal
@@ -374,27 +375,23 @@ async def test_db_trusts_the_external_root_for_override_chains(db: Target, pki: 
 
 def test_db_target_is_a_real_tls_server_for_openssl(db: Target, pki: PKI, tmp_path: Path) -> None:
     add_trust(db.directory, "db", ca=[pem(pki.root)], replace=True)
-    credential = leaf(pki.override, ekus=[ExtendedKeyUsageOID.CLIENT_AUTH])
-    files = {
-        "leaf.pem": pem(credential),
-        "leaf.key": key_pem(credential),
-        "chain.pem": pem(pki.override, pki.intermediate),
-    }
-    for file, data in files.items():
-        (tmp_path / file).write_bytes(data)
-    argv = ["openssl", "s_client", "-connect", db.address, "-quiet", "-verify_return_error"]
-    argv += [
-        "-CAfile",
-        str(db.directory / "pki" / "server-ca.pem"),
-        "-servername",
-        "db",
-        "-verify_hostname",
-        "db",
-    ]
-    argv += ["-cert", str(tmp_path / "leaf.pem"), "-key", str(tmp_path / "leaf.key")]
-    argv += ["-cert_chain", str(tmp_path / "chain.pem")]
-    result = subprocess.run(argv, input=b'{"user": "alice"}\n', capture_output=True, timeout=30)
-    assert b'{"success": true, "reason": "", "database": "example-db"}' in result.stdout, result.stderr
+
+    def s_client(credential: CertKey, chain: Sequence[CertKey]) -> subprocess.CompletedProcess[bytes]:
+        (tmp_path / "leaf.pem").write_bytes(pem(credential))
+        (tmp_path / "leaf.key").write_bytes(key_pem(credential))
+        argv = ["openssl", "s_client", "-connect", db.address, "-quiet", "-verify_return_error"]
+        argv += ["-CAfile", str(db.directory / "pki" / "server-ca.pem"), "-verify_hostname", "db"]
+        argv += ["-cert", str(tmp_path / "leaf.pem"), "-key", str(tmp_path / "leaf.key")]
+        if chain:
+            (tmp_path / "chain.pem").write_bytes(pem(*chain))
+            argv += ["-cert_chain", str(tmp_path / "chain.pem")]
+        return subprocess.run(argv, input=b'{"user": "alice"}\n', capture_output=True, timeout=30)
+
+    client_auth = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    accepted = s_client(leaf(pki.override, ekus=client_auth), [pki.override, pki.intermediate])
+    assert b'{"success": true, "reason": "", "database": "example-db"}' in accepted.stdout, accepted.stderr
+    refused = s_client(leaf(pki.self_signed, ekus=client_auth), [])
+    assert refused.returncode != 0 and b"alert unknown ca" in refused.stderr, refused.stderr
 
 
 def test_target_stops_cleanly_on_sigterm(tmp_path: Path, pki: PKI) -> None:
@@ -412,3 +409,19 @@ async def test_client_reports_an_unreachable_target(tmp_path: Path, pki: PKI) ->
     address = f"127.0.0.1:{free_port()}"
     result = await open_desktop_session(address, pem(pki.root), "alice", pem(leaf(pki.self_signed)), [], 2.0)
     assert result == SessionResult(False, f"cannot reach desktop target at {address}: Connection refused", "")
+
+
+async def test_client_gives_up_after_its_timeout(pki: PKI) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers the TLS handshake
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        result = await open_desktop_session(
+            address, pem(pki.root), "alice", pem(leaf(pki.self_signed)), [], 0.5
+        )
+    finally:
+        server.close()
+    assert result == SessionResult(False, f"desktop target at {address} did not answer within 0.5s", "")

@@ -34,6 +34,11 @@ class AuthServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.RotateCertAuthority = channel.unary_unary(
+                '/authsim.v1.AuthService/RotateCertAuthority',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.RotateRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                _registered_method=True)
         self.Sign = channel.unary_unary(
                 '/authsim.v1.AuthService/Sign',
                 request_serializer=auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
@@ -98,6 +103,12 @@ class AuthServiceStub:
 
 class AuthServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def RotateCertAuthority(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Sign(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -174,6 +185,11 @@ class AuthServiceServicer:
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'RotateCertAuthority': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateCertAuthority,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.RotateRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+            ),
             'Sign': grpc.unary_unary_rpc_method_handler(
                     servicer.Sign,
                     request_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignRequest.FromString,
@@ -244,6 +260,33 @@ def add_AuthServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AuthService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def RotateCertAuthority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/RotateCertAuthority',
+            auth__node_dot_pb_dot_authsim__pb2.RotateRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Sign(request,

@@ -21,8 +21,3 @@ def server_context(identity: TLSIdentity) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(identity.cert, identity.key)
     return context
-
-
-def server_ca(cluster_dir: Path) -> Path:
-    """The CA that issued every target's (and node's) server certificate."""
-    return cluster_dir / "pki" / "server-ca.pem"

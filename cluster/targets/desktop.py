@@ -96,7 +96,7 @@ async def start_desktop(cluster_dir: Path, identity: TLSIdentity, host: str, por
             reply = _answer(cluster_dir, line)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
-        except (OSError, asyncio.TimeoutError) as e:
+        except (OSError, ValueError, asyncio.TimeoutError) as e:  # ValueError: line over the limit
             log.info("connection dropped: %s", e or type(e).__name__)
         finally:
             writer.close()
