@@ -189,7 +189,7 @@ def _start_targets(directory: Path, state: ClusterState) -> None:
         }
     set_default_trust(directory, ca_pems["windows"], ca_pems["db_client"])
     started = {}
-    for kind in {t.target for t in CA_TYPES.values()}:
+    for kind in dict.fromkeys(t.target for t in CA_TYPES.values()):
         previous = state.targets.get(kind)
         port = _pick_port(int(previous.address.rsplit(":", 1)[1]) if previous else None)
         started[kind] = (start_target(directory, kind, port, state.cluster_name), f"127.0.0.1:{port}")

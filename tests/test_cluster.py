@@ -169,8 +169,9 @@ def test_down_and_up_keep_host_ids_keys_and_resources(tmp_path: Path) -> None:
     with local_cluster(directory, nodes=2) as cluster:
         before = json.loads(cluster.authctl("get", "cas/windows", "--format", "json").stdout)
         hosts = {n: cluster.host_id(n) for n in cluster.node_names}
-        pids = [n.pid for n in cluster.state.nodes] + [cluster.state.etcd.pid]
-        assert cluster.stop() == ["node1", "node2", "etcd"]
+        state = cluster.state
+        pids = [n.pid for n in state.nodes] + [t.pid for t in state.targets.values()] + [state.etcd.pid]
+        assert cluster.stop() == ["node1", "node2", "desktop target", "db target", "etcd"]
         assert not any(processes.is_running(pid, "") for pid in pids)
         assert (directory / "etcd" / "data").is_dir() and (directory / "nodes" / "node1" / "tokens").is_dir()
         LocalCluster.start(directory, nodes=2)
