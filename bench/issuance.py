@@ -1,0 +1,170 @@
+"""Benchmark: credentials per second from one node against raw SoftHSM RSA-2048 signing, and the
+write-to-effect time of override changes.
+
+Run: .venv/bin/python bench/issuance.py [--seconds 5] [--changes 20]
+Prints a table and writes bench/issuance.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from rich.console import Console
+from rich.table import Table
+
+from auth_node.pb import authsim_pb2 as pb
+from cluster.external_ca import init
+from cluster.local import LocalCluster, local_cluster
+from hsm import provision_token
+
+OUT = Path(__file__).with_name("issuance.json")
+
+RAW_SIGN = """
+import sys, time, uuid
+from pathlib import Path
+from hsm import Pkcs11KeyStore, load_token_config
+config = load_token_config(Path(sys.argv[1]), "bench")
+store = Pkcs11KeyStore.open(config, str(uuid.uuid4()), "bench")
+ref, _ = store.generate_rsa_key()
+data = b"x" * 512
+deadline = time.perf_counter() + float(sys.argv[2])
+count = 0
+started = time.perf_counter()
+while time.perf_counter() < deadline:
+    store.sign(ref, data)
+    count += 1
+print(count / (time.perf_counter() - started))
+store.close()
+"""
+
+
+def raw_sign_rate(tmp: Path, seconds: float) -> float:
+    """RSA-2048 SHA256-PKCS#1 signatures per second straight through python-pkcs11, one session."""
+    token = provision_token(tmp / "rawtoken", "bench")
+    done = subprocess.run(
+        [sys.executable, "-c", RAW_SIGN, str(token.node_dir), str(seconds)],
+        env=token.process_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout)
+
+
+def issuance_rate(cluster: LocalCluster, node: str, seconds: float, in_flight: int) -> float:
+    """Sign RPCs per second to one node with `in_flight` concurrent callers (keys made beforehand)."""
+    spki = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    request = pb.SignRequest(type="db_client", user="bench", public_key=spki)
+    counts = [0] * in_flight
+    deadline = time.perf_counter() + seconds
+
+    def caller(slot: int) -> None:
+        with cluster.client(node) as client:
+            while time.perf_counter() < deadline:
+                client.call("Sign", request)
+                counts[slot] += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(in_flight)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def propagation(cluster: LocalCluster, tmp: Path, changes: int) -> list[float]:
+    """Seconds from a write's acknowledgement (through another node) to the owner's first credential
+    that reflects it; alternately disabling (via node1) and enabling (via the owner)."""
+    ca = init(tmp / "extca")
+    owner = "node2"
+    cert = cluster.override_certs(ca, "db_client")[owner]
+    with cluster.client(owner) as client:
+        added = client.call("CreateOverride", pb.CreateOverrideRequest(type="db_client", certificate=cert))
+    key = added.public_key
+    spki = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    sign = pb.SignRequest(type="db_client", user="bench", public_key=spki)
+    delays = []
+    with cluster.client("node1") as other, cluster.client(owner) as signer:
+        for i in range(changes):
+            disable = i % 2 == 0
+            writer = other if disable else signer
+            change = pb.UpdateOverrideRequest(
+                type="db_client", public_key=key, set_disabled=disable, force=True
+            )
+            writer.call("UpdateOverride", change)
+            acknowledged = time.perf_counter()
+            while signer.call("Sign", sign).ca_override.active == disable:
+                pass
+            delays.append(time.perf_counter() - acknowledged)
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--changes", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        raw = raw_sign_rate(tmp, args.seconds)
+        with local_cluster(tmp / "c", nodes=3) as cluster:
+            assert cluster.authctl("auth", "rotate", "--type=db_client").exit_code == 0
+            rates = {n: issuance_rate(cluster, "node2", args.seconds, n) for n in (1, 4, 8)}
+            delays = propagation(cluster, tmp, args.changes)
+    best = max(rates.values())
+    result = {
+        "cpu_count": os.cpu_count(),
+        "raw_softhsm_rsa2048_signs_per_s": raw,
+        "credentials_per_s_by_in_flight": rates,
+        "issuance_to_raw_ratio": best / raw,
+        "propagation_ms": {
+            "median": statistics.median(delays) * 1000,
+            "p99": sorted(delays)[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000,
+            "max": max(delays) * 1000,
+            "changes": len(delays),
+        },
+    }
+    table = Table("measure", "value", "raw limit (same run)", "ratio")
+    table.add_row("raw SoftHSM RSA-2048 signs/s", f"{raw:.0f}", "", "")
+    for in_flight, rate in rates.items():
+        table.add_row(
+            f"credentials/s, one node, {in_flight} in flight",
+            f"{rate:.0f}",
+            f"{raw:.0f}",
+            f"{rate / raw:.2f}",
+        )
+    prop = result["propagation_ms"]
+    assert isinstance(prop, dict)
+    table.add_row(
+        f"override write-to-effect, {len(delays)} changes",
+        f"median {prop['median']:.1f} ms, max {prop['max']:.1f} ms",
+        "",
+        "",
+    )
+    Console(width=120).print(table)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
