@@ -15,6 +15,8 @@ from cluster.errors import NotFoundError, ValidationError
 from cluster.override_validation import CLUSTER_NAME_OID
 from hsm import Pkcs11KeyStore
 
+MAX_SUBJECT_CHARS = 1024  # far above any real distinguished name; bounds what a request makes us parse
+
 
 @dataclass(frozen=True)
 class OverrideCSR:
@@ -34,6 +36,8 @@ def csr_subject(ca_cert_subject: x509.Name, cluster_name: str, custom: str = "")
         return x509.Name(
             [rdn for rdn in ca_cert_subject.rdns if not any(a.oid == NameOID.SERIAL_NUMBER for a in rdn)]
         )
+    if len(custom) > MAX_SUBJECT_CHARS:
+        raise ValidationError([f"subject: longer than {MAX_SUBJECT_CHARS} characters (got {len(custom)})"])
     try:
         name = x509.Name.from_rfc4514_string(custom)
     except ValueError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -25,12 +26,14 @@ MAX_ENTRIES = 64
 MAX_YAML_ALIASES = 100
 MAX_YAML_ALIAS_EXPANSION = 10_000  # nodes all aliases together may stand for (a billion-laughs guard)
 MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 10_000  # a full resource (64 entries, chains of 10) has under 1,500; bounds parse time
 
 _TOP_FIELDS = ("kind", "sub_kind", "version", "metadata", "spec", "status")
 _METADATA_FIELDS = ("name", "revision")
 _SPEC_FIELDS = ("certificate_overrides",)
 _ENTRY_FIELDS = ("certificate", "public_key", "chain", "disabled")
 _MISSING: Any = object()
+_PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 def certificate_key_hash(cert: x509.Certificate) -> str:
@@ -195,6 +198,7 @@ def parse_override_yaml(text: str | bytes, revision_required: bool = False) -> C
     problems = _document_problems(data, revision_required)
     if problems:
         raise ValidationError(problems)
+    data.pop("status", None)  # system-managed: the node writes it, whatever a user put there is ignored
     data["sub_kind"] = resolve_ca_type(data["sub_kind"], "sub_kind").name
     return CertAuthorityOverride.from_dict(data, data["metadata"].get("revision", 0))
 
@@ -207,6 +211,7 @@ class _LimitedLoader(yaml.SafeLoader):
         self._aliases = 0
         self._expanded = 0
         self._depth = 0
+        self._nodes = 0
         self._weights: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
@@ -214,6 +219,9 @@ class _LimitedLoader(yaml.SafeLoader):
             node = super().compose_node(parent, index)
             self._count_alias(node)
             return node
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise ValidationError([f"resource: more than {MAX_YAML_NODES} YAML nodes"])
         self._depth += 1
         if self._depth > MAX_YAML_DEPTH:
             raise ValidationError([f"resource: YAML nested deeper than {MAX_YAML_DEPTH} levels"])
@@ -365,7 +373,13 @@ def _is_str_list(value: Any) -> bool:
 
 
 def _unknown_fields(data: dict[Any, Any], known: tuple[str, ...], prefix: str) -> list[str]:
-    return [f"{prefix}{_short(str(key))}: unknown field" for key in data if key not in known]
+    return [f"{prefix}{_field_name(key)}: unknown field" for key in data if key not in known]
+
+
+def _field_name(key: Any) -> str:
+    """A user's field name for a path: as is when plain, else quoted (one line, never read as a path)."""
+    text = str(key)
+    return text if len(text) <= 64 and _PLAIN_FIELD.fullmatch(text) else _short(repr(text))
 
 
 def _got(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""A real single-member etcd server on loopback, started and stopped by PID."""
+"""Real etcd servers on loopback, one member or a cluster of members, started and stopped by PID."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ class EtcdServer:
     peer_port: int
     name: str
     log_path: Path
+    members: dict[str, int]  # member name -> peer port, this member included
+    detach: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,45 +61,84 @@ class EtcdServer:
         detach: bool = False,
         log_path: Path | None = None,
     ) -> EtcdServer:
-        """Start etcd on loopback and wait until it reports healthy.
+        """Start a single-member etcd on loopback and wait until it reports healthy.
 
         The log goes to `log_path`, by default `data_dir.parent / "etcd.log"`: the launcher passes
         `<state dir>/etcd/data`, so data and log both live under `etcd/` (SPEC §4). An existing data dir
         is reused (the member restarts with its data). `detach=True` puts etcd in its own session so it
         outlives the launcher.
         """
-        binary = find_etcd_binary()
-        data_dir = data_dir.absolute()
         client_port = client_port or free_port(HOST)
         while peer_port is None or peer_port == client_port:
             peer_port = free_port(HOST)
-        for port in (client_port, peer_port):
+        server = cls._member(data_dir, name, client_port, peer_port, {name: peer_port}, detach, log_path)
+        server.restart()
+        return server
+
+    @classmethod
+    def start_cluster(cls, base_dir: Path, size: int = 3, detach: bool = False) -> list[EtcdServer]:
+        """Start `size` loopback members as one cluster in `base_dir/etcdN/`; return once all are healthy."""
+        ports = set[int]()
+        while len(ports) < 2 * size:
+            ports.add(free_port(HOST))
+        pairs = list(zip(sorted(ports)[:size], sorted(ports)[size:], strict=True))
+        members = {f"etcd{i + 1}": peer for i, (_, peer) in enumerate(pairs)}
+        servers = [
+            cls._member(base_dir / name / "data", name, client, peer, members, detach, None)
+            for name, (client, peer) in zip(members, pairs, strict=True)
+        ]
+        try:
+            for server in servers:
+                server._spawn()
+            for server in servers:
+                server._wait_healthy(READY_TIMEOUT)
+        except BaseException:
+            for server in servers:
+                server.stop()
+            raise
+        return servers
+
+    @classmethod
+    def _member(
+        cls,
+        data_dir: Path,
+        name: str,
+        client_port: int,
+        peer_port: int,
+        members: dict[str, int],
+        detach: bool,
+        log_path: Path | None,
+    ) -> EtcdServer:
+        data_dir = data_dir.absolute()
+        return cls(
+            data_dir, client_port, peer_port, name, log_path or data_dir.parent / "etcd.log", members, detach
+        )
+
+    def restart(self) -> None:
+        """Start this member's process (again, after stop or a kill) on the same ports and data."""
+        self._spawn()
+        self._wait_healthy(READY_TIMEOUT)
+
+    def _spawn(self) -> None:
+        binary = find_etcd_binary()
+        for port in (self.client_port, self.peer_port):
             if not port_is_free(port, HOST):
                 raise ClusterError(f"cannot start etcd: port {HOST}:{port} is already in use")
-        server = cls(
-            data_dir=data_dir,
-            client_port=client_port,
-            peer_port=peer_port,
-            name=name,
-            log_path=log_path or data_dir.parent / "etcd.log",
-        )
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with server.log_path.open("ab") as log:
-            server.process = subprocess.Popen(
-                [binary, *server._arguments({name: peer_port})],
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [binary, *self._arguments()],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=detach,
+                start_new_session=self.detach,
             )
-        server._wait_healthy(READY_TIMEOUT)
-        return server
 
-    def _arguments(self, members: dict[str, int]) -> list[str]:
-        """etcd flags; `members` maps member name to peer port (one entry today, three later)."""
+    def _arguments(self) -> list[str]:
+        """etcd flags for this member of `self.members`."""
         client_url = f"http://{HOST}:{self.client_port}"
         peer_url = f"http://{HOST}:{self.peer_port}"
-        initial_cluster = ",".join(f"{name}=http://{HOST}:{port}" for name, port in members.items())
+        initial_cluster = ",".join(f"{name}=http://{HOST}:{port}" for name, port in self.members.items())
         return [
             "--name", self.name,
             "--data-dir", str(self.data_dir),
@@ -106,7 +147,7 @@ class EtcdServer:
             "--listen-peer-urls", peer_url,
             "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", initial_cluster,
-            "--initial-cluster-token", self.name,
+            "--initial-cluster-token", "authsim-" + "-".join(self.members),
             "--initial-cluster-state", "new",
             "--logger", "zap",
             "--log-outputs", "stderr",

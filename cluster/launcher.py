@@ -44,29 +44,39 @@ class UpOptions:
 
 
 def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None) -> ClusterState:
-    """Start (or restart) the cluster in `directory`, reusing its tokens, keys and etcd data."""
+    """Start (or restart) the cluster in `directory`, reusing its tokens, keys and etcd data.
+
+    Parts still running (a node, etcd, a target) are left as they are: `up` after a crash starts only
+    what is missing. When everything already runs, that is an error.
+    """
     existing = _load_existing(directory)
-    if existing is not None and any(_node_running(directory, n) for n in existing.nodes):
+    running = _running(directory, existing)
+    if (
+        existing is not None
+        and _parts(existing) <= running
+        and (not options.nodes or options.nodes <= len(existing.nodes))
+    ):
         raise ClusterError(
             f"the cluster in {directory} is already running: `authsim down --dir {directory}` first"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    state = _plan(directory, existing, options)
+    state = _plan(directory, existing, options, running)
     state.save(directory)
     try:
-        if state.etcd.embedded:
+        if state.etcd.embedded and "etcd" not in running:
             progress("starting etcd", 0, len(state.nodes))
             _start_etcd(directory, state)
             state.save(directory)
         ensure_admin_identity(directory, state.cluster_name)
-        configs = [_prepare_node(directory, state, entry) for entry in state.nodes]
+        missing = [entry for entry in state.nodes if entry.name not in running]
+        configs = [_prepare_node(directory, state, entry) for entry in missing]
         started = {config.name: _start_node(config) for config in configs}
-        for entry in state.nodes:
+        for entry in missing:
             entry.pid = started[entry.name].pid
         state.save(directory)
         _wait_serving(directory, state, started, progress)
         progress("starting the downstream targets", len(state.nodes), len(state.nodes))
-        _start_targets(directory, state)
+        _start_targets(directory, state, running)
         state.save(directory)
     except BaseException:
         down(directory)
@@ -96,6 +106,22 @@ def down(directory: Path, purge: bool = False) -> list[str]:
     return stopped
 
 
+def _parts(state: ClusterState) -> set[str]:
+    """Names of every process the cluster has: nodes, `etcd` when embedded, the target kinds."""
+    return {n.name for n in state.nodes} | ({"etcd"} if state.etcd.embedded else set()) | set(state.targets)
+
+
+def _running(directory: Path, state: ClusterState | None) -> set[str]:
+    """Names of the parts of `state` whose processes still run: node names, `etcd`, target kinds."""
+    if state is None:
+        return set()
+    names = {n.name for n in state.nodes if _node_running(directory, n)}
+    if state.etcd.embedded and processes.is_running(state.etcd.pid, str(directory / "etcd")):
+        names.add("etcd")
+    names |= {k for k, t in state.targets.items() if processes.is_running(t.pid, target_marker(directory, k))}
+    return names
+
+
 def _load_existing(directory: Path) -> ClusterState | None:
     return ClusterState.load(directory) if ClusterState.path(directory).exists() else None
 
@@ -112,7 +138,9 @@ def _pick_port(preferred: int | None) -> int:
     return preferred if preferred and port_is_free(preferred) else free_port()
 
 
-def _plan(directory: Path, existing: ClusterState | None, options: UpOptions) -> ClusterState:
+def _plan(
+    directory: Path, existing: ClusterState | None, options: UpOptions, running: set[str]
+) -> ClusterState:
     if existing is not None:
         if options.cluster_name and options.cluster_name != existing.cluster_name:
             raise ClusterError(
@@ -135,6 +163,8 @@ def _plan(directory: Path, existing: ClusterState | None, options: UpOptions) ->
         port = options.base_port + i if options.base_port else free_port()
         state.nodes.append(NodeEntry(name=f"node{i + 1}", address=f"127.0.0.1:{port}"))
     for entry in state.nodes:
+        if entry.name in running:
+            continue
         host, preferred = entry.address.rsplit(":", 1)
         entry.address = f"{host}:{_pick_port(int(preferred))}"
     return state
@@ -178,7 +208,7 @@ def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
     return processes.spawn(argv, config.log_file, env)
 
 
-def _start_targets(directory: Path, state: ClusterState) -> None:
+def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> None:
     """The desktop and database targets, trusting the cluster's self-signed CAs unless told otherwise."""
     entry = state.nodes[0]
     with NodeClient(entry.address, admin_identity(directory), entry.name) as client:
@@ -190,6 +220,8 @@ def _start_targets(directory: Path, state: ClusterState) -> None:
     set_default_trust(directory, ca_pems["windows"], ca_pems["db_client"])
     started = {}
     for kind in dict.fromkeys(t.target for t in CA_TYPES.values()):
+        if kind in running:
+            continue
         previous = state.targets.get(kind)
         port = _pick_port(int(previous.address.rsplit(":", 1)[1]) if previous else None)
         started[kind] = (start_target(directory, kind, port, state.cluster_name), f"127.0.0.1:{port}")
@@ -209,7 +241,8 @@ def _wait_serving(
         while waiting:
             progress(f"waiting for {', '.join(waiting)}", len(state.nodes) - len(waiting), len(state.nodes))
             for name in list(waiting):
-                if started[name].poll() is not None:
+                process = started.get(name)
+                if process is not None and process.poll() is not None:
                     log = directory / "nodes" / name / "node.log"
                     raise ClusterError(
                         f"node {name} exited during start-up; last lines of {log}:\n{processes.tail(log)}"

@@ -44,6 +44,7 @@ _CHANNEL_OPTIONS: dict[str, int] = {
 
 _BACKOFF_BASE = 0.005
 _BACKOFF_CAP = 0.2
+_UNAVAILABLE_PAUSE = 0.1  # seconds before reading again after etcd did not answer
 
 
 @dataclass(frozen=True)
@@ -177,24 +178,37 @@ class EtcdStore:
         `fn` returns the new value, or None when nothing needs writing (then nothing is written). An
         exception from `fn` propagates with nothing written. Retries back off with full jitter
         (5 ms doubling to 200 ms) and stop after `max_attempts` or `deadline` seconds: ConflictError.
-        Make `fn` return None when its change is already there, so repeating an update whose outcome
-        was unknown (StoreUnavailableError) is safe.
+        `fn` must return None when its change is already there: when etcd does not answer (a member
+        down, a leader change), the loop reads again and calls `fn` on what it finds, until the
+        deadline; only then does StoreUnavailableError reach the caller.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        current = await self.get(key)
-        attempt = 0
+        current: Versioned | None = None
+        known = False  # whether `current` reflects the store (false after an unknown outcome)
+        attempt = expected = 0
         while True:
-            attempt += 1
-            new_value = fn(current)
-            expected = current.mod_revision if current else 0
-            if new_value is None:
-                return UpdateResult(expected, attempt, False, current.value if current else None)
-            result = await self.compare_and_swap(key, expected, new_value)
-            if result.succeeded:
-                return UpdateResult(result.revision, attempt, True, new_value)
-            current = result.current
-            delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
+            try:
+                if not known:
+                    current = await self.get(key)
+                    known = True
+                attempt += 1
+                new_value = fn(current)
+                expected = current.mod_revision if current else 0
+                if new_value is None:
+                    return UpdateResult(expected, attempt, False, current.value if current else None)
+                result = await self.compare_and_swap(key, expected, new_value)
+                if result.succeeded:
+                    return UpdateResult(result.revision, attempt, True, new_value)
+                current = result.current
+            except StoreUnavailableError:
+                # Outcome unknown (etcd down, leader changed): read again and let `fn` decide.
+                known = False
+                if loop.time() - started > deadline:
+                    raise
+            delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** max(attempt - 1, 0)))
+            if not known:
+                delay = max(delay, _UNAVAILABLE_PAUSE)
             elapsed = loop.time() - started
             if attempt >= max_attempts or elapsed + delay > deadline:
                 raise ConflictError(
@@ -225,7 +239,7 @@ class EtcdStore:
 
     async def ping(self) -> int:
         """One linearizable read (needs a leader and quorum); returns the store revision."""
-        response = await self._call("Range", rpc.RangeRequest(key=b"\0", count_only=True))
+        response = await self._call("Range", rpc.RangeRequest(key=b"\0", count_only=True), wait=False)
         return int(response.header.revision)
 
     async def _guarded(self, key: str, expected_revision: int, op: Any) -> CasResult:
@@ -249,13 +263,29 @@ class EtcdStore:
         kvs = response.responses[0].response_range.kvs
         return CasResult(False, revision, _versioned(kvs[0]) if kvs else None)
 
-    async def _call(self, method: str, request: Any) -> Any:
-        """One unary KV call (Range, Txn, DeleteRange) with the timeout, errors mapped."""
+    async def _call(self, method: str, request: Any, wait: bool = True) -> Any:
+        """One unary KV call (Range, Txn, DeleteRange) within the timeout, errors mapped.
+
+        With `wait`, the call waits for a connection (a member restarting, a failover to another
+        endpoint) instead of failing at once; a read that loses its connection is sent again while
+        time remains. A write is sent once: its outcome is then unknown, and `update` reads again.
+        """
         client = self._connected()
-        with self._map_errors():
-            return await getattr(client.kvstub, method)(
-                request, timeout=self.timeout, metadata=client.metadata
-            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            try:
+                with self._map_errors():
+                    return await getattr(client.kvstub, method)(
+                        request,
+                        timeout=max(deadline - loop.time(), 0.01),
+                        metadata=client.metadata,
+                        wait_for_ready=wait,
+                    )
+            except StoreUnavailableError:
+                if method != "Range" or not wait or loop.time() + _UNAVAILABLE_PAUSE >= deadline:
+                    raise
+                await asyncio.sleep(_UNAVAILABLE_PAUSE)
 
     def _connected(self) -> Any:
         if self._client is None:

@@ -1,0 +1,26 @@
+# The authsim image: Python 3.11 on Debian 12 with SoftHSM2; runs `authsim`, `authctl` and the nodes.
+# Used by docker-compose.yml (init, node1..3, authctl); etcd runs from the upstream etcd image.
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends softhsm2 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/authsim
+COPY pyproject.toml README.md ./
+COPY auth_node ./auth_node
+COPY cluster ./cluster
+COPY hsm ./hsm
+RUN pip install --no-cache-dir . && rm -rf build
+
+# Mount points of the named volumes, owned by the runtime user so fresh volumes inherit it.
+RUN useradd --system --user-group --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin authsim \
+    && install -d -o authsim -g authsim -m 0700 /state /pki /ca /cluster
+
+USER authsim
+WORKDIR /state
+ENV PYTHONUNBUFFERED=1 \
+    AUTHSIM_PKCS11_MODULE=/usr/lib/softhsm/libsofthsm2.so
+EXPOSE 3025
+ENTRYPOINT ["authsim"]
+CMD ["--help"]
