@@ -30,10 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"auth_node {name}: error: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run_node(node, keystore))
+        return asyncio.run(run_node(node, keystore))
     finally:
         keystore.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,20 +6,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 
 from cluster.ca_override import CertAuthorityOverride
 from cluster.cert_authority import CertAuthority
-from cluster.errors import StoreUnavailableError
 from cluster.etcd_keys import cluster_prefix
 from cluster.store import EtcdStore, Versioned
 
 log = logging.getLogger(__name__)
-RETRY_DELAY = 0.5  # seconds before re-listing after the watch broke
+RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
 
 
 class ClusterView:
-    """Issuance reads CAs and overrides from here: no etcd round trip per credential."""
+    """Issuance reads CAs and overrides from here: no etcd round trip per credential.
+
+    `ready` is set while the copy is current (listed, and the watch running); a broken watch clears
+    it, so a node cut off from etcd stops issuing under a state that may have changed meanwhile.
+    """
 
     def __init__(self, store: EtcdStore, cluster_name: str) -> None:
         self.store = store
@@ -27,45 +29,62 @@ class ClusterView:
         self.cert_authorities: dict[str, CertAuthority] = {}
         self.overrides: dict[str, CertAuthorityOverride] = {}
         self.node_names: dict[str, str] = {}  # host id -> node name
-        self.updated_at = 0.0  # time.monotonic() of the last change applied
+        self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
+        self._changed = asyncio.Condition()
 
     async def run(self) -> None:
-        """List, then watch from just after the listing; on a broken stream list and watch again."""
+        """List, then watch from the listing's revision; on any failure, list and watch again."""
         while True:
             try:
+                start = await self.store.ping()  # events after this revision are replayed: harmless
                 listing = await self.store.get_prefix(self.prefix)
                 self.cert_authorities.clear()
                 self.overrides.clear()
                 self.node_names.clear()
                 for key, found in listing:
                     self._apply(key, found)
-                start = max((v.mod_revision for _, v in listing), default=0) + 1
+                await self._advance(start)
                 self.ready.set()
-                async with contextlib.aclosing(self.store.watch_prefix(self.prefix, start)) as changes:
-                    async for key, value in changes:
+                async with contextlib.aclosing(self.store.watch_prefix(self.prefix, start + 1)) as changes:
+                    async for key, value, revision in changes:
                         self._apply(key, value)
-            except StoreUnavailableError as e:
-                log.warning("watch of %s broken (%s); listing again", self.prefix, e)
+                        await self._advance(revision)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a broken stream, a compacted revision: start over
+                self.ready.clear()
+                log.warning("watch of %s stopped (%s); listing again", self.prefix, e)
                 await asyncio.sleep(RETRY_DELAY)
+
+    async def caught_up(self, revision: int, timeout: float) -> bool:
+        """Wait until this copy reflects `revision` (read-your-writes on this node)."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.revision >= revision), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _advance(self, revision: int) -> None:
+        async with self._changed:
+            self.revision = max(self.revision, revision)
+            self._changed.notify_all()
 
     def _apply(self, key: str, value: Versioned | None) -> None:
         kind, _, name = key[len(self.prefix) :].partition("/")
-        if kind == "cas":
-            if value is None:
+        try:
+            if kind == "cas":
                 self.cert_authorities.pop(name, None)
-            else:
-                self.cert_authorities[name] = CertAuthority.from_json(value.value, value.mod_revision)
-        elif kind == "ca_overrides":
-            if value is None:
+                if value is not None:
+                    self.cert_authorities[name] = CertAuthority.from_json(value.value, value.mod_revision)
+            elif kind == "ca_overrides":
                 self.overrides.pop(name, None)
-            else:
-                self.overrides[name] = CertAuthorityOverride.from_json(value.value, value.mod_revision)
-        elif kind == "nodes":
-            if value is None:
+                if value is not None:
+                    self.overrides[name] = CertAuthorityOverride.from_json(value.value, value.mod_revision)
+            elif kind == "nodes":
                 self.node_names.pop(name, None)
-            else:
-                self.node_names[name] = json.loads(value.value)["name"]
-        else:
-            return
-        self.updated_at = time.monotonic()
+                if value is not None:
+                    self.node_names[name] = str(json.loads(value.value)["name"])
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("ignoring unreadable value at %s: %s", key, e)

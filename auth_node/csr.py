@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -16,6 +17,14 @@ from cluster.override_validation import CLUSTER_NAME_OID
 from hsm import Pkcs11KeyStore
 
 MAX_SUBJECT_CHARS = 1024  # far above any real distinguished name; bounds what a request makes us parse
+# Attributes cryptography encodes as PrintableString, and what that string type may hold (X.680 §41.4)
+_PRINTABLE_STRING_OIDS = (
+    NameOID.COUNTRY_NAME,
+    NameOID.JURISDICTION_COUNTRY_NAME,
+    NameOID.SERIAL_NUMBER,
+    NameOID.DN_QUALIFIER,
+)
+_PRINTABLE_STRING = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,14 @@ def csr_subject(ca_cert_subject: x509.Name, cluster_name: str, custom: str = "")
         name = x509.Name.from_rfc4514_string(custom)
     except ValueError as e:
         raise ValidationError([f"subject: not an RFC 4514 distinguished name: {e}"]) from None
+    for attribute in name:
+        if attribute.oid in _PRINTABLE_STRING_OIDS and not _PRINTABLE_STRING.fullmatch(str(attribute.value)):
+            raise ValidationError(
+                [
+                    f"subject: {attribute.rfc4514_attribute_name} may hold only A-Z a-z 0-9 space and "
+                    f"'()+,-./:=? (a PrintableString), got {str(attribute.value)!r}"
+                ]
+            )
     oid_values = [str(a.value) for a in name.get_attributes_for_oid(CLUSTER_NAME_OID)]
     if any(v != cluster_name for v in oid_values):
         other = next(v for v in oid_values if v != cluster_name)

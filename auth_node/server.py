@@ -16,7 +16,7 @@ from auth_node.config import NodeConfig
 from auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from auth_node.registry import register_node
 from auth_node.service import AuthService
-from cluster.errors import StoreUnavailableError
+from cluster.errors import AuthSimError, StoreUnavailableError
 from cluster.pki import TLSIdentity
 from cluster.store import EtcdStore
 from hsm import Pkcs11KeyStore
@@ -77,6 +77,9 @@ async def keep_healthy(
             status = NOT_SERVING
             if current == SERVING:
                 log.warning("etcd unreachable, NOT_SERVING: %s", e)
+        except AuthSimError as e:  # e.g. start-up CAS gave up under contention, a token error: retry
+            status = NOT_SERVING
+            log.warning("not ready, NOT_SERVING: %s", e)
         if status != current:
             await _set_health(health_servicer, status)
             log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
@@ -84,8 +87,8 @@ async def keep_healthy(
         await asyncio.sleep(HEALTH_INTERVAL)
 
 
-async def run_node(node: NodeConfig, keystore: Pkcs11KeyStore) -> None:
-    """Serve until SIGTERM or SIGINT."""
+async def run_node(node: NodeConfig, keystore: Pkcs11KeyStore) -> int:
+    """Serve until SIGTERM or SIGINT (exit status 0), or until a background task fails (1)."""
     health_servicer = health.aio.HealthServicer()
     await _set_health(health_servicer, NOT_SERVING)
     async with EtcdStore(list(node.etcd_endpoints)) as store:
@@ -101,7 +104,16 @@ async def run_node(node: NodeConfig, keystore: Pkcs11KeyStore) -> None:
             asyncio.create_task(keep_healthy(node, store, keystore, health_servicer)),
             asyncio.create_task(view.run()),
         ]
+        for task in tasks:
+            task.add_done_callback(lambda _: stop.set())
         await stop.wait()
+        await server.stop(grace=1.0)
         for task in tasks:
             task.cancel()
-        await server.stop(grace=1.0)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [
+        r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+    ]
+    for failure in failures:
+        log.error("background task failed, stopping: %s", failure, exc_info=failure)
+    return 1 if failures else 0

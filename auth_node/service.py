@@ -168,13 +168,15 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             pb.UPSERT: self.overrides.upsert,
             pb.UPDATE: self.overrides.update,
         }[request.mode]
-        return _written(await write(resource, request.force))
+        return await self._written(await write(resource, request.force))
 
     @_domain_errors
     async def DeleteOverrideResource(
         self, request: pb.DeleteOverrideResourceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.WriteResponse:
-        return _written(await self.overrides.delete(resolve_ca_type(request.type).name, request.force))
+        return await self._written(
+            await self.overrides.delete(resolve_ca_type(request.type).name, request.force)
+        )
 
     @_domain_errors
     async def CreateOverride(
@@ -186,7 +188,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             disabled=request.disabled,
         )
         ca_type = resolve_ca_type(request.type).name
-        return _written(await self.overrides.create_entry(ca_type, entry, request.force))
+        return await self._written(await self.overrides.create_entry(ca_type, entry, request.force))
 
     @_domain_errors
     async def UpdateOverride(
@@ -202,14 +204,18 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             return entry
 
         ca_type = resolve_ca_type(request.type).name
-        return _written(await self.overrides.update_entry(ca_type, request.public_key, change, request.force))
+        return await self._written(
+            await self.overrides.update_entry(ca_type, request.public_key, change, request.force)
+        )
 
     @_domain_errors
     async def DeleteOverride(
         self, request: pb.DeleteOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.WriteResponse:
         ca_type = resolve_ca_type(request.type).name
-        return _written(await self.overrides.delete_entry(ca_type, request.public_key, request.force))
+        return await self._written(
+            await self.overrides.delete_entry(ca_type, request.public_key, request.force)
+        )
 
     @_domain_errors
     async def Sign(
@@ -290,11 +296,13 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         )
         return pb.WriteResponse(revision=result.revision, attempts=result.attempts, changed=result.changed)
 
-
-def _written(result: WriteResult) -> pb.WriteResponse:
-    return pb.WriteResponse(
-        revision=result.revision,
-        attempts=result.attempts,
-        changed=result.changed,
-        public_key=result.public_key,
-    )
+    async def _written(self, result: WriteResult) -> pb.WriteResponse:
+        """The reply to a write, sent once this node's view has it (read-your-writes on this node)."""
+        if result.changed:
+            await self.view.caught_up(result.revision, VIEW_TIMEOUT)
+        return pb.WriteResponse(
+            revision=result.revision,
+            attempts=result.attempts,
+            changed=result.changed,
+            public_key=result.public_key,
+        )

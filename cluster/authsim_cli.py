@@ -18,6 +18,7 @@ from cluster.ca_types import CA_TYPES
 from cluster.cli_common import make_console, run_cli
 from cluster.demo import run_demo
 from cluster.external_ca_cli import external_ca
+from cluster.provision_cli import provision
 from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
 from cluster.targets.trust_cli import trust
@@ -147,6 +148,7 @@ def print_status(report: ClusterStatus) -> None:
 
 cli.add_command(external_ca)
 cli.add_command(trust)
+cli.add_command(provision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

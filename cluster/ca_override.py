@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import yaml
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_node.pb import authsim_pb2 as pb
@@ -46,7 +47,7 @@ def certificate_key_hash(cert: x509.Certificate) -> str:
 def _pem_key_hash(pem: str) -> str:
     try:
         return certificate_key_hash(x509.load_pem_x509_certificate(pem.encode()))
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         return ""
 
 
@@ -255,7 +256,7 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def _load_yaml(text: str | bytes) -> Any:
-    raw = text.encode() if isinstance(text, str) else text
+    raw = text.encode(errors="surrogatepass") if isinstance(text, str) else text  # stdin may carry surrogates
     if len(raw) > MAX_RESOURCE_BYTES:
         raise ValidationError([f"resource: larger than 1 MiB ({len(raw)} bytes)"])
     try:

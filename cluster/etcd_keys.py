@@ -30,4 +30,5 @@ def node_key(cluster_name: str, host_id: str) -> str:
 
 
 def events_prefix(cluster_name: str) -> str:
-    return f"{ROOT}/{cluster_name}/events/"
+    """Outside the cluster prefix, so nodes watching their CAs and overrides are not woken by events."""
+    return f"{ROOT}-events/{cluster_name}/"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
 from cluster.ca_override import MAX_ENTRIES, CertAuthorityOverride, CertificateOverride, certificate_key_hash
@@ -157,8 +157,9 @@ def _load_pem_certificate(text: str, path: str) -> tuple[x509.Certificate | None
         return None, problems
     try:
         cert = x509.load_pem_x509_certificate(block.group(0).encode())
-        _ = cert.extensions  # parsed lazily: a malformed extension is a malformed certificate
-    except ValueError as e:
+        # parsed lazily: a malformed name, extension or key is a malformed certificate
+        _ = cert.subject, cert.issuer, cert.extensions, cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:
         return None, [f"{path}: not a valid X.509 certificate: {e}"]
     return cert, []
 
@@ -258,7 +259,7 @@ def _issuer_problems(
         try:
             child.verify_directly_issued_by(issuer)
             return []
-        except (InvalidSignature, ValueError, TypeError):
+        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
             reason = f"its key did not sign {child_name}"
     return [f"{path}: is not the issuer of {child_name}: {reason} ({_CHAIN_RULE})"]
 

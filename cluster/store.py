@@ -221,11 +221,11 @@ class EtcdStore:
 
     async def watch_prefix(
         self, prefix: str, start_revision: int | None = None
-    ) -> AsyncGenerator[tuple[str, Versioned | None], None]:
-        """Yield (key, value) for each change under `prefix`; value None for a delete.
+    ) -> AsyncGenerator[tuple[str, Versioned | None, int], None]:
+        """Yield (key, value, revision) for each change under `prefix`; value None for a delete.
 
         Raises StoreUnavailableError when the stream breaks: watch again from the last
-        mod_revision seen + 1 to miss nothing. Wrap in `contextlib.aclosing` to cancel the watch
+        revision seen + 1 to miss nothing. Wrap in `contextlib.aclosing` to cancel the watch
         when leaving the loop early.
         """
         with self._map_errors():
@@ -233,7 +233,8 @@ class EtcdStore:
             try:
                 async for event in watch:
                     deleted = event.kind == aetcd.rtypes.EventKind.DELETE
-                    yield event.kv.key.decode(), None if deleted else _versioned(event.kv)
+                    value = None if deleted else _versioned(event.kv)
+                    yield event.kv.key.decode(), value, int(event.kv.mod_revision)
             finally:
                 await watch.cancel()
 

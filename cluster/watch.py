@@ -79,7 +79,7 @@ async def watch_overrides(
         start = found.mod_revision + 1 if found else None
         seen = 0
         async with contextlib.aclosing(store.watch_prefix(key, start)) as changes:
-            async for changed_key, value in changes:
+            async for changed_key, value, _ in changes:
                 if changed_key != key:
                     continue
                 after = (

@@ -159,14 +159,17 @@ async def test_update_gives_up_when_every_attempt_conflicts(
 async def test_watch_prefix_yields_puts_and_deletes(store: EtcdStore, key_prefix: str) -> None:
     start = await store.ping() + 1
     revision = await store.create(key_prefix + "a", b"1")
-    await store.delete(key_prefix + "a", revision)
+    deleted = await store.delete(key_prefix + "a", revision)
     events = []
     async with contextlib.aclosing(store.watch_prefix(key_prefix, start_revision=start)) as watch:
         async for event in watch:
             events.append(event)
             if len(events) == 2:
                 break
-    assert events == [(key_prefix + "a", Versioned(b"1", revision, revision)), (key_prefix + "a", None)]
+    assert events == [
+        (key_prefix + "a", Versioned(b"1", revision, revision), revision),
+        (key_prefix + "a", None, deleted.revision),
+    ]
 
 
 def test_update_from_separate_processes_loses_nothing(etcd_server: EtcdServer, key_prefix: str) -> None:
