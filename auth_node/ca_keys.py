@@ -74,7 +74,9 @@ def _own_key_pair(keystore: Pkcs11KeyStore, node: NodeConfig, ca_type: str) -> C
     cert = keystore.run(lambda: self_signed_ca_cert(keystore.private_key(ref), node.cluster_name))
     pair = CAKeyPair(cert.public_bytes(Encoding.PEM).decode().strip(), ref, public_key_hash(public_key))
     records[ca_type] = {"key_id": ref.key_id, "cert": pair.cert_pem, "public_key_hash": pair.public_key_hash}
-    record_path.write_text(json.dumps(records, indent=2, sort_keys=True))
+    pending = record_path.with_suffix(".tmp")
+    pending.write_text(json.dumps(records, indent=2, sort_keys=True))
+    pending.replace(record_path)  # atomic: a crash never leaves half a record
     return pair
 
 

@@ -64,12 +64,31 @@ def resolve_issuer(
             f"the active key: {holders}"
         )
     pair = active[0]
+    _check_valid(
+        x509.load_pem_x509_certificate(pair.cert_pem.encode()), f"the self-signed {ca.ca_type} CA certificate"
+    )
     found = None if override is None else override.entry(pair.public_key_hash)
     if found is not None and not found[1].disabled and found[1].certificate:
         entry = found[1]
+        override_cert = x509.load_pem_x509_certificate(entry.certificate.encode())
+        _check_valid(
+            override_cert,
+            f"the enabled {ca.ca_type} override of key {pair.public_key_hash[:16]}",
+            f"; replace it with `authctl auth update-override --type {ca.ca_type} --public-key "
+            f"{pair.public_key_hash} --set-cert NEW.pem`",
+        )
         chain = () if ca.ca_type == "windows" else (entry.certificate, *entry.chain)
-        return Issuer(pair, x509.load_pem_x509_certificate(entry.certificate.encode()), chain, True)
+        return Issuer(pair, override_cert, chain, True)
     return Issuer(pair, x509.load_pem_x509_certificate(pair.cert_pem.encode()), (), False)
+
+
+def _check_valid(cert: x509.Certificate, what: str, hint: str = "") -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        raise KeyAccessError(
+            f"{what} is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC): cannot sign under it{hint}"
+        )
 
 
 async def issue_credential(
@@ -86,8 +105,10 @@ async def issue_credential(
     if not dt.timedelta(0) < ttl <= MAX_TTL:
         raise ValidationError([f"ttl: must be between 1 second and {MAX_TTL.days} days"])
     builder = _leaf_builder(issuer, ca_type, user, public_key, ttl)
-    key = keystore.private_key(issuer.key.key)
-    certificate = await asyncio.to_thread(keystore.run, lambda: builder.sign(key, hashes.SHA256()))
+    # Both steps touch the token: off the event loop, on the token's own thread.
+    certificate = await asyncio.to_thread(
+        keystore.run, lambda: builder.sign(keystore.private_key(issuer.key.key), hashes.SHA256())
+    )
     return Credential(certificate, issuer)
 
 

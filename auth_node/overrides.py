@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from auth_node.ca_keys import load_cert_authority
 from auth_node.config import NodeConfig
 from auth_node.registry import node_names
-from cluster.ca_override import CertAuthorityOverride, CertificateOverride
+from cluster.ca_override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
 from cluster.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
 from cluster.etcd_keys import override_key, override_prefix
 from cluster.override_validation import OverrideContext, check_override
@@ -180,7 +180,11 @@ class Overrides:
         """`new` once it passes every rule, each entry's public_key filled in from its certificate."""
         check_override(new, previous, ctx)
         entries = tuple(replace(e, public_key=e.key_hash) for e in new.certificate_overrides)
-        return replace(new, certificate_overrides=entries)
+        checked = replace(new, certificate_overrides=entries)
+        size = len(checked.to_json())
+        if size > MAX_RESOURCE_BYTES:
+            raise ValidationError([f"resource: larger than 1 MiB once stored ({size} bytes)"])
+        return checked
 
     def _stamped(self, resource: CertAuthorityOverride, attempts: int) -> CertAuthorityOverride:
         """`resource` with status.last_write: which node wrote it, when, and the attempt that landed."""

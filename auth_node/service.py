@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -41,6 +42,7 @@ from hsm import Pkcs11KeyStore
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+log = logging.getLogger(__name__)
 TARGET_TIMEOUT = 5.0  # seconds for a session on a downstream target
 VIEW_TIMEOUT = 5.0  # seconds a request waits for the first listing of the cluster
 Method = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
@@ -56,6 +58,15 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
         except AuthSimError as e:
             await context.abort(
                 status_code_for(e), str(e), trailing_metadata=((ERROR_MARKER, type(e).__name__),)
+            )
+            raise AssertionError("unreachable") from e
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # a bug: one line to the caller, the traceback in the node's log
+            log.exception("%s failed", method.__name__)
+            message = f"internal error in {method.__name__}: {type(e).__name__}: {e}".splitlines()[0]
+            await context.abort(
+                grpc.StatusCode.INTERNAL, message, trailing_metadata=((ERROR_MARKER, "AuthSimError"),)
             )
             raise AssertionError("unreachable") from e
 

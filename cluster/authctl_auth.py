@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from auth_node.pb import authsim_pb2 as pb
 from cluster.authctl_target import Target
 from cluster.cert_files import public_key_hash_of_cert, read_pem_certificate
-from cluster.errors import ValidationError
+from cluster.errors import AuthSimError, ValidationError
 from cluster.pki import write_private
 
 type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
@@ -42,21 +42,30 @@ def create_override_csr(
 ) -> None:
     request = pb.CreateOverrideCSRRequest(type=ca_type, subject=subject, public_key_hash=public_key)
     csrs: list[pb.OverrideCSR] = []
+    failed: list[str] = []
     for client in target.all_clients() if all_nodes else [target.client()]:
         with client:
-            reply = client.call("CreateOverrideCSR", request)
+            try:
+                reply = client.call("CreateOverrideCSR", request)
+            except AuthSimError as e:
+                if not all_nodes:
+                    raise
+                failed.append(f"node {client.name}: {e}")  # the other nodes' CSRs are still written
+                continue
         csrs.extend(reply.csrs)
-        if not all_nodes:
+        if not all_nodes:  # with --all-nodes each skipped key is another node's own CSR
             for warning in reply.warnings:
                 click.echo(f"warning: {warning}", err=True)
     if not out:
         for csr in csrs:
             click.echo(csr.pem, nl=False)
-        return
-    for csr, path in zip(csrs, csr_paths(out, csrs), strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(csr.pem)
-        click.echo(f"Wrote {path}")
+    else:
+        for csr, path in zip(csrs, csr_paths(out, csrs), strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(csr.pem)
+            click.echo(f"Wrote {path}")
+    if failed:
+        raise AuthSimError(f"no CSR from {len(failed)} node(s): " + "; ".join(failed))
 
 
 def csr_paths(prefix: str, csrs: list[pb.OverrideCSR]) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -203,7 +204,7 @@ def edit(target: Target, resource: str, force: bool) -> None:
         f.write(original)
         path = Path(f.name)
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    if subprocess.run([*editor.split(), str(path)]).returncode != 0:
+    if subprocess.run([*shlex.split(editor), str(path)]).returncode != 0:
         raise AuthSimError(f"editor {editor!r} failed; your text is in {path}")
     edited = path.read_text()
     if edited == original:

@@ -95,7 +95,9 @@ class CertificateOverride:
 
     @classmethod
     def from_proto(cls, msg: pb.CertificateOverride) -> CertificateOverride:
-        return cls(msg.certificate, msg.public_key, tuple(msg.chain), msg.disabled)
+        return cls(
+            msg.certificate.strip(), msg.public_key.strip(), tuple(c.strip() for c in msg.chain), msg.disabled
+        )
 
 
 @dataclass(frozen=True)

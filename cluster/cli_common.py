@@ -23,6 +23,10 @@ def run_cli(group: click.Group, argv: Sequence[str] | None, prog_name: str) -> i
     except AuthSimError as e:
         click.echo(f"error: {e}", err=True)
         return 1
+    except OSError as e:  # a file named on the command line: missing, unreadable, a directory
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"error: {e.strerror or e}{where}", err=True)
+        return 1
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

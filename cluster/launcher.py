@@ -68,36 +68,41 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
             _start_etcd(directory, state)
             state.save(directory)
         ensure_admin_identity(directory, state.cluster_name)
-        missing = [entry for entry in state.nodes if entry.name not in running]
-        configs = [_prepare_node(directory, state, entry) for entry in missing]
-        started = {config.name: _start_node(config) for config in configs}
-        for entry in missing:
-            entry.pid = started[entry.name].pid
-        state.save(directory)
+        started: dict[str, subprocess.Popen[bytes]] = {}
+        for entry in state.nodes:
+            if entry.name not in running:
+                started[entry.name] = _start_node(_prepare_node(directory, state, entry))
+                entry.pid = started[entry.name].pid
+                state.save(directory)  # recorded at once, so `down` can stop it whatever happens next
         _wait_serving(directory, state, started, progress)
         progress("starting the downstream targets", len(state.nodes), len(state.nodes))
         _start_targets(directory, state, running)
-        state.save(directory)
     except BaseException:
-        down(directory)
+        down(directory, only=_parts(state) - running)
         raise
     return state
 
 
-def down(directory: Path, purge: bool = False) -> list[str]:
-    """Stop every process of the cluster by PID; with `purge`, delete the directory. Returns what stopped."""
+def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> list[str]:
+    """Stop the cluster's processes by PID (`only` those parts, when given); with `purge`, delete the
+    directory. Returns what stopped."""
     stopped: list[str] = []
     existing = _load_existing(directory)
     if existing is not None:
         for entry in existing.nodes:
+            if only is not None and entry.name not in only:
+                continue
             if processes.stop(entry.pid, node_marker(directory, entry.name)):
                 stopped.append(entry.name)
             entry.pid = None
         for kind, target in existing.targets.items():
+            if only is not None and kind not in only:
+                continue
             if processes.stop(target.pid, target_marker(directory, kind)):
                 stopped.append(f"{kind} target")
             target.pid = None
-        if existing.etcd.embedded and processes.stop(existing.etcd.pid, str(directory / "etcd")):
+        stop_etcd = existing.etcd.embedded and (only is None or "etcd" in only)
+        if stop_etcd and processes.stop(existing.etcd.pid, str(directory / "etcd")):
             stopped.append("etcd")
         existing.etcd.pid = None
         existing.save(directory)
@@ -212,11 +217,10 @@ def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> N
     """The desktop and database targets, trusting the cluster's self-signed CAs unless told otherwise."""
     entry = state.nodes[0]
     with NodeClient(entry.address, admin_identity(directory), entry.name) as client:
-        ca_pems = {
-            ca_type: [pair.cert for pair in (*ca.active_keys, *ca.additional_trusted_keys)]
-            for ca_type in CA_TYPES
-            if (ca := client.get_cert_authority(ca_type))
-        }
+        cas = {ca_type: client.get_cert_authority(ca_type) for ca_type in CA_TYPES}
+    ca_pems = {
+        t: [pair.cert for pair in (*ca.active_keys, *ca.additional_trusted_keys)] for t, ca in cas.items()
+    }
     set_default_trust(directory, ca_pems["windows"], ca_pems["db_client"])
     started = {}
     for kind in dict.fromkeys(t.target for t in CA_TYPES.values()):
@@ -224,10 +228,11 @@ def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> N
             continue
         previous = state.targets.get(kind)
         port = _pick_port(int(previous.address.rsplit(":", 1)[1]) if previous else None)
-        started[kind] = (start_target(directory, kind, port, state.cluster_name), f"127.0.0.1:{port}")
-    for kind, (process, address) in started.items():
-        state.targets[kind] = TargetEntry(address, process.pid)
-        wait_listening(address, START_TIMEOUT)
+        started[kind] = start_target(directory, kind, port, state.cluster_name)
+        state.targets[kind] = TargetEntry(f"127.0.0.1:{port}", started[kind].pid)
+        state.save(directory)
+    for kind, process in started.items():
+        wait_listening(state.targets[kind].address, START_TIMEOUT, process)
 
 
 def _wait_serving(

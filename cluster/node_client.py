@@ -15,7 +15,7 @@ from cluster.errors import ClusterError
 from cluster.pki import NODE_TLS_NAME, TLSIdentity
 from cluster.rpc_errors import ERROR_MARKER, error_from_status
 
-DEFAULT_TIMEOUT = 10.0  # seconds; every RPC has a deadline
+DEFAULT_TIMEOUT = 20.0  # seconds; every RPC has a deadline, longer than a node's own etcd retries
 
 
 class NodeClient:
@@ -52,6 +52,11 @@ class NodeClient:
         except grpc.RpcError as e:
             code: grpc.StatusCode = e.code()
             details: str = e.details() or ""
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ClusterError(
+                    f"node {self.name} at {self.address} did not answer within {self.timeout:g}s; "
+                    "if this was a write, its outcome is unknown: check with `authctl get`"
+                ) from None
             if not _from_node(e):
                 raise ClusterError(f"node {self.name} at {self.address}: {code.name}: {details}") from None
             raise error_from_status(code, details) from None

@@ -148,28 +148,31 @@ def ensure_admin_identity(cluster_dir: Path, cluster_name: str) -> TLSIdentity:
 
 
 def ensure_node_identity(cluster_dir: Path, cluster_name: str, node_dir: Path, node_name: str) -> TLSIdentity:
-    """A node's server certificate (from the server CA), trusting only the admin CA for clients.
+    """A node's server certificate (named `authsim-node`, which clients check), trusting only the admin
+    CA for clients. The node also gets the server CA, to check the downstream targets it connects to."""
+    identity = ensure_server_identity(cluster_dir, cluster_name, node_dir, [NODE_TLS_NAME, node_name])
+    admin_ca, _ = _ensure_ca(cluster_dir / "pki", "admin-ca", cluster_name)
+    (node_dir / "admin-ca.pem").write_bytes(admin_ca.public_bytes(serialization.Encoding.PEM))
+    return TLSIdentity(identity.cert, identity.key, node_dir / "admin-ca.pem")
 
-    The node also gets the server CA, to check the downstream targets it connects to.
-    """
-    pki = cluster_dir / "pki"
-    server_ca = _ensure_ca(pki, "server-ca", cluster_name)
-    admin_ca, _ = _ensure_ca(pki, "admin-ca", cluster_name)
-    sans: list[x509.GeneralName] = [
-        x509.DNSName(NODE_TLS_NAME),
-        x509.DNSName(node_name),
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
+
+def ensure_server_identity(
+    cluster_dir: Path, cluster_name: str, directory: Path, names: list[str]
+) -> TLSIdentity:
+    """A server certificate from the server CA for DNS `names` (plus localhost), made once, and the
+    server CA beside it. Only nodes carry the name `authsim-node`: a target's certificate cannot pass
+    for a node's."""
+    server_ca = _ensure_ca(cluster_dir / "pki", "server-ca", cluster_name)
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in (*names, "localhost")]
+    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     _issue(
         server_ca,
-        node_name,
+        names[-1],
         cluster_name,
         ExtendedKeyUsageOID.SERVER_AUTH,
         sans,
-        node_dir / "tls.pem",
-        node_dir / "tls.key",
+        directory / "tls.pem",
+        directory / "tls.key",
     )
-    (node_dir / "admin-ca.pem").write_bytes(admin_ca.public_bytes(serialization.Encoding.PEM))
-    (node_dir / "server-ca.pem").write_bytes(server_ca[0].public_bytes(serialization.Encoding.PEM))
-    return TLSIdentity(node_dir / "tls.pem", node_dir / "tls.key", node_dir / "admin-ca.pem")
+    (directory / "server-ca.pem").write_bytes(server_ca[0].public_bytes(serialization.Encoding.PEM))
+    return TLSIdentity(directory / "tls.pem", directory / "tls.key", directory / "server-ca.pem")

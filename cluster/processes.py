@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from cluster.errors import ClusterError
+
 
 def spawn(argv: list[str], log_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session (it outlives the launcher), output appended to `log_file`."""
@@ -48,7 +50,10 @@ def stop(pid: int | None, marker: str, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
     while is_running(pid, marker):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"process {pid} still runs after SIGKILL")
         time.sleep(0.02)
     _reap(pid)
     return True

@@ -39,7 +39,7 @@ class KeyRef:
         problems = []
         if not self.host_id:
             problems.append("host_id: must not be empty")
-        if not _HEX.match(self.key_id):
+        if not _HEX.fullmatch(self.key_id):
             problems.append(f"key_id: must be lower-case hex of the key's CKA_ID, got {self.key_id!r}")
         if problems:
             raise ValidationError(problems)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from cluster.pki import TLSIdentity, ensure_node_identity
+from cluster.pki import TLSIdentity, ensure_server_identity
 
 KINDS = ("desktop", "db")
 
@@ -13,7 +13,7 @@ KINDS = ("desktop", "db")
 def target_identity(cluster_dir: Path, cluster_name: str, kind: str) -> TLSIdentity:
     """The target's server certificate in `targets/<kind>/tls.pem`, made once; its DNS SANs include
     `kind`, the name clients verify (see `cluster.targets.client`)."""
-    return ensure_node_identity(cluster_dir, cluster_name, cluster_dir / "targets" / kind, kind)
+    return ensure_server_identity(cluster_dir, cluster_name, cluster_dir / "targets" / kind, [kind])
 
 
 def server_context(identity: TLSIdentity) -> ssl.SSLContext:

@@ -32,8 +32,9 @@ def start_target(cluster_dir: Path, kind: str, port: int, cluster_name: str) -> 
     return processes.spawn(argv, cluster_dir / "targets" / kind / "target.log", env)
 
 
-def wait_listening(address: str, timeout: float) -> None:
-    """Return once `host:port` accepts a TCP connection; ClusterError after `timeout` seconds."""
+def wait_listening(address: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once `host:port` accepts a TCP connection; ClusterError after `timeout` seconds, or as
+    soon as `process` (the server, when given) has exited."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     while True:
@@ -41,6 +42,10 @@ def wait_listening(address: str, timeout: float) -> None:
             with socket.create_connection((host, int(port)), timeout=1.0):
                 return
         except OSError as e:
+            if process is not None and process.poll() is not None:
+                raise ClusterError(
+                    f"the server for {address} exited with code {process.returncode}"
+                ) from None
             if time.monotonic() >= deadline:
                 raise ClusterError(f"nothing listens on {address} after {timeout:g}s: {e}") from None
             time.sleep(0.05)
