@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -64,13 +64,11 @@ def resolve_issuer(
             f"the active key: {holders}"
         )
     pair = active[0]
-    _check_valid(
-        x509.load_pem_x509_certificate(pair.cert_pem.encode()), f"the self-signed {ca.ca_type} CA certificate"
-    )
+    _check_valid(_certificate(pair.cert_pem), f"the self-signed {ca.ca_type} CA certificate")
     found = None if override is None else override.entry(pair.public_key_hash)
     if found is not None and not found[1].disabled and found[1].certificate:
         entry = found[1]
-        override_cert = x509.load_pem_x509_certificate(entry.certificate.encode())
+        override_cert = _certificate(entry.certificate)
         _check_valid(
             override_cert,
             f"the enabled {ca.ca_type} override of key {pair.public_key_hash[:16]}",
@@ -79,7 +77,13 @@ def resolve_issuer(
         )
         chain = () if ca.ca_type == "windows" else (entry.certificate, *entry.chain)
         return Issuer(pair, override_cert, chain, True)
-    return Issuer(pair, x509.load_pem_x509_certificate(pair.cert_pem.encode()), (), False)
+    return Issuer(pair, _certificate(pair.cert_pem), (), False)
+
+
+@functools.lru_cache(maxsize=256)
+def _certificate(pem: str) -> x509.Certificate:
+    """Issuer certificates, parsed once: they change only when a CA or an override does."""
+    return x509.load_pem_x509_certificate(pem.encode())
 
 
 def _check_valid(cert: x509.Certificate, what: str, hint: str = "") -> None:
@@ -106,8 +110,8 @@ async def issue_credential(
         raise ValidationError([f"ttl: must be between 1 second and {MAX_TTL.days} days"])
     builder = _leaf_builder(issuer, ca_type, user, public_key, ttl)
     # Both steps touch the token: off the event loop, on the token's own thread.
-    certificate = await asyncio.to_thread(
-        keystore.run, lambda: builder.sign(keystore.private_key(issuer.key.key), hashes.SHA256())
+    certificate = await keystore.run_async(
+        lambda: builder.sign(keystore.private_key(issuer.key.key), hashes.SHA256())
     )
     return Credential(certificate, issuer)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -92,6 +93,8 @@ class Pkcs11KeyStore:
         self._pin = pin
         self._pin_file = pin_file
         self._session: Any = None
+        self._found: dict[tuple[ObjectClass, KeyRef], Any] = {}  # token thread only
+        self._public_keys: dict[KeyRef, rsa.RSAPublicKey] = {}
         self._token_thread: int | None = None
         self._closed = False
         self._executor = ThreadPoolExecutor(
@@ -145,11 +148,18 @@ class Pkcs11KeyStore:
             return fn(*args)
         return self._executor.submit(fn, *args).result()
 
+    async def run_async(self, fn: Callable[..., T], *args: Any) -> T:
+        """`run` for event-loop code: awaits the token thread without tying up another thread."""
+        if self._closed:
+            raise KeyAccessError(f"node {self.node_name}: key store for token {self.token_label} is closed")
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """`run`, with PKCS#11 failures translated into KeyAccessError at this boundary."""
         try:
             return self.run(fn, *args)
         except pkcs11.PKCS11Error as e:
+            self.run(self._found.clear)  # a handle may be stale (token gone): search again next time
             detail = f"{type(e).__name__} {e}".strip()
             raise KeyAccessError(f"node {self.node_name}: token {self.token_label}: {detail}") from e
 
@@ -239,12 +249,17 @@ class Pkcs11KeyStore:
         )
 
     def _find(self, object_class: ObjectClass, ref: KeyRef) -> Any:
+        """The token object, found once and then kept (a search costs as much as a signature)."""
+        cached = self._found.get((object_class, ref))
+        if cached is not None:
+            return cached
         key = next(self._objects(object_class, ref), None)
         if key is None:
             kind = "private" if object_class == ObjectClass.PRIVATE_KEY else "public"
             raise NotFoundError(
                 f"key {ref.key_id} ({kind} half) is not in token {self.token_label} of node {self.node_name}"
             )
+        self._found[(object_class, ref)] = key
         return key
 
     def _generate_rsa_key(self) -> tuple[KeyRef, rsa.RSAPublicKey]:
@@ -265,7 +280,9 @@ class Pkcs11KeyStore:
         return KeyRef(self.host_id, key_id.hex()), _rsa_public_key(public)
 
     def _public_key(self, ref: KeyRef) -> rsa.RSAPublicKey:
-        return _rsa_public_key(self._find(ObjectClass.PUBLIC_KEY, ref))
+        if ref not in self._public_keys:
+            self._public_keys[ref] = _rsa_public_key(self._find(ObjectClass.PUBLIC_KEY, ref))
+        return self._public_keys[ref]
 
     def _sign(self, ref: KeyRef, data: bytes) -> bytes:
         key = self._find(ObjectClass.PRIVATE_KEY, ref)
@@ -282,6 +299,7 @@ class Pkcs11KeyStore:
 
     def _delete_key(self, ref: KeyRef) -> None:
         self._find(ObjectClass.PRIVATE_KEY, ref).destroy()
+        self._found.clear()
         for public in list(self._objects(ObjectClass.PUBLIC_KEY, ref)):
             public.destroy()
 
