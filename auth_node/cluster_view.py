@@ -29,6 +29,7 @@ class ClusterView:
         self.cert_authorities: dict[str, CertAuthority] = {}
         self.overrides: dict[str, CertAuthorityOverride] = {}
         self.node_names: dict[str, str] = {}  # host id -> node name
+        self.stored_overrides: dict[str, Versioned] = {}  # as stored, to start a CAS without a read
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -42,6 +43,7 @@ class ClusterView:
                 self.cert_authorities.clear()
                 self.overrides.clear()
                 self.node_names.clear()
+                self.stored_overrides.clear()
                 for key, found in listing:
                     self._apply(key, found)
                 await self._advance(start)
@@ -80,8 +82,10 @@ class ClusterView:
                     self.cert_authorities[name] = CertAuthority.from_json(value.value, value.mod_revision)
             elif kind == "ca_overrides":
                 self.overrides.pop(name, None)
+                self.stored_overrides.pop(name, None)
                 if value is not None:
                     self.overrides[name] = CertAuthorityOverride.from_json(value.value, value.mod_revision)
+                    self.stored_overrides[name] = value
             elif kind == "nodes":
                 self.node_names.pop(name, None)
                 if value is not None:

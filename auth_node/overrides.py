@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from auth_node.ca_keys import load_cert_authority
+from auth_node.cluster_view import ClusterView
 from auth_node.config import NodeConfig
 from auth_node.registry import node_names
 from cluster.ca_override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
@@ -35,9 +36,10 @@ def _decode(found: Versioned | None) -> CertAuthorityOverride | None:
 class Overrides:
     """The override resources of one cluster, as seen and written by one node."""
 
-    def __init__(self, store: EtcdStore, node: NodeConfig) -> None:
+    def __init__(self, store: EtcdStore, node: NodeConfig, view: ClusterView) -> None:
         self.store = store
         self.node = node
+        self.view = view
 
     async def get(self, ca_type: str) -> CertAuthorityOverride:
         found = _decode(await self.store.get(override_key(self.node.cluster_name, ca_type)))
@@ -50,11 +52,18 @@ class Overrides:
         return [o for _, v in found if (o := _decode(v)) is not None]
 
     async def _context(self, ca_type: str, force: bool) -> OverrideContext:
+        """What a write is checked against: the CA and node names from the live view when it is
+        current, else read from etcd."""
+        if self.view.ready.is_set():
+            ca, names = self.view.cert_authorities.get(ca_type), dict(self.view.node_names)
+        else:
+            ca = await load_cert_authority(self.store, self.node.cluster_name, ca_type)
+            names = await node_names(self.store, self.node.cluster_name)
         return OverrideContext(
             cluster_name=self.node.cluster_name,
-            cert_authority=await load_cert_authority(self.store, self.node.cluster_name, ca_type),
+            cert_authority=ca,
             host_id=self.node.host_id,
-            node_names=await node_names(self.store, self.node.cluster_name),
+            node_names=names,
             force=force,
         )
 
@@ -207,7 +216,8 @@ class Overrides:
             new = change(_decode(current))
             return None if new is None else self._stamped(new, attempts).to_json()
 
-        result = await self.store.update(override_key(self.node.cluster_name, ca_type), encode)
+        known = (self.view.stored_overrides.get(ca_type),) if self.view.ready.is_set() else None
+        result = await self.store.update(override_key(self.node.cluster_name, ca_type), encode, known=known)
         return WriteResult(result.revision, result.attempts, result.changed)
 
 

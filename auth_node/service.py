@@ -83,7 +83,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.store = store
         self.keystore = keystore
         self.view = view
-        self.overrides = Overrides(store, node)
+        self.overrides = Overrides(store, node, view)
 
     async def issue(
         self,

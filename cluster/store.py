@@ -42,7 +42,7 @@ _CHANNEL_OPTIONS: dict[str, int] = {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
 }
 
-_BACKOFF_BASE = 0.005
+_BACKOFF_BASE = 0.001
 _BACKOFF_CAP = 0.2
 _UNAVAILABLE_PAUSE = 0.1  # seconds before reading again after etcd did not answer
 
@@ -172,26 +172,30 @@ class EtcdStore:
         *,
         max_attempts: int = 16,
         deadline: float = 10.0,
+        known: tuple[Versioned | None] | None = None,
     ) -> UpdateResult:
         """Read, `fn(current)`, compare-and-swap; on conflict retry `fn` on the value the Txn returned.
 
         `fn` returns the new value, or None when nothing needs writing (then nothing is written). An
         exception from `fn` propagates with nothing written. Retries back off with full jitter
         (5 ms doubling to 200 ms) and stop after `max_attempts` or `deadline` seconds: ConflictError.
+        `known=(value,)` starts from a value the caller already holds (a cache kept by a watch)
+        instead of reading: when it is stale, the first compare fails and its failure branch brings
+        the current value, so an uncontended update costs one round trip.
         `fn` must return None when its change is already there: when etcd does not answer (a member
         down, a leader change), the loop reads again and calls `fn` on what it finds, until the
         deadline; only then does StoreUnavailableError reach the caller.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        current: Versioned | None = None
-        known = False  # whether `current` reflects the store (false after an unknown outcome)
+        current: Versioned | None = known[0] if known else None
+        fresh = known is not None  # whether `current` is worth a compare (false after an unknown outcome)
         attempt = expected = 0
         while True:
             try:
-                if not known:
+                if not fresh:
                     current = await self.get(key)
-                    known = True
+                    fresh = True
                 attempt += 1
                 new_value = fn(current)
                 expected = current.mod_revision if current else 0
@@ -203,11 +207,11 @@ class EtcdStore:
                 current = result.current
             except StoreUnavailableError:
                 # Outcome unknown (etcd down, leader changed): read again and let `fn` decide.
-                known = False
+                fresh = False
                 if loop.time() - started > deadline:
                     raise
             delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** max(attempt - 1, 0)))
-            if not known:
+            if not fresh:
                 delay = max(delay, _UNAVAILABLE_PAUSE)
             elapsed = loop.time() - started
             if attempt >= max_attempts or elapsed + delay > deadline:

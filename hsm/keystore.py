@@ -161,7 +161,10 @@ class Pkcs11KeyStore:
         except pkcs11.PKCS11Error as e:
             self.run(self._found.clear)  # a handle may be stale (token gone): search again next time
             detail = f"{type(e).__name__} {e}".strip()
-            raise KeyAccessError(f"node {self.node_name}: token {self.token_label}: {detail}") from e
+            raise KeyAccessError(
+                f"node {self.node_name}: token {self.token_label}: {detail} (was the token removed? "
+                "restart the node once it is back)"
+            ) from e
 
     def generate_rsa_key(self) -> tuple[KeyRef, rsa.RSAPublicKey]:
         """Generate an RSA-2048 key pair inside the token; the private half never leaves it."""

@@ -184,6 +184,7 @@ def test_token_taken_away_gives_clear_errors_and_other_nodes_keep_signing(tmp_pa
             "auth", "sign", "--type=windows", "--user", "u", "--out", str(tmp_path / "a"), node="node1"
         )
         assert refused.exit_code == 1
-        assert "token authsim-node1 of node node1" in refused.stderr and "Traceback" not in refused.stderr
+        assert "node node1" in refused.stderr and "token authsim-node1" in refused.stderr
+        assert "Traceback" not in refused.stderr
         for ca_type in ("windows", "db_client"):
             assert cluster.sign(ca_type, "u", tmp_path / ca_type, node="node2")["node"] == "node2"
