@@ -22,6 +22,7 @@ SMARTCARD_LOGON = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.2")
 UPN = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 DEFAULT_TTL = dt.timedelta(hours=1)
 MAX_TTL = dt.timedelta(days=30)
+MAX_USER_BYTES = 64  # the user is the leaf's CN: X.520 allows 64
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,10 @@ async def issue_credential(
     ttl: dt.timedelta = DEFAULT_TTL,
 ) -> Credential:
     """A client certificate for `user` and the client's `public_key`, signed inside the token."""
-    if not user or len(user) > 256 or any(c in user for c in "\0\n\r"):
-        raise ValidationError(["user: must be 1 to 256 printable characters"])
+    if not user or len(user.encode()) > MAX_USER_BYTES or any(c in user for c in "\0\n\r"):
+        raise ValidationError(
+            [f"user: must be 1 to {MAX_USER_BYTES} bytes of printable UTF-8 (a certificate CN)"]
+        )
     if not dt.timedelta(0) < ttl <= MAX_TTL:
         raise ValidationError([f"ttl: must be between 1 second and {MAX_TTL.days} days"])
     builder = _leaf_builder(issuer, ca_type, user, public_key, ttl)

@@ -43,7 +43,10 @@ class Target:
             if client.health() == "SERVING":
                 return client
             client.close()
-        raise ClusterError(f"no node of {self.directory} is SERVING: start the cluster with `authsim up`")
+        raise ClusterError(
+            f"no node of {self.directory} is SERVING: see `authsim status --dir {self.directory}` "
+            "(nodes stopped, or etcd unreachable)"
+        )
 
     def all_clients(self) -> list[NodeClient]:
         """A client for every node of the cluster dir (for --all-nodes)."""

@@ -31,4 +31,4 @@ def resolve_ca_type(name: str, field: str = "type") -> CAType:
         if name == ca_type.name or name in ca_type.aliases:
             return ca_type
     known = ", ".join(CA_TYPES)
-    raise ValidationError([f"{field}: unknown CA type {name!r} (known: {known})"])
+    raise ValidationError([f"{field}: unknown CA type {name[:64]!r} (known: {known})"])
