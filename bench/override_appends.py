@@ -1,25 +1,15 @@
-"""Benchmark: N nodes appending their own override entry at the same moment, against raw etcd CAS.
-
-Run: .venv/bin/python bench/override_appends.py [--rounds 20] [--nodes 2,4,8]
-Prints a table and writes bench/override_appends.json.
-"""
+"""Benchmark parts: raw etcd compare-and-swap latency, and N nodes appending their own override entry
+at the same moment. Run through scripts/bench (bench/run.py)."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from auth_node.pb import authsim_pb2 as pb
-from cluster.etcd_server import EtcdServer
 from cluster.external_ca import init
 from cluster.local import local_cluster
 from cluster.store import EtcdStore
@@ -50,7 +40,7 @@ def simultaneous_appends(nodes: int, rounds: int, endpoint: str, tmp: Path) -> d
         attempts: list[int] = []
         for _ in range(rounds):
             cluster.authctl("rm", "ca_overrides/windows", "--force")
-            barrier = threading.Barrier(nodes)
+            barrier = threading.Barrier(nodes, timeout=30)
             replies: list[pb.WriteResponse] = []
 
             def append(node: str, barrier: threading.Barrier, replies: list[pb.WriteResponse]) -> None:
@@ -78,47 +68,3 @@ def simultaneous_appends(nodes: int, rounds: int, endpoint: str, tmp: Path) -> d
         "attempts_mean": statistics.fmean(attempts),
         "attempts_max": max(attempts),
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--nodes", default="2,4,8")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        etcd = EtcdServer.start(tmp / "etcd" / "data")
-        try:
-            raw = asyncio.run(raw_cas_latency(etcd.endpoint))
-            raw_ms = statistics.median(raw) * 1000
-            rows = [
-                simultaneous_appends(int(n), args.rounds, etcd.endpoint, tmp) for n in args.nodes.split(",")
-            ]
-        finally:
-            etcd.stop()
-    for row in rows:
-        row["ratio_to_n_raw_txn"] = row["all_landed_ms_median"] / (row["nodes"] * raw_ms)
-    table = Table(
-        "nodes", "all landed (median ms)", "max ms", "attempts mean / max", "N x raw Txn ms", "ratio"
-    )
-    for row in rows:
-        table.add_row(
-            str(row["nodes"]),
-            f"{row['all_landed_ms_median']:.1f}",
-            f"{row['all_landed_ms_max']:.1f}",
-            f"{row['attempts_mean']:.2f} / {row['attempts_max']}",
-            f"{row['nodes'] * raw_ms:.2f}",
-            f"{row['ratio_to_n_raw_txn']:.1f}",
-        )
-    console = Console(width=120)
-    console.print(
-        f"raw etcd CAS Txn (aetcd, sequential, {len(raw)} samples): median {raw_ms:.2f} ms, "
-        f"p90 {statistics.quantiles(raw, n=10)[-1] * 1000:.2f} ms"
-    )
-    console.print(table)
-    OUT.write_text(json.dumps({"raw_txn_ms_median": raw_ms, "appends": rows}, indent=2) + "\n")
-    console.print(f"wrote {OUT}")
-
-
-if __name__ == "__main__":
-    main()

@@ -65,7 +65,7 @@ class Appenders:
                 self.failed[node] = str(e)
 
     def run_all(self, during: Callable[[], None]) -> None:
-        barrier = threading.Barrier(len(self.certs) + 1)
+        barrier = threading.Barrier(len(self.certs) + 1, timeout=30)
         threads = [threading.Thread(target=self.append, args=(n, barrier)) for n in self.certs]
         for t in threads:
             t.start()

@@ -266,7 +266,7 @@ def test_eight_nodes_append_at_the_same_moment(tmp_path: Path) -> None:
         attempts: list[int] = []
         for _ in range(20):
             cluster.authctl("rm", "ca_overrides/windows", "--force")
-            barrier = threading.Barrier(8)
+            barrier = threading.Barrier(8, timeout=30)
             acked: list[pb.WriteResponse] = []
 
             def append(key: str, barrier: threading.Barrier, acked: list[pb.WriteResponse]) -> None:

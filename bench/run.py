@@ -1,0 +1,164 @@
+"""The benchmark: our figures beside the raw limits measured in the same run (issue 5).
+
+Run: ./scripts/bench [--quick]. Prints a table, writes bench/results.json and bench/results.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from issuance import issuance_rate, propagation, raw_sign_rate
+from override_appends import raw_cas_latency, simultaneous_appends
+from rich.console import Console
+from rich.table import Table
+
+from cluster.etcd_server import EtcdServer
+from cluster.launcher import UpOptions, down, up
+from cluster.local import local_cluster
+
+HERE = Path(__file__).parent
+
+
+def rss_mib(pid: int | None) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def up_time(tmp: Path, nodes: int) -> dict[str, float]:
+    """`authsim up` of a fresh cluster (tokens, keys, etcd, targets) until every node is SERVING."""
+    directory = tmp / f"up{nodes}"
+    started = time.perf_counter()
+    state = up(directory, UpOptions(nodes=nodes))
+    seconds = time.perf_counter() - started
+    rss = [rss_mib(n.pid) for n in state.nodes]
+    down(directory)
+    return {"nodes": nodes, "up_s": seconds, "rss_mib_per_node": statistics.fmean(rss)}
+
+
+def measure(quick: bool, tmp: Path) -> dict[str, Any]:
+    seconds = 1.5 if quick else 5.0
+    rounds = 5 if quick else 20
+    result: dict[str, Any] = {"cpu_count": os.cpu_count(), "quick": quick}
+    raw_sign = raw_sign_rate(tmp, seconds)
+    with local_cluster(tmp / "c", nodes=3) as cluster:
+        assert cluster.authctl("auth", "rotate", "--type=db_client").exit_code == 0
+        rate = max(issuance_rate(cluster, "node2", seconds, n) for n in (4, 16))
+        delays = propagation(cluster, tmp, 20 if quick else 100)
+    result["issuance"] = {
+        "raw_softhsm_signs_per_s": raw_sign,
+        "credentials_per_s": rate,
+        "ratio": rate / raw_sign,
+    }
+    ordered = sorted(delays)
+    result["propagation_ms"] = {
+        "median": statistics.median(delays) * 1000,
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "changes": len(delays),
+    }
+    etcd = EtcdServer.start(tmp / "etcd" / "data")
+    try:
+        raw = asyncio.run(raw_cas_latency(etcd.endpoint, 100 if quick else 300))
+        raw_ms = statistics.median(raw) * 1000
+        sizes = (2, 4, 8) if quick else (2, 4, 8, 16)
+        appends = [simultaneous_appends(n, rounds, etcd.endpoint, tmp) for n in sizes]
+    finally:
+        etcd.stop()
+    for row in appends:
+        row["ratio_to_n_raw_txn"] = row["all_landed_ms_median"] / (row["nodes"] * raw_ms)
+    result["etcd"] = {"raw_cas_ms_median": raw_ms, "raw_cas_per_s": 1000 / raw_ms, "appends": appends}
+    result["up"] = [up_time(tmp, n) for n in ((3,) if quick else (3, 16))]
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    issuance, prop, etcd = result["issuance"], result["propagation_ms"], result["etcd"]
+    table = Table("measure", "ours", "raw limit (same run)", "ratio", "target")
+    table.add_row(
+        "credentials/s, one node",
+        f"{issuance['credentials_per_s']:.0f}",
+        f"{issuance['raw_softhsm_signs_per_s']:.0f} SoftHSM signs/s",
+        f"{issuance['ratio']:.2f}",
+        ">= 0.8",
+    )
+    for row in etcd["appends"]:
+        table.add_row(
+            f"{row['nodes']} simultaneous appends, all landed (median)",
+            f"{row['all_landed_ms_median']:.1f} ms, "
+            f"attempts {row['attempts_mean']:.1f}/{row['attempts_max']}",
+            f"{row['nodes'] * etcd['raw_cas_ms_median']:.1f} ms (N x raw CAS)",
+            f"{row['ratio_to_n_raw_txn']:.1f}",
+            "<= 2",
+        )
+    for row in result["up"]:
+        table.add_row(
+            f"authsim up, {row['nodes']} nodes (fresh)",
+            f"{row['up_s']:.1f} s, {row['rss_mib_per_node']:.0f} MiB RSS/node",
+            "",
+            "",
+            "<= 5 s" if row["nodes"] == 3 else "",
+        )
+    table.add_row(
+        "override write-to-effect",
+        f"median {prop['median']:.1f} ms, p99 {prop['p99']:.1f} ms",
+        "",
+        "",
+        "p99 <= 250 ms",
+    )
+    Console(width=140).print(
+        f"raw etcd CAS Txn: median {etcd['raw_cas_ms_median']:.2f} ms "
+        f"({etcd['raw_cas_per_s']:.0f}/s, one client); {result['cpu_count']} cores"
+    )
+    Console(width=140).print(table)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    rows = result["etcd"]["appends"]
+    sizes = [r["nodes"] for r in rows]
+    left.plot(sizes, [r["all_landed_ms_median"] for r in rows], "o-", label="all appends landed (median)")
+    left.plot(
+        sizes,
+        [2 * n * result["etcd"]["raw_cas_ms_median"] for n in sizes],
+        "--",
+        label="target: 2 x N x raw CAS",
+    )
+    left.set(xlabel="nodes appending at once", ylabel="ms", title="Per-node appends vs raw etcd CAS")
+    left.legend()
+    issuance = result["issuance"]
+    right.bar(
+        ["raw SoftHSM signs/s", "credentials/s"],
+        [issuance["raw_softhsm_signs_per_s"], issuance["credentials_per_s"]],
+    )
+    right.set(title=f"Issuance through one node (ratio {issuance['ratio']:.2f})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about a minute: fewer rounds, no 16-node runs")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = measure(args.quick, Path(tmp))
+    report(result)
+    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, HERE / "results.png")
+    print(f"wrote {HERE / 'results.json'} and {HERE / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()
