@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = NodeConfig.load(args.config)
         name = node.name
+        if node.etcd_tls is not None:
+            node.etcd_tls.checked()  # a missing TLS file: one line naming it, not a traceback later
         logging.basicConfig(
             level=logging.INFO, format=f"%(asctime)s {node.name} %(levelname)s %(name)s: %(message)s"
         )

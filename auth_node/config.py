@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from cluster.errors import ClusterError
+from cluster.store import EtcdTLS
 from hsm import TokenConfig, load_token_config
 
 
@@ -24,6 +25,7 @@ class NodeConfig:
     node_dir: Path
     pkcs11_module: str
     token_label: str
+    etcd_tls: EtcdTLS | None = None  # client TLS to etcd; absent from node.yaml files written before it
 
     def token(self) -> TokenConfig:
         return load_token_config(self.node_dir, self.token_label, self.pkcs11_module)
@@ -36,6 +38,7 @@ class NodeConfig:
         data = asdict(self)
         data["node_dir"] = str(self.node_dir)
         data["etcd_endpoints"] = list(self.etcd_endpoints)
+        data["etcd_tls"] = self.etcd_tls.to_dict() if self.etcd_tls else None
         path = self.node_dir / "node.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
@@ -48,6 +51,7 @@ class NodeConfig:
             raise ClusterError(f"cannot read node config {path}: {e.strerror}") from None
         data["node_dir"] = Path(data["node_dir"])
         data["etcd_endpoints"] = tuple(data["etcd_endpoints"])
+        data["etcd_tls"] = EtcdTLS.from_dict(data.get("etcd_tls"))
         return cls(**data)
 
 

@@ -9,14 +9,9 @@ import uuid
 from typing import Any
 
 from auth_node.issuance import Credential
+from cluster.ca_types import CA_TYPES
 from cluster.etcd_keys import events_prefix
 from cluster.store import EtcdStore
-
-# CA type -> (event, code on success, code on failure, name of the resource field), as the reference
-SESSION_EVENTS = {
-    "windows": ("windows.desktop.session.start", "TDP00I", "TDP00W", "desktop_name"),
-    "db_client": ("db.session.start", "TDB00I", "TDB00W", "db_name"),
-}
 
 
 def session_start_event(
@@ -29,7 +24,8 @@ def session_start_event(
     resource_name: str,
     node_name: str,
 ) -> dict[str, Any]:
-    event, code, failure_code, resource_field = SESSION_EVENTS[ca_type]
+    info = CA_TYPES[ca_type]
+    code, failure_code = info.session_codes
     record: dict[str, Any] = {
         "ca_override": {
             "active": credential.issuer.override_active,
@@ -37,9 +33,9 @@ def session_start_event(
         },
         "cluster_name": cluster_name,
         "code": code if success else failure_code,
-        resource_field: resource_name,
+        info.resource_field: resource_name,
         "ei": 0,
-        "event": event,
+        "event": info.session_event,
         "sid": str(uuid.uuid4()),
         "success": success,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cluster.ca_override import CertAuthorityOverride
+from cluster.ca_types import CA_TYPES
 from cluster.cert_authority import CAKeyPair, CertAuthority
 from cluster.errors import KeyAccessError, NotFoundError, ValidationError
 from hsm import Pkcs11KeyStore
@@ -76,7 +78,7 @@ def resolve_issuer(
             f"; replace it with `authctl auth update-override --type {ca.ca_type} --public-key "
             f"{pair.public_key_hash} --set-cert NEW.pem`",
         )
-        chain = () if ca.ca_type == "windows" else (entry.certificate, *entry.chain)
+        chain = () if CA_TYPES[ca.ca_type].smartcard_logon else (entry.certificate, *entry.chain)
         return Issuer(pair, override_cert, chain, True)
     return Issuer(pair, _certificate(pair.cert_pem), (), False)
 
@@ -124,7 +126,8 @@ def _leaf_builder(
 ) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.timezone.utc)
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    if ca_type == "windows":
+    smartcard = CA_TYPES[ca_type].smartcard_logon
+    if smartcard:
         usages.append(SMARTCARD_LOGON)
     try:
         ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -141,12 +144,23 @@ def _leaf_builder(
         .not_valid_after(min(now + ttl, issuer.certificate.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),  # RSA key transport only
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(aki, critical=False)
     )
-    if ca_type == "windows":
+    if smartcard:
         upn = x509.OtherName(UPN, _der_utf8_string(user))
         builder = builder.add_extension(x509.SubjectAlternativeName([upn]), critical=False)
     return builder

@@ -91,7 +91,7 @@ async def run_node(node: NodeConfig, keystore: Pkcs11KeyStore) -> int:
     """Serve until SIGTERM or SIGINT (exit status 0), or until a background task fails (1)."""
     health_servicer = health.aio.HealthServicer()
     await _set_health(health_servicer, NOT_SERVING)
-    async with EtcdStore(list(node.etcd_endpoints)) as store:
+    async with EtcdStore(list(node.etcd_endpoints), tls=node.etcd_tls) as store:
         view = ClusterView(store, node.cluster_name)
         server, port = create_server(node, store, keystore, view, health_servicer)
         await server.start()

@@ -264,7 +264,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         credential = await self.issue(ca_type, request.user, key.public_key())
         server_ca = (self.node.node_dir / "server-ca.pem").read_bytes()
         chain = credential.issuer.chain
-        if ca_type == "windows":
+        if CA_TYPES[ca_type].smartcard_logon:
             result = await open_desktop_session(
                 request.target_address, server_ca, request.user, credential.pem, chain, TARGET_TIMEOUT
             )

@@ -14,14 +14,34 @@ class CAType:
     name: str
     aliases: tuple[str, ...]
     description: str
-    target: str  # the downstream target that checks its credentials
+    target: str  # the downstream target that checks its credentials: "desktop" or "db"
+    smartcard_logon: bool  # leaves carry smartcardLogon + a UPN, and no chain (NTAuth knows the issuer)
+    session_event: str  # the session-start event a target session records
+    session_codes: tuple[str, str]  # event code on success, on failure
+    resource_field: str  # the event field naming the resource reached
 
 
 CA_TYPES: dict[str, CAType] = {
     "windows": CAType(
-        "windows", (), "desktop access: smartcard logon certificates checked against NTAuth", "desktop"
+        "windows",
+        (),
+        "desktop access: smartcard logon certificates checked against NTAuth",
+        target="desktop",
+        smartcard_logon=True,
+        session_event="windows.desktop.session.start",
+        session_codes=("TDP00I", "TDP00W"),
+        resource_field="desktop_name",
     ),
-    "db_client": CAType("db_client", ("db-client",), "database access: TLS client certificates", "db"),
+    "db_client": CAType(
+        "db_client",
+        ("db-client",),
+        "database access: TLS client certificates",
+        target="db",
+        smartcard_logon=False,
+        session_event="db.session.start",
+        session_codes=("TDB00I", "TDB00W"),
+        resource_field="db_name",
+    ),
 }
 
 
