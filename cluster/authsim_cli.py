@@ -21,6 +21,7 @@ from cluster.external_ca_cli import external_ca
 from cluster.provision_cli import provision
 from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
+from cluster.store import EtcdTLS
 from cluster.targets.trust_cli import trust
 from cluster.watch import run_watch
 
@@ -41,6 +42,11 @@ def cli() -> None:
 @click.option("--cluster-name", default=None, help="cluster name (default mycluster)")
 @click.option("--etcd", "etcd", default=None, help="existing etcd endpoints host:port[,host:port...]")
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="first node gRPC port")
+@click.option(
+    "--etcd-cacert", type=Path, default=None, help="TLS to --etcd: CA certificate that signed etcd's"
+)
+@click.option("--etcd-cert", type=Path, default=None, help="TLS to --etcd: client certificate (PEM)")
+@click.option("--etcd-key", type=Path, default=None, help="TLS to --etcd: client certificate's key (PEM)")
 @click.option("--detach", is_flag=True, help="return once the cluster is up (stop it with `authsim down`)")
 def up(
     directory: str | None,
@@ -48,11 +54,16 @@ def up(
     cluster_name: str | None,
     etcd: str | None,
     base_port: int | None,
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
     detach: bool,
 ) -> None:
     path = cluster_dir(directory)
     endpoints = [e.strip() for e in etcd.split(",") if e.strip()] if etcd else None
-    options = launcher.UpOptions(nodes, cluster_name, endpoints, base_port)
+    options = launcher.UpOptions(
+        nodes, cluster_name, endpoints, base_port, _etcd_tls(etcd_cacert, etcd_cert, etcd_key)
+    )
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -78,6 +89,17 @@ def up(
         stop.wait()
     stopped = launcher.down(path)
     console.print(f"stopped: {', '.join(stopped) or 'nothing'}")
+
+
+def _etcd_tls(cacert: Path | None, cert: Path | None, key: Path | None) -> EtcdTLS | None:
+    """The three TLS options as one EtcdTLS, None when none is given; all or none."""
+    given = {"--etcd-cacert": cacert, "--etcd-cert": cert, "--etcd-key": key}
+    if cacert is None and cert is None and key is None:
+        return None
+    if cacert is None or cert is None or key is None:
+        missing = ", ".join(flag for flag, value in given.items() if value is None)
+        raise click.UsageError(f"--etcd-cacert, --etcd-cert and --etcd-key go together; missing {missing}")
+    return EtcdTLS(cacert, cert, key)
 
 
 @cli.command(help="Show nodes, health, and the CA keys each node's token holds.")
@@ -130,7 +152,8 @@ def print_status(report: ClusterStatus) -> None:
     state = report.state
     etcd = ", ".join(state.etcd.endpoints)
     if report.etcd_running is None:
-        console.print(f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (external)")
+        tls = ", TLS" if state.etcd.tls else ""
+        console.print(f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (external{tls})")
     else:
         console.print(
             f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (embedded, "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cluster.errors import ClusterError
 from cluster.ports import free_port, port_is_free
+from cluster.store import EtcdTLS
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 10.0
@@ -40,6 +41,7 @@ class EtcdServer:
     log_path: Path
     members: dict[str, int]  # member name -> peer port, this member included
     detach: bool = False
+    tls: EtcdTLS | None = None  # https for clients and peers, client certificates required
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,6 +62,7 @@ class EtcdServer:
         name: str = "authsim",
         detach: bool = False,
         log_path: Path | None = None,
+        tls: EtcdTLS | None = None,
     ) -> EtcdServer:
         """Start a single-member etcd on loopback and wait until it reports healthy.
 
@@ -67,24 +70,34 @@ class EtcdServer:
         `<state dir>/etcd/data`, so data and log both live under `etcd/` (SPEC §4). An existing data dir
         is reused (the member restarts with its data). `detach=True` puts etcd in its own session so it
         outlives the launcher.
+
+        With `tls`, client and peer URLs are https and every client must present a certificate from
+        `tls.cacert` (etcd's --client-cert-auth). `tls.cert` serves clients and peers, and is presented
+        as a client to the other members and to the health check: it needs both the serverAuth and
+        clientAuth extended key usages (or none) and 127.0.0.1 among its subject alternative names.
         """
         client_port = client_port or free_port(HOST)
         while peer_port is None or peer_port == client_port:
             peer_port = free_port(HOST)
-        server = cls._member(data_dir, name, client_port, peer_port, {name: peer_port}, detach, log_path)
+        server = cls._member(data_dir, name, client_port, peer_port, {name: peer_port}, detach, log_path, tls)
         server.restart()
         return server
 
     @classmethod
-    def start_cluster(cls, base_dir: Path, size: int = 3, detach: bool = False) -> list[EtcdServer]:
-        """Start `size` loopback members as one cluster in `base_dir/etcdN/`; return once all are healthy."""
+    def start_cluster(
+        cls, base_dir: Path, size: int = 3, detach: bool = False, tls: EtcdTLS | None = None
+    ) -> list[EtcdServer]:
+        """Start `size` loopback members as one cluster in `base_dir/etcdN/`; return once all are healthy.
+
+        `tls` as in `start`: one member certificate shared by every member.
+        """
         ports = set[int]()
         while len(ports) < 2 * size:
             ports.add(free_port(HOST))
         pairs = list(zip(sorted(ports)[:size], sorted(ports)[size:], strict=True))
         members = {f"etcd{i + 1}": peer for i, (_, peer) in enumerate(pairs)}
         servers = [
-            cls._member(base_dir / name / "data", name, client, peer, members, detach, None)
+            cls._member(base_dir / name / "data", name, client, peer, members, detach, None, tls)
             for name, (client, peer) in zip(members, pairs, strict=True)
         ]
         try:
@@ -108,10 +121,12 @@ class EtcdServer:
         members: dict[str, int],
         detach: bool,
         log_path: Path | None,
+        tls: EtcdTLS | None = None,
     ) -> EtcdServer:
         data_dir = data_dir.absolute()
+        log_path = log_path or data_dir.parent / "etcd.log"
         return cls(
-            data_dir, client_port, peer_port, name, log_path or data_dir.parent / "etcd.log", members, detach
+            data_dir, client_port, peer_port, name, log_path, members, detach, tls.checked() if tls else None
         )
 
     def restart(self) -> None:
@@ -134,11 +149,17 @@ class EtcdServer:
                 start_new_session=self.detach,
             )
 
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
     def _arguments(self) -> list[str]:
         """etcd flags for this member of `self.members`."""
-        client_url = f"http://{HOST}:{self.client_port}"
-        peer_url = f"http://{HOST}:{self.peer_port}"
-        initial_cluster = ",".join(f"{name}=http://{HOST}:{port}" for name, port in self.members.items())
+        client_url = f"{self.scheme}://{HOST}:{self.client_port}"
+        peer_url = f"{self.scheme}://{HOST}:{self.peer_port}"
+        initial_cluster = ",".join(
+            f"{name}={self.scheme}://{HOST}:{port}" for name, port in self.members.items()
+        )
         return [
             "--name", self.name,
             "--data-dir", str(self.data_dir),
@@ -151,6 +172,18 @@ class EtcdServer:
             "--initial-cluster-state", "new",
             "--logger", "zap",
             "--log-outputs", "stderr",
+            *self._tls_arguments(),
+        ]  # fmt: skip
+
+    def _tls_arguments(self) -> list[str]:
+        """Server TLS for clients and peers, each side required to present a certificate from the CA."""
+        if self.tls is None:
+            return []
+        cacert, cert, key = str(self.tls.cacert), str(self.tls.cert), str(self.tls.key)
+        return [
+            "--cert-file", cert, "--key-file", key, "--trusted-ca-file", cacert, "--client-cert-auth",
+            "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", cacert,
+            "--peer-client-cert-auth",
         ]  # fmt: skip
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -173,10 +206,11 @@ class EtcdServer:
         )
 
     def healthy(self) -> bool:
-        """True when etcd answers GET /health with {"health": "true"}."""
-        url = f"http://{self.endpoint}/health"
+        """True when etcd answers GET /health with {"health": "true"} (over TLS with the member cert)."""
+        url = f"{self.scheme}://{self.endpoint}/health"
+        context = self.tls.ssl_context() if self.tls else None
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
+            with urllib.request.urlopen(url, timeout=1.0, context=context) as response:
                 return bool(json.load(response).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False

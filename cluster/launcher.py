@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from auth_node.config import NodeConfig, ensure_host_id
@@ -19,6 +19,7 @@ from cluster.node_client import NodeClient
 from cluster.pki import TLSIdentity, ensure_admin_identity, ensure_node_identity
 from cluster.ports import free_port, port_is_free
 from cluster.state import ClusterState, EtcdEntry, NodeEntry, TargetEntry
+from cluster.store import EtcdTLS
 from cluster.targets.process import start_target, target_marker, wait_listening
 from cluster.targets.trust import set_default_trust
 from hsm import provision_token
@@ -41,6 +42,19 @@ class UpOptions:
     cluster_name: str | None = None
     etcd_endpoints: list[str] | None = None
     base_port: int | None = None
+    etcd_tls: EtcdTLS | None = None  # client TLS to the `etcd_endpoints`; the embedded etcd has none
+
+
+def _checked(options: UpOptions) -> UpOptions:
+    """The options with absolute TLS paths; ClusterError for TLS without endpoints or a missing file."""
+    if options.etcd_tls is None:
+        return options
+    if not options.etcd_endpoints:
+        raise ClusterError(
+            "etcd TLS (--etcd-cacert/--etcd-cert/--etcd-key) needs the endpoints of an existing etcd "
+            "(--etcd host:port,...): the embedded etcd serves plain http on loopback"
+        )
+    return replace(options, etcd_tls=options.etcd_tls.checked())
 
 
 def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None) -> ClusterState:
@@ -49,6 +63,7 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
     Parts still running (a node, etcd, a target) are left as they are: `up` after a crash starts only
     what is missing. When everything already runs, that is an error.
     """
+    options = _checked(options)
     existing = _load_existing(directory)
     running = _running(directory, existing)
     if (
@@ -154,10 +169,14 @@ def _plan(
             )
         state = existing
         if options.etcd_endpoints:
-            state.etcd = EtcdEntry(endpoints=options.etcd_endpoints, embedded=False)
+            state.etcd = EtcdEntry(endpoints=options.etcd_endpoints, embedded=False, tls=options.etcd_tls)
+        elif state.etcd.tls is not None:
+            state.etcd.tls.checked()  # restarting with the recorded TLS files: still there?
     else:
         name = options.cluster_name or "mycluster"
-        etcd = EtcdEntry(endpoints=options.etcd_endpoints or [], embedded=not options.etcd_endpoints)
+        etcd = EtcdEntry(
+            endpoints=options.etcd_endpoints or [], embedded=not options.etcd_endpoints, tls=options.etcd_tls
+        )
         state = ClusterState(cluster_name=name, etcd=etcd)
     wanted = options.nodes or len(state.nodes) or 3
     if wanted < len(state.nodes):
@@ -201,6 +220,7 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
         node_dir=node_dir,
         pkcs11_module=token.module_path,
         token_label=token.label,
+        etcd_tls=state.etcd.tls,
     )
     config.save()
     return config

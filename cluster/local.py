@@ -18,6 +18,7 @@ from cluster.errors import AuthSimError
 from cluster.external_ca import ExternalCA
 from cluster.node_client import NodeClient
 from cluster.state import ClusterState
+from cluster.store import EtcdTLS
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,10 @@ class LocalCluster:
         nodes: int = 3,
         cluster_name: str = "mycluster",
         etcd_endpoints: list[str] | None = None,
+        etcd_tls: EtcdTLS | None = None,
     ) -> LocalCluster:
-        launcher.up(directory, launcher.UpOptions(nodes, cluster_name, etcd_endpoints))
+        options = launcher.UpOptions(nodes, cluster_name, etcd_endpoints, etcd_tls=etcd_tls)
+        launcher.up(directory, options)
         return cls(directory)
 
     @property
@@ -109,10 +112,14 @@ class LocalCluster:
 
 @contextlib.contextmanager
 def local_cluster(
-    directory: Path, nodes: int = 3, cluster_name: str = "mycluster", etcd_endpoints: list[str] | None = None
+    directory: Path,
+    nodes: int = 3,
+    cluster_name: str = "mycluster",
+    etcd_endpoints: list[str] | None = None,
+    etcd_tls: EtcdTLS | None = None,
 ) -> Iterator[LocalCluster]:
     """Start a cluster, yield it, and stop every process it started, also when the body fails."""
-    cluster = LocalCluster.start(directory, nodes, cluster_name, etcd_endpoints)
+    cluster = LocalCluster.start(directory, nodes, cluster_name, etcd_endpoints, etcd_tls)
     try:
         yield cluster
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from cluster.errors import ClusterError
+from cluster.store import EtcdTLS
 
 DEFAULT_DIR = Path(".authsim")
 
@@ -32,6 +33,7 @@ class EtcdEntry:
     client_port: int | None = None
     peer_port: int | None = None
     pid: int | None = None
+    tls: EtcdTLS | None = None  # client TLS to an external etcd (`up --etcd-cacert/--etcd-cert/--etcd-key`)
 
 
 @dataclass
@@ -54,8 +56,10 @@ class ClusterState:
         return directory / "cluster.yaml"
 
     def save(self, directory: Path) -> None:
+        data = asdict(self)
+        data["etcd"]["tls"] = self.etcd.tls.to_dict() if self.etcd.tls else None
         tmp = self.path(directory).with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
         tmp.replace(self.path(directory))
 
     @classmethod
@@ -69,7 +73,7 @@ class ClusterState:
             ) from None
         return cls(
             cluster_name=data["cluster_name"],
-            etcd=EtcdEntry(**data["etcd"]),
+            etcd=EtcdEntry(**{**data["etcd"], "tls": EtcdTLS.from_dict(data["etcd"].get("tls"))}),
             nodes=[NodeEntry(**n) for n in data["nodes"]],
             targets={k: TargetEntry(**v) for k, v in (data.get("targets") or {}).items()},
         )

@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import random
 import socket
+import ssl
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aetcd
 import aetcd.exceptions
+import aetcd.watcher
 import grpc
 from aetcd import rpc
 
-from cluster.errors import AlreadyExistsError, ConflictError, StoreUnavailableError
+from cluster.errors import AlreadyExistsError, ClusterError, ConflictError, StoreUnavailableError
 
 # gRPC status codes that mean "etcd cannot serve us now", with the words the one-line error uses.
 _UNAVAILABLE: dict[grpc.StatusCode, str] = {
@@ -30,7 +33,7 @@ _AETCD_CODES: dict[type[Exception], grpc.StatusCode] = {
     aetcd.exceptions.WatchTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-_CHANNEL_OPTIONS: dict[str, int] = {
+_CHANNEL_OPTIONS: dict[str, int | str] = {
     # Reconnect within a second once etcd is back (gRPC's default backoff grows to 120 s).
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.min_reconnect_backoff_ms": 100,
@@ -45,6 +48,51 @@ _CHANNEL_OPTIONS: dict[str, int] = {
 _BACKOFF_BASE = 0.001
 _BACKOFF_CAP = 0.2
 _UNAVAILABLE_PAUSE = 0.1  # seconds before reading again after etcd did not answer
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """TLS to etcd: the CA certificate to trust, and a certificate and key to present (PEM files).
+
+    A client (EtcdStore, a node) presents its client certificate; an etcd member (EtcdServer) its
+    member certificate, the same one for clients, peers and its own health check.
+    """
+
+    cacert: Path
+    cert: Path
+    key: Path
+
+    def checked(self) -> EtcdTLS:
+        """The same files as absolute paths; ClusterError naming every one that is not a file."""
+        missing = [
+            f"etcd TLS {what} {path} does not exist"
+            for what, path in (("CA certificate", self.cacert), ("certificate", self.cert), ("key", self.key))
+            if not path.is_file()
+        ]
+        if missing:
+            raise ClusterError("; ".join(missing))
+        return EtcdTLS(self.cacert.absolute(), self.cert.absolute(), self.key.absolute())
+
+    def to_dict(self) -> dict[str, str]:
+        return {"cacert": str(self.cacert), "cert": str(self.cert), "key": str(self.key)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str] | None) -> EtcdTLS | None:
+        """The inverse of `to_dict`; None (a file written without TLS) stays None."""
+        return None if data is None else cls(Path(data["cacert"]), Path(data["cert"]), Path(data["key"]))
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.cacert.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client-side context for etcd's HTTPS endpoints (/health)."""
+        context = ssl.create_default_context(cafile=str(self.cacert))
+        context.load_cert_chain(self.cert, self.key)
+        return context
 
 
 @dataclass(frozen=True)
@@ -88,9 +136,14 @@ class EtcdStore:
     to the next member. aetcd builds its channel from f"{host}:{port}"; we hand it the target split at
     its last colon, which rebuilds the same string. Connection failures surface as
     StoreUnavailableError; the channel reconnects by itself when etcd comes back.
+
+    With `tls` the channel is TLS with our client certificate. One channel has one name to verify:
+    every member's certificate is checked against the host of the first endpoint (so member
+    certificates must all name it, e.g. all carry 127.0.0.1 on loopback). A handshake etcd refuses
+    (no client certificate, one from another CA) surfaces as StoreUnavailableError too.
     """
 
-    def __init__(self, endpoints: list[str], timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: list[str], timeout: float = 5.0, tls: EtcdTLS | None = None) -> None:
         if not endpoints:
             raise ValueError("EtcdStore needs at least one endpoint")
         for endpoint in endpoints:
@@ -99,6 +152,7 @@ class EtcdStore:
                 raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
         self.endpoints = list(endpoints)
         self.timeout = timeout
+        self.tls = tls
         self._client: Any = None
 
     async def connect(self) -> None:
@@ -106,7 +160,18 @@ class EtcdStore:
         if self._client is not None:
             return
         host, _, port = (await self._grpc_target()).rpartition(":")
-        client = aetcd.Client(host=host, port=int(port), timeout=self.timeout, options=_CHANNEL_OPTIONS)
+        if self.tls is None:
+            client = aetcd.Client(host=host, port=int(port), timeout=self.timeout, options=_CHANNEL_OPTIONS)
+        else:
+            # The name TLS verifies: the first endpoint as given, not the "ipv4:..." target's list.
+            options = {**_CHANNEL_OPTIONS, "grpc.default_authority": self.endpoints[0]}
+            client = _TLSClient(
+                self.tls.channel_credentials(),
+                host=host,
+                port=int(port),
+                timeout=self.timeout,
+                options=options,
+            )
         with self._map_errors():
             await client.connect()
         self._client = client
@@ -170,7 +235,7 @@ class EtcdStore:
         key: str,
         fn: Callable[[Versioned | None], bytes | None],
         *,
-        max_attempts: int = 16,
+        max_attempts: int = 64,
         deadline: float = 10.0,
         known: tuple[Versioned | None] | None = None,
     ) -> UpdateResult:
@@ -178,7 +243,7 @@ class EtcdStore:
 
         `fn` returns the new value, or None when nothing needs writing (then nothing is written). An
         exception from `fn` propagates with nothing written. Retries back off with full jitter
-        (5 ms doubling to 200 ms) and stop after `max_attempts` or `deadline` seconds: ConflictError.
+        (1 ms doubling to 200 ms) and stop after `max_attempts` or `deadline` seconds: ConflictError.
         `known=(value,)` starts from a value the caller already holds (a cache kept by a watch)
         instead of reading: when it is stale, the first compare fails and its failure branch brings
         the current value, so an uncontended update costs one round trip.
@@ -322,9 +387,38 @@ class EtcdStore:
                 raise
             code, details = status
             where, details = ",".join(self.endpoints), " ".join(details.split())
+            where += " (TLS)" if self.tls else ""
             raise StoreUnavailableError(
                 f"etcd at {where} {_UNAVAILABLE[code]} (timeout {self.timeout:g}s): {details}"
             ) from exc
+
+
+class _TLSClient(aetcd.Client):  # type: ignore[misc]
+    """An aetcd.Client over a TLS channel.
+
+    aetcd 1.0's `Client.connect()` only builds `insecure_channel`; this `connect()` mirrors it with
+    `grpc.aio.secure_channel` and builds the same stubs and watcher. It leaves out aetcd's
+    username/password login, which authsim does not use (etcd authenticates us by the certificate).
+    No await runs before `_connected` is set, so aetcd's guard for concurrent connects is not needed.
+    """
+
+    def __init__(self, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        target = f"{self._host}:{self._port}"
+        self.channel = grpc.aio.secure_channel(target, self._credentials, options=list(self._options.items()))
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(
+            rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
 
 
 def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:

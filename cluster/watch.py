@@ -50,7 +50,7 @@ async def watch_overrides(
     state = ClusterState.load(directory)
     ca_type = resolve_ca_type(type_name).name
     names = {p.read_text().strip(): p.parent.name for p in (directory / "nodes").glob("*/host_id")}
-    async with EtcdStore(state.etcd.endpoints) as store:
+    async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
         ca_found = await store.get(cert_authority_key(state.cluster_name, ca_type))
         hosts = (
             {}

@@ -1,0 +1,316 @@
+"""TLS to etcd: a 3-member loopback etcd with client and peer TLS; the store, a cluster, the CLI on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import io
+import ipaddress
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from auth_node.config import NodeConfig
+from auth_node.pb import authsim_pb2 as pb
+from cluster import authsim_cli, launcher
+from cluster.errors import ClusterError, StoreUnavailableError
+from cluster.etcd_server import EtcdServer
+from cluster.external_ca import init
+from cluster.local import LocalCluster, local_cluster
+from cluster.pki import write_private
+from cluster.state import ClusterState, EtcdEntry
+from cluster.store import EtcdStore, EtcdTLS
+from cluster.watch import watch_overrides
+
+AUTHSIM = [sys.executable, "-m", "cluster.authsim_cli"]
+
+
+@dataclass(frozen=True)
+class _Issuer:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+
+def _make_ca(directory: Path, name: str) -> tuple[_Issuer, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        _builder(subject, subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / f"{name}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return _Issuer(cert, key), path
+
+
+def _issue(
+    directory: Path, issuer: _Issuer, name: str, usages: list[x509.ObjectIdentifier], server: bool
+) -> tuple[Path, Path]:
+    """A leaf signed by `issuer` with the given extended key usages; for a server, loopback SANs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = _builder(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), issuer.cert.subject, key.public_key()
+    ).add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if server:
+        sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    write_private(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    return cert_path, key_path
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+
+
+@dataclass(frozen=True)
+class EtcdPKI:
+    member: EtcdTLS  # the etcd members' own identity: serves clients and peers, is a client to peers
+    client: EtcdTLS  # a client certificate from the etcd CA
+    foreign_client: EtcdTLS  # trusts the etcd CA, but its client certificate comes from another CA
+    foreign_trust: EtcdTLS  # a valid client certificate, but it trusts another CA for the server
+
+
+def make_etcd_pki(directory: Path) -> EtcdPKI:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_path = _make_ca(directory, "etcd-ca")
+    other, other_path = _make_ca(directory, "other-ca")
+    both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    client_only = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    member = _issue(directory, ca, "etcd-member", both, server=True)
+    client = _issue(directory, ca, "etcd-client", client_only, server=False)
+    foreign = _issue(directory, other, "foreign-client", client_only, server=False)
+    return EtcdPKI(
+        member=EtcdTLS(ca_path, *member),
+        client=EtcdTLS(ca_path, *client),
+        foreign_client=EtcdTLS(ca_path, *foreign),
+        foreign_trust=EtcdTLS(other_path, *client),
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> EtcdPKI:
+    return make_etcd_pki(tmp_path_factory.mktemp("etcd-pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tmp_path_factory: pytest.TempPathFactory, pki: EtcdPKI) -> Iterator[list[EtcdServer]]:
+    """Three etcd members with https client and peer URLs, each requiring a client certificate."""
+    servers = EtcdServer.start_cluster(tmp_path_factory.mktemp("etcd-tls"), 3, tls=pki.member)
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def endpoints(servers: list[EtcdServer]) -> list[str]:
+    return [s.endpoint for s in servers]
+
+
+def test_members_listen_on_https_only(tls_etcd: list[EtcdServer], pki: EtcdPKI) -> None:
+    for server in tls_etcd:
+        assert server.healthy()  # over https, presenting the member certificate
+        assert "--client-cert-auth" in server._arguments()
+        assert f"https://127.0.0.1:{server.peer_port}" in server._arguments()
+        plain = dataclasses.replace(server, tls=None, process=None)
+        assert not plain.healthy()  # http to an https port
+
+
+async def test_store_with_client_certificate_does_cas_and_get(
+    tls_etcd: list[EtcdServer], pki: EtcdPKI
+) -> None:
+    key = "/test/tls/cas"
+    async with EtcdStore(endpoints(tls_etcd), tls=pki.client) as store:
+        created = await store.create(key, b"one")
+        swapped = await store.compare_and_swap(key, created, b"two")
+        assert swapped.succeeded
+        stale = await store.compare_and_swap(key, created, b"three")
+        assert not stale.succeeded and stale.current is not None and stale.current.value == b"two"
+        found = await store.get(key)
+        assert found is not None and found.value == b"two" and found.mod_revision == swapped.revision
+        assert (await store.delete(key, swapped.revision)).succeeded
+    # Every member's certificate verifies on its own, reached by IP or by name.
+    for endpoint in [*endpoints(tls_etcd), f"localhost:{tls_etcd[1].client_port}"]:
+        async with EtcdStore([endpoint], tls=pki.client) as store:
+            assert await store.ping() > 0
+
+
+@pytest.mark.parametrize("client", ["plain", "foreign_client", "foreign_trust"])
+async def test_store_without_a_trusted_handshake_is_unavailable(
+    tls_etcd: list[EtcdServer], pki: EtcdPKI, client: str
+) -> None:
+    tls = None if client == "plain" else getattr(pki, client)
+    async with EtcdStore(endpoints(tls_etcd), timeout=1.0, tls=tls) as store:
+        with pytest.raises(StoreUnavailableError) as raised:
+            await store.get("/test/tls/anything")
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"etcd at {','.join(endpoints(tls_etcd))}")
+    assert ("(TLS)" in message) == (tls is not None)
+
+
+def test_local_cluster_serves_on_tls_etcd_and_watch_follows(
+    tls_etcd: list[EtcdServer], pki: EtcdPKI, tmp_path: Path
+) -> None:
+    name = "tlslocal"
+    with local_cluster(
+        tmp_path / "c", nodes=2, cluster_name=name, etcd_endpoints=endpoints(tls_etcd), etcd_tls=pki.client
+    ) as cluster:
+        state = cluster.state
+        assert state.etcd.endpoints == endpoints(tls_etcd) and not state.etcd.embedded
+        assert state.etcd.tls == pki.client
+        for node in cluster.node_names:
+            with cluster.client(node) as client:
+                assert client.health() == "SERVING"
+            node_yaml = yaml.safe_load((cluster.directory / "nodes" / node / "node.yaml").read_text())
+            assert node_yaml["etcd_tls"] == pki.client.to_dict()
+        got = cluster.authctl("get", "cas/windows")
+        assert got.exit_code == 0 and got.stdout.strip(), got.stderr
+
+        certs = cluster.override_certs(init(tmp_path / "extca"), "windows")
+        lines: list[str] = []
+        first = threading.Event()
+
+        def emit(line: str) -> None:
+            lines.append(line)
+            first.set()
+
+        watcher = threading.Thread(
+            target=lambda: asyncio.run(watch_overrides(cluster.directory, "windows", emit, 1))
+        )
+        watcher.start()
+        try:
+            assert first.wait(10), "the watch printed nothing"
+            with cluster.client("node2") as client:
+                client.call(
+                    "CreateOverride", pb.CreateOverrideRequest(type="windows", certificate=certs["node2"])
+                )
+        finally:
+            watcher.join(20)
+        assert not watcher.is_alive()
+        assert lines[0] == "ca_overrides/windows: absent"
+        assert "by node2" in lines[1] and "(node2) enabled" in lines[1]
+
+
+def _authsim(*args: str) -> tuple[int, str]:
+    """`authsim ARGS` in this process: (exit code, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = authsim_cli.main(list(args))
+    return code, err.getvalue()
+
+
+def test_cli_up_with_etcd_tls_and_down(tls_etcd: list[EtcdServer], pki: EtcdPKI, tmp_path: Path) -> None:
+    directory = tmp_path / "cli"
+    tls_args = ["--etcd-cacert", str(pki.client.cacert), "--etcd-cert", str(pki.client.cert)]
+    tls_args += ["--etcd-key", str(pki.client.key)]
+    up_args = ["--nodes", "1", "--cluster-name", "tlscli", "--etcd", ",".join(endpoints(tls_etcd))]
+    try:
+        up = subprocess.run(
+            [*AUTHSIM, "up", "--dir", str(directory), *up_args, *tls_args, "--detach"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert up.returncode == 0, up.stderr
+        assert f"etcd {', '.join(endpoints(tls_etcd))} (external, TLS)" in up.stdout
+        cluster = LocalCluster(directory)
+        assert cluster.authctl("get", "cas/windows").exit_code == 0
+        certs = cluster.override_certs(init(tmp_path / "extca"), "windows")
+        watch = subprocess.Popen(
+            [*AUTHSIM, "watch", "ca_overrides/windows", "--dir", str(directory), "--count", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watch.stdout is not None
+            assert watch.stdout.readline().strip() == "ca_overrides/windows: absent"
+            with cluster.client("node1") as client:
+                client.call(
+                    "CreateOverride", pb.CreateOverrideRequest(type="windows", certificate=certs["node1"])
+                )
+            out, err = watch.communicate(timeout=20)
+        finally:
+            watch.kill()
+            watch.wait()
+        assert watch.returncode == 0, err
+        assert "by node1" in out and "(node1) enabled" in out
+        down = subprocess.run(
+            [*AUTHSIM, "down", "--dir", str(directory)], capture_output=True, text=True, timeout=60
+        )
+        assert down.returncode == 0 and "node1" in down.stdout, down.stderr
+        assert all(n.pid is None for n in cluster.state.nodes)
+    finally:
+        launcher.down(directory)  # by PID; a no-op when `authsim down` already stopped everything
+
+
+def test_cli_etcd_tls_errors_are_one_line(tls_etcd: list[EtcdServer], pki: EtcdPKI, tmp_path: Path) -> None:
+    etcd = ",".join(endpoints(tls_etcd))
+    missing = tmp_path / "nowhere" / "client.key"
+    given = ["--etcd-cacert", str(pki.client.cacert), "--etcd-cert", str(pki.client.cert)]
+    code, err = _authsim(
+        "up", "--dir", str(tmp_path / "a"), "--etcd", etcd, *given, "--etcd-key", str(missing)
+    )
+    assert code == 1 and err == f"error: etcd TLS key {missing} does not exist\n"
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+
+    code, err = _authsim("up", "--dir", str(tmp_path / "b"), *given, "--etcd-key", str(pki.client.key))
+    assert code == 1 and err.count("\n") == 1 and "needs the endpoints of an existing etcd" in err
+
+    code, err = _authsim("up", "--dir", str(tmp_path / "c"), "--etcd", etcd, *given)
+    assert code == 2 and "--etcd-cacert, --etcd-cert and --etcd-key go together; missing --etcd-key" in err
+
+    with pytest.raises(ClusterError, match=r"etcd TLS CA certificate .*ca\.pem does not exist"):
+        EtcdTLS(tmp_path / "ca.pem", pki.client.cert, pki.client.key).checked()
+
+
+def test_tls_paths_round_trip_and_old_files_still_load(pki: EtcdPKI, tmp_path: Path) -> None:
+    config = NodeConfig("node1", "c", "host", "127.0.0.1:1", ("127.0.0.1:2",), tmp_path, "/lib.so", "t")
+    tls_config = dataclasses.replace(config, etcd_tls=pki.client)
+    assert NodeConfig.load(tls_config.save()) == tls_config
+    old = yaml.safe_load(config.save().read_text())
+    del old["etcd_tls"]  # a node.yaml written before etcd TLS existed
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(old))
+    assert NodeConfig.load(tmp_path / "node.yaml") == config
+
+    state = ClusterState("c", EtcdEntry(["127.0.0.1:2"], embedded=False, tls=pki.client))
+    state.save(tmp_path)
+    assert ClusterState.load(tmp_path) == state
+    old = yaml.safe_load(ClusterState.path(tmp_path).read_text())
+    del old["etcd"]["tls"]
+    ClusterState.path(tmp_path).write_text(yaml.safe_dump(old))
+    assert ClusterState.load(tmp_path).etcd == EtcdEntry(["127.0.0.1:2"], embedded=False)
