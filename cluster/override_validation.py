@@ -8,6 +8,7 @@ rules against the CA, never ownership.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -91,9 +92,9 @@ def validate_override(
         return [*problems, f"spec.certificate_overrides: {count} entries, at most {MAX_ENTRIES}"]
     entries: list[_Entry] = []
     for index, entry in enumerate(new.certificate_overrides):
-        checked, entry_problems = _check_entry(index, entry, ctx)
+        checked, entry_problems = _check_entry(index, entry, ctx.cluster_name)
         entries.append(replace(checked, before=_previous_entry(previous, checked.key_hash)))
-        problems += entry_problems
+        problems += list(entry_problems)
     problems += _duplicate_problems(entries)
     if not ctx.force:
         problems += _against_ca_problems(new, entries, previous, ctx)
@@ -117,14 +118,17 @@ def _resource_problems(new: CertAuthorityOverride, ctx: OverrideContext) -> list
     return problems
 
 
-def _check_entry(index: int, entry: CertificateOverride, ctx: OverrideContext) -> tuple[_Entry, list[str]]:
+@functools.lru_cache(maxsize=1024)
+def _check_entry(index: int, entry: CertificateOverride, cluster_name: str) -> tuple[_Entry, tuple[str, ...]]:
+    """The checks of one entry on its own: a pure function of its content, so it is cached (a CAS retry
+    or the next append validates the same entries again)."""
     path = f"spec.certificate_overrides[{index}]"
     problems: list[str] = []
     cert = None
     if entry.certificate:
         cert, problems = _load_pem_certificate(entry.certificate, f"{path}.certificate")
     if cert is not None:
-        problems += _ca_certificate_problems(cert, f"{path}.certificate", ctx.cluster_name)
+        problems += _ca_certificate_problems(cert, f"{path}.certificate", cluster_name)
     elif not entry.certificate and not entry.disabled:
         problems.append(f"{path}.certificate: required for an enabled override")
     elif not entry.certificate and not entry.public_key:
@@ -132,7 +136,7 @@ def _check_entry(index: int, entry: CertificateOverride, ctx: OverrideContext) -
     key_hash, key_problems = _key_hash(entry, cert, path)
     problems += key_problems
     problems += _chain_problems(entry, cert, path)
-    return _Entry(index, entry, cert, key_hash), problems
+    return _Entry(index, entry, cert, key_hash), tuple(problems)
 
 
 def _load_pem_certificate(text: str, path: str) -> tuple[x509.Certificate | None, list[str]]:

@@ -45,8 +45,8 @@ _CHANNEL_OPTIONS: dict[str, int | str] = {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
 }
 
-_BACKOFF_BASE = 0.001
-_BACKOFF_CAP = 0.2
+_BACKOFF_BASE = 0.0005
+_BACKOFF_CAP = 0.002
 _UNAVAILABLE_PAUSE = 0.1  # seconds before reading again after etcd did not answer
 
 
@@ -235,7 +235,7 @@ class EtcdStore:
         key: str,
         fn: Callable[[Versioned | None], bytes | None],
         *,
-        max_attempts: int = 64,
+        max_attempts: int = 128,
         deadline: float = 10.0,
         known: tuple[Versioned | None] | None = None,
     ) -> UpdateResult:
@@ -243,7 +243,8 @@ class EtcdStore:
 
         `fn` returns the new value, or None when nothing needs writing (then nothing is written). An
         exception from `fn` propagates with nothing written. Retries back off with full jitter
-        (1 ms doubling to 200 ms) and stop after `max_attempts` or `deadline` seconds: ConflictError.
+        (0.5 ms doubling to 2 ms: a conflict means another writer landed, so long waits buy
+        nothing) and stop after `max_attempts` or `deadline` seconds: ConflictError.
         `known=(value,)` starts from a value the caller already holds (a cache kept by a watch)
         instead of reading: when it is stale, the first compare fails and its failure branch brings
         the current value, so an uncontended update costs one round trip.
