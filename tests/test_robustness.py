@@ -1,0 +1,64 @@
+"""Failure paths users meet: a start-up that fails half-way, an override that expired, a missing file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from auth_node.pb import authsim_pb2 as pb
+from cluster import processes
+from cluster.errors import ClusterError
+from cluster.external_ca import init
+from cluster.launcher import node_marker
+from cluster.local import LocalCluster, local_cluster
+from cluster.targets.process import target_marker
+
+
+def test_failed_up_leaves_no_process_running(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    with local_cluster(directory, nodes=3):
+        pass
+    (directory / "nodes" / "node2" / "pin").write_text("wrong-pin")
+    with pytest.raises(ClusterError, match="node node2 exited during start-up"):
+        LocalCluster.start(directory, nodes=3)
+    state = LocalCluster(directory).state
+    assert not any(processes.is_running(n.pid, node_marker(directory, n.name)) for n in state.nodes)
+    assert not any(processes.is_running(t.pid, target_marker(directory, k)) for k, t in state.targets.items())
+    assert not processes.is_running(state.etcd.pid, str(directory / "etcd"))
+
+
+def test_an_override_that_expired_is_refused_at_signing_with_the_fix(tmp_path: Path) -> None:
+    ca = init(tmp_path / "extca")
+    with local_cluster(tmp_path / "c", nodes=1) as cluster:
+        with cluster.client("node1") as client:
+            csr = client.call("CreateOverrideCSR", pb.CreateOverrideCSRRequest(type="db_client")).csrs[0]
+        soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)
+        cert = tmp_path / "short.pem"
+        cert.write_bytes(ca.sign_csr(csr.pem.encode(), not_after=soon).public_bytes(Encoding.PEM))
+        added = cluster.authctl("auth", "create-override", "--type=db_client", str(cert), node="node1")
+        assert added.exit_code == 0, added.stderr
+        assert cluster.sign("db_client", "u", tmp_path / "before")["ca_override"]["active"]
+        time.sleep(max(0.0, (soon - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 0.5)
+        refused = cluster.authctl(
+            "auth", "sign", "--type=db_client", "--user", "u", "--out", str(tmp_path / "x")
+        )
+        assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+        assert "override of key" in refused.stderr and "is not valid now" in refused.stderr
+        assert "--set-cert" in refused.stderr
+
+
+def test_missing_files_are_one_line_errors(tmp_path: Path) -> None:
+    with local_cluster(tmp_path / "c", nodes=1) as cluster:
+        for args in (
+            ("create", str(tmp_path / "missing.yaml")),
+            ("auth", "create-override", "--type=windows", str(tmp_path / "missing.pem")),
+            ("auth", "pub-key-hash", "--cert", str(tmp_path / "missing.pem")),
+        ):
+            result = cluster.authctl(*args)
+            assert result.exit_code != 0, args
+            assert "missing" in result.stderr and "Traceback" not in result.stderr, args
+            assert result.stderr.count("\n") <= 2, result.stderr
