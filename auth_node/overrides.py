@@ -18,7 +18,7 @@ from cluster.ca_override import MAX_RESOURCE_BYTES, CertAuthorityOverride, Certi
 from cluster.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
 from cluster.etcd_keys import override_key, override_prefix
 from cluster.override_validation import OverrideContext, check_override
-from cluster.store import EtcdStore, Versioned
+from cluster.store import DELETE, EtcdStore, Versioned
 
 
 @dataclass(frozen=True)
@@ -108,21 +108,16 @@ class Overrides:
     async def delete(self, ca_type: str, force: bool) -> WriteResult:
         """Remove the resource; refused while it holds an enabled override of an active key."""
         ctx = await self._context(ca_type, force)
-        key = override_key(self.node.cluster_name, ca_type)
-        attempts = 0
-        while True:
-            attempts += 1
-            current = _decode(await self.store.get(key))
-            if current is None:
+
+        def remove(current: Versioned | None) -> bytes:
+            resource = _decode(current)
+            if resource is None:
                 raise NotFoundError(f"ca_overrides/{ca_type} not found in cluster {self.node.cluster_name}")
-            check_override(replace(current, certificate_overrides=()), current, ctx)
-            result = await self.store.delete(key, current.revision)
-            if result.succeeded:
-                return WriteResult(result.revision, attempts, True)
-            if attempts >= 16:
-                raise ConflictError(
-                    f"ca_overrides/{ca_type} kept changing: gave up after {attempts} attempts"
-                )
+            check_override(replace(resource, certificate_overrides=()), resource, ctx)
+            return DELETE
+
+        result = await self.store.update(override_key(self.node.cluster_name, ca_type), remove)
+        return WriteResult(result.revision, result.attempts, result.changed)
 
     async def create_entry(self, ca_type: str, entry: CertificateOverride, force: bool) -> WriteResult:
         """Append this node's entry; an identical entry already present is a no-op success."""

@@ -47,6 +47,7 @@ _CHANNEL_OPTIONS: dict[str, int | str] = {
 
 _BACKOFF_BASE = 0.0005
 _BACKOFF_CAP = 0.002
+DELETE = b"\0authsim: delete this key\0"  # what an `update` fn returns to remove the key; never stored
 _UNAVAILABLE_PAUSE = 0.1  # seconds before reading again after etcd did not answer
 
 
@@ -233,7 +234,7 @@ class EtcdStore:
     async def update(
         self,
         key: str,
-        fn: Callable[[Versioned | None], bytes | None],
+        fn: Callable[[Versioned | None], bytes | None],  # or DELETE
         *,
         max_attempts: int = 128,
         deadline: float = 10.0,
@@ -241,7 +242,8 @@ class EtcdStore:
     ) -> UpdateResult:
         """Read, `fn(current)`, compare-and-swap; on conflict retry `fn` on the value the Txn returned.
 
-        `fn` returns the new value, or None when nothing needs writing (then nothing is written). An
+        `fn` returns the new value, DELETE to remove the key (it must exist), or None when nothing needs
+        writing (then nothing is written). An
         exception from `fn` propagates with nothing written. Retries back off with full jitter
         (0.5 ms doubling to 2 ms: a conflict means another writer landed, so long waits buy
         nothing) and stop after `max_attempts` or `deadline` seconds: ConflictError.
@@ -267,9 +269,14 @@ class EtcdStore:
                 expected = current.mod_revision if current else 0
                 if new_value is None:
                     return UpdateResult(expected, attempt, False, current.value if current else None)
-                result = await self.compare_and_swap(key, expected, new_value)
+                if new_value is DELETE:
+                    result = await self.delete(key, expected)
+                else:
+                    result = await self.compare_and_swap(key, expected, new_value)
                 if result.succeeded:
-                    return UpdateResult(result.revision, attempt, True, new_value)
+                    return UpdateResult(
+                        result.revision, attempt, True, None if new_value is DELETE else new_value
+                    )
                 current = result.current
             except StoreUnavailableError:
                 # Outcome unknown (etcd down, leader changed): read again and let `fn` decide.

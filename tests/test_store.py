@@ -24,7 +24,7 @@ from cluster.errors import (
     ValidationError,
 )
 from cluster.etcd_server import EtcdServer, find_etcd_binary
-from cluster.store import EtcdStore, UpdateResult, Versioned
+from cluster.store import DELETE, EtcdStore, UpdateResult, Versioned
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -288,3 +288,20 @@ def test_start_on_a_busy_port_fails_clearly(tmp_path: Path) -> None:
 if __name__ == "__main__":
     endpoint, key, writer, count = sys.argv[1:]
     asyncio.run(_append_worker(endpoint, key, writer, int(count)))
+
+
+async def test_update_can_delete_with_the_same_conflict_handling(store: EtcdStore, key_prefix: str) -> None:
+    key = key_prefix + "gone"
+    await store.create(key, b"v1")
+    stale = await store.get(key)
+    await store.compare_and_swap(key, stale.mod_revision if stale else 0, b"v2")  # changed behind our back
+    seen: list[bytes | None] = []
+
+    def remove(current: Versioned | None) -> bytes | None:
+        seen.append(current.value if current else None)
+        return DELETE if current is not None else None
+
+    result = await store.update(key, remove, known=(stale,))
+    assert result.changed and result.attempts == 2 and seen == [b"v1", b"v2"]
+    assert await store.get(key) is None
+    assert (await store.update(key, remove)).changed is False  # already gone: nothing to do
