@@ -42,6 +42,4 @@ def error_from_status(code: grpc.StatusCode, details: str) -> AuthSimError:
     for cls, mapped in STATUS_CODES.items():
         if mapped == code:
             return cls(details)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return StoreUnavailableError(f"the node did not answer in time: {details}")
     return AuthSimError(f"{code.name.lower()}: {details}")

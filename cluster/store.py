@@ -126,7 +126,6 @@ class UpdateResult:
     revision: int
     attempts: int
     changed: bool
-    value: bytes | None
 
 
 class EtcdStore:
@@ -268,15 +267,13 @@ class EtcdStore:
                 new_value = fn(current)
                 expected = current.mod_revision if current else 0
                 if new_value is None:
-                    return UpdateResult(expected, attempt, False, current.value if current else None)
+                    return UpdateResult(expected, attempt, False)
                 if new_value is DELETE:
                     result = await self.delete(key, expected)
                 else:
                     result = await self.compare_and_swap(key, expected, new_value)
                 if result.succeeded:
-                    return UpdateResult(
-                        result.revision, attempt, True, None if new_value is DELETE else new_value
-                    )
+                    return UpdateResult(result.revision, attempt, True)
                 current = result.current
             except StoreUnavailableError:
                 # Outcome unknown (etcd down, leader changed): read again and let `fn` decide.
