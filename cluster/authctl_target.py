@@ -8,7 +8,7 @@ from pathlib import Path
 from cluster.errors import ClusterError
 from cluster.launcher import admin_identity
 from cluster.node_client import NodeClient
-from cluster.state import ClusterState
+from cluster.state import ClusterState, host_names
 
 
 @dataclass
@@ -20,11 +20,7 @@ class Target:
     auth_server: str | None
 
     def host_names(self) -> dict[str, str]:
-        """host id → node name, from the cluster dir (empty for a remote cluster)."""
-        names = {}
-        for host_file in (self.directory / "nodes").glob("*/host_id"):
-            names[host_file.read_text().strip()] = host_file.parent.name
-        return names
+        return host_names(self.directory)
 
     def client(self) -> NodeClient:
         identity = admin_identity(self.directory)

@@ -19,6 +19,11 @@ def cluster_dir(path: str | Path | None) -> Path:
     return Path(path or os.environ.get("AUTHSIM_DIR") or DEFAULT_DIR).absolute()
 
 
+def host_names(directory: Path) -> dict[str, str]:
+    """host id -> node name for the nodes provisioned in `directory` (empty for a remote cluster)."""
+    return {p.read_text().strip(): p.parent.name for p in (directory / "nodes").glob("*/host_id")}
+
+
 @dataclass
 class NodeEntry:
     name: str

@@ -11,7 +11,7 @@ from cluster.ca_override import CertAuthorityOverride, CertificateOverride
 from cluster.ca_types import resolve_ca_type
 from cluster.cert_authority import CertAuthority
 from cluster.etcd_keys import cert_authority_key, override_key
-from cluster.state import ClusterState
+from cluster.state import ClusterState, host_names
 from cluster.store import EtcdStore
 
 
@@ -49,7 +49,7 @@ async def watch_overrides(
     """Print the current revision, then every new one (at most `count` new ones when count > 0)."""
     state = ClusterState.load(directory)
     ca_type = resolve_ca_type(type_name).name
-    names = {p.read_text().strip(): p.parent.name for p in (directory / "nodes").glob("*/host_id")}
+    names = host_names(directory)
     async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
         ca_found = await store.get(cert_authority_key(state.cluster_name, ca_type))
         hosts = (
