@@ -18,10 +18,9 @@ from cluster.ca_types import CA_TYPES
 from cluster.cli_common import make_console, run_cli
 from cluster.demo import run_demo
 from cluster.external_ca_cli import external_ca
-from cluster.provision_cli import provision
+from cluster.provision_cli import etcd_tls_from_options, etcd_tls_options, provision
 from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
-from cluster.store import EtcdTLS
 from cluster.targets.trust_cli import trust
 from cluster.watch import run_watch
 
@@ -42,11 +41,7 @@ def cli() -> None:
 @click.option("--cluster-name", default=None, help="cluster name (default mycluster)")
 @click.option("--etcd", "etcd", default=None, help="existing etcd endpoints host:port[,host:port...]")
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="first node gRPC port")
-@click.option(
-    "--etcd-cacert", type=Path, default=None, help="TLS to --etcd: CA certificate that signed etcd's"
-)
-@click.option("--etcd-cert", type=Path, default=None, help="TLS to --etcd: client certificate (PEM)")
-@click.option("--etcd-key", type=Path, default=None, help="TLS to --etcd: client certificate's key (PEM)")
+@etcd_tls_options
 @click.option("--detach", is_flag=True, help="return once the cluster is up (stop it with `authsim down`)")
 def up(
     directory: str | None,
@@ -62,7 +57,7 @@ def up(
     path = cluster_dir(directory)
     endpoints = [e.strip() for e in etcd.split(",") if e.strip()] if etcd else None
     options = launcher.UpOptions(
-        nodes, cluster_name, endpoints, base_port, _etcd_tls(etcd_cacert, etcd_cert, etcd_key)
+        nodes, cluster_name, endpoints, base_port, etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
     )
     with Progress(
         TextColumn("{task.description}"),
@@ -89,17 +84,6 @@ def up(
         stop.wait()
     stopped = launcher.down(path)
     console.print(f"stopped: {', '.join(stopped) or 'nothing'}")
-
-
-def _etcd_tls(cacert: Path | None, cert: Path | None, key: Path | None) -> EtcdTLS | None:
-    """The three TLS options as one EtcdTLS, None when none is given; all or none."""
-    given = {"--etcd-cacert": cacert, "--etcd-cert": cert, "--etcd-key": key}
-    if cacert is None and cert is None and key is None:
-        return None
-    if cacert is None or cert is None or key is None:
-        missing = ", ".join(flag for flag, value in given.items() if value is None)
-        raise click.UsageError(f"--etcd-cacert, --etcd-cert and --etcd-key go together; missing {missing}")
-    return EtcdTLS(cacert, cert, key)
 
 
 @cli.command(help="Show nodes, health, and the CA keys each node's token holds.")

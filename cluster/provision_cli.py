@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -19,6 +20,7 @@ from cluster.cli_common import run_cli
 from cluster.errors import ClusterError
 from cluster.pki import ensure_admin_identity, ensure_node_identity, write_private
 from cluster.state import ClusterState, EtcdEntry, NodeEntry
+from cluster.store import EtcdTLS
 from hsm import provision_token
 
 NODE_PORT = 3025
@@ -27,6 +29,34 @@ ADMIN_FILES = ("admin.pem", "admin.key", "server-ca.pem")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 dir_type = click.Path(file_okay=False, path_type=Path)
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def etcd_tls_options(command: _Command) -> _Command:
+    """The options --etcd-cacert, --etcd-cert and --etcd-key (`authsim up`, `authsim provision`)."""
+    options = [
+        click.option(
+            "--etcd-cacert", type=Path, default=None, help="TLS to --etcd: CA certificate that signed etcd's"
+        ),
+        click.option("--etcd-cert", type=Path, default=None, help="TLS to --etcd: client certificate (PEM)"),
+        click.option(
+            "--etcd-key", type=Path, default=None, help="TLS to --etcd: client certificate's key (PEM)"
+        ),
+    ]
+    for option in reversed(options):  # as if stacked as decorators: the help lists them in this order
+        command = option(command)
+    return command
+
+
+def etcd_tls_from_options(cacert: Path | None, cert: Path | None, key: Path | None) -> EtcdTLS | None:
+    """The three TLS options as one EtcdTLS, None when none is given; all or none."""
+    given = {"--etcd-cacert": cacert, "--etcd-cert": cert, "--etcd-key": key}
+    if cacert is None and cert is None and key is None:
+        return None
+    if cacert is None or cert is None or key is None:
+        missing = ", ".join(flag for flag, value in given.items() if value is None)
+        raise click.UsageError(f"--etcd-cacert, --etcd-cert and --etcd-key go together; missing {missing}")
+    return EtcdTLS(cacert, cert, key)
 
 
 def _names(value: str) -> list[str]:
@@ -90,6 +120,7 @@ def provision() -> None:
 @click.option(
     "--etcd", callback=_endpoints, default="", help="etcd endpoints host:port,..., recorded in cluster.yaml"
 )
+@etcd_tls_options
 def pki(
     directory: Path,
     ca_dir: Path | None,
@@ -98,7 +129,17 @@ def pki(
     nodes: list[str],
     port: int,
     etcd: list[str],
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
 ) -> None:
+    tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
+    if tls is not None:
+        if not etcd:
+            raise click.UsageError(
+                "--etcd-cacert, --etcd-cert and --etcd-key are TLS to --etcd: give --etcd too"
+            )
+        tls = tls.checked()
     ca_dir, admin_dir = (ca_dir or directory).absolute(), (admin_dir or directory).absolute()
     state_path = ClusterState.path(admin_dir)
     if state_path.exists() and (existing := ClusterState.load(admin_dir)).cluster_name != cluster_name:
@@ -109,7 +150,7 @@ def pki(
     for name in nodes:
         ensure_node_identity(ca_dir, cluster_name, directory.absolute() / "nodes" / name, name)
     entries = [NodeEntry(name, f"{name}:{port}") for name in nodes]
-    ClusterState(cluster_name, EtcdEntry(etcd, embedded=False), entries).save(admin_dir)
+    ClusterState(cluster_name, EtcdEntry(etcd, embedded=False, tls=tls), entries).save(admin_dir)
     click.echo(f"PKI of cluster {cluster_name} for {', '.join(nodes)} in {directory}")
 
 
@@ -126,6 +167,7 @@ def pki(
 @click.option("--cluster-name", default="mycluster", show_default=True)
 @click.option("--listen", default=f"0.0.0.0:{NODE_PORT}", show_default=True, help="gRPC listen host:port")
 @click.option("--etcd", callback=_endpoints, required=True, help="etcd endpoints host:port[,host:port...]")
+@etcd_tls_options
 @click.option("--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2)")
 def node(
     directory: Path,
@@ -134,10 +176,16 @@ def node(
     cluster_name: str,
     listen: str,
     etcd: list[str],
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
     pkcs11_module: str | None,
 ) -> None:
     if not etcd:
         raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
+    tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
+    if tls is not None:
+        tls = tls.checked()  # absolute paths in node.yaml; a missing file refused before anything is written
     tls_dir = pki_dir / "nodes" / name
     if not (tls_dir / "tls.pem").exists():
         raise ClusterError(
@@ -156,6 +204,7 @@ def node(
         node_dir=directory,
         pkcs11_module=token.module_path,
         token_label=token.label,
+        etcd_tls=tls,
     )
     click.echo(f"Wrote {config.save()}")
 

@@ -11,6 +11,7 @@ import ipaddress
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from auth_node.config import NodeConfig
 from auth_node.pb import authsim_pb2 as pb
-from cluster import authsim_cli, launcher
+from cluster import authsim_cli, launcher, processes
 from cluster.errors import ClusterError, StoreUnavailableError
 from cluster.etcd_server import EtcdServer
 from cluster.external_ca import init
 from cluster.local import LocalCluster, local_cluster
+from cluster.node_client import NodeClient
 from cluster.pki import write_private
+from cluster.ports import free_port
 from cluster.state import ClusterState, EtcdEntry
 from cluster.store import EtcdStore, EtcdTLS
 from cluster.watch import watch_overrides
@@ -296,6 +299,58 @@ def test_cli_etcd_tls_errors_are_one_line(tls_etcd: list[EtcdServer], pki: EtcdP
 
     with pytest.raises(ClusterError, match=r"etcd TLS CA certificate .*ca\.pem does not exist"):
         EtcdTLS(tmp_path / "ca.pem", pki.client.cert, pki.client.key).checked()
+
+
+def test_cli_provision_with_etcd_tls_starts_a_serving_node(
+    tls_etcd: list[EtcdServer], pki: EtcdPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`authsim provision pki|node --etcd-cacert/--etcd-cert/--etcd-key`, then `python -m auth_node`."""
+    etcd = ",".join(endpoints(tls_etcd))
+    tls_args = ["--etcd-cacert", str(pki.client.cacert), "--etcd-cert", str(pki.client.cert)]
+    tls_args += ["--etcd-key", str(pki.client.key)]
+    common = ["--cluster-name", "tlsprov", "--etcd", etcd]
+    pki_dir, admin_dir, state = tmp_path / "pki", tmp_path / "admin", tmp_path / "node1"
+    pki_args = ["provision", "pki", "--dir", str(pki_dir), "--admin-dir", str(admin_dir), "--nodes", "node1"]
+
+    code, err = _authsim(*pki_args, "--cluster-name", "tlsprov", *tls_args)
+    assert code == 2 and "give --etcd too" in err
+    code, err = _authsim(*pki_args, *common, *tls_args)
+    assert code == 0, err
+    assert ClusterState.load(admin_dir).etcd == EtcdEntry(endpoints(tls_etcd), embedded=False, tls=pki.client)
+
+    listen = f"127.0.0.1:{free_port()}"
+    node_args = ["provision", "node", "--dir", str(state), "--pki", str(pki_dir), "--name", "node1"]
+    node_args += ["--listen", listen, *common]
+    # The same validation as `authsim up`, before anything is written.
+    code, err = _authsim(*node_args, *tls_args[:4])
+    assert code == 2 and "--etcd-cacert, --etcd-cert and --etcd-key go together; missing --etcd-key" in err
+    missing = tmp_path / "nowhere" / "client.key"
+    code, err = _authsim(*node_args, *tls_args[:4], "--etcd-key", str(missing))
+    assert code == 1 and err == f"error: etcd TLS key {missing} does not exist\n"
+    assert not state.exists()
+
+    monkeypatch.chdir(pki.client.cacert.parent)  # relative paths are recorded as absolute ones
+    relative = ["--etcd-cacert", pki.client.cacert.name, "--etcd-cert", pki.client.cert.name]
+    relative += ["--etcd-key", pki.client.key.name]
+    code, err = _authsim(*node_args, *relative)
+    assert code == 0, err
+    config = NodeConfig.load(state / "node.yaml")
+    assert config.etcd_tls == pki.client and config.etcd_endpoints == tuple(endpoints(tls_etcd))
+
+    argv = [sys.executable, "-m", "auth_node", "--config", str(state / "node.yaml")]
+    process = processes.spawn(argv, config.log_file, config.token().process_env())
+    try:
+        deadline = time.monotonic() + 60
+        with NodeClient(listen, launcher.admin_identity(admin_dir), "node1", timeout=2.0) as client:
+            while (health := client.health()) != "SERVING":
+                assert process.poll() is None, config.log_file.read_text()[-2000:]
+                assert time.monotonic() < deadline, f"node1: {health}"
+                time.sleep(0.2)
+            ca = client.get_cert_authority("windows")
+        assert [pair.key.host_id for pair in ca.active_keys] == [config.host_id]
+    finally:
+        processes.stop(process.pid, str(state / "node.yaml"))
+    assert process.poll() is not None
 
 
 def test_tls_paths_round_trip_and_old_files_still_load(pki: EtcdPKI, tmp_path: Path) -> None:
