@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -35,6 +35,11 @@ class Issuer:
     certificate: x509.Certificate
     chain: tuple[str, ...]  # PEMs presented above the leaf, nearest first
     override_active: bool
+
+    @property
+    def subject(self) -> str:
+        """The issuing certificate's subject, RFC 4514."""
+        return _subject(self.certificate)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,11 @@ def resolve_issuer(
 
 
 @functools.lru_cache(maxsize=256)
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+@functools.lru_cache(maxsize=256)
 def _certificate(pem: str) -> x509.Certificate:
     """Issuer certificates, parsed once: they change only when a CA or an override does."""
     return x509.load_pem_x509_certificate(pem.encode())
@@ -98,27 +108,45 @@ def _check_valid(cert: x509.Certificate, what: str, hint: str = "") -> None:
         )
 
 
-async def issue_credential(
-    issuer: Issuer,
-    keystore: Pkcs11KeyStore,
-    ca_type: str,
-    user: str,
-    public_key: CertificateIssuerPublicKeyTypes,
-    ttl: dt.timedelta = DEFAULT_TTL,
-) -> Credential:
-    """A client certificate for `user` and the client's `public_key`, signed inside the token."""
-    if not user or len(user.encode()) > MAX_USER_BYTES or any(c in user for c in "\0\n\r"):
-        raise ValidationError(
-            [f"user: must be 1 to {MAX_USER_BYTES} bytes of printable UTF-8 (a certificate CN)"]
-        )
-    if not dt.timedelta(0) < ttl <= MAX_TTL:
-        raise ValidationError([f"ttl: must be between 1 second and {MAX_TTL.days} days"])
-    builder = _leaf_builder(issuer, ca_type, user, public_key, ttl)
-    # Both steps touch the token: off the event loop, on the token's own thread.
-    certificate = await keystore.run_async(
-        lambda: builder.sign(keystore.private_key(issuer.key.key), hashes.SHA256())
-    )
-    return Credential(certificate, issuer)
+@dataclass(frozen=True)
+class CredentialRequest:
+    """What a client asks for: a credential of CA `ca_type` for `user` and the client's `public_key`."""
+
+    ca_type: str
+    user: str
+    public_key: CertificateIssuerPublicKeyTypes
+    ttl: dt.timedelta = DEFAULT_TTL
+
+    def check(self) -> None:
+        problems = []
+        user = self.user
+        if not user or len(user.encode()) > MAX_USER_BYTES or any(c in user for c in "\0\n\r"):
+            problems.append(
+                f"user: must be 1 to {MAX_USER_BYTES} bytes of printable UTF-8 (a certificate CN)"
+            )
+        if not dt.timedelta(0) < self.ttl <= MAX_TTL:
+            problems.append(f"ttl: must be between 1 second and {MAX_TTL.days} days")
+        if problems:
+            raise ValidationError(problems)
+
+
+async def issue_credentials(
+    keystore: Pkcs11KeyStore, work: Sequence[tuple[Issuer, CredentialRequest]]
+) -> list[Credential]:
+    """Client certificates, each signed inside the token under its issuer, in the order asked.
+
+    The certificates are built here and signed in one job on the token's thread, so a batch costs
+    one hand-over, not one per credential.
+    """
+    for _, request in work:
+        request.check()
+    builders = [(issuer, _leaf_builder(issuer, r.ca_type, r.user, r.public_key, r.ttl)) for issuer, r in work]
+
+    def sign_all() -> list[x509.Certificate]:
+        return [b.sign(keystore.private_key(issuer.key.key), hashes.SHA256()) for issuer, b in builders]
+
+    certificates = await keystore.run_async(sign_all)
+    return [Credential(c, issuer) for c, (issuer, _) in zip(certificates, builders, strict=True)]
 
 
 def _leaf_builder(

@@ -7,13 +7,12 @@ import datetime as dt
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -26,7 +25,15 @@ from auth_node.cluster_view import ClusterView
 from auth_node.config import NodeConfig
 from auth_node.csr import create_override_csrs
 from auth_node.events import list_events, record_event, session_start_event
-from auth_node.issuance import DEFAULT_TTL, Credential, issue_credential, require_ca, resolve_issuer
+from auth_node.issuance import (
+    DEFAULT_TTL,
+    Credential,
+    CredentialRequest,
+    Issuer,
+    issue_credentials,
+    require_ca,
+    resolve_issuer,
+)
 from auth_node.overrides import Overrides, WriteResult
 from auth_node.pb import authsim_pb2 as pb
 from auth_node.pb import authsim_pb2_grpc as pb_grpc
@@ -45,6 +52,7 @@ Resp = TypeVar("Resp")
 log = logging.getLogger(__name__)
 TARGET_TIMEOUT = 5.0  # seconds for a session on a downstream target
 VIEW_TIMEOUT = 5.0  # seconds a request waits for the first listing of the cluster
+MAX_SIGN_BATCH = 256  # credentials in one SignBatch call
 Method = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 
 
@@ -85,24 +93,21 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.view = view
         self.overrides = Overrides(store, node, view)
 
-    async def issue(
-        self,
-        type_name: str,
-        user: str,
-        public_key: CertificateIssuerPublicKeyTypes,
-        ttl: dt.timedelta = DEFAULT_TTL,
-    ) -> Credential:
-        """A credential from this node's active key, through the override the view holds for it."""
-        ca_type = resolve_ca_type(type_name).name
+    async def issuer(self, ca_type: str) -> Issuer:
+        """This node's active key of `ca_type`, under the override the view holds for it."""
         try:
             await asyncio.wait_for(self.view.ready.wait(), VIEW_TIMEOUT)
         except TimeoutError:
             raise StoreUnavailableError("this node has not loaded the cluster's CAs from etcd yet") from None
         ca = require_ca(self.view.cert_authorities, ca_type, self.node.cluster_name)
-        issuer = resolve_issuer(
+        return resolve_issuer(
             ca, self.view.overrides.get(ca_type), self.node.host_id, self.node.name, self.view.node_names
         )
-        return await issue_credential(issuer, self.keystore, ca_type, user, public_key, ttl)
+
+    async def issue(self, requests: Sequence[CredentialRequest]) -> list[Credential]:
+        """Credentials from this node's active keys, one issuer lookup per CA type."""
+        issuers = {r.ca_type: await self.issuer(r.ca_type) for r in requests}
+        return await issue_credentials(self.keystore, [(issuers[r.ca_type], r) for r in requests])
 
     async def _cert_authority(self, type_name: str) -> CertAuthority:
         ca_type = resolve_ca_type(type_name).name
@@ -232,14 +237,28 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def Sign(
         self, request: pb.SignRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SignResponse:
-        try:
-            public_key = load_der_public_key(request.public_key)
-        except ValueError:
-            raise ValidationError(["public_key: not a DER SubjectPublicKeyInfo"]) from None
-        if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-            raise ValidationError(["public_key: must be an RSA or EC key"])
-        ttl = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else DEFAULT_TTL
-        credential = await self.issue(request.type, request.user, public_key, ttl)
+        [credential] = await self.issue([_credential_request(request)])
+        return self._sign_response(credential)
+
+    @_domain_errors
+    async def SignBatch(
+        self, request: pb.SignBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SignBatchResponse:
+        count = len(request.requests)
+        if not 0 < count <= MAX_SIGN_BATCH:
+            raise ValidationError([f"requests: must hold 1 to {MAX_SIGN_BATCH} requests, got {count}"])
+        problems, wanted = [], []
+        for i, one in enumerate(request.requests):
+            try:
+                wanted.append(_credential_request(one))
+            except ValidationError as e:
+                problems += [f"requests[{i}].{p}" for p in e.problems]
+        if problems:
+            raise ValidationError(problems)
+        credentials = await self.issue(wanted)
+        return pb.SignBatchResponse(credentials=[self._sign_response(c) for c in credentials])
+
+    def _sign_response(self, credential: Credential) -> pb.SignResponse:
         cert = credential.certificate
         return pb.SignResponse(
             certificate=credential.pem,
@@ -249,7 +268,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
                 public_key_hash=credential.issuer.key.public_key_hash,
             ),
             serial=format(cert.serial_number, "x"),
-            issuer=cert.issuer.rfc4514_string(),
+            issuer=credential.issuer.subject,
             not_after=cert.not_valid_after_utc.isoformat(),
             node_name=self.node.name,
         )
@@ -261,7 +280,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         """Issue a credential, open a session on the downstream target with it, record the event."""
         ca_type = resolve_ca_type(request.type).name
         key = ec.generate_private_key(ec.SECP256R1())
-        credential = await self.issue(ca_type, request.user, key.public_key())
+        [credential] = await self.issue([CredentialRequest(ca_type, request.user, key.public_key())])
         server_ca = (self.node.node_dir / "server-ca.pem").read_bytes()
         chain = credential.issuer.chain
         if CA_TYPES[ca_type].smartcard_logon:
@@ -317,3 +336,17 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             changed=result.changed,
             public_key=result.public_key,
         )
+
+
+def _credential_request(request: pb.SignRequest) -> CredentialRequest:
+    """A Sign request decoded and checked: the client's public key, the CA type, the user and ttl."""
+    try:
+        public_key = load_der_public_key(request.public_key)
+    except ValueError:
+        raise ValidationError(["public_key: not a DER SubjectPublicKeyInfo"]) from None
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ValidationError(["public_key: must be an RSA or EC key"])
+    ttl = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else DEFAULT_TTL
+    wanted = CredentialRequest(resolve_ca_type(request.type).name, request.user, public_key, ttl)
+    wanted.check()
+    return wanted

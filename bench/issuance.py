@@ -55,15 +55,17 @@ def raw_sign_rate(tmp: Path, seconds: float) -> float:
     return float(done.stdout)
 
 
-def issuance_rate(cluster: LocalCluster, node: str, seconds: float, in_flight: int) -> float:
-    """Sign RPCs per second to one node with `in_flight` concurrent calls from one asyncio client
-    (keys made beforehand, so the client's own work is small)."""
+def issuance_rate(cluster: LocalCluster, node: str, seconds: float, in_flight: int, batch: int = 1) -> float:
+    """Credentials per second from one node with `in_flight` concurrent calls from one asyncio client
+    (keys made beforehand, so the client's own work is small): Sign calls, or SignBatch calls of
+    `batch` requests when `batch` > 1."""
     spki = (
         ec.generate_private_key(ec.SECP256R1())
         .public_key()
         .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     )
     request = pb.SignRequest(type="db_client", user="bench", public_key=spki)
+    many = pb.SignBatchRequest(requests=[request] * batch)
     key, cert, server_ca = admin_identity(cluster.directory).read()
     credentials = grpc.ssl_channel_credentials(
         root_certificates=server_ca, private_key=key, certificate_chain=cert
@@ -80,8 +82,11 @@ def issuance_rate(cluster: LocalCluster, node: str, seconds: float, in_flight: i
             async def caller() -> None:
                 nonlocal count
                 while time.perf_counter() < deadline:
-                    await stub.Sign(request, timeout=10)
-                    count += 1
+                    if batch == 1:
+                        await stub.Sign(request, timeout=10)
+                    else:
+                        await stub.SignBatch(many, timeout=10)
+                    count += batch
 
             started = time.perf_counter()
             await asyncio.gather(*(caller() for _ in range(in_flight)))

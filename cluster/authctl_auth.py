@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cluster.errors import AuthSimError, ValidationError
 from cluster.pki import write_private
 
 type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
+_FILE_SAFE = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # a user name that can be part of a file name
 force_option = click.option(
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
 )
@@ -177,21 +179,46 @@ def pub_key_hash(cert: str) -> None:
     click.echo(public_key_hash_of_cert(read_pem_certificate(cert)))
 
 
-@auth.command("sign", help="Issue a client credential signed with this node's active key of CA TYPE.")
+@auth.command(
+    "sign",
+    help="Issue client credentials signed with this node's active key of CA TYPE. With one --user, "
+    "writes PREFIX.crt, .key, .chain.pem and .json; with several, PREFIX-USER.* for each, in one call.",
+)
 @type_option
-@click.option("--user", required=True, help="the user the credential is for")
-@click.option("--out", required=True, help="PREFIX: writes PREFIX.crt, .key, .chain.pem and .json")
+@click.option("--user", "users", required=True, multiple=True, help="who a credential is for; repeatable")
+@click.option("--out", required=True, help="PREFIX of the files written")
 @click.option(
     "--ttl", type=click.IntRange(1, 30 * 24 * 3600), default=3600, show_default=True, help="seconds"
 )
 @click.pass_obj
-def sign(target: Target, ca_type: str, user: str, out: str, ttl: int) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    request = pb.SignRequest(type=ca_type, user=user, public_key=spki, ttl_seconds=ttl)
+def sign(target: Target, ca_type: str, users: tuple[str, ...], out: str, ttl: int) -> None:
+    if len(users) > 1:
+        unsafe = [u for u in users if not _FILE_SAFE.fullmatch(u)]
+        if unsafe:
+            raise click.UsageError(
+                f"--user {unsafe[0]!r}: with several users each becomes part of a file name: "
+                "use letters, digits, '.', '_', '@' and '-'"
+            )
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in users]
+    requests = [
+        pb.SignRequest(
+            type=ca_type,
+            user=user,
+            public_key=key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+            ttl_seconds=ttl,
+        )
+        for user, key in zip(users, keys, strict=True)
+    ]
     with target.signer_client(ca_type) as client:
-        reply: pb.SignResponse = client.call("Sign", request)
-    write_credential(Path(out), reply, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        if len(requests) == 1:
+            replies = [client.call("Sign", requests[0])]
+        else:
+            replies = list(client.call("SignBatch", pb.SignBatchRequest(requests=requests)).credentials)
+    for user, key, reply in zip(users, keys, replies, strict=True):
+        prefix = out if len(users) == 1 else f"{out}-{user}"
+        write_credential(
+            Path(prefix), reply, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
 
 
 def write_credential(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> None:

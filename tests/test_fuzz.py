@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, example, g
 from hypothesis import strategies as st
 
 from auth_node.csr import MAX_SUBJECT_CHARS, csr_subject
-from auth_node.issuance import Credential, Issuer, issue_credential
+from auth_node.issuance import Credential, CredentialRequest, Issuer, issue_credentials
 from cluster import ca_override
 from cluster.ca_override import (
     KIND,
@@ -786,9 +786,9 @@ def test_csr_subjects(custom: str) -> None:
 
 
 class SoftwareKeyStore:
-    """Stands in for Pkcs11KeyStore where issue_credential uses it: no token, a software key.
+    """Stands in for Pkcs11KeyStore where issue_credentials uses it: no token, a software key.
 
-    issue_credential checks `user` before it asks the keystore for anything, so `calls` counts
+    issue_credentials checks `user` before it asks the keystore for anything, so `calls` counts
     whether a request got as far as the token.
     """
 
@@ -814,11 +814,8 @@ def _issue(user: str, ca_type: str) -> tuple[Credential | ValidationError, int]:
     keystore = SoftwareKeyStore()
     public_key = rsa_key(7).public_key()
     try:
-        credential = asyncio.run(
-            issue_credential(
-                issuer, cast(Pkcs11KeyStore, keystore), ca_type, user, public_key, dt.timedelta(hours=1)
-            )
-        )
+        request = CredentialRequest(ca_type, user, public_key, dt.timedelta(hours=1))
+        [credential] = asyncio.run(issue_credentials(cast(Pkcs11KeyStore, keystore), [(issuer, request)]))
     except ValidationError as e:
         return e, keystore.calls
     return credential, keystore.calls

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from auth_node.pb import authsim_pb2 as pb
+from cluster.errors import ValidationError
 from cluster.external_ca import ExternalCA, init
 from cluster.local import LocalCluster, local_cluster
 
@@ -140,6 +144,46 @@ def test_db_credential_chains_to_the_external_root_and_the_database_accepts_it(f
             node="node1",
         )
     assert flow.cluster.exercise("db_client", "alice", node="node1")["success"]
+
+
+def test_batch_sign_issues_one_credential_per_user_or_none(flow: Flow) -> None:
+    """`auth sign` with several users: one SignBatch call, each leaf names its user and verifies with
+    openssl to the external root; one bad user refuses the whole batch with its index, writing nothing."""
+    out = flow.tmp / "batch" / "cred"
+    users = ["alice", "bob@example.com", "carol.d"]
+    flow.ok(
+        "auth", "sign", "--type=db_client", *[f"--user={u}" for u in users], "--out", str(out), node="node3"
+    )
+    serials = set()
+    for user in users:
+        leaf = Path(f"{out}-{user}.crt")
+        verified = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(flow.ca.directory / "root.pem"), "-untrusted",
+             f"{out}-{user}.chain.pem", str(leaf)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert verified.returncode == 0, verified.stderr
+        cert = x509.load_pem_x509_certificate(leaf.read_bytes())
+        assert cert.subject.rfc4514_string() == f"CN={user}"
+        info = json.loads(Path(f"{out}-{user}.json").read_text())
+        assert info["node"] == "node3" and info["ca_override"]["active"] is True
+        serials.add(cert.serial_number)
+    assert len(serials) == len(users)
+
+    refused = flow.cluster.authctl(
+        "auth", "sign", "--type=db_client", "--user=dave", "--user", "x" * 65, "--out", str(out), node="node3"
+    )
+    assert refused.exit_code == 2 and "--user 'xxx" in refused.stderr  # not a file name: refused locally
+    with flow.cluster.client("node3") as client:
+        good = pb.SignRequest(type="db_client", user="dave", public_key=_spki())
+        bad = pb.SignRequest(type="db_client", user="erin", public_key=b"junk")
+        with pytest.raises(ValidationError) as batch:
+            client.call("SignBatch", pb.SignBatchRequest(requests=[good, bad, good]))
+        assert str(batch.value) == ("requests[1].public_key: not a DER SubjectPublicKeyInfo")
+        with pytest.raises(ValidationError, match=r"requests: must hold 1 to 256 requests, got 257"):
+            client.call("SignBatch", pb.SignBatchRequest(requests=[good] * 257))
+        assert len(client.call("SignBatch", pb.SignBatchRequest(requests=[good] * 256)).credentials) == 256
+    assert not list(out.parent.glob("cred-dave*"))
 
 
 def test_windows_issuer_is_the_override_and_ntauth_must_hold_it(flow: Flow) -> None:
@@ -274,3 +318,8 @@ def test_demo_script_passes_on_a_fresh_checkout(tmp_path: Path) -> None:
             assert f"Step {step}/5" in done.stdout
     finally:
         subprocess.run([str(BIN / "authsim"), "down", "--dir", str(directory)], capture_output=True)
+
+
+def _spki() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)

@@ -236,6 +236,18 @@ class SignRequest(_message.Message):
     ttl_seconds: int
     def __init__(self, type: _Optional[str] = ..., user: _Optional[str] = ..., public_key: _Optional[bytes] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
+class SignBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[SignRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[SignRequest, _Mapping]]] = ...) -> None: ...
+
+class SignBatchResponse(_message.Message):
+    __slots__ = ("credentials",)
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    credentials: _containers.RepeatedCompositeFieldContainer[SignResponse]
+    def __init__(self, credentials: _Optional[_Iterable[_Union[SignResponse, _Mapping]]] = ...) -> None: ...
+
 class CAOverrideInfo(_message.Message):
     __slots__ = ("active", "public_key_hash")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]

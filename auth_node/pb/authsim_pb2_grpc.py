@@ -44,6 +44,11 @@ class AuthServiceStub:
                 request_serializer=auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
                 response_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignResponse.FromString,
                 _registered_method=True)
+        self.SignBatch = channel.unary_unary(
+                '/authsim.v1.AuthService/SignBatch',
+                request_serializer=auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.SerializeToString,
+                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.FromString,
+                _registered_method=True)
         self.Exercise = channel.unary_unary(
                 '/authsim.v1.AuthService/Exercise',
                 request_serializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.SerializeToString,
@@ -111,6 +116,12 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Sign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +205,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Sign,
                     request_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignRequest.FromString,
                     response_serializer=auth__node_dot_pb_dot_authsim__pb2.SignResponse.SerializeToString,
+            ),
+            'SignBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignBatch,
+                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.FromString,
+                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.SerializeToString,
             ),
             'Exercise': grpc.unary_unary_rpc_method_handler(
                     servicer.Exercise,
@@ -305,6 +321,33 @@ class AuthService:
             '/authsim.v1.AuthService/Sign',
             auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
             auth__node_dot_pb_dot_authsim__pb2.SignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/SignBatch',
+            auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.SerializeToString,
+            auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
