@@ -1,5 +1,6 @@
-# The authsim image: Python 3.11 on Debian 12 with SoftHSM2; runs `authsim`, `authctl` and the nodes.
-# Used by docker-compose.yml (init, node1..3, authctl); etcd runs from the upstream etcd image.
+# The authsim image: Python 3.11 on Debian 12 with SoftHSM2; runs `authsim`, `authctl`, the nodes and the
+# targets. Used by docker-compose.yml (init, node1..3, targets-trust, desktop, db, authctl); etcd runs
+# from the upstream etcd image.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
@@ -15,12 +16,12 @@ RUN pip install --no-cache-dir . && rm -rf build
 
 # Mount points of the named volumes, owned by the runtime user so fresh volumes inherit it.
 RUN useradd --system --user-group --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin authsim \
-    && install -d -o authsim -g authsim -m 0700 /state /pki /ca /cluster
+    && install -d -o authsim -g authsim -m 0700 /state /pki /ca /cluster /targets
 
 USER authsim
 WORKDIR /state
 ENV PYTHONUNBUFFERED=1 \
     AUTHSIM_PKCS11_MODULE=/usr/lib/softhsm/libsofthsm2.so
-EXPOSE 3025
+EXPOSE 3025 3030
 ENTRYPOINT ["authsim"]
 CMD ["--help"]

@@ -29,6 +29,7 @@ from cluster.launcher import UpOptions, down, up
 from cluster.local import local_cluster
 
 HERE = Path(__file__).parent
+BATCH = 32  # requests per SignBatch call
 
 
 def rss_mib(pid: int | None) -> float:
@@ -57,11 +58,15 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
     with local_cluster(tmp / "c", nodes=3) as cluster:
         assert cluster.authctl("auth", "rotate", "--type=db_client").exit_code == 0
         rate = max(issuance_rate(cluster, "node2", seconds, n) for n in (4, 16))
+        batched = max(issuance_rate(cluster, "node2", seconds, n, BATCH) for n in (2, 4))
         delays = propagation(cluster, tmp, 20 if quick else 100)
     result["issuance"] = {
         "raw_softhsm_signs_per_s": raw_sign,
         "credentials_per_s": rate,
         "ratio": rate / raw_sign,
+        "batch": BATCH,
+        "batched_credentials_per_s": batched,
+        "batched_ratio": batched / raw_sign,
     }
     ordered = sorted(delays)
     result["propagation_ms"] = {
@@ -87,11 +92,19 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> None:
     issuance, prop, etcd = result["issuance"], result["propagation_ms"], result["etcd"]
     table = Table("measure", "ours", "raw limit (same run)", "ratio", "target")
+    raw_signs = f"{issuance['raw_softhsm_signs_per_s']:.0f} SoftHSM signs/s"
     table.add_row(
-        "credentials/s, one node",
+        "credentials/s, one node, Sign calls",
         f"{issuance['credentials_per_s']:.0f}",
-        f"{issuance['raw_softhsm_signs_per_s']:.0f} SoftHSM signs/s",
+        raw_signs,
         f"{issuance['ratio']:.2f}",
+        ">= 0.8",
+    )
+    table.add_row(
+        f"credentials/s, one node, SignBatch of {issuance['batch']}",
+        f"{issuance['batched_credentials_per_s']:.0f}",
+        raw_signs,
+        f"{issuance['batched_ratio']:.2f}",
         ">= 0.8",
     )
     for row in etcd["appends"]:
@@ -140,10 +153,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     left.legend()
     issuance = result["issuance"]
     right.bar(
-        ["raw SoftHSM signs/s", "credentials/s"],
-        [issuance["raw_softhsm_signs_per_s"], issuance["credentials_per_s"]],
+        ["raw SoftHSM\nsigns/s", "Sign\ncredentials/s", f"SignBatch of {issuance['batch']}\ncredentials/s"],
+        [
+            issuance["raw_softhsm_signs_per_s"],
+            issuance["credentials_per_s"],
+            issuance["batched_credentials_per_s"],
+        ],
     )
-    right.set(title=f"Issuance through one node (ratio {issuance['ratio']:.2f})")
+    right.set(title="Issuance through one node")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 

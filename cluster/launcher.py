@@ -89,7 +89,7 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
                 started[entry.name] = _start_node(_prepare_node(directory, state, entry))
                 entry.pid = started[entry.name].pid
                 state.save(directory)  # recorded at once, so `down` can stop it whatever happens next
-        _wait_serving(directory, state, started, progress)
+        wait_serving(directory, state, started, progress)
         progress("starting the downstream targets", len(state.nodes), len(state.nodes))
         _start_targets(directory, state, running)
     except BaseException:
@@ -233,15 +233,21 @@ def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
     return processes.spawn(argv, config.log_file, env)
 
 
-def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> None:
-    """The desktop and database targets, trusting the cluster's self-signed CAs unless told otherwise."""
+def write_default_trust(directory: Path, state: ClusterState, targets_dir: Path | None = None) -> list[Path]:
+    """The targets' trust files under `targets_dir` (default `directory`) that do not exist yet, trusting
+    the cluster's self-signed CAs as its first node reports them (with `directory`'s admin identity)."""
     entry = state.nodes[0]
     with NodeClient(entry.address, admin_identity(directory), entry.name) as client:
         cas = {ca_type: client.get_cert_authority(ca_type) for ca_type in CA_TYPES}
     ca_pems = {
         t: [pair.cert for pair in (*ca.active_keys, *ca.additional_trusted_keys)] for t, ca in cas.items()
     }
-    set_default_trust(directory, ca_pems["windows"], ca_pems["db_client"])
+    return set_default_trust(targets_dir or directory, ca_pems["windows"], ca_pems["db_client"])
+
+
+def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> None:
+    """The desktop and database targets, trusting the cluster's self-signed CAs unless told otherwise."""
+    write_default_trust(directory, state)
     started = {}
     for kind in dict.fromkeys(t.target for t in CA_TYPES.values()):
         if kind in running:
@@ -255,9 +261,11 @@ def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> N
         wait_listening(state.targets[kind].address, START_TIMEOUT, process)
 
 
-def _wait_serving(
+def wait_serving(
     directory: Path, state: ClusterState, started: dict[str, subprocess.Popen[bytes]], progress: Progress
 ) -> None:
+    """Return once every node in `state` reports SERVING to `directory`'s admin identity; ClusterError
+    when a process in `started` exits or after START_TIMEOUT."""
     identity = admin_identity(directory)
     clients = {e.name: NodeClient(e.address, identity, e.name, timeout=2.0) for e in state.nodes}
     waiting = [e.name for e in state.nodes]

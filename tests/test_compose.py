@@ -1,13 +1,16 @@
 """docker-compose.yml: checked by `docker-compose config -q`, shaped as issue 5 asks, its commands run here.
 
 There is no Docker engine on this machine, so the containers' commands (`authsim provision pki`,
-`authsim provision node`, `python -m auth_node`) run for real outside Docker: a real etcd, real SoftHSM2
-tokens and real node processes that must report SERVING over mTLS with the admin identity.
+`authsim provision node`, `python -m auth_node`, `python -m cluster.targets.provision pki|trust`,
+`python -m cluster.targets`, the targets' healthcheck, `authctl exercise`) run for real outside Docker:
+a real etcd, real SoftHSM2 tokens, real node processes that must report SERVING over mTLS with the
+admin identity, and real target processes that must accept the credentials the nodes issue.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -24,6 +27,8 @@ import yaml
 
 from auth_node.config import NodeConfig
 from cluster import processes
+from cluster.authctl_cli import main as authctl_main
+from cluster.ca_types import CA_TYPES
 from cluster.etcd_server import EtcdServer
 from cluster.launcher import admin_identity
 from cluster.node_client import NodeClient
@@ -31,10 +36,17 @@ from cluster.ports import free_port
 from cluster.provision_cli import main as provision_main
 from cluster.provision_cli import provision
 from cluster.state import ClusterState
+from cluster.targets import start_target, target_marker
+from cluster.targets._tls import KINDS
+from cluster.targets.provision import main as targets_provision_main
+from cluster.targets.provision import targets as targets_provision
+from cluster.targets.trust import read_trust
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ETCD_CLIENT_PORT = 2379
+TARGET_MODULE = ["python", "-m", "cluster.targets"]
+TARGETS_PROVISION = ["python", "-m", "cluster.targets.provision"]
 START_TIMEOUT = 60.0
 
 Service = dict[str, Any]
@@ -104,8 +116,8 @@ def _etcd_services(services: dict[str, Service]) -> dict[str, Service]:
     return {name: s for name, s in services.items() if "etcd" in str(s.get("image", ""))}
 
 
-def _node_lines(service: Service) -> list[list[str]]:
-    """A node service's shell script, one list of words per line."""
+def _script_lines(service: Service) -> list[list[str]]:
+    """A shell-script service's script (a node's, init's), one list of words per line."""
     assert service["entrypoint"] == ["/bin/sh", "-ec"]
     command = service["command"]
     script = command[0] if isinstance(command, list) else command
@@ -116,12 +128,40 @@ def _node_services(services: dict[str, Service]) -> dict[str, Service]:
     return {name: s for name, s in services.items() if "auth_node" in str(s.get("command", ""))}
 
 
-def _params(argv: list[str], prefix: list[str]) -> dict[str, Any]:
-    """The parameters click parses from `authsim provision ...` words (a bad option fails the test)."""
+def _target_services(services: dict[str, Service]) -> dict[str, Service]:
+    return {name: s for name, s in services.items() if s.get("entrypoint") == TARGET_MODULE}
+
+
+def _params(argv: list[str], prefix: list[str], group: click.Group = provision) -> dict[str, Any]:
+    """The parameters click parses from `authsim provision ...` words, or from the words of another
+    `group` (a bad option fails the test)."""
     assert argv[: len(prefix)] == prefix, argv
-    command = provision.commands[argv[len(prefix) - 1]]
+    command = group.commands[argv[len(prefix) - 1]]
     with command.make_context(argv[len(prefix) - 1], argv[len(prefix) :]) as ctx:
         return dict(ctx.params)
+
+
+def _init_lines(services: dict[str, Service]) -> tuple[list[str], list[str]]:
+    """init's two steps: `authsim provision pki ...`, `exec python -m cluster.targets.provision pki ...`."""
+    pki_line, targets_line = _script_lines(services["init"])
+    return pki_line, targets_line[1:] if targets_line[:1] == ["exec"] else targets_line
+
+
+def _target_flags(command: list[str]) -> dict[str, str]:
+    """`--flag value` pairs of a target's command, as the launcher passes them."""
+    assert len(command) % 2 == 0 and all(word.startswith("--") for word in command[::2]), command
+    return dict(zip(command[::2], command[1::2], strict=True))
+
+
+def _localize(words: list[str], values: dict[str, str]) -> list[str]:
+    """The words with each value (a standalone word or the VALUE of --flag=VALUE) found in `values`
+    replaced: container paths and service addresses become this machine's. Every path must be."""
+    out = []
+    for word in words:
+        flag, eq, value = word.partition("=") if word.startswith("--") else ("", "", word)
+        assert value in values or not value.startswith("/"), f"no local path for {value} in {words}"
+        out.append(f"{flag}{eq}{values[value]}" if value in values else word)
+    return out
 
 
 def test_compose_file_validates(compose_binary: str) -> None:
@@ -161,7 +201,7 @@ def test_each_node_has_its_own_state_volume(compose: dict[str, Any], services: d
     assert len(nodes) == 3
     etcd_endpoints = [f"{name}:{ETCD_CLIENT_PORT}" for name in _etcd_services(services)]
     for name, service in nodes.items():
-        provision_line, run_line = _node_lines(service)
+        provision_line, run_line = _script_lines(service)
         params = _params(provision_line, ["authsim", "provision", "node"])
         state = str(params["directory"])
         assert params["name"] == name and params["etcd"] == etcd_endpoints
@@ -180,20 +220,74 @@ def test_each_node_has_its_own_state_volume(compose: dict[str, Any], services: d
 def test_init_hands_out_the_pki(services: dict[str, Service]) -> None:
     init = services["init"]
     assert init["restart"] == "no"
-    params = _params(init["command"], ["provision", "pki"])
+    params = _params(_init_lines(services)[0], ["authsim", "provision", "pki"])
     nodes = _node_services(services)
     assert params["nodes"] == list(nodes)
     pki_volume, _ = _volume_at(init, str(params["directory"]))
     ca_volume, _ = _volume_at(init, str(params["ca_dir"]))
     admin_volume, _ = _volume_at(init, str(params["admin_dir"]))
     for name, service in nodes.items():
-        node_params = _params(_node_lines(service)[0], ["authsim", "provision", "node"])
+        node_params = _params(_script_lines(service)[0], ["authsim", "provision", "node"])
         assert _volume_at(service, str(node_params["pki_dir"])) == (pki_volume, True)
         assert node_params["cluster_name"] == params["cluster_name"]
         assert all(source not in (ca_volume, admin_volume) for source, _, _ in _mounts(service)), name
     authctl = services["authctl"]
     assert authctl["entrypoint"] == ["authctl", "--dir", str(params["admin_dir"])]
     assert _volume_at(authctl, str(params["admin_dir"])) == (admin_volume, True)
+    # init's second step: the targets' certificates from the same server CA, their addresses for authctl
+    targets = _params(_init_lines(services)[1], [*TARGETS_PROVISION, "pki"], targets_provision)
+    assert targets["ca_dir"] == params["ca_dir"] and targets["admin_dir"] == params["admin_dir"]
+    assert targets["cluster_name"] == params["cluster_name"]
+    assert _volume_at(init, str(targets["directory"]))[0] not in (pki_volume, ca_volume, admin_volume)
+
+
+def test_one_service_per_target_running_the_launchers_command(
+    services: dict[str, Service], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """desktop and db run `python -m cluster.targets` with the flags `authsim up` gives it, listen
+    where init told authctl they are, and see only the targets volume (read-only)."""
+    found = _target_services(services)
+    assert set(found) == set(KINDS) == {info.target for info in CA_TYPES.values()}
+    pki_line, targets_line = _init_lines(services)
+    cluster_name = _params(pki_line, ["authsim", "provision", "pki"])["cluster_name"]
+    init_targets = _params(targets_line, [*TARGETS_PROVISION, "pki"], targets_provision)
+    targets_volume, _ = _volume_at(services["init"], str(init_targets["directory"]))
+    launched: list[list[str]] = []
+    monkeypatch.setattr(processes, "spawn", lambda argv, log_file, env=None: launched.append(argv))
+    for name, service in found.items():
+        flags = _target_flags(service["command"])
+        start_target(tmp_path, name, free_port(), cluster_name)  # the launcher's command, captured
+        assert launched[-1][1:3] == TARGET_MODULE[1:]
+        assert _target_flags(launched[-1][3:]).keys() == flags.keys()
+        assert flags["--kind"] == name and flags["--cluster-name"] == cluster_name
+        assert _volume_at(service, flags["--dir"]) == (targets_volume, True)
+        assert len(_mounts(service)) == 1, f"{name} needs no CA key, admin identity or node files"
+        host, port = flags["--listen"].rsplit(":", 1)
+        assert host == "0.0.0.0" and init_targets[name] == f"{name}:{port}"
+        assert service["restart"] == "unless-stopped"
+        assert service["depends_on"] == {"targets-trust": {"condition": "service_completed_successfully"}}
+        check = service["healthcheck"]["test"]
+        assert check[:3] == ["CMD", "python", "-c"] and f"':{int(port):04X}'" in check[3]
+        assert services["authctl"]["depends_on"][name] == {"condition": "service_healthy"}
+
+
+def test_targets_trust_runs_once_the_nodes_are_up(services: dict[str, Service]) -> None:
+    """The one-shot that writes the default trust: admin identity read-only, targets volume writable."""
+    trust = services["targets-trust"]
+    assert trust["restart"] == "no" and trust["entrypoint"] == TARGETS_PROVISION
+    params = _params(trust["command"], ["trust"], targets_provision)
+    init = services["init"]
+    init_pki = _params(_init_lines(services)[0], ["authsim", "provision", "pki"])
+    init_targets = _params(_init_lines(services)[1], [*TARGETS_PROVISION, "pki"], targets_provision)
+    targets_volume, _ = _volume_at(init, str(init_targets["directory"]))
+    assert _volume_at(trust, str(params["directory"])) == (targets_volume, False)
+    admin_volume, _ = _volume_at(init, str(init_pki["admin_dir"]))
+    assert _volume_at(trust, str(params["admin_dir"])) == (admin_volume, True)
+    assert len(_mounts(trust)) == 2
+    nodes = _node_services(services)
+    assert trust["depends_on"] == {name: {"condition": "service_healthy"} for name in nodes}
+    users = {name for name, s in services.items() for source, _, _ in _mounts(s) if source == targets_volume}
+    assert users == {"init", "targets-trust", *_target_services(services)}
 
 
 def test_authsim_cli_has_the_provision_group() -> None:
@@ -215,17 +309,49 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_provision_commands_start_serving_nodes(tmp_path: Path) -> None:
-    """The compose commands outside Docker: `provision pki`, `provision node` x2, two node processes."""
+def _healthy(probe: str) -> bool:
+    """A target's healthcheck (`python -c PROBE`) passes."""
+    return subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 0
+
+
+def _wait_healthy(probe: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _healthy(probe):
+        assert process.poll() is None, f"{what} exited: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"{what}: not ready after {START_TIMEOUT:g}s"
+        time.sleep(0.2)
+
+
+def test_compose_commands_serve_nodes_and_targets(
+    services: dict[str, Service], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The compose commands outside Docker: init's two steps, `provision node` x2, two node processes,
+    targets-trust, desktop and db (with their healthcheck), then `authctl exercise` for each CA type."""
     etcd = EtcdServer.start(tmp_path / "etcd" / "data")
     started: list[tuple[subprocess.Popen[bytes], NodeConfig]] = []
+    targets: list[tuple[subprocess.Popen[bytes], str]] = []
     try:
         pki_dir, ca_dir, admin_dir = tmp_path / "pki", tmp_path / "ca", tmp_path / "cluster"
+        targets_dir = tmp_path / "targets"
         pki_args = [f"--dir={pki_dir}", f"--ca-dir={ca_dir}", f"--admin-dir={admin_dir}"]
         common = ["--cluster-name=composetest", f"--etcd={etcd.endpoint}"]
         assert provision_main(["pki", *pki_args, *common, "--nodes=node1,node2"]) == 0
         assert sorted(p.name for p in pki_dir.rglob("*.key")) == ["tls.key", "tls.key"]  # no CA key
         assert [n.name for n in ClusterState.load(admin_dir).nodes] == ["node1", "node2"]
+        # Container paths and service addresses become this machine's: the targets listen on loopback.
+        ports = {name: free_port() for name in _target_services(services)}
+        local = {"/ca": str(ca_dir), "/cluster": str(admin_dir), "/targets": str(targets_dir)}
+        local["mycluster"] = "composetest"
+        for name, service in _target_services(services).items():
+            port = _target_flags(service["command"])["--listen"].rsplit(":", 1)[1]
+            local[f"{name}:{port}"] = f"127.0.0.1:{ports[name]}"
+        targets_line = _init_lines(services)[1]
+        assert targets_line[:3] == TARGETS_PROVISION
+        assert targets_provision_main(_localize(targets_line[3:], local)) == 0
+        assert targets_provision_main(_localize(targets_line[3:], local)) == 0  # idempotent
+        addresses = {kind: t.address for kind, t in ClusterState.load(admin_dir).targets.items()}
+        assert addresses == {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        assert sorted(p.name for p in targets_dir.rglob("*.key")) == ["tls.key", "tls.key"]  # no CA key
         configs = []
         for name in ("node1", "node2"):
             state = tmp_path / f"{name}-state"
@@ -257,7 +383,47 @@ def test_provision_commands_start_serving_nodes(tmp_path: Path) -> None:
                 ca = client.get_cert_authority("windows")
         holders = {pair.key.host_id for pair in (*ca.active_keys, *ca.additional_trusted_keys)}
         assert holders == {config.host_id for config in configs}
+
+        # What compose's DNS does: the admin cluster.yaml names nodes by service (node1:3025).
+        cluster = ClusterState.load(admin_dir)
+        for entry, config in zip(cluster.nodes, configs, strict=True):
+            entry.address = config.listen
+        cluster.save(admin_dir)
+        trust_argv = _localize(services["targets-trust"]["command"], local)
+        done = subprocess.run(
+            [sys.executable, "-m", "cluster.targets.provision", *trust_argv],
+            capture_output=True,
+            text=True,
+            timeout=2 * START_TIMEOUT,
+        )
+        assert done.returncode == 0, done.stderr
+        assert len(read_trust(targets_dir, "desktop").ntauth) == len(holders)  # every node's windows CA
+        assert len(read_trust(targets_dir, "db").ca) == len(holders)
+        files = {path: path.read_bytes() for path in targets_dir.rglob("*") if path.is_file()}
+
+        for name, service in _target_services(services).items():
+            listen = int(_target_flags(service["command"])["--listen"].rsplit(":", 1)[1])
+            probe = service["healthcheck"]["test"][3].replace(f"':{listen:04X}'", f"':{ports[name]:04X}'")
+            assert not _healthy(probe), f"{name}: something listens on {ports[name]} already"
+            argv = [sys.executable, *TARGET_MODULE[1:], *_localize(service["command"], local)]
+            log = tmp_path / f"{name}.log"
+            process = processes.spawn(argv, log)
+            targets.append((process, target_marker(targets_dir, name)))
+            _wait_healthy(probe, process, log, name)
+
+        authctl = _localize(services["authctl"]["entrypoint"][1:], local)
+        for ca_type, info in CA_TYPES.items():
+            capsys.readouterr()
+            code = authctl_main([*authctl, "exercise", "--type", ca_type, "--user", "alice"])
+            out, err = capsys.readouterr()
+            assert code == 0, err
+            event = json.loads(out)
+            assert event["success"] is True and event["event"] == info.session_event
+            assert event["code"] == info.session_codes[0] and event["cluster_name"] == "composetest"
+        assert files == {path: path.read_bytes() for path in targets_dir.rglob("*") if path.is_file()}
     finally:
+        for process, marker in targets:
+            processes.stop(process.pid, marker)
         for process, config in started:
             processes.stop(process.pid, str(config.node_dir / "node.yaml"))
         etcd.stop()

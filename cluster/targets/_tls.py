@@ -12,8 +12,14 @@ KINDS = ("desktop", "db")
 
 def target_identity(cluster_dir: Path, cluster_name: str, kind: str) -> TLSIdentity:
     """The target's server certificate in `targets/<kind>/tls.pem`, made once; its DNS SANs include
-    `kind`, the name clients verify (see `cluster.targets.client`)."""
-    return ensure_server_identity(cluster_dir, cluster_name, cluster_dir / "targets" / kind, [kind])
+    `kind`, the name clients verify (see `cluster.targets.client`). Once made it is only read, so a
+    target whose files were made elsewhere (docker-compose: `cluster.targets.provision pki`) needs no
+    server CA key."""
+    directory = cluster_dir / "targets" / kind
+    made = TLSIdentity(directory / "tls.pem", directory / "tls.key", directory / "server-ca.pem")
+    if made.cert.exists() and made.key.exists():
+        return made
+    return ensure_server_identity(cluster_dir, cluster_name, directory, [kind])
 
 
 def server_context(identity: TLSIdentity) -> ssl.SSLContext:
