@@ -402,19 +402,26 @@ def test_compose_commands_serve_nodes_and_targets(
         files = {path: path.read_bytes() for path in targets_dir.rglob("*") if path.is_file()}
 
         for name, service in _target_services(services).items():
-            listen = int(_target_flags(service["command"])["--listen"].rsplit(":", 1)[1])
-            probe = service["healthcheck"]["test"][3].replace(f"':{listen:04X}'", f"':{ports[name]:04X}'")
+            listen = _target_flags(service["command"])["--listen"]
+            inside = int(listen.rsplit(":", 1)[1])
+            probe = service["healthcheck"]["test"][3].replace(f"':{inside:04X}'", f"':{ports[name]:04X}'")
             assert not _healthy(probe), f"{name}: something listens on {ports[name]} already"
-            argv = [sys.executable, *TARGET_MODULE[1:], *_localize(service["command"], local)]
+            command = _localize(service["command"], {**local, listen: f"127.0.0.1:{ports[name]}"})
+            argv = [sys.executable, *TARGET_MODULE[1:], *command]
             log = tmp_path / f"{name}.log"
             process = processes.spawn(argv, log)
             targets.append((process, target_marker(targets_dir, name)))
             _wait_healthy(probe, process, log, name)
 
+        # authctl as the compose service runs it; the admin dir has no host ids, so name the node
+        # holding the active key (without --node authctl tells the user which one to name).
         authctl = _localize(services["authctl"]["entrypoint"][1:], local)
+        names = {config.host_id: config.name for config in configs}
         for ca_type, info in CA_TYPES.items():
+            with NodeClient(configs[0].listen, identity, configs[0].name) as client:
+                holder = names[client.get_cert_authority(ca_type).active_keys[0].key.host_id]
             capsys.readouterr()
-            code = authctl_main([*authctl, "exercise", "--type", ca_type, "--user", "alice"])
+            code = authctl_main([*authctl, "--node", holder, "exercise", f"--type={ca_type}", "--user=alice"])
             out, err = capsys.readouterr()
             assert code == 0, err
             event = json.loads(out)
