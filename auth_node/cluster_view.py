@@ -27,9 +27,9 @@ class ClusterView:
         self.store = store
         self.prefix = cluster_prefix(cluster_name)
         self.cert_authorities: dict[str, CertAuthority] = {}
-        self.overrides: dict[str, CertAuthorityOverride] = {}
         self.node_names: dict[str, str] = {}  # host id -> node name
         self.stored_overrides: dict[str, Versioned] = {}  # as stored, to start a CAS without a read
+        self._decoded: dict[str, CertAuthorityOverride | None] = {}  # decoded on first use
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -41,9 +41,9 @@ class ClusterView:
                 start = await self.store.ping()  # events after this revision are replayed: harmless
                 listing = await self.store.get_prefix(self.prefix)
                 self.cert_authorities.clear()
-                self.overrides.clear()
                 self.node_names.clear()
                 self.stored_overrides.clear()
+                self._decoded.clear()
                 for key, found in listing:
                     self._apply(key, found)
                 await self._advance(start)
@@ -58,6 +58,23 @@ class ClusterView:
                 self.ready.clear()
                 log.warning("watch of %s stopped (%s); listing again", self.prefix, e)
                 await asyncio.sleep(RETRY_DELAY)
+
+    def override(self, ca_type: str) -> CertAuthorityOverride | None:
+        """The override resource of `ca_type` in this copy. Decoded on first use, not on every change:
+        with N nodes appending, each change reaches every node, and most nodes never read it."""
+        if ca_type not in self._decoded:
+            found = self.stored_overrides.get(ca_type)
+            try:
+                decoded = (
+                    None
+                    if found is None
+                    else CertAuthorityOverride.from_json(found.value, found.mod_revision)
+                )
+            except (ValueError, KeyError, TypeError) as e:
+                log.error("ignoring unreadable value of ca_overrides/%s: %s", ca_type, e)
+                decoded = None
+            self._decoded[ca_type] = decoded
+        return self._decoded[ca_type]
 
     async def caught_up(self, revision: int, timeout: float) -> bool:
         """Wait until this copy reflects `revision` (read-your-writes on this node)."""
@@ -81,10 +98,9 @@ class ClusterView:
                 if value is not None:
                     self.cert_authorities[name] = CertAuthority.from_json(value.value, value.mod_revision)
             elif kind == "ca_overrides":
-                self.overrides.pop(name, None)
                 self.stored_overrides.pop(name, None)
+                self._decoded.pop(name, None)
                 if value is not None:
-                    self.overrides[name] = CertAuthorityOverride.from_json(value.value, value.mod_revision)
                     self.stored_overrides[name] = value
             elif kind == "nodes":
                 self.node_names.pop(name, None)

@@ -73,8 +73,8 @@ class Overrides:
         existing = await self.store.get(key)
         if existing is None:
             ctx = await self._context(resource.ca_type, force)
-            checked = self._stamped(self._checked(resource, None, ctx), 1)
-            result = await self.store.compare_and_swap(key, 0, checked.to_json())
+            checked = self._encoded(self._checked(resource, None, ctx), 1)
+            result = await self.store.compare_and_swap(key, 0, checked)
             if result.succeeded:
                 return WriteResult(result.revision, 1, True)
             existing = result.current
@@ -99,7 +99,7 @@ class Overrides:
         if current.revision != resource.revision:
             raise _stale(resource, current.revision)
         result = await self.store.compare_and_swap(
-            key, resource.revision, self._stamped(self._checked(resource, current, ctx), 1).to_json()
+            key, resource.revision, self._encoded(self._checked(resource, current, ctx), 1)
         )
         if not result.succeeded:
             raise _stale(resource, result.current.mod_revision if result.current else 0)
@@ -183,18 +183,28 @@ class Overrides:
     ) -> CertAuthorityOverride:
         """`new` once it passes every rule, each entry's public_key filled in from its certificate."""
         check_override(new, previous, ctx)
-        entries = tuple(replace(e, public_key=e.key_hash) for e in new.certificate_overrides)
-        checked = replace(new, certificate_overrides=entries)
-        size = len(checked.to_json())
-        if size > MAX_RESOURCE_BYTES:
-            raise ValidationError([f"resource: larger than 1 MiB once stored ({size} bytes)"])
-        return checked
+        entries = tuple(
+            e if e.public_key == e.key_hash else replace(e, public_key=e.key_hash)
+            for e in new.certificate_overrides
+        )
+        return replace(new, certificate_overrides=entries)
 
-    def _stamped(self, resource: CertAuthorityOverride, attempts: int) -> CertAuthorityOverride:
-        """`resource` with status.last_write: which node wrote it, when, and the attempt that landed."""
+    def _encoded(self, resource: CertAuthorityOverride, attempts: int) -> bytes:
+        """The stored form of a checked `resource`, with status.last_write: which node wrote it, when,
+        and the attempt that landed; refused past the size limit."""
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         record = {"node": self.node.name, "host_id": self.node.host_id, "attempts": attempts, "time": now}
-        return replace(resource, last_write=record)
+        data = replace(resource, last_write=record).to_json()
+        if len(data) > MAX_RESOURCE_BYTES:
+            raise ValidationError([f"resource: larger than 1 MiB once stored ({len(data)} bytes)"])
+        return data
+
+    def _decoded(self, ca_type: str, found: Versioned | None) -> CertAuthorityOverride | None:
+        """`found` as a resource; the view's copy when it is the same revision (no second decode)."""
+        held = self.view.stored_overrides.get(ca_type)
+        if found is not None and held is not None and held.mod_revision == found.mod_revision:
+            return self.view.override(ca_type)
+        return _decode(found)
 
     async def _update(
         self,
@@ -208,8 +218,8 @@ class Overrides:
         def encode(current: Versioned | None) -> bytes | None:
             nonlocal attempts
             attempts += 1
-            new = change(_decode(current))
-            return None if new is None else self._stamped(new, attempts).to_json()
+            new = change(self._decoded(ca_type, current))
+            return None if new is None else self._encoded(new, attempts)
 
         known = (self.view.stored_overrides.get(ca_type),) if self.view.ready.is_set() else None
         result = await self.store.update(override_key(self.node.cluster_name, ca_type), encode, known=known)

@@ -101,7 +101,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             raise StoreUnavailableError("this node has not loaded the cluster's CAs from etcd yet") from None
         ca = require_ca(self.view.cert_authorities, ca_type, self.node.cluster_name)
         return resolve_issuer(
-            ca, self.view.overrides.get(ca_type), self.node.host_id, self.node.name, self.view.node_names
+            ca, self.view.override(ca_type), self.node.host_id, self.node.name, self.view.node_names
         )
 
     async def issue(self, requests: Sequence[CredentialRequest]) -> list[Credential]:

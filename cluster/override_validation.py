@@ -323,13 +323,19 @@ def _lifetime_problems(e: _Entry, pair: CAKeyPair, ctx: OverrideContext) -> list
     not_after = e.cert.not_valid_after_utc
     if e.takes_effect and not_after < (ctx.now or datetime.now(timezone.utc)):
         problems.append(f"{e.path}.certificate: expired on {_date(not_after)}")
-    ca_not_after = x509.load_pem_x509_certificate(pair.cert_pem.encode()).not_valid_after_utc
+    ca_not_after = _not_after(pair.cert_pem)
     if e.recertified and not_after > ca_not_after:
         problems.append(
             f"{e.path}.certificate: not_after {_date(not_after)} is after the CA certificate's not_after "
             f"{_date(ca_not_after)}: an override must not outlive the CA certificate it replaces"
         )
     return problems
+
+
+@functools.lru_cache(maxsize=256)
+def _not_after(cert_pem: str) -> datetime:
+    """A CA certificate's not_after, parsed once per certificate."""
+    return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc
 
 
 def _fallback_problems(
