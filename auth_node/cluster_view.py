@@ -29,6 +29,9 @@ class ClusterView:
         self.cert_authorities: dict[str, CertAuthority] = {}
         self.node_names: dict[str, str] = {}  # host id -> node name
         self.stored_overrides: dict[str, Versioned] = {}  # as stored, to start a CAS without a read
+        self.stored_cas: dict[
+            str, Versioned
+        ] = {}  # likewise, for the CA an override write is checked against
         self._decoded: dict[str, CertAuthorityOverride | None] = {}  # decoded on first use
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
@@ -43,6 +46,7 @@ class ClusterView:
                 self.cert_authorities.clear()
                 self.node_names.clear()
                 self.stored_overrides.clear()
+                self.stored_cas.clear()
                 self._decoded.clear()
                 for key, found in listing:
                     self._apply(key, found)
@@ -95,8 +99,10 @@ class ClusterView:
         try:
             if kind == "cas":
                 self.cert_authorities.pop(name, None)
+                self.stored_cas.pop(name, None)
                 if value is not None:
                     self.cert_authorities[name] = CertAuthority.from_json(value.value, value.mod_revision)
+                    self.stored_cas[name] = value
             elif kind == "ca_overrides":
                 self.stored_overrides.pop(name, None)
                 self._decoded.pop(name, None)

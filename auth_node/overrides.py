@@ -1,24 +1,33 @@
 """Writes of the `cert_authority_override` resource: whole-resource and per-node entry edits (SPEC §7).
 
-Every write is read → validate → modify → compare-and-swap; entry edits retry on conflict with the
-current value from the Txn's failure branch. A rejected write changes nothing.
+Every write is read → validate → modify → compare-and-swap, retried on conflict with the current
+values from the Txn's failure branch. A rejected write changes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from auth_node.ca_keys import load_cert_authority
 from auth_node.cluster_view import ClusterView
 from auth_node.config import NodeConfig
 from auth_node.registry import node_names
 from cluster.ca_override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
+from cluster.cert_authority import CertAuthority
 from cluster.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
-from cluster.etcd_keys import override_key, override_prefix
+from cluster.etcd_keys import cert_authority_key, override_key, override_prefix
 from cluster.override_validation import OverrideContext, check_override
 from cluster.store import DELETE, EtcdStore, Versioned
+
+
+class Removal(enum.Enum):
+    REMOVE = "remove"
+
+
+REMOVE = Removal.REMOVE  # what a change returns to delete the resource
+Change = Callable[[CertAuthorityOverride | None, OverrideContext], CertAuthorityOverride | Removal | None]
 
 
 @dataclass(frozen=True)
@@ -51,17 +60,16 @@ class Overrides:
         found = await self.store.get_prefix(override_prefix(self.node.cluster_name))
         return [o for _, v in found if (o := _decode(v)) is not None]
 
-    async def _context(self, ca_type: str, force: bool) -> OverrideContext:
-        """What a write is checked against: the CA and node names from the live view when it is
-        current, else read from etcd."""
+    async def _context(self, force: bool) -> OverrideContext:
+        """What a write is checked against, but for the CA, which each attempt reads with the resource:
+        node names from the live view when it is current, else from etcd."""
         if self.view.ready.is_set():
-            ca, names = self.view.cert_authorities.get(ca_type), dict(self.view.node_names)
+            names = dict(self.view.node_names)
         else:
-            ca = await load_cert_authority(self.store, self.node.cluster_name, ca_type)
             names = await node_names(self.store, self.node.cluster_name)
         return OverrideContext(
             cluster_name=self.node.cluster_name,
-            cert_authority=ca,
+            cert_authority=None,
             host_id=self.node.host_id,
             node_names=names,
             force=force,
@@ -69,62 +77,53 @@ class Overrides:
 
     async def create(self, resource: CertAuthorityOverride, force: bool) -> WriteResult:
         """Create; an existing resource is an error (use upsert or update)."""
-        key = override_key(self.node.cluster_name, resource.ca_type)
-        existing = await self.store.get(key)
-        if existing is None:
-            ctx = await self._context(resource.ca_type, force)
-            checked = self._encoded(self._checked(resource, None, ctx), 1)
-            result = await self.store.compare_and_swap(key, 0, checked)
-            if result.succeeded:
-                return WriteResult(result.revision, 1, True)
-            existing = result.current
-        revision = existing.mod_revision if existing else 0
-        raise AlreadyExistsError(
-            f"ca_overrides/{resource.ca_type} already exists (revision {revision}): "
-            f"use `authctl create -f` to replace it or `authctl edit ca_overrides/{resource.ca_type}`"
-        )
+
+        def create(previous: CertAuthorityOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
+            if previous is not None:
+                raise AlreadyExistsError(
+                    f"ca_overrides/{resource.ca_type} already exists (revision {previous.revision}): "
+                    f"use `authctl create -f` to replace it or `authctl edit ca_overrides/{resource.ca_type}`"
+                )
+            return self._checked(resource, None, ctx)
+
+        return await self._update(resource.ca_type, create, force)
 
     async def upsert(self, resource: CertAuthorityOverride, force: bool) -> WriteResult:
         """Create or replace, validated against whatever is stored at the moment of the swap."""
-        ctx = await self._context(resource.ca_type, force)
-        return await self._update(resource.ca_type, lambda previous: self._checked(resource, previous, ctx))
+        return await self._update(
+            resource.ca_type, lambda previous, ctx: self._checked(resource, previous, ctx), force
+        )
 
     async def update(self, resource: CertAuthorityOverride, force: bool) -> WriteResult:
         """Replace only if the stored revision is still `resource.revision` (the edit flow)."""
-        ctx = await self._context(resource.ca_type, force)
-        key = override_key(self.node.cluster_name, resource.ca_type)
-        current = _decode(await self.store.get(key))
-        if current is None:
-            raise NotFoundError(f"ca_overrides/{resource.ca_type} no longer exists: create it again")
-        if current.revision != resource.revision:
-            raise _stale(resource, current.revision)
-        result = await self.store.compare_and_swap(
-            key, resource.revision, self._encoded(self._checked(resource, current, ctx), 1)
-        )
-        if not result.succeeded:
-            raise _stale(resource, result.current.mod_revision if result.current else 0)
-        return WriteResult(result.revision, 1, True)
+
+        def update(previous: CertAuthorityOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
+            if previous is None:
+                raise NotFoundError(f"ca_overrides/{resource.ca_type} no longer exists: create it again")
+            if previous.revision != resource.revision:
+                raise _stale(resource, previous.revision)
+            return self._checked(resource, previous, ctx)
+
+        return await self._update(resource.ca_type, update, force)
 
     async def delete(self, ca_type: str, force: bool) -> WriteResult:
         """Remove the resource; refused while it holds an enabled override of an active key."""
-        ctx = await self._context(ca_type, force)
 
-        def remove(current: Versioned | None) -> bytes:
-            resource = _decode(current)
-            if resource is None:
+        def remove(previous: CertAuthorityOverride | None, ctx: OverrideContext) -> Removal:
+            if previous is None:
                 raise NotFoundError(f"ca_overrides/{ca_type} not found in cluster {self.node.cluster_name}")
-            check_override(replace(resource, certificate_overrides=()), resource, ctx)
-            return DELETE
+            check_override(replace(previous, certificate_overrides=()), previous, ctx)
+            return REMOVE
 
-        result = await self.store.update(override_key(self.node.cluster_name, ca_type), remove)
-        return WriteResult(result.revision, result.attempts, result.changed)
+        return await self._update(ca_type, remove, force)
 
     async def create_entry(self, ca_type: str, entry: CertificateOverride, force: bool) -> WriteResult:
         """Append this node's entry; an identical entry already present is a no-op success."""
-        ctx = await self._context(ca_type, force)
         entry = replace(entry, public_key=entry.key_hash)
 
-        def append(previous: CertAuthorityOverride | None) -> CertAuthorityOverride | None:
+        def append(
+            previous: CertAuthorityOverride | None, ctx: OverrideContext
+        ) -> CertAuthorityOverride | None:
             base = previous or CertAuthorityOverride(self.node.cluster_name, ca_type)
             found = base.entry(entry.key_hash)
             if found is not None and found[1] == entry:
@@ -138,7 +137,7 @@ class Overrides:
                 )
             return self._checked(base.with_entry(entry), previous, ctx)
 
-        return replace(await self._update(ca_type, append), public_key=entry.key_hash)
+        return replace(await self._update(ca_type, append, force), public_key=entry.key_hash)
 
     async def update_entry(
         self,
@@ -147,9 +146,9 @@ class Overrides:
         change: Callable[[CertificateOverride], CertificateOverride],
         force: bool,
     ) -> WriteResult:
-        ctx = await self._context(ca_type, force)
-
-        def modify(previous: CertAuthorityOverride | None) -> CertAuthorityOverride | None:
+        def modify(
+            previous: CertAuthorityOverride | None, ctx: OverrideContext
+        ) -> CertAuthorityOverride | None:
             index, entry = self._find(previous, ca_type, public_key)
             updated = change(entry)
             if updated == entry:
@@ -157,17 +156,15 @@ class Overrides:
             assert previous is not None
             return self._checked(previous.replacing(index, updated), previous, ctx)
 
-        return replace(await self._update(ca_type, modify), public_key=public_key)
+        return replace(await self._update(ca_type, modify, force), public_key=public_key)
 
     async def delete_entry(self, ca_type: str, public_key: str, force: bool) -> WriteResult:
-        ctx = await self._context(ca_type, force)
-
-        def remove(previous: CertAuthorityOverride | None) -> CertAuthorityOverride | None:
+        def remove(previous: CertAuthorityOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
             index, _ = self._find(previous, ca_type, public_key)
             assert previous is not None
             return self._checked(previous.without(index), previous, ctx)
 
-        return replace(await self._update(ca_type, remove), public_key=public_key)
+        return replace(await self._update(ca_type, remove, force), public_key=public_key)
 
     def _find(
         self, resource: CertAuthorityOverride | None, ca_type: str, public_key: str
@@ -206,24 +203,38 @@ class Overrides:
             return self.view.override(ca_type)
         return _decode(found)
 
-    async def _update(
-        self,
-        ca_type: str,
-        change: Callable[[CertAuthorityOverride | None], CertAuthorityOverride | None],
-    ) -> WriteResult:
-        """The compare-and-swap loop: `change` maps the current resource to the new one (None = no-op)."""
-
+    async def _update(self, ca_type: str, change: Change, force: bool) -> WriteResult:
+        """The compare-and-swap loop: `change` maps the stored resource to the new one (None: no-op,
+        REMOVE: delete it), checked against the CA as stored at that moment: the Txn compares the CA's
+        revision too, so a CA change (a rotation) between the checks and the write sends the write
+        round again, never past the checks."""
+        base = await self._context(force)
         attempts = 0
 
-        def encode(current: Versioned | None) -> bytes | None:
+        def encode(current: Versioned | None, ca: Versioned | None) -> bytes | None:
             nonlocal attempts
-            attempts += 1
-            new = change(self._decoded(ca_type, current))
-            return None if new is None else self._encoded(new, attempts)
+            ctx = replace(base, cert_authority=self._cert_authority(ca_type, ca))
+            new = change(self._decoded(ca_type, current), ctx)
+            if new is None or new is REMOVE:
+                return DELETE if new is REMOVE else None
+            attempts += 1  # the Txn this value goes out in
+            return self._encoded(new, attempts)
 
-        known = (self.view.stored_overrides.get(ca_type),) if self.view.ready.is_set() else None
-        result = await self.store.update(override_key(self.node.cluster_name, ca_type), encode, known=known)
+        known = None
+        if self.view.ready.is_set():
+            known = (self.view.stored_overrides.get(ca_type), self.view.stored_cas.get(ca_type))
+        cluster = self.node.cluster_name
+        result = await self.store.update_guarded(
+            override_key(cluster, ca_type), cert_authority_key(cluster, ca_type), encode, known=known
+        )
         return WriteResult(result.revision, result.attempts, result.changed)
+
+    def _cert_authority(self, ca_type: str, found: Versioned | None) -> CertAuthority | None:
+        """`found` as a CA; the view's copy when it is the same revision (no second decode)."""
+        held = self.view.cert_authorities.get(ca_type)
+        if found is not None and held is not None and held.revision == found.mod_revision:
+            return held
+        return None if found is None else CertAuthority.from_json(found.value, found.mod_revision)
 
 
 def _stale(resource: CertAuthorityOverride, stored: int) -> ConflictError:

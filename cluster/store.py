@@ -96,6 +96,9 @@ class EtcdTLS:
         return context
 
 
+Guard = tuple[str, int]  # a key that must still be at this mod_revision (0: absent) for a write to land
+
+
 @dataclass(frozen=True)
 class Versioned:
     """A stored value with the revisions etcd gave it."""
@@ -111,12 +114,13 @@ class CasResult:
 
     `revision` is the store revision of the write when it succeeded (the store's revision at the time
     of the Txn when it failed). On failure `current` is the value read by the Txn's failure branch,
-    None when the key is absent.
+    None when the key is absent, and `guard` the guard key's value read by the same branch.
     """
 
     succeeded: bool
     revision: int
     current: Versioned | None = None
+    guard: Versioned | None = None
 
 
 @dataclass(frozen=True)
@@ -198,14 +202,17 @@ class EtcdStore:
         response = await self._call("Range", rpc.RangeRequest(key=key, range_end=range_end))
         return sorted((kv.key.decode(), _versioned(kv)) for kv in response.kvs)
 
-    async def compare_and_swap(self, key: str, expected_revision: int, value: bytes) -> CasResult:
-        """Put `value` if the key's mod_revision is `expected_revision` (0: the key must be absent).
+    async def compare_and_swap(
+        self, key: str, expected_revision: int, value: bytes, guard: Guard | None = None
+    ) -> CasResult:
+        """Put `value` if the key's mod_revision is `expected_revision` (0: the key must be absent)
+        and, with a `guard` (key, revision), that key is unchanged too.
 
         One Txn: compare, success = Put, failure = Get, so a conflict costs no extra round trip.
         A StoreUnavailableError (e.g. a deadline) leaves the outcome unknown: read again.
         """
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
-        return await self._guarded(key, expected_revision, put)
+        return await self._guarded(key, expected_revision, put, guard)
 
     async def create(self, key: str, value: bytes) -> int:
         """Create `key` if absent and return the write's revision; AlreadyExistsError otherwise."""
@@ -215,12 +222,12 @@ class EtcdStore:
             raise AlreadyExistsError(f"{key} already exists (revision {revision})")
         return result.revision
 
-    async def delete(self, key: str, expected_revision: int) -> CasResult:
-        """Delete `key` if its mod_revision is `expected_revision`; same failure branch as CAS."""
+    async def delete(self, key: str, expected_revision: int, guard: Guard | None = None) -> CasResult:
+        """Delete `key` if its mod_revision is `expected_revision`; same guard and failure branch as CAS."""
         if expected_revision < 1:
             raise ValueError(f"delete of {key} needs the revision it read (> 0), not {expected_revision}")
         op = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
-        return await self._guarded(key, expected_revision, op)
+        return await self._guarded(key, expected_revision, op, guard)
 
     async def delete_prefix(self, prefix: str) -> int:
         """Unconditionally delete every key under a non-empty `prefix` (tests, purges); the count."""
@@ -242,39 +249,75 @@ class EtcdStore:
         """Read, `fn(current)`, compare-and-swap; on conflict retry `fn` on the value the Txn returned.
 
         `fn` returns the new value, DELETE to remove the key (it must exist), or None when nothing needs
-        writing (then nothing is written). An
-        exception from `fn` propagates with nothing written. Retries back off with full jitter
-        (0.5 ms doubling to 2 ms: a conflict means another writer landed, so long waits buy
-        nothing) and stop after `max_attempts` or `deadline` seconds: ConflictError.
-        `known=(value,)` starts from a value the caller already holds (a cache kept by a watch)
-        instead of reading: when it is stale, the first compare fails and its failure branch brings
-        the current value, so an uncontended update costs one round trip.
+        writing (then nothing is written). An exception from `fn` propagates with nothing written.
+        Retries back off with full jitter (0.5 ms doubling to 2 ms: a conflict means another writer
+        landed, so long waits buy nothing) and stop after `max_attempts` or `deadline` seconds:
+        ConflictError. `known=(value,)` starts from a value the caller already holds (a cache kept by a
+        watch) instead of reading: when it is stale, the first compare fails and its failure branch
+        brings the current value, so an uncontended update costs one round trip. An error or a
+        "nothing to do" from `fn` on a cached value is not trusted: the key is read and `fn` asked again.
         `fn` must return None when its change is already there: when etcd does not answer (a member
         down, a leader change), the loop reads again and calls `fn` on what it finds, until the
         deadline; only then does StoreUnavailableError reach the caller.
         """
+        return await self.update_guarded(
+            key,
+            None,
+            lambda current, _: fn(current),
+            max_attempts=max_attempts,
+            deadline=deadline,
+            known=None if known is None else (known[0], None),
+        )
+
+    async def update_guarded(
+        self,
+        key: str,
+        guard_key: str | None,
+        fn: Callable[[Versioned | None, Versioned | None], bytes | None],  # or DELETE
+        *,
+        max_attempts: int = 128,
+        deadline: float = 10.0,
+        known: tuple[Versioned | None, Versioned | None] | None = None,
+    ) -> UpdateResult:
+        """`update`, where `fn(current, guard)` also sees the value of `guard_key` and the write lands
+        only if that key is still as `fn` saw it (both compared in the one Txn; both re-read by its
+        failure branch): a write checked against another key cannot slip past a change to it.
+        `known=(value, guard value)` as for `update`.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        current: Versioned | None = known[0] if known else None
-        fresh = known is not None  # whether `current` is worth a compare (false after an unknown outcome)
+        current, guard = known if known else (None, None)
+        fresh = known is not None  # whether the values are worth a compare (false after an unknown outcome)
+        confirmed = False  # whether they came from etcd itself, not from the caller's cache
         attempt = expected = 0
         while True:
             try:
                 if not fresh:
                     current = await self.get(key)
-                    fresh = True
+                    guard = await self.get(guard_key) if guard_key else None
+                    fresh = confirmed = True
+                try:
+                    new_value = fn(current, guard)
+                except Exception:
+                    if confirmed:
+                        raise
+                    fresh = False  # judged on a cached value: judge again on what etcd holds
+                    continue
+                if new_value is None and not confirmed:  # "nothing to do" from a cache may be stale
+                    fresh = False
+                    continue
                 attempt += 1
-                new_value = fn(current)
                 expected = current.mod_revision if current else 0
                 if new_value is None:
                     return UpdateResult(expected, attempt, False)
+                guarded = (guard_key, guard.mod_revision if guard else 0) if guard_key else None
                 if new_value is DELETE:
-                    result = await self.delete(key, expected)
+                    result = await self.delete(key, expected, guarded)
                 else:
-                    result = await self.compare_and_swap(key, expected, new_value)
+                    result = await self.compare_and_swap(key, expected, new_value, guarded)
                 if result.succeeded:
                     return UpdateResult(result.revision, attempt, True)
-                current = result.current
+                current, guard, confirmed = result.current, result.guard, True
             except StoreUnavailableError:
                 # Outcome unknown (etcd down, leader changed): read again and let `fn` decide.
                 fresh = False
@@ -317,26 +360,35 @@ class EtcdStore:
         response = await self._call("Range", rpc.RangeRequest(key=b"\0", count_only=True), wait=False)
         return int(response.header.revision)
 
-    async def _guarded(self, key: str, expected_revision: int, op: Any) -> CasResult:
-        """Txn: if mod_revision(key) == expected (create_revision == 0 for 0) then `op` else Get."""
-        if expected_revision < 0:
-            raise ValueError(f"expected revision of {key} must be >= 0, not {expected_revision}")
-        k = key.encode()
-        if expected_revision == 0:
-            compare = rpc.Compare(
-                key=k, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
-            )
-        else:
-            compare = rpc.Compare(
-                key=k, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_revision
-            )
-        get = rpc.RequestOp(request_range=rpc.RangeRequest(key=k))
-        response = await self._call("Txn", rpc.TxnRequest(compare=[compare], success=[op], failure=[get]))
+    async def _guarded(
+        self, key: str, expected_revision: int, op: Any, guard: Guard | None = None
+    ) -> CasResult:
+        """Txn: if `key` (and the guard key) are at the expected revisions then `op` else Get both."""
+        compares, reads = [], []
+        for k, expected in [(key, expected_revision), *([guard] if guard else [])]:
+            if expected < 0:
+                raise ValueError(f"expected revision of {k} must be >= 0, not {expected}")
+            kb = k.encode()
+            if expected == 0:
+                compares.append(
+                    rpc.Compare(
+                        key=kb, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+                    )
+                )
+            else:
+                compares.append(
+                    rpc.Compare(
+                        key=kb, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected
+                    )
+                )
+            reads.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=kb)))
+        response = await self._call("Txn", rpc.TxnRequest(compare=compares, success=[op], failure=reads))
         revision = int(response.header.revision)
         if response.succeeded:
             return CasResult(True, revision)
-        kvs = response.responses[0].response_range.kvs
-        return CasResult(False, revision, _versioned(kvs[0]) if kvs else None)
+        found = [kvs[0] if (kvs := r.response_range.kvs) else None for r in response.responses]
+        values = [None if kv is None else _versioned(kv) for kv in found]
+        return CasResult(False, revision, values[0], values[1] if guard else None)
 
     async def _call(self, method: str, request: Any, wait: bool = True) -> Any:
         """One unary KV call (Range, Txn, DeleteRange) within the timeout, errors mapped.

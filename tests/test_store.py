@@ -302,3 +302,62 @@ async def test_update_can_delete_with_the_same_conflict_handling(store: EtcdStor
     assert result.changed and result.attempts == 2 and seen == [b"v1", b"v2"]
     assert await store.get(key) is None
     assert (await store.update(key, remove)).changed is False  # already gone: nothing to do
+
+
+async def test_update_guarded_goes_round_again_when_the_guard_key_changed(
+    store: EtcdStore, key_prefix: str
+) -> None:
+    """A write checked against another key (the CA) lands only if that key is still as checked: when it
+    changed, the Txn's failure branch brings its new value and the check runs again on it."""
+    key, guard_key = key_prefix + "override", key_prefix + "ca"
+    await store.create(guard_key, b"limit 1")
+    stale_guard = await store.get(guard_key)
+    assert stale_guard is not None
+    await store.compare_and_swap(guard_key, stale_guard.mod_revision, b"limit 0")  # e.g. a rotation
+    seen: list[bytes] = []
+
+    def within_limit(current: Versioned | None, guard: Versioned | None) -> bytes | None:
+        assert guard is not None
+        seen.append(guard.value)
+        if guard.value == b"limit 0":
+            raise ValidationError(["spec.certificate_overrides[0]: not allowed by the CA any more"])
+        return b"entry"
+
+    with pytest.raises(ValidationError, match="not allowed by the CA any more"):
+        await store.update_guarded(key, guard_key, within_limit, known=(None, stale_guard))
+    assert seen == [b"limit 1", b"limit 0"]  # the stale check's write was refused by the Txn
+    assert await store.get(key) is None
+
+    # Without the guard key changing, the same write lands in one Txn.
+    current_guard = await store.get(guard_key)
+    result = await store.update_guarded(
+        key, guard_key, lambda current, guard: b"entry", known=(None, current_guard)
+    )
+    assert (result.changed, result.attempts) == (True, 1)
+
+
+async def test_update_does_not_trust_a_cached_value_for_errors_or_no_ops(
+    store: EtcdStore, key_prefix: str
+) -> None:
+    """A cache (`known`) saying "already there" or "invalid" is checked against etcd before it is
+    believed: a stale cache neither reports an unwritten value as written nor refuses a valid write."""
+    key = key_prefix + "list"
+    await store.create(key, b'["a"]')
+    stale = await store.get(key)
+    assert stale is not None
+    await store.compare_and_swap(key, stale.mod_revision, b"[]")  # "a" removed by another writer
+
+    result = await store.update(key, appender("a"), known=(stale,))  # the stale cache holds "a"
+    assert result.changed and result.attempts == 1
+    stored = await store.get(key)
+    assert stored is not None and stored.value == b'["a"]'
+
+    def refuse_if_a_present(current: Versioned | None) -> bytes | None:
+        if current is not None and b'"a"' in current.value:
+            raise ValidationError(["list: holds a"])
+        return b'["b"]'
+
+    await store.compare_and_swap(key, stored.mod_revision, b"[]")
+    written = await store.update(key, refuse_if_a_present, known=(stored,))
+    assert written.changed
+    assert (await store.get(key) or stale).value == b'["b"]'
