@@ -118,11 +118,22 @@ def _resource_problems(new: CertAuthorityOverride, ctx: OverrideContext) -> list
     return problems
 
 
-@functools.lru_cache(maxsize=1024)
+_ANY_INDEX = "[\0]"  # stands for the entry's index in the cached problems of its content
+
+
 def _check_entry(index: int, entry: CertificateOverride, cluster_name: str) -> tuple[_Entry, tuple[str, ...]]:
-    """The checks of one entry on its own: a pure function of its content, so it is cached (a CAS retry
-    or the next append validates the same entries again)."""
-    path = f"spec.certificate_overrides[{index}]"
+    """The checks of one entry on its own, at position `index`."""
+    checked, problems = _check_entry_content(entry, cluster_name)
+    here = f"[{index}]"
+    return replace(checked, index=index), tuple(p.replace(_ANY_INDEX, here) for p in problems)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_entry_content(entry: CertificateOverride, cluster_name: str) -> tuple[_Entry, tuple[str, ...]]:
+    """The checks of one entry's content: a pure function of it, so it is cached wherever the entry
+    sits (a CAS retry, or the next append, validates the same entries again, maybe at a new index)."""
+    index = -1
+    path = f"spec.certificate_overrides{_ANY_INDEX}"
     problems: list[str] = []
     cert = None
     if entry.certificate:
