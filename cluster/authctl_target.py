@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.errors import ClusterError
+from cluster.errors import AuthSimError, ClusterError
 from cluster.launcher import admin_identity
 from cluster.node_client import NodeClient
 from cluster.state import ClusterState, host_names
@@ -55,8 +55,21 @@ class Target:
             return self.client()
         with self.client() as any_node:
             active = any_node.get_cert_authority(ca_type).active_keys
+        hosts = [k.key.host_id for k in active]
         names = self.host_names()
-        holder = next((names[k.key.host_id] for k in active if k.key.host_id in names), None)
+        holder = next((names[h] for h in hosts if h in names), None) or self._node_of(hosts)
         if holder is None:
             return self.client()
         return Target(self.directory, holder, None).client()
+
+    def _node_of(self, host_ids: list[str]) -> str | None:
+        """Ask each node its host id: for an admin dir without the nodes' dirs (docker-compose, remote)."""
+        identity = admin_identity(self.directory)
+        for entry in ClusterState.load(self.directory).nodes:
+            try:
+                with NodeClient(entry.address, identity, entry.name) as client:
+                    if client.node_status().host_id in host_ids:
+                        return entry.name
+            except AuthSimError:
+                continue
+        return None

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +20,8 @@ from cluster.external_ca import init
 from cluster.launcher import node_marker
 from cluster.local import LocalCluster, local_cluster
 from cluster.targets.process import target_marker
+
+BIN = Path(sys.executable).parent
 
 
 def test_failed_up_leaves_no_process_running(tmp_path: Path) -> None:
@@ -62,3 +68,23 @@ def test_missing_files_are_one_line_errors(tmp_path: Path) -> None:
             assert result.exit_code != 0, args
             assert "missing" in result.stderr and "Traceback" not in result.stderr, args
             assert result.stderr.count("\n") <= 2, result.stderr
+
+
+def test_sign_finds_the_active_key_holder_from_an_admin_dir_without_node_dirs(tmp_path: Path) -> None:
+    """An admin dir that holds only cluster.yaml and the admin identity (docker-compose, a remote
+    cluster): without --node, `auth sign` asks the nodes their host ids and goes to the key's holder."""
+    with local_cluster(tmp_path / "c", nodes=3) as cluster:
+        ca = json.loads(cluster.authctl("get", "cas/db_client", "--format", "json").stdout)
+        holder_host = ca["spec"]["active_keys"]["tls"][0]["key"]["host_id"]
+        holder = next(n for n in cluster.node_names if cluster.host_id(n) == holder_host)
+        admin = tmp_path / "admin-only"
+        admin.mkdir()
+        shutil.copy(cluster.directory / "cluster.yaml", admin / "cluster.yaml")
+        shutil.copytree(cluster.directory / "admin", admin / "admin")
+        out = tmp_path / "cred"
+        sign = ["auth", "sign", "--type=db_client", "--user=u", "--out", str(out)]
+        done = subprocess.run(
+            [str(BIN / "authctl"), "--dir", str(admin), *sign], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(Path(f"{out}.json").read_text())["node"] == holder
