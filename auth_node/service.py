@@ -95,10 +95,13 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
 
     async def issuer(self, ca_type: str) -> Issuer:
         """This node's active key of `ca_type`, under the override the view holds for it."""
-        try:
-            await asyncio.wait_for(self.view.ready.wait(), VIEW_TIMEOUT)
-        except TimeoutError:
-            raise StoreUnavailableError("this node has not loaded the cluster's CAs from etcd yet") from None
+        if not self.view.ready.is_set():  # (wait_for costs a task per call even when set)
+            try:
+                await asyncio.wait_for(self.view.ready.wait(), VIEW_TIMEOUT)
+            except TimeoutError:
+                raise StoreUnavailableError(
+                    "this node has not loaded the cluster's CAs from etcd yet"
+                ) from None
         ca = require_ca(self.view.cert_authorities, ca_type, self.node.cluster_name)
         return resolve_issuer(
             ca, self.view.override(ca_type), self.node.host_id, self.node.name, self.view.node_names
