@@ -21,8 +21,6 @@ from cluster.local import LocalCluster
 from cluster.pki import NODE_TLS_NAME
 from hsm import provision_token
 
-OUT = Path(__file__).with_name("issuance.json")
-
 RAW_SIGN = """
 import sys, time, uuid
 from pathlib import Path

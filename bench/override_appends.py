@@ -4,17 +4,17 @@ at the same moment. Run through scripts/bench (bench/run.py)."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import threading
 import time
 from pathlib import Path
 
 from auth_node.pb import authsim_pb2 as pb
+from cluster.etcd_server import EtcdServer
 from cluster.external_ca import init
 from cluster.local import local_cluster
 from cluster.store import EtcdStore
-
-OUT = Path(__file__).with_name("override_appends.json")
 
 
 async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:
@@ -30,14 +30,25 @@ async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:
     return samples
 
 
-def simultaneous_appends(nodes: int, rounds: int, endpoint: str, tmp: Path) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def simultaneous_appends(nodes: int, rounds: int, etcd: EtcdServer, tmp: Path) -> dict[str, float]:
+    """N nodes append their own entry at the same moment, `rounds` times: time until all landed, the
+    attempts taken, and how many cores all processes kept busy meanwhile (etcd, nodes, this client)."""
+    endpoint = etcd.endpoint
     ca = init(tmp / f"extca{nodes}")
     name = f"bench{nodes}"
     with local_cluster(tmp / name, nodes=nodes, cluster_name=name, etcd_endpoints=[endpoint]) as cluster:
         certs = cluster.override_certs(ca, "windows")
         clients = {n: cluster.client(n) for n in cluster.node_names}
+        pids = [p for p in [etcd.pid, *(cluster.state.node(n).pid for n in cluster.node_names)] if p]
         times: list[float] = []
         attempts: list[int] = []
+        cpu_used = 0.0
         for _ in range(rounds):
             cluster.authctl("rm", "ca_overrides/windows", "--force")
             barrier = threading.Barrier(nodes, timeout=30)
@@ -49,12 +60,14 @@ def simultaneous_appends(nodes: int, rounds: int, endpoint: str, tmp: Path) -> d
                 replies.append(clients[node].call("CreateOverride", request))
 
             threads = [threading.Thread(target=append, args=(n, barrier, replies)) for n in certs]
+            cpu_before = sum(cpu_seconds(p) for p in pids) + time.process_time()
             started = time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             times.append(time.perf_counter() - started)
+            cpu_used += sum(cpu_seconds(p) for p in pids) + time.process_time() - cpu_before
             attempts.extend(r.attempts for r in replies)
             stored = cluster.authctl("get", "ca_overrides/windows", "--format", "json").stdout
             assert len(json.loads(stored)["spec"]["certificate_overrides"]) == nodes, "an append was lost"
@@ -67,4 +80,5 @@ def simultaneous_appends(nodes: int, rounds: int, endpoint: str, tmp: Path) -> d
         "all_landed_ms_max": max(times) * 1000,
         "attempts_mean": statistics.fmean(attempts),
         "attempts_max": max(attempts),
+        "cores_busy": cpu_used / sum(times),
     }

@@ -79,7 +79,7 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
         raw = asyncio.run(raw_cas_latency(etcd.endpoint, 100 if quick else 300))
         raw_ms = statistics.median(raw) * 1000
         sizes = (2, 4, 8) if quick else (2, 4, 8, 16)
-        appends = [simultaneous_appends(n, rounds, etcd.endpoint, tmp) for n in sizes]
+        appends = [simultaneous_appends(n, rounds, etcd, tmp) for n in sizes]
     finally:
         etcd.stop()
     for row in appends:
@@ -111,7 +111,8 @@ def report(result: dict[str, Any]) -> None:
         table.add_row(
             f"{row['nodes']} simultaneous appends, all landed (median)",
             f"{row['all_landed_ms_median']:.1f} ms, "
-            f"attempts {row['attempts_mean']:.1f}/{row['attempts_max']}",
+            f"attempts {row['attempts_mean']:.1f}/{row['attempts_max']}, "
+            f"{row['cores_busy']:.1f} cores busy",
             f"{row['nodes'] * etcd['raw_cas_ms_median']:.1f} ms (N x raw CAS)",
             f"{row['ratio_to_n_raw_txn']:.1f}",
             "<= 2",
