@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pkcs11
 from cryptography.hazmat.primitives import serialization
@@ -57,20 +57,6 @@ def public_key_hash(public_key: rsa.RSAPublicKey) -> str:
     """Lower-case hex SHA-256 of the key's DER SubjectPublicKeyInfo."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
-
-
-class KeyStore(Protocol):
-    """What a node needs from its keys: generate, check, use, list and delete the keys it holds."""
-
-    host_id: str
-
-    def generate_rsa_key(self) -> tuple[KeyRef, rsa.RSAPublicKey]: ...
-    def holds(self, ref: KeyRef) -> bool: ...
-    def public_key(self, ref: KeyRef) -> rsa.RSAPublicKey: ...
-    def private_key(self, ref: KeyRef) -> rsa.RSAPrivateKey: ...
-    def sign(self, ref: KeyRef, data: bytes) -> bytes: ...
-    def list_keys(self) -> list[KeyRef]: ...
-    def delete_key(self, ref: KeyRef) -> None: ...
 
 
 class Pkcs11KeyStore:
