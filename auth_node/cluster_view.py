@@ -29,9 +29,8 @@ class ClusterView:
         self.cert_authorities: dict[str, CertAuthority] = {}
         self.node_names: dict[str, str] = {}  # host id -> node name
         self.stored_overrides: dict[str, Versioned] = {}  # as stored, to start a CAS without a read
-        self.stored_cas: dict[
-            str, Versioned
-        ] = {}  # likewise, for the CA an override write is checked against
+        # likewise for the CAs, which override writes are checked against
+        self.stored_cas: dict[str, Versioned] = {}
         self._decoded: dict[str, CertAuthorityOverride | None] = {}  # decoded on first use
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
@@ -68,15 +67,12 @@ class ClusterView:
         with N nodes appending, each change reaches every node, and most nodes never read it."""
         if ca_type not in self._decoded:
             found = self.stored_overrides.get(ca_type)
+            decoded = None
             try:
-                decoded = (
-                    None
-                    if found is None
-                    else CertAuthorityOverride.from_json(found.value, found.mod_revision)
-                )
+                if found is not None:
+                    decoded = CertAuthorityOverride.from_json(found.value, found.mod_revision)
             except (ValueError, KeyError, TypeError) as e:
                 log.error("ignoring unreadable value of ca_overrides/%s: %s", ca_type, e)
-                decoded = None
             self._decoded[ca_type] = decoded
         return self._decoded[ca_type]
 
