@@ -11,6 +11,7 @@ from cluster.ca_override import CertAuthorityOverride
 from cluster.cert_authority import CertAuthority
 from cluster.etcd_keys import cluster_prefix
 from cluster.store import EtcdStore, Versioned
+from cluster.targets.registry import target_address
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
@@ -28,6 +29,7 @@ class ClusterView:
         self.prefix = cluster_prefix(cluster_name)
         self.cert_authorities: dict[str, CertAuthority] = {}
         self.node_names: dict[str, str] = {}  # host id -> node name
+        self.targets: dict[str, str] = {}  # target kind -> address
         self.stored_overrides: dict[str, Versioned] = {}  # as stored, to start a CAS without a read
         # likewise for the CAs, which override writes are checked against
         self.stored_cas: dict[str, Versioned] = {}
@@ -44,6 +46,7 @@ class ClusterView:
                 listing = await self.store.get_prefix(self.prefix)
                 self.cert_authorities.clear()
                 self.node_names.clear()
+                self.targets.clear()
                 self.stored_overrides.clear()
                 self.stored_cas.clear()
                 self._decoded.clear()
@@ -108,5 +111,9 @@ class ClusterView:
                 self.node_names.pop(name, None)
                 if value is not None:
                     self.node_names[name] = str(json.loads(value.value)["name"])
+            elif kind == "targets":
+                self.targets.pop(name, None)
+                if value is not None:
+                    self.targets[name] = target_address(value.value)
         except (ValueError, KeyError, TypeError) as e:
             log.error("ignoring unreadable value at %s: %s", key, e)

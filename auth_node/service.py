@@ -284,16 +284,23 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         ca_type = resolve_ca_type(request.type).name
         key = ec.generate_private_key(ec.SECP256R1())
         [credential] = await self.issue([CredentialRequest(ca_type, request.user, key.public_key())])
+        kind = CA_TYPES[ca_type].target
+        address = self.view.targets.get(kind)  # the view is ready once issue() returned
+        if address is None:
+            raise NotFoundError(
+                f"no {kind} target is registered in cluster {self.node.cluster_name}: `authsim up` "
+                "registers the targets it starts (docker-compose: the targets-trust service)"
+            )
         server_ca = (self.node.node_dir / "server-ca.pem").read_bytes()
         chain = credential.issuer.chain
         if CA_TYPES[ca_type].smartcard_logon:
             result = await open_desktop_session(
-                request.target_address, server_ca, request.user, credential.pem, chain, TARGET_TIMEOUT
+                address, server_ca, request.user, credential.pem, chain, TARGET_TIMEOUT
             )
         else:
             key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
             result = await open_db_session(
-                request.target_address,
+                address,
                 server_ca,
                 request.user,
                 credential.pem,

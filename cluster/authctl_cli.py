@@ -24,7 +24,7 @@ from cluster.ca_types import resolve_ca_type
 from cluster.cert_authority import CertAuthority
 from cluster.cli_common import make_console, run_cli
 from cluster.errors import AuthSimError, ValidationError
-from cluster.state import ClusterState, cluster_dir
+from cluster.state import cluster_dir
 from cluster.yaml_codec import dump_yaml
 
 console = make_console()
@@ -163,9 +163,8 @@ def _write(
 @click.option("--user", required=True)
 @click.pass_obj
 def exercise(target: Target, ca_type: str, user: str) -> None:
-    address = ClusterState.load(target.directory).target(resolve_ca_type(ca_type).target).address
     with target.signer_client(ca_type) as client:
-        reply = client.call("Exercise", pb.ExerciseRequest(type=ca_type, user=user, target_address=address))
+        reply = client.call("Exercise", pb.ExerciseRequest(type=ca_type, user=user))
     event = json.loads(reply.event)
     click.echo(json.dumps(event, indent=2, sort_keys=True))
     if not event["success"]:

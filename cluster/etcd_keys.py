@@ -32,3 +32,8 @@ def node_key(cluster_name: str, host_id: str) -> str:
 def events_prefix(cluster_name: str) -> str:
     """Outside the cluster prefix, so nodes watching their CAs and overrides are not woken by events."""
     return f"{ROOT}-events/{cluster_name}/"
+
+
+def target_key(cluster_name: str, kind: str) -> str:
+    """A downstream target's address, where nodes look it up to open sessions on it."""
+    return f"{ROOT}/{cluster_name}/targets/{kind}"

@@ -21,6 +21,7 @@ from cluster.ports import free_port, port_is_free
 from cluster.state import ClusterState, EtcdEntry, NodeEntry, TargetEntry
 from cluster.store import EtcdTLS
 from cluster.targets.process import start_target, target_marker, wait_listening
+from cluster.targets.registry import register_targets
 from cluster.targets.trust import set_default_trust
 from hsm import provision_token
 
@@ -259,6 +260,7 @@ def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> N
         state.save(directory)
     for kind, process in started.items():
         wait_listening(state.targets[kind].address, START_TIMEOUT, process)
+    register_targets(state)
 
 
 def wait_serving(

@@ -90,7 +90,3 @@ class ClusterState:
         known = ", ".join(n.name for n in self.nodes)
         raise ClusterError(f"no node named {name!r} in this cluster (nodes: {known})")
 
-    def target(self, kind: str) -> TargetEntry:
-        if kind not in self.targets:
-            raise ClusterError(f"no {kind} target in this cluster: `authsim up` starts the targets")
-        return self.targets[kind]

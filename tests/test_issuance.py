@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -19,8 +20,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from auth_node.pb import authsim_pb2 as pb
 from cluster.errors import ValidationError
+from cluster.etcd_keys import target_key
 from cluster.external_ca import ExternalCA, init
 from cluster.local import LocalCluster, local_cluster
+from cluster.store import EtcdStore
+from cluster.targets.registry import register_targets
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -222,6 +226,34 @@ def test_windows_issuer_is_the_override_and_ntauth_must_hold_it(flow: Flow) -> N
         "active": True,
         "public_key_hash": openssl_key_hash(flow.certs["windows"]["node2"]),
     }
+
+
+def test_exercise_goes_only_to_the_target_registered_in_etcd(flow: Flow) -> None:
+    """Nodes look targets up in etcd (written by `authsim up`), not in what the client sends: with the
+    db target's record gone, exercise fails naming the fix and opens no session; registered again
+    (as `authsim up` does), it works."""
+    state = flow.cluster.state
+
+    async def unregister() -> None:
+        async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
+            assert await store.get(target_key(state.cluster_name, "db")) is not None
+            await store.delete_prefix(target_key(state.cluster_name, "db"))
+
+    events = len(flow.cluster.events())
+    asyncio.run(unregister())
+    deadline = time.monotonic() + 5
+    while (done := flow.cluster.authctl("exercise", "--type=db_client", "--user=alice")).exit_code == 0:
+        assert time.monotonic() < deadline, "the node still opened a session on an unregistered target"
+        events += 1
+        time.sleep(0.05)
+    assert f"no db target is registered in cluster {state.cluster_name}" in done.stderr
+    assert len(flow.cluster.events()) == events  # no session, no event
+    register_targets(state)
+    deadline = time.monotonic() + 5
+    while flow.cluster.authctl("exercise", "--type=db_client", "--user=alice").exit_code != 0:
+        assert time.monotonic() < deadline, "registered again, the target is still unknown"
+        time.sleep(0.05)
+    assert flow.cluster.events()[-1]["event"] == "db.session.start"
 
 
 def test_propagation_to_other_nodes_without_restart(flow: Flow) -> None:

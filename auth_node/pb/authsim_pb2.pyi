@@ -275,14 +275,12 @@ class SignResponse(_message.Message):
     def __init__(self, certificate: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., ca_override: _Optional[_Union[CAOverrideInfo, _Mapping]] = ..., serial: _Optional[str] = ..., issuer: _Optional[str] = ..., not_after: _Optional[str] = ..., node_name: _Optional[str] = ...) -> None: ...
 
 class ExerciseRequest(_message.Message):
-    __slots__ = ("type", "user", "target_address")
+    __slots__ = ("type", "user")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
-    TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     type: str
     user: str
-    target_address: str
-    def __init__(self, type: _Optional[str] = ..., user: _Optional[str] = ..., target_address: _Optional[str] = ...) -> None: ...
+    def __init__(self, type: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
 
 class ExerciseResponse(_message.Message):
     __slots__ = ("event",)

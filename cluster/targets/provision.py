@@ -23,6 +23,7 @@ from cluster.launcher import wait_serving, write_default_trust
 from cluster.pki import ensure_server_identity
 from cluster.state import ClusterState, TargetEntry
 from cluster.targets._tls import KINDS
+from cluster.targets.registry import register_targets
 
 dir_type = click.Path(file_okay=False, path_type=Path)
 
@@ -80,7 +81,8 @@ def pki(directory: Path, ca_dir: Path, admin_dir: Path, cluster_name: str, deskt
 @targets.command(
     "trust",
     help="Wait until every node serves, then trust the cluster's self-signed CAs in each target trust "
-    "file under DIR/targets/ that does not exist yet (change trust later with `authsim trust`).",
+    "file under DIR/targets/ that does not exist yet (change trust later with `authsim trust`), and "
+    "register the targets' addresses in etcd, where nodes look them up.",
 )
 @click.option("--admin-dir", type=dir_type, required=True, help="authctl's dir: admin identity, cluster.yaml")
 @click.option("--dir", "directory", type=dir_type, required=True, help="the targets' dir, as for `pki`")
@@ -102,6 +104,8 @@ def trust(admin_dir: Path, directory: Path) -> None:
         click.echo(f"Wrote {path}")
     if not written:
         click.echo(f"Every trust file in {directory}/targets exists: left as it is")
+    register_targets(state)
+    click.echo(f"Registered {', '.join(f'{k} at {t.address}' for k, t in state.targets.items())} in etcd")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
