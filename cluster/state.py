@@ -89,4 +89,3 @@ class ClusterState:
                 return entry
         known = ", ".join(n.name for n in self.nodes)
         raise ClusterError(f"no node named {name!r} in this cluster (nodes: {known})")
-
