@@ -8,17 +8,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from auth_node.token_signer import TokenSigner
 from cluster.ca_override import CertAuthorityOverride
 from cluster.ca_types import CA_TYPES
 from cluster.cert_authority import CAKeyPair, CertAuthority
 from cluster.errors import KeyAccessError, NotFoundError, ValidationError
-from hsm import Pkcs11KeyStore
 
 SMARTCARD_LOGON = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.2")
 UPN = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
@@ -131,22 +130,18 @@ class CredentialRequest:
 
 
 async def issue_credentials(
-    keystore: Pkcs11KeyStore, work: Sequence[tuple[Issuer, CredentialRequest]]
+    signer: TokenSigner, work: Sequence[tuple[Issuer, CredentialRequest]]
 ) -> list[Credential]:
     """Client certificates, each signed inside the token under its issuer, in the order asked.
 
-    The certificates are built here and signed in one job on the token's thread, so a batch costs
-    one hand-over, not one per credential.
+    The certificates are built here, on the event loop, and signed on the token's thread in one hand-over
+    with whatever other requests are waiting for it.
     """
     for _, request in work:
         request.check()
-    builders = [(issuer, _leaf_builder(issuer, r.ca_type, r.user, r.public_key, r.ttl)) for issuer, r in work]
-
-    def sign_all() -> list[x509.Certificate]:
-        return [b.sign(keystore.private_key(issuer.key.key), hashes.SHA256()) for issuer, b in builders]
-
-    certificates = await keystore.run_async(sign_all)
-    return [Credential(c, issuer) for c, (issuer, _) in zip(certificates, builders, strict=True)]
+    builders = [(i.key.key, _leaf_builder(i, r.ca_type, r.user, r.public_key, r.ttl)) for i, r in work]
+    certificates = await signer.sign(builders)
+    return [Credential(c, issuer) for c, (issuer, _) in zip(certificates, work, strict=True)]
 
 
 def _leaf_builder(

@@ -38,6 +38,7 @@ from auth_node.overrides import Overrides, WriteResult
 from auth_node.pb import authsim_pb2 as pb
 from auth_node.pb import authsim_pb2_grpc as pb_grpc
 from auth_node.registry import node_names
+from auth_node.token_signer import TokenSigner
 from cluster.ca_override import CertAuthorityOverride, CertificateOverride
 from cluster.ca_types import CA_TYPES, resolve_ca_type
 from cluster.cert_authority import CertAuthority
@@ -92,6 +93,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.keystore = keystore
         self.view = view
         self.overrides = Overrides(store, node, view)
+        self.signer = TokenSigner(keystore)
 
     async def issuer(self, ca_type: str) -> Issuer:
         """This node's active key of `ca_type`, under the override the view holds for it."""
@@ -110,7 +112,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def issue(self, requests: Sequence[CredentialRequest]) -> list[Credential]:
         """Credentials from this node's active keys, one issuer lookup per CA type."""
         issuers = {r.ca_type: await self.issuer(r.ca_type) for r in requests}
-        return await issue_credentials(self.keystore, [(issuers[r.ca_type], r) for r in requests])
+        return await issue_credentials(self.signer, [(issuers[r.ca_type], r) for r in requests])
 
     async def _cert_authority(self, type_name: str) -> CertAuthority:
         ca_type = resolve_ca_type(type_name).name

@@ -57,7 +57,7 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
     raw_sign = raw_sign_rate(tmp, seconds)
     with local_cluster(tmp / "c", nodes=3) as cluster:
         assert cluster.authctl("auth", "rotate", "--type=db_client").exit_code == 0
-        rate = max(issuance_rate(cluster, "node2", seconds, n) for n in (4, 16))
+        rate = max(issuance_rate(cluster, "node2", seconds, n) for n in (4, 16, 64))
         batched = max(issuance_rate(cluster, "node2", seconds, n, BATCH) for n in (2, 4))
         delays = propagation(cluster, tmp, 20 if quick else 100)
     result["issuance"] = {

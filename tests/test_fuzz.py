@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from auth_node.csr import MAX_SUBJECT_CHARS, csr_subject
 from auth_node.issuance import Credential, CredentialRequest, Issuer, issue_credentials
+from auth_node.token_signer import TokenSigner
 from cluster import ca_override
 from cluster.ca_override import (
     KIND,
@@ -815,7 +816,8 @@ def _issue(user: str, ca_type: str) -> tuple[Credential | ValidationError, int]:
     public_key = rsa_key(7).public_key()
     try:
         request = CredentialRequest(ca_type, user, public_key, dt.timedelta(hours=1))
-        [credential] = asyncio.run(issue_credentials(cast(Pkcs11KeyStore, keystore), [(issuer, request)]))
+        signer = TokenSigner(cast(Pkcs11KeyStore, keystore))
+        [credential] = asyncio.run(issue_credentials(signer, [(issuer, request)]))
     except ValidationError as e:
         return e, keystore.calls
     return credential, keystore.calls
