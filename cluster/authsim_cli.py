@@ -15,10 +15,10 @@ from rich.table import Table
 
 from cluster import launcher
 from cluster.ca_types import CA_TYPES
-from cluster.cli_common import make_console, run_cli
+from cluster.cli_common import etcd_tls_from_options, etcd_tls_options, make_console, run_cli
 from cluster.demo import run_demo
 from cluster.external_ca_cli import external_ca
-from cluster.provision_cli import etcd_tls_from_options, etcd_tls_options, provision
+from cluster.provision_cli import provision
 from cluster.state import cluster_dir
 from cluster.status import ClusterStatus, collect_status
 from cluster.targets.trust_cli import trust

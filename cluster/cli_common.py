@@ -1,14 +1,17 @@
-"""What both CLIs share: one-line errors and a non-zero exit instead of tracebacks."""
+"""What the CLIs share: one-line errors and a non-zero exit instead of tracebacks, the etcd TLS options."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
 from cluster.errors import AuthSimError
+from cluster.store import EtcdTLS
 
 
 def make_console() -> Console:
@@ -36,3 +39,33 @@ def run_cli(group: click.Group, argv: Sequence[str] | None, prog_name: str) -> i
     except click.exceptions.Exit as e:
         return e.exit_code
     return 0
+
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def etcd_tls_options(command: _Command) -> _Command:
+    """The options --etcd-cacert, --etcd-cert and --etcd-key (`authsim up`, `authsim provision`)."""
+    options = [
+        click.option(
+            "--etcd-cacert", type=Path, default=None, help="TLS to --etcd: CA certificate that signed etcd's"
+        ),
+        click.option("--etcd-cert", type=Path, default=None, help="TLS to --etcd: client certificate (PEM)"),
+        click.option(
+            "--etcd-key", type=Path, default=None, help="TLS to --etcd: client certificate's key (PEM)"
+        ),
+    ]
+    for option in reversed(options):  # as if stacked as decorators: the help lists them in this order
+        command = option(command)
+    return command
+
+
+def etcd_tls_from_options(cacert: Path | None, cert: Path | None, key: Path | None) -> EtcdTLS | None:
+    """The three TLS options as one EtcdTLS, None when none is given; all or none."""
+    given = {"--etcd-cacert": cacert, "--etcd-cert": cert, "--etcd-key": key}
+    if cacert is None and cert is None and key is None:
+        return None
+    if cacert is None or cert is None or key is None:
+        missing = ", ".join(flag for flag, value in given.items() if value is None)
+        raise click.UsageError(f"--etcd-cacert, --etcd-cert and --etcd-key go together; missing {missing}")
+    return EtcdTLS(cacert, cert, key)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from auth_node.config import NodeConfig, ensure_host_id
-from cluster.cli_common import run_cli
+from cluster.cli_common import etcd_tls_from_options, etcd_tls_options, run_cli
 from cluster.errors import ClusterError
 from cluster.pki import ensure_admin_identity, ensure_node_identity, write_private
 from cluster.state import ClusterState, EtcdEntry, NodeEntry
-from cluster.store import EtcdTLS
 from hsm import provision_token
 
 NODE_PORT = 3025
@@ -29,34 +27,6 @@ ADMIN_FILES = ("admin.pem", "admin.key", "server-ca.pem")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 dir_type = click.Path(file_okay=False, path_type=Path)
-_Command = TypeVar("_Command", bound=Callable[..., Any])
-
-
-def etcd_tls_options(command: _Command) -> _Command:
-    """The options --etcd-cacert, --etcd-cert and --etcd-key (`authsim up`, `authsim provision`)."""
-    options = [
-        click.option(
-            "--etcd-cacert", type=Path, default=None, help="TLS to --etcd: CA certificate that signed etcd's"
-        ),
-        click.option("--etcd-cert", type=Path, default=None, help="TLS to --etcd: client certificate (PEM)"),
-        click.option(
-            "--etcd-key", type=Path, default=None, help="TLS to --etcd: client certificate's key (PEM)"
-        ),
-    ]
-    for option in reversed(options):  # as if stacked as decorators: the help lists them in this order
-        command = option(command)
-    return command
-
-
-def etcd_tls_from_options(cacert: Path | None, cert: Path | None, key: Path | None) -> EtcdTLS | None:
-    """The three TLS options as one EtcdTLS, None when none is given; all or none."""
-    given = {"--etcd-cacert": cacert, "--etcd-cert": cert, "--etcd-key": key}
-    if cacert is None and cert is None and key is None:
-        return None
-    if cacert is None or cert is None or key is None:
-        missing = ", ".join(flag for flag, value in given.items() if value is None)
-        raise click.UsageError(f"--etcd-cacert, --etcd-cert and --etcd-key go together; missing {missing}")
-    return EtcdTLS(cacert, cert, key)
 
 
 def _names(value: str) -> list[str]:
