@@ -3,10 +3,11 @@
 `authsim up` makes these on one machine (`start_target`, `write_default_trust`). In docker-compose.yml
 the one-shot `init` service runs `pki` after `authsim provision pki`: each target's TLS server
 certificate from the cluster's server CA (the CA key never leaves init's volume) and the targets'
-addresses, as the nodes reach them, in authctl's cluster.yaml (`authctl exercise` sends them to the
-node). Once the nodes serve, the one-shot `targets-trust` service runs `trust`: the default trust (the
-cluster's self-signed CAs) in each trust file that does not exist yet, as `authsim up` does. The target
-services then run `python -m cluster.targets --dir DIR ...` on the same files. Both steps are idempotent.
+addresses, as the nodes reach them, in authctl's cluster.yaml. Once the nodes serve, the one-shot
+`targets-trust` service runs `trust`: the default trust (the cluster's self-signed CAs) in each trust
+file that does not exist yet, as `authsim up` does, and the addresses registered in etcd, where nodes
+look targets up. The target services then run `python -m cluster.targets --dir DIR ...` on the same
+files. Both steps are idempotent.
 """
 
 from __future__ import annotations
