@@ -196,6 +196,13 @@ class EtcdStore:
         response = await self._call("Range", rpc.RangeRequest(key=key.encode()))
         return _versioned(response.kvs[0]) if response.kvs else None
 
+    async def get_both(self, key: str, other: str) -> tuple[Versioned | None, Versioned | None]:
+        """Two keys as they stood at one revision (one Txn of two reads)."""
+        reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in (key, other)]
+        response = await self._call("Txn", rpc.TxnRequest(success=reads))
+        first, second = (r.response_range.kvs for r in response.responses)
+        return (_versioned(first[0]) if first else None, _versioned(second[0]) if second else None)
+
     async def get_prefix(self, prefix: str) -> list[tuple[str, Versioned]]:
         """Every key starting with `prefix` ("" = all keys), sorted by key."""
         key, range_end = _prefix_range(prefix)
@@ -293,8 +300,10 @@ class EtcdStore:
         while True:
             try:
                 if not fresh:
-                    current = await self.get(key)
-                    guard = await self.get(guard_key) if guard_key else None
+                    if guard_key:
+                        current, guard = await self.get_both(key, guard_key)
+                    else:
+                        current = await self.get(key)
                     fresh = confirmed = True
                 try:
                     new_value = fn(current, guard)

@@ -28,15 +28,15 @@ class RotatingStore(EtcdStore):
 
     rotate_key = ""
 
-    async def get(self, key: str) -> Versioned | None:
-        found = await super().get(key)
-        if key == self.rotate_key and found is not None:
+    async def get_both(self, key: str, other: str) -> tuple[Versioned | None, Versioned | None]:
+        found = await super().get_both(key, other)
+        if other == self.rotate_key and found[1] is not None:
             self.rotate_key = ""
-            ca = CertAuthority.from_json(found.value)
+            ca = CertAuthority.from_json(found[1].value)
             rotated = replace(
                 ca, active_keys=(*ca.active_keys, *ca.additional_trusted_keys), additional_trusted_keys=()
             )
-            assert (await self.compare_and_swap(key, found.mod_revision, rotated.to_json())).succeeded
+            assert (await self.compare_and_swap(other, found[1].mod_revision, rotated.to_json())).succeeded
         return found
 
 

@@ -361,3 +361,12 @@ async def test_update_does_not_trust_a_cached_value_for_errors_or_no_ops(
     written = await store.update(key, refuse_if_a_present, known=(stored,))
     assert written.changed
     assert (await store.get(key) or stale).value == b'["b"]'
+
+
+async def test_get_both_reads_two_keys_at_one_revision(store: EtcdStore, key_prefix: str) -> None:
+    first, second = key_prefix + "override", key_prefix + "ca"
+    await store.create(first, b"o1")
+    assert await store.get_both(first, second) == (await store.get(first), None)
+    await store.create(second, b"c1")
+    both = await store.get_both(first, second)
+    assert both == (await store.get(first), await store.get(second))
