@@ -199,7 +199,7 @@ class EtcdStore:
     async def get_both(self, key: str, other: str) -> tuple[Versioned | None, Versioned | None]:
         """Two keys as they stood at one revision (one Txn of two reads)."""
         reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in (key, other)]
-        response = await self._call("Txn", rpc.TxnRequest(success=reads))
+        response = await self._call("Txn", rpc.TxnRequest(success=reads), read=True)
         first, second = (r.response_range.kvs for r in response.responses)
         return (_versioned(first[0]) if first else None, _versioned(second[0]) if second else None)
 
@@ -399,12 +399,13 @@ class EtcdStore:
         values = [None if kv is None else _versioned(kv) for kv in found]
         return CasResult(False, revision, values[0], values[1] if guard else None)
 
-    async def _call(self, method: str, request: Any, wait: bool = True) -> Any:
+    async def _call(self, method: str, request: Any, wait: bool = True, read: bool = False) -> Any:
         """One unary KV call (Range, Txn, DeleteRange) within the timeout, errors mapped.
 
         With `wait`, the call waits for a connection (a member restarting, a failover to another
-        endpoint) instead of failing at once; a read that loses its connection is sent again while
-        time remains. A write is sent once: its outcome is then unknown, and `update` reads again.
+        endpoint) instead of failing at once; a read (a Range, or a Txn marked `read`) that loses its
+        connection is sent again while time remains. A write is sent once: its outcome is then
+        unknown, and `update` reads again.
         """
         client = self._connected()
         loop = asyncio.get_running_loop()
@@ -419,7 +420,11 @@ class EtcdStore:
                         wait_for_ready=wait,
                     )
             except StoreUnavailableError:
-                if method != "Range" or not wait or loop.time() + _UNAVAILABLE_PAUSE >= deadline:
+                if (
+                    not (read or method == "Range")
+                    or not wait
+                    or loop.time() + _UNAVAILABLE_PAUSE >= deadline
+                ):
                     raise
                 await asyncio.sleep(_UNAVAILABLE_PAUSE)
 
