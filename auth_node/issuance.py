@@ -109,14 +109,15 @@ def _check_valid(cert: x509.Certificate, what: str, hint: str = "") -> None:
 
 @dataclass(frozen=True)
 class CredentialRequest:
-    """What a client asks for: a credential of CA `ca_type` for `user` and the client's `public_key`."""
+    """What a client asks for: a credential of CA `ca_type` for `user` and the client's `public_key`.
+    Checked when made: a request that exists is one the node may sign."""
 
     ca_type: str
     user: str
     public_key: CertificateIssuerPublicKeyTypes
     ttl: dt.timedelta = DEFAULT_TTL
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         problems = []
         user = self.user
         if not user or len(user.encode()) > MAX_USER_BYTES or any(c in user for c in "\0\n\r"):
@@ -137,8 +138,6 @@ async def issue_credentials(
     The certificates are built here, on the event loop, and signed on the token's thread in one hand-over
     with whatever other requests are waiting for it.
     """
-    for _, request in work:
-        request.check()
     builders = [(i.key.key, _leaf_builder(i, r.ca_type, r.user, r.public_key, r.ttl)) for i, r in work]
     certificates = await signer.sign(builders)
     return [Credential(c, issuer) for c, (issuer, _) in zip(certificates, work, strict=True)]

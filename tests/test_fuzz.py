@@ -789,8 +789,8 @@ def test_csr_subjects(custom: str) -> None:
 class SoftwareKeyStore:
     """Stands in for Pkcs11KeyStore where issue_credentials uses it: no token, a software key.
 
-    issue_credentials checks `user` before it asks the keystore for anything, so `calls` counts
-    whether a request got as far as the token.
+    A CredentialRequest checks `user` when it is made, before the keystore is asked for anything, so
+    `calls` counts whether a request got as far as the token.
     """
 
     def __init__(self) -> None:

@@ -22,11 +22,10 @@ from cluster.cli_common import run_cli
 from cluster.errors import ClusterError
 from cluster.launcher import wait_serving, write_default_trust
 from cluster.pki import ensure_server_identity
+from cluster.provision_cli import dir_type
 from cluster.state import ClusterState, TargetEntry
 from cluster.targets._tls import KINDS
 from cluster.targets.registry import register_targets
-
-dir_type = click.Path(file_okay=False, path_type=Path)
 
 
 def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
