@@ -1,4 +1,4 @@
-"""Entry point of a node process: `python -m auth_node --config nodes/<name>/node.yaml`."""
+"""Entry point of a node process: `python -m authsim.auth_node --config nodes/<name>/node.yaml`."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
-from auth_node.config import NodeConfig
-from auth_node.server import run_node
-from cluster.errors import AuthSimError
-from hsm import Pkcs11KeyStore
+from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.server import run_node
+from authsim.cluster.errors import AuthSimError
+from authsim.hsm import Pkcs11KeyStore
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="auth_node", description="Run one authsim Auth node.")
+    parser = argparse.ArgumentParser(prog="authsim.auth_node", description="Run one authsim Auth node.")
     parser.add_argument("--config", type=Path, required=True, help="path to the node's node.yaml")
     args = parser.parse_args(argv)
     name = args.config.parent.name

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from auth_node.ca_cert import self_signed_ca_cert
-from auth_node.config import NodeConfig
-from cluster.ca_types import CA_TYPES
-from cluster.cert_authority import CAKeyPair, CertAuthority
-from cluster.errors import NotFoundError
-from cluster.etcd_keys import cert_authority_key
-from cluster.store import EtcdStore, UpdateResult, Versioned
-from hsm import KeyRef, Pkcs11KeyStore, public_key_hash
+from authsim.auth_node.ca_cert import self_signed_ca_cert
+from authsim.auth_node.config import NodeConfig
+from authsim.cluster.errors import NotFoundError
+from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
+from authsim.cluster.store import EtcdStore, UpdateResult, Versioned
+from authsim.cluster.store.keys import cert_authority_key
+from authsim.hsm import KeyRef, Pkcs11KeyStore, public_key_hash
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import contextlib
 import json
 import logging
 
-from cluster.ca_override import CertAuthorityOverride
-from cluster.cert_authority import CertAuthority
-from cluster.etcd_keys import cluster_prefix
-from cluster.store import EtcdStore, Versioned
-from cluster.targets.registry import target_address
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import CertAuthorityOverride
+from authsim.cluster.store import EtcdStore, Versioned
+from authsim.cluster.store.addresses import target_address
+from authsim.cluster.store.keys import cluster_prefix
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke

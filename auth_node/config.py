@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from cluster.errors import ClusterError
-from cluster.store import EtcdTLS
-from hsm import TokenConfig, load_token_config
+from authsim.cluster.errors import ClusterError
+from authsim.cluster.store import EtcdTLS
+from authsim.hsm import TokenConfig, load_token_config
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from cluster.cert_authority import CAKeyPair, CertAuthority
-from cluster.errors import NotFoundError, ValidationError
-from cluster.override_validation import CLUSTER_NAME_OID
-from hsm import Pkcs11KeyStore
+from authsim.cluster.errors import NotFoundError, ValidationError
+from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
+from authsim.cluster.resources.validation import CLUSTER_NAME_OID
+from authsim.hsm import Pkcs11KeyStore
 
 MAX_SUBJECT_CHARS = 1024  # far above any real distinguished name; bounds what a request makes us parse
 # Attributes cryptography encodes as PrintableString, and what that string type may hold (X.680 §41.4)

@@ -8,10 +8,10 @@ import time
 import uuid
 from typing import Any
 
-from auth_node.issuance import Credential
-from cluster.ca_types import CA_TYPES
-from cluster.etcd_keys import events_prefix
-from cluster.store import EtcdStore
+from authsim.auth_node.issuance import Credential
+from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.store import EtcdStore
+from authsim.cluster.store.keys import events_prefix
 
 
 def session_start_event(
@@ -40,7 +40,7 @@ def session_start_event(
         "success": success,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         "user": user,
-        "auth_node": node_name,
+        "authsim.auth_node": node_name,
     }
     if not success:
         record["error"] = reason

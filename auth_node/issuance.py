@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPub
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from auth_node.token_signer import TokenSigner
-from cluster.ca_override import CertAuthorityOverride
-from cluster.ca_types import CA_TYPES
-from cluster.cert_authority import CAKeyPair, CertAuthority
-from cluster.errors import KeyAccessError, NotFoundError, ValidationError
+from authsim.auth_node.token_signer import TokenSigner
+from authsim.cluster.errors import KeyAccessError, NotFoundError, ValidationError
+from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
+from authsim.cluster.resources.override import CertAuthorityOverride
 
 SMARTCARD_LOGON = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.2")
 UPN = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")

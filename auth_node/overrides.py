@@ -11,15 +11,15 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from auth_node.cluster_view import ClusterView
-from auth_node.config import NodeConfig
-from auth_node.registry import node_names
-from cluster.ca_override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
-from cluster.cert_authority import CertAuthority
-from cluster.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
-from cluster.etcd_keys import cert_authority_key, override_key, override_prefix
-from cluster.override_validation import OverrideContext, check_override
-from cluster.store import DELETE, EtcdStore, Versioned
+from authsim.auth_node.cluster_view import ClusterView
+from authsim.auth_node.config import NodeConfig
+from authsim.cluster.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
+from authsim.cluster.resources.validation import OverrideContext, check_override
+from authsim.cluster.store import DELETE, EtcdStore, Versioned
+from authsim.cluster.store.addresses import node_names
+from authsim.cluster.store.keys import cert_authority_key, override_key, override_prefix
 
 
 class Removal(enum.Enum):

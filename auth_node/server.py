@@ -10,16 +10,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from auth_node.ca_keys import ensure_ca_keys
-from auth_node.cluster_view import ClusterView
-from auth_node.config import NodeConfig
-from auth_node.pb import authsim_pb2, authsim_pb2_grpc
-from auth_node.registry import register_node
-from auth_node.service import AuthService
-from cluster.errors import AuthSimError, StoreUnavailableError
-from cluster.pki import TLSIdentity
-from cluster.store import EtcdStore
-from hsm import Pkcs11KeyStore
+from authsim.auth_node.ca_keys import ensure_ca_keys
+from authsim.auth_node.cluster_view import ClusterView
+from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
+from authsim.auth_node.service import AuthService
+from authsim.cluster.errors import AuthSimError, StoreUnavailableError
+from authsim.cluster.mtls import TLSIdentity
+from authsim.cluster.store import EtcdStore
+from authsim.cluster.store.addresses import register_node
+from authsim.hsm import Pkcs11KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ async def keep_healthy(
         try:
             if not ready:
                 await ensure_ca_keys(store, keystore, node)
-                await register_node(store, node)
+                await register_node(store, node.cluster_name, node.host_id, node.name, node.listen)
                 ready = True
             else:
                 await store.ping()

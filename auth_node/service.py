@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_public_key,
 )
 
-from auth_node.ca_keys import load_cert_authority, promote_additional_keys
-from auth_node.cluster_view import ClusterView
-from auth_node.config import NodeConfig
-from auth_node.csr import create_override_csrs
-from auth_node.events import list_events, record_event, session_start_event
-from auth_node.issuance import (
+from authsim.auth_node.ca_keys import load_cert_authority, promote_additional_keys
+from authsim.auth_node.cluster_view import ClusterView
+from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.csr import create_override_csrs
+from authsim.auth_node.events import list_events, record_event, session_start_event
+from authsim.auth_node.issuance import (
     DEFAULT_TTL,
     Credential,
     CredentialRequest,
@@ -34,19 +34,19 @@ from auth_node.issuance import (
     require_ca,
     resolve_issuer,
 )
-from auth_node.overrides import Overrides, WriteResult
-from auth_node.pb import authsim_pb2 as pb
-from auth_node.pb import authsim_pb2_grpc as pb_grpc
-from auth_node.registry import node_names
-from auth_node.token_signer import TokenSigner
-from cluster.ca_override import CertAuthorityOverride, CertificateOverride
-from cluster.ca_types import CA_TYPES, resolve_ca_type
-from cluster.cert_authority import CertAuthority
-from cluster.errors import AuthSimError, NotFoundError, StoreUnavailableError, ValidationError
-from cluster.rpc_errors import ERROR_MARKER, status_code_for
-from cluster.store import EtcdStore
-from cluster.targets.client import open_db_session, open_desktop_session
-from hsm import Pkcs11KeyStore
+from authsim.auth_node.overrides import Overrides, WriteResult
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
+from authsim.auth_node.target_sessions import open_db_session, open_desktop_session
+from authsim.auth_node.token_signer import TokenSigner
+from authsim.cluster.errors import AuthSimError, NotFoundError, StoreUnavailableError, ValidationError
+from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
+from authsim.cluster.rpc_errors import ERROR_MARKER, status_code_for
+from authsim.cluster.store import EtcdStore
+from authsim.cluster.store.addresses import node_names
+from authsim.hsm import Pkcs11KeyStore
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from hsm import KeyRef, Pkcs11KeyStore
+from authsim.hsm import KeyRef, Pkcs11KeyStore
 
 
 @dataclass

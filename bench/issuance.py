@@ -13,18 +13,18 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from auth_node.pb import authsim_pb2 as pb
-from auth_node.pb import authsim_pb2_grpc as pb_grpc
-from cluster.external_ca import init
-from cluster.launcher import admin_identity
-from cluster.local import LocalCluster
-from cluster.pki import NODE_TLS_NAME
-from hsm import provision_token
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
+from authsim.cluster.api.local_cluster import LocalCluster
+from authsim.cluster.local.external_ca import init
+from authsim.cluster.local.launcher import admin_identity
+from authsim.cluster.mtls import NODE_TLS_NAME
+from authsim.hsm import provision_token
 
 RAW_SIGN = """
 import sys, time, uuid
 from pathlib import Path
-from hsm import Pkcs11KeyStore, load_token_config
+from authsim.hsm import Pkcs11KeyStore, load_token_config
 config = load_token_config(Path(sys.argv[1]), "bench")
 store = Pkcs11KeyStore.open(config, str(uuid.uuid4()), "bench")
 ref, _ = store.generate_rsa_key()

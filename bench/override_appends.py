@@ -10,11 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-from auth_node.pb import authsim_pb2 as pb
-from cluster.etcd_server import EtcdServer
-from cluster.external_ca import init
-from cluster.local import local_cluster
-from cluster.store import EtcdStore
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.api.local_cluster import local_cluster
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.local.external_ca import init
+from authsim.cluster.store import EtcdStore
 
 
 async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:

@@ -19,14 +19,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from issuance import issuance_rate, propagation, raw_sign_rate
-from override_appends import raw_cas_latency, simultaneous_appends
 from rich.console import Console
 from rich.table import Table
 
-from cluster.etcd_server import EtcdServer
-from cluster.launcher import UpOptions, down, up
-from cluster.local import local_cluster
+from authsim.cluster.api.local_cluster import local_cluster
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.local.launcher import UpOptions, down, up
+from bench.issuance import issuance_rate, propagation, raw_sign_rate
+from bench.override_appends import raw_cas_latency, simultaneous_appends
 
 HERE = Path(__file__).parent
 BATCH = 32  # requests per SignBatch call

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from cluster.errors import (
+from authsim.cluster.errors import (
     AlreadyExistsError,
     AuthSimError,
     ConflictError,

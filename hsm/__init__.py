@@ -1,8 +1,8 @@
 """PKCS#11 key access and token provisioning: one token per node, keys that never leave it."""
 
-from hsm.keystore import KeyRef, Pkcs11KeyStore, public_key_hash
-from hsm.provision import DEFAULT_PKCS11_MODULE, TokenConfig, load_token_config, provision_token
-from hsm.token_key import TokenRSAPrivateKey
+from authsim.hsm.keystore import KeyRef, Pkcs11KeyStore, public_key_hash
+from authsim.hsm.provision import DEFAULT_PKCS11_MODULE, TokenConfig, load_token_config, provision_token
+from authsim.hsm.token_key import TokenRSAPrivateKey
 
 __all__ = [
     "DEFAULT_PKCS11_MODULE",

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
-from cluster.errors import KeyAccessError, NotFoundError, ValidationError
-from hsm.provision import TokenConfig
-from hsm.token_key import TokenRSAPrivateKey
+from authsim.cluster.errors import KeyAccessError, NotFoundError, ValidationError
+from authsim.hsm.provision import TokenConfig
+from authsim.hsm.token_key import TokenRSAPrivateKey
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.errors import ClusterError, KeyAccessError
+from authsim.cluster.errors import ClusterError, KeyAccessError
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 _MULTIARCH_PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"

@@ -10,10 +10,10 @@ from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding,
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, KeySerializationEncryption, PrivateFormat
 
-from cluster.errors import KeyAccessError
+from authsim.cluster.errors import KeyAccessError
 
 if TYPE_CHECKING:
-    from hsm.keystore import KeyRef, Pkcs11KeyStore
+    from authsim.hsm.keystore import KeyRef, Pkcs11KeyStore
 
 
 class TokenRSAPrivateKey(rsa.RSAPrivateKey):

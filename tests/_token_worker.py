@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, ObjectClass
 
-from cluster.errors import AuthSimError
-from hsm import KeyRef, Pkcs11KeyStore, TokenConfig, load_token_config, public_key_hash
+from authsim.cluster.errors import AuthSimError
+from authsim.hsm import KeyRef, Pkcs11KeyStore, TokenConfig, load_token_config, public_key_hash
 
 Request = dict[str, Any]
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.etcd_server import EtcdServer
-from cluster.store import EtcdStore
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.store import EtcdStore
 
 
 @pytest.fixture(scope="session")

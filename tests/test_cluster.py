@@ -17,11 +17,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_node.pb import authsim_pb2, authsim_pb2_grpc
-from cluster import processes
-from cluster.etcd_server import EtcdServer
-from cluster.local import LocalCluster, local_cluster
-from cluster.pki import NODE_TLS_NAME, ensure_admin_identity
+from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
+from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.local import processes
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.mtls import NODE_TLS_NAME, ensure_admin_identity
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -252,7 +252,13 @@ def test_up_without_etcd_on_path_says_how_to_install(tmp_path: Path) -> None:
 def _run_node(directory: Path, node: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SOFTHSM2_CONF=str(directory / "nodes" / node / "softhsm2.conf"))
     return subprocess.run(
-        [sys.executable, "-m", "auth_node", "--config", str(directory / "nodes" / node / "node.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "authsim.auth_node",
+            "--config",
+            str(directory / "nodes" / node / "node.yaml"),
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -1,8 +1,9 @@
 """docker-compose.yml: checked by `docker-compose config -q`, shaped as issue 5 asks, its commands run here.
 
 There is no Docker engine on this machine, so the containers' commands (`authsim provision pki`,
-`authsim provision node`, `python -m auth_node`, `python -m cluster.targets.provision pki|trust`,
-`python -m cluster.targets`, the targets' healthcheck, `authctl exercise`) run for real outside Docker:
+`authsim provision node`, `python -m authsim.auth_node`,
+`python -m authsim.cluster.cli.targets_provision pki|trust`, `python -m authsim.cluster.targets`, the
+targets' healthcheck, `authctl exercise`) run for real outside Docker:
 a real etcd, real SoftHSM2 tokens, real node processes that must report SERVING over mTLS with the
 admin identity, and real target processes that must accept the credentials the nodes issue.
 """
@@ -25,28 +26,28 @@ import click
 import pytest
 import yaml
 
-from auth_node.config import NodeConfig
-from cluster import processes
-from cluster.authctl_cli import main as authctl_main
-from cluster.ca_types import CA_TYPES
-from cluster.etcd_server import EtcdServer
-from cluster.launcher import admin_identity
-from cluster.node_client import NodeClient
-from cluster.ports import free_port
-from cluster.provision_cli import main as provision_main
-from cluster.provision_cli import provision
-from cluster.state import ClusterState
-from cluster.targets import start_target, target_marker
-from cluster.targets._tls import KINDS
-from cluster.targets.provision import main as targets_provision_main
-from cluster.targets.provision import targets as targets_provision
-from cluster.targets.trust import read_trust
+from authsim.auth_node.config import NodeConfig
+from authsim.cluster.cli.authctl import main as authctl_main
+from authsim.cluster.cli.provision import main as provision_main
+from authsim.cluster.cli.provision import provision
+from authsim.cluster.cli.targets_provision import main as targets_provision_main
+from authsim.cluster.cli.targets_provision import targets as targets_provision
+from authsim.cluster.local import processes
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.local.launcher import admin_identity
+from authsim.cluster.local.node_client import NodeClient
+from authsim.cluster.local.ports import free_port
+from authsim.cluster.local.state import ClusterState
+from authsim.cluster.local.target_process import start_target, target_marker
+from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.targets._tls import KINDS
+from authsim.cluster.targets.trust import read_trust
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ETCD_CLIENT_PORT = 2379
-TARGET_MODULE = ["python", "-m", "cluster.targets"]
-TARGETS_PROVISION = ["python", "-m", "cluster.targets.provision"]
+TARGET_MODULE = ["python", "-m", "authsim.cluster.targets"]
+TARGETS_PROVISION = ["python", "-m", "authsim.cluster.cli.targets_provision"]
 START_TIMEOUT = 60.0
 
 Service = dict[str, Any]
@@ -125,7 +126,7 @@ def _script_lines(service: Service) -> list[list[str]]:
 
 
 def _node_services(services: dict[str, Service]) -> dict[str, Service]:
-    return {name: s for name, s in services.items() if "auth_node" in str(s.get("command", ""))}
+    return {name: s for name, s in services.items() if "authsim.auth_node" in str(s.get("command", ""))}
 
 
 def _target_services(services: dict[str, Service]) -> dict[str, Service]:
@@ -142,7 +143,7 @@ def _params(argv: list[str], prefix: list[str], group: click.Group = provision) 
 
 
 def _init_lines(services: dict[str, Service]) -> tuple[list[str], list[str]]:
-    """init's two steps: `authsim provision pki ...`, `exec python -m cluster.targets.provision pki ...`."""
+    """init's two steps: `authsim provision pki ...`, then the targets' `provision pki`."""
     pki_line, targets_line = _script_lines(services["init"])
     return pki_line, targets_line[1:] if targets_line[:1] == ["exec"] else targets_line
 
@@ -205,7 +206,7 @@ def test_each_node_has_its_own_state_volume(compose: dict[str, Any], services: d
         params = _params(provision_line, ["authsim", "provision", "node"])
         state = str(params["directory"])
         assert params["name"] == name and params["etcd"] == etcd_endpoints
-        assert run_line == ["exec", "python", "-m", "auth_node", "--config", f"{state}/node.yaml"]
+        assert run_line == ["exec", "python", "-m", "authsim.auth_node", "--config", f"{state}/node.yaml"]
         assert service["environment"]["SOFTHSM2_CONF"] == f"{state}/softhsm2.conf"
         volume, read_only = _volume_at(service, state)
         assert volume in compose["volumes"] and not read_only
@@ -244,7 +245,7 @@ def test_init_hands_out_the_pki(services: dict[str, Service]) -> None:
 def test_one_service_per_target_running_the_launchers_command(
     services: dict[str, Service], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """desktop and db run `python -m cluster.targets` with the flags `authsim up` gives it, listen
+    """desktop and db run `python -m authsim.cluster.targets` with the flags `authsim up` gives it, listen
     where init told authctl they are, and see only the targets volume (read-only)."""
     found = _target_services(services)
     assert set(found) == set(KINDS) == {info.target for info in CA_TYPES.values()}
@@ -291,7 +292,7 @@ def test_targets_trust_runs_once_the_nodes_are_up(services: dict[str, Service]) 
 
 
 def test_authsim_cli_has_the_provision_group() -> None:
-    from cluster.authsim_cli import cli
+    from authsim.cluster.cli.authsim import cli
 
     assert isinstance(cli, click.Group) and cli.commands.get("provision") is provision
 
@@ -363,14 +364,14 @@ def test_compose_commands_serve_nodes_and_targets(
                 assert provision_main(argv) == 0  # idempotent: same token, same host id
                 assert (state / "host_id").read_text() == host_id
             else:
-                module = [sys.executable, "-m", "cluster.provision_cli"]
+                module = [sys.executable, "-m", "authsim.cluster.cli.provision"]
                 subprocess.run([*module, *argv], check=True, capture_output=True, timeout=60)
             config = NodeConfig.load(state / "node.yaml")
             assert _mode(state / "tokens") == 0o700
             assert _mode(state / "pin") == 0o600 and _mode(state / "tls.key") == 0o600
             configs.append(config)
         for config in configs:
-            argv = [sys.executable, "-m", "auth_node", "--config", str(config.node_dir / "node.yaml")]
+            argv = [sys.executable, "-m", "authsim.auth_node", "--config", str(config.node_dir / "node.yaml")]
             started.append((processes.spawn(argv, config.log_file, config.token().process_env()), config))
         identity = admin_identity(admin_dir)
         deadline = time.monotonic() + START_TIMEOUT
@@ -391,7 +392,7 @@ def test_compose_commands_serve_nodes_and_targets(
         cluster.save(admin_dir)
         trust_argv = _localize(services["targets-trust"]["command"], local)
         done = subprocess.run(
-            [sys.executable, "-m", "cluster.targets.provision", *trust_argv],
+            [sys.executable, "-m", "authsim.cluster.cli.targets_provision", *trust_argv],
             capture_output=True,
             text=True,
             timeout=2 * START_TIMEOUT,

@@ -23,21 +23,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from auth_node.config import NodeConfig
-from auth_node.pb import authsim_pb2 as pb
-from cluster import authsim_cli, launcher, processes
-from cluster.errors import ClusterError, StoreUnavailableError
-from cluster.etcd_server import EtcdServer
-from cluster.external_ca import init
-from cluster.local import LocalCluster, local_cluster
-from cluster.node_client import NodeClient
-from cluster.pki import write_private
-from cluster.ports import free_port
-from cluster.state import ClusterState, EtcdEntry
-from cluster.store import EtcdStore, EtcdTLS
-from cluster.watch import watch_overrides
+from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.cli import authsim as authsim_cli
+from authsim.cluster.cli.watch import watch_overrides
+from authsim.cluster.errors import ClusterError, StoreUnavailableError
+from authsim.cluster.local import launcher, processes
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.local.external_ca import init
+from authsim.cluster.local.node_client import NodeClient
+from authsim.cluster.local.ports import free_port
+from authsim.cluster.local.state import ClusterState, EtcdEntry
+from authsim.cluster.mtls import write_private
+from authsim.cluster.store import EtcdStore, EtcdTLS
 
-AUTHSIM = [sys.executable, "-m", "cluster.authsim_cli"]
+AUTHSIM = [sys.executable, "-m", "authsim.cluster.cli.authsim"]
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ def test_cli_etcd_tls_errors_are_one_line(tls_etcd: list[EtcdServer], pki: EtcdP
 def test_cli_provision_with_etcd_tls_starts_a_serving_node(
     tls_etcd: list[EtcdServer], pki: EtcdPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`authsim provision pki|node --etcd-cacert/--etcd-cert/--etcd-key`, then `python -m auth_node`."""
+    """`authsim provision pki|node --etcd-cacert/--etcd-cert/--etcd-key`, then run the node."""
     etcd = ",".join(endpoints(tls_etcd))
     tls_args = ["--etcd-cacert", str(pki.client.cacert), "--etcd-cert", str(pki.client.cert)]
     tls_args += ["--etcd-key", str(pki.client.key)]
@@ -337,7 +338,7 @@ def test_cli_provision_with_etcd_tls_starts_a_serving_node(
     config = NodeConfig.load(state / "node.yaml")
     assert config.etcd_tls == pki.client and config.etcd_endpoints == tuple(endpoints(tls_etcd))
 
-    argv = [sys.executable, "-m", "auth_node", "--config", str(state / "node.yaml")]
+    argv = [sys.executable, "-m", "authsim.auth_node", "--config", str(state / "node.yaml")]
     process = processes.spawn(argv, config.log_file, config.token().process_env())
     try:
         deadline = time.monotonic() + 60

@@ -36,10 +36,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from cluster import external_ca_cli
-from cluster.cert_files import public_key_hash_of_cert, read_pem_block, read_pem_certificate
-from cluster.errors import ClusterError, NotFoundError, ValidationError
-from cluster.external_ca import (
+from authsim.cluster.cli import external_ca as external_ca_cli
+from authsim.cluster.cli.pem_files import public_key_hash_of_cert, read_pem_block, read_pem_certificate
+from authsim.cluster.errors import ClusterError, NotFoundError, ValidationError
+from authsim.cluster.local.external_ca import (
     DEFECTS,
     OPENSSL_EXTFILE,
     OPENSSL_SIGN_COMMAND,
@@ -47,7 +47,7 @@ from cluster.external_ca import (
     ExternalCA,
     init,
 )
-from cluster.override_validation import CLUSTER_NAME_OID
+from authsim.cluster.resources.validation import CLUSTER_NAME_OID
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = [(NameOID.ORGANIZATION_NAME, "mycluster"), (NameOID.COMMON_NAME, "mycluster")]
@@ -321,7 +321,7 @@ def test_cli_as_python_module(tmp_path: Path) -> None:
     (tmp_path / "broken-csr.pem").write_bytes(broken)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "cluster.external_ca_cli", *args]
+        command = [sys.executable, "-m", "authsim.cluster.cli.external_ca", *args]
         return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
 
     assert run("init", "--dir", str(tmp_path / "ca")).returncode == 0

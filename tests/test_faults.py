@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from auth_node.pb import authsim_pb2 as pb
-from cluster.ca_override import CertAuthorityOverride
-from cluster.cert_authority import CertAuthority
-from cluster.errors import AuthSimError
-from cluster.etcd_server import EtcdServer
-from cluster.external_ca import init
-from cluster.local import LocalCluster, local_cluster
-from cluster.override_validation import OverrideContext, validate_override
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.errors import AuthSimError
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.local.external_ca import init
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import CertAuthorityOverride
+from authsim.cluster.resources.validation import OverrideContext, validate_override
 
 
 def leader(servers: list[EtcdServer]) -> EtcdServer:

@@ -32,11 +32,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
-from auth_node.csr import MAX_SUBJECT_CHARS, csr_subject
-from auth_node.issuance import Credential, CredentialRequest, Issuer, issue_credentials
-from auth_node.token_signer import TokenSigner
-from cluster import ca_override
-from cluster.ca_override import (
+from authsim.auth_node.csr import MAX_SUBJECT_CHARS, csr_subject
+from authsim.auth_node.issuance import Credential, CredentialRequest, Issuer, issue_credentials
+from authsim.auth_node.token_signer import TokenSigner
+from authsim.cluster.errors import ValidationError
+from authsim.cluster.resources import override as ca_override
+from authsim.cluster.resources.ca_types import resolve_ca_type
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import (
     KIND,
     MAX_ENTRIES,
     MAX_RESOURCE_BYTES,
@@ -47,12 +50,9 @@ from cluster.ca_override import (
     CertificateOverride,
     parse_override_yaml,
 )
-from cluster.ca_types import resolve_ca_type
-from cluster.cert_authority import CertAuthority
-from cluster.errors import ValidationError
-from cluster.override_validation import MAX_CHAIN, OverrideContext, check_override, validate_override
-from cluster.yaml_codec import dump_yaml
-from hsm import KeyRef, Pkcs11KeyStore
+from authsim.cluster.resources.validation import MAX_CHAIN, OverrideContext, check_override, validate_override
+from authsim.cluster.resources.yaml_codec import dump_yaml
+from authsim.hsm import KeyRef, Pkcs11KeyStore
 from tests.certs import CertKey, ca_key_pair, cluster_ca, external_ca, name, override_cert, rsa_key
 
 CLUSTER = "mycluster"

@@ -19,8 +19,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from cluster.errors import ClusterError, KeyAccessError, ValidationError
-from hsm import KeyRef, Pkcs11KeyStore, TokenConfig, TokenRSAPrivateKey, provision_token, public_key_hash
+from authsim.cluster.errors import ClusterError, KeyAccessError, ValidationError
+from authsim.hsm import (
+    KeyRef,
+    Pkcs11KeyStore,
+    TokenConfig,
+    TokenRSAPrivateKey,
+    provision_token,
+    public_key_hash,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("_token_worker.py")

@@ -18,13 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from auth_node.pb import authsim_pb2 as pb
-from cluster.errors import ValidationError
-from cluster.etcd_keys import target_key
-from cluster.external_ca import ExternalCA, init
-from cluster.local import LocalCluster, local_cluster
-from cluster.store import EtcdStore
-from cluster.targets.registry import register_targets
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.errors import ValidationError
+from authsim.cluster.local.external_ca import ExternalCA, init
+from authsim.cluster.local.launcher import register_target_addresses
+from authsim.cluster.store import EtcdStore
+from authsim.cluster.store.keys import target_key
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -248,7 +248,7 @@ def test_exercise_goes_only_to_the_target_registered_in_etcd(flow: Flow) -> None
         time.sleep(0.05)
     assert f"no db target is registered in cluster {state.cluster_name}" in done.stderr
     assert len(flow.cluster.events()) == events  # no session, no event
-    register_targets(state)
+    register_target_addresses(state)
     deadline = time.monotonic() + 5
     while flow.cluster.authctl("exercise", "--type=db_client", "--user=alice").exit_code != 0:
         assert time.monotonic() < deadline, "registered again, the target is still unknown"

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from auth_node.cluster_view import ClusterView
-from auth_node.config import NodeConfig
-from auth_node.overrides import Overrides
-from cluster.ca_override import CertAuthorityOverride, CertificateOverride
-from cluster.cert_authority import CertAuthority
-from cluster.errors import ValidationError
-from cluster.etcd_keys import cert_authority_key, cluster_prefix, override_key
-from cluster.etcd_server import EtcdServer
-from cluster.store import EtcdStore, Versioned
+from authsim.auth_node.cluster_view import ClusterView
+from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.overrides import Overrides
+from authsim.cluster.errors import ValidationError
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
+from authsim.cluster.store import EtcdStore, Versioned
+from authsim.cluster.store.keys import cert_authority_key, cluster_prefix, override_key
 from tests.certs import ca_key_pair, cluster_ca, external_ca, override_cert, rsa_key
 
 HOST_A, HOST_B = "host-a", "host-b"

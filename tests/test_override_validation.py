@@ -21,12 +21,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from auth_node.pb import authsim_pb2 as pb
-from cluster.ca_override import CertAuthorityOverride, CertificateOverride, parse_override_yaml
-from cluster.cert_authority import CertAuthority
-from cluster.errors import ValidationError
-from cluster.override_validation import OverrideContext, check_override, validate_override
-from cluster.yaml_codec import dump_yaml
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.errors import ValidationError
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride, parse_override_yaml
+from authsim.cluster.resources.validation import OverrideContext, check_override, validate_override
+from authsim.cluster.resources.yaml_codec import dump_yaml
 from tests.certs import (
     CertKey,
     ca_key_pair,

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from cluster.external_ca import ExternalCA, init
-from cluster.local import LocalCluster, local_cluster
-from cluster.yaml_codec import dump_yaml
+from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.local.external_ca import ExternalCA, init
+from authsim.cluster.resources.yaml_codec import dump_yaml
 
 Doc = dict[str, Any]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from auth_node.pb import authsim_pb2 as pb
-from cluster.external_ca import ExternalCA, init
-from cluster.local import LocalCluster, local_cluster
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.local.external_ca import ExternalCA, init
 
 OPENSSL_EXT = """basicConstraints=critical,CA:TRUE,pathlen:0
 keyUsage=critical,keyCertSign,cRLSign

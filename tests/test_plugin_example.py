@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.external_ca import init
-from cluster.local import LocalCluster
+from authsim.cluster.api.local_cluster import LocalCluster
+from authsim.cluster.local.external_ca import init
 
 
 @pytest.mark.authsim(nodes=2, cluster_name="acme")

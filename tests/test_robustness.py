@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from auth_node.pb import authsim_pb2 as pb
-from cluster import processes
-from cluster.errors import ClusterError
-from cluster.external_ca import init
-from cluster.launcher import node_marker
-from cluster.local import LocalCluster, local_cluster
-from cluster.targets.process import target_marker
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.errors import ClusterError
+from authsim.cluster.local import processes
+from authsim.cluster.local.external_ca import init
+from authsim.cluster.local.launcher import node_marker
+from authsim.cluster.local.target_process import target_marker
 
 BIN = Path(sys.executable).parent
 

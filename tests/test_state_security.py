@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cluster import launcher, processes
-from cluster.demo import EMPTY_OVERRIDE, run_demo
-from cluster.local import LocalCluster
+from authsim.cluster.api.local_cluster import LocalCluster
+from authsim.cluster.cli.demo import EMPTY_OVERRIDE, run_demo
+from authsim.cluster.local import launcher, processes
 
 PEM_PRIVATE_KEY = b"PRIVATE KEY-----"  # the end of every PEM private key header and footer
 # Raw DER private keys, in case one is ever written without PEM armour: the start of PKCS#8 for RSA and

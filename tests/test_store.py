@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from cluster.errors import (
+from authsim.cluster.errors import (
     AlreadyExistsError,
     ClusterError,
     ConflictError,
     StoreUnavailableError,
     ValidationError,
 )
-from cluster.etcd_server import EtcdServer, find_etcd_binary
-from cluster.store import DELETE, EtcdStore, UpdateResult, Versioned
+from authsim.cluster.local.etcd_server import EtcdServer, find_etcd_binary
+from authsim.cluster.store import DELETE, EtcdStore, UpdateResult, Versioned
 
 ROOT = Path(__file__).resolve().parent.parent
 

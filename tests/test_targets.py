@@ -21,25 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cluster import processes
-from cluster.errors import ValidationError
-from cluster.ports import free_port
-from cluster.targets import (
-    SessionResult,
-    Trust,
-    add_trust,
-    open_db_session,
-    open_desktop_session,
-    read_trust,
-    set_default_trust,
-    start_target,
-    target_marker,
-    trust_file,
-    verify_desktop_credential,
-    wait_listening,
-)
-from cluster.targets.desktop import UPN_OID
-from cluster.targets.trust_cli import trust
+from authsim.auth_node.target_sessions import SessionResult, open_db_session, open_desktop_session
+from authsim.cluster.cli.trust import trust
+from authsim.cluster.errors import ValidationError
+from authsim.cluster.local import processes
+from authsim.cluster.local.ports import free_port
+from authsim.cluster.local.target_process import start_target, target_marker, wait_listening
+from authsim.cluster.targets.desktop import UPN_OID, verify_desktop_credential
+from authsim.cluster.targets.trust import Trust, add_trust, read_trust, set_default_trust, trust_file
 from tests.certs import CertKey, cluster_ca, external_ca, issue_cert, override_cert, rsa_key
 
 CLUSTER = "mycluster"

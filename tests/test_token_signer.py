@@ -14,9 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from auth_node.token_signer import TokenSigner
-from cluster.errors import KeyAccessError
-from hsm import KeyRef, Pkcs11KeyStore
+from authsim.auth_node.token_signer import TokenSigner
+from authsim.cluster.errors import KeyAccessError
+from authsim.hsm import KeyRef, Pkcs11KeyStore
 from tests.certs import rsa_key
 
 GOOD, GONE = KeyRef("host", "aa"), KeyRef("host", "bb")

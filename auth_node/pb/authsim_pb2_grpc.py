@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from auth_node.pb import authsim_pb2 as auth__node_dot_pb_dot_authsim__pb2
+from authsim.auth_node.pb import authsim_pb2 as authsim_dot_auth__node_dot_pb_dot_authsim__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in auth_node/pb/authsim_pb2_grpc.py depends on'
+        + ' but the generated code in authsim/auth_node/pb/authsim_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,73 +36,73 @@ class AuthServiceStub:
         """
         self.RotateCertAuthority = channel.unary_unary(
                 '/authsim.v1.AuthService/RotateCertAuthority',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.RotateRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RotateRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
                 _registered_method=True)
         self.Sign = channel.unary_unary(
                 '/authsim.v1.AuthService/Sign',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignResponse.FromString,
                 _registered_method=True)
         self.SignBatch = channel.unary_unary(
                 '/authsim.v1.AuthService/SignBatch',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.FromString,
                 _registered_method=True)
         self.Exercise = channel.unary_unary(
                 '/authsim.v1.AuthService/Exercise',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.FromString,
                 _registered_method=True)
         self.ListEvents = channel.unary_unary(
                 '/authsim.v1.AuthService/ListEvents',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
         self.GetCertAuthority = channel.unary_unary(
                 '/authsim.v1.AuthService/GetCertAuthority',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.CertAuthority.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CertAuthority.FromString,
                 _registered_method=True)
         self.GetNodeStatus = channel.unary_unary(
                 '/authsim.v1.AuthService/GetNodeStatus',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.NodeStatus.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.NodeStatus.FromString,
                 _registered_method=True)
         self.CreateOverrideCSR = channel.unary_unary(
                 '/authsim.v1.AuthService/CreateOverrideCSR',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.FromString,
                 _registered_method=True)
         self.ListOverrides = channel.unary_unary(
                 '/authsim.v1.AuthService/ListOverrides',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.FromString,
                 _registered_method=True)
         self.WriteOverrideResource = channel.unary_unary(
                 '/authsim.v1.AuthService/WriteOverrideResource',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
                 _registered_method=True)
         self.DeleteOverrideResource = channel.unary_unary(
                 '/authsim.v1.AuthService/DeleteOverrideResource',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
                 _registered_method=True)
         self.CreateOverride = channel.unary_unary(
                 '/authsim.v1.AuthService/CreateOverride',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
                 _registered_method=True)
         self.UpdateOverride = channel.unary_unary(
                 '/authsim.v1.AuthService/UpdateOverride',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
                 _registered_method=True)
         self.DeleteOverride = channel.unary_unary(
                 '/authsim.v1.AuthService/DeleteOverride',
-                request_serializer=auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.SerializeToString,
-                response_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
                 _registered_method=True)
 
 
@@ -198,73 +198,73 @@ def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RotateCertAuthority': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateCertAuthority,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.RotateRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RotateRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
             ),
             'Sign': grpc.unary_unary_rpc_method_handler(
                     servicer.Sign,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.SignResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignResponse.SerializeToString,
             ),
             'SignBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.SignBatch,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.SerializeToString,
             ),
             'Exercise': grpc.unary_unary_rpc_method_handler(
                     servicer.Exercise,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.SerializeToString,
             ),
             'ListEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvents,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.SerializeToString,
             ),
             'GetCertAuthority': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCertAuthority,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.CertAuthority.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CertAuthority.SerializeToString,
             ),
             'GetNodeStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNodeStatus,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.NodeStatus.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.NodeStatus.SerializeToString,
             ),
             'CreateOverrideCSR': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateOverrideCSR,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.SerializeToString,
             ),
             'ListOverrides': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOverrides,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.SerializeToString,
             ),
             'WriteOverrideResource': grpc.unary_unary_rpc_method_handler(
                     servicer.WriteOverrideResource,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
             ),
             'DeleteOverrideResource': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteOverrideResource,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
             ),
             'CreateOverride': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateOverride,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
             ),
             'UpdateOverride': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateOverride,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
             ),
             'DeleteOverride': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteOverride,
-                    request_deserializer=auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.FromString,
-                    response_serializer=auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -292,8 +292,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/RotateCertAuthority',
-            auth__node_dot_pb_dot_authsim__pb2.RotateRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RotateRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -319,8 +319,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/Sign',
-            auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.SignResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -346,8 +346,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/SignBatch',
-            auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignBatchRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -373,8 +373,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/Exercise',
-            auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ExerciseRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ExerciseResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -400,8 +400,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/ListEvents',
-            auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -427,8 +427,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/GetCertAuthority',
-            auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.CertAuthority.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CertAuthority.FromString,
             options,
             channel_credentials,
             insecure,
@@ -454,8 +454,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/GetNodeStatus',
-            auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.NodeStatus.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.NodeStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,8 +481,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/CreateOverrideCSR',
-            auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideCSRResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -508,8 +508,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/ListOverrides',
-            auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetOverrideRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListOverridesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -535,8 +535,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/WriteOverrideResource',
-            auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteOverrideRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -562,8 +562,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/DeleteOverrideResource',
-            auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideResourceRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -589,8 +589,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/CreateOverride',
-            auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CreateOverrideRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -616,8 +616,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/UpdateOverride',
-            auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.UpdateOverrideRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -643,8 +643,8 @@ class AuthService:
             request,
             target,
             '/authsim.v1.AuthService/DeleteOverride',
-            auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.SerializeToString,
-            auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

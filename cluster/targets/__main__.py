@@ -1,4 +1,4 @@
-"""Entry point of a target process: `python -m cluster.targets --dir D --kind desktop|db --listen H:P`."""
+"""A target process: `python -m authsim.cluster.targets --dir D --kind desktop|db --listen H:P`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
-from cluster.errors import AuthSimError
-from cluster.targets._tls import KINDS, target_identity
-from cluster.targets.database import start_database
-from cluster.targets.desktop import start_desktop
+from authsim.cluster.errors import AuthSimError
+from authsim.cluster.targets._tls import KINDS, target_identity
+from authsim.cluster.targets.database import start_database
+from authsim.cluster.targets.desktop import start_desktop
 
 log = logging.getLogger("target")
 
@@ -33,7 +33,9 @@ async def serve(cluster_dir: Path, kind: str, host: str, port: int, cluster_name
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cluster.targets", description="Run one authsim downstream target.")
+    parser = argparse.ArgumentParser(
+        prog="authsim.cluster.targets", description="Run one authsim downstream target."
+    )
     parser.add_argument("--dir", type=Path, required=True, help="the cluster dir")
     parser.add_argument("--kind", choices=KINDS, required=True, help="which target")
     parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from cluster.pki import TLSIdentity, ensure_server_identity
+from authsim.cluster.mtls import TLSIdentity, ensure_server_identity
 
 KINDS = ("desktop", "db")
 

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from cluster.pki import TLSIdentity
-from cluster.targets._tls import server_context
-from cluster.targets.trust import trust_file
+from authsim.cluster.mtls import TLSIdentity
+from authsim.cluster.targets._tls import server_context
+from authsim.cluster.targets.trust import trust_file
 
 DATABASE_NAME = "example-db"
 _TIMEOUT = 10.0

@@ -21,9 +21,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-from cluster.pki import TLSIdentity
-from cluster.targets._tls import server_context
-from cluster.targets.trust import read_trust
+from authsim.cluster.mtls import TLSIdentity
+from authsim.cluster.targets._tls import server_context
+from authsim.cluster.targets.trust import read_trust
 
 DESKTOP_NAME = "example-desktop"
 UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")

@@ -18,7 +18,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cluster.errors import ValidationError
+from authsim.cluster.errors import ValidationError
 
 TargetKind = Literal["desktop", "db"]
 Store = Literal["ntauth", "ca"]

@@ -1,0 +1,296 @@
+"""`authctl`: the admin CLI; talks to one chosen node over mutually authenticated gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+from cryptography import x509
+from rich.table import Table
+
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.cli.authctl_auth import auth
+from authsim.cluster.cli.common import make_console, run_cli
+from authsim.cluster.cli.node_choice import Target
+from authsim.cluster.errors import AuthSimError, ValidationError
+from authsim.cluster.local.state import cluster_dir
+from authsim.cluster.resources.ca_types import resolve_ca_type
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import CertAuthorityOverride, parse_override_yaml
+from authsim.cluster.resources.yaml_codec import dump_yaml
+
+console = make_console()
+FORMATS = click.Choice(["yaml", "json", "text"])
+
+
+@click.group(help="Administer an authsim cluster through one of its Auth nodes.")
+@click.option(
+    "--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)"
+)
+@click.option("--node", default=None, help="node to talk to, by name (default: the first healthy node)")
+@click.option("--auth-server", default=None, help="node address host:port instead of --node")
+@click.pass_context
+def cli(ctx: click.Context, directory: str | None, node: str | None, auth_server: str | None) -> None:
+    if node and auth_server:
+        raise click.UsageError("give --node or --auth-server, not both")
+    ctx.obj = Target(cluster_dir(directory), node, auth_server)
+
+
+CA_KINDS = ("cas", "cert_authority", "cert_authorities")
+OVERRIDE_KINDS = ("ca_overrides", "ca_override", "cert_authority_override", "cert_authority_overrides")
+
+
+def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
+    kind, _, name = resource.partition("/")
+    if kind not in kinds or (need_name and not name):
+        known = "cas/TYPE, ca_overrides[/TYPE], events"
+        raise ValidationError([f"resource: {resource!r} is not a resource authctl knows (known: {known})"])
+    return name
+
+
+@cli.command(help="Show a resource: cas/TYPE, ca_overrides[/TYPE] or events.")
+@click.argument("resource")
+@click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True)
+@click.pass_obj
+def get(target: Target, resource: str, fmt: str) -> None:
+    if resource == "events":
+        with target.client() as client:
+            events = [json.loads(e) for e in client.call("ListEvents", pb.ListEventsRequest()).events]
+        _print_events(events, fmt)
+        return
+    if resource.partition("/")[0] in OVERRIDE_KINDS:
+        name = _split(resource, OVERRIDE_KINDS, need_name=False)
+        with target.client() as client:
+            reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
+            found = [CertAuthorityOverride.from_proto(o) for o in reply.overrides]
+            cas = {o.ca_type: CertAuthority.from_proto(client.get_cert_authority(o.ca_type)) for o in found}
+        _print_overrides(found, cas, target.host_names(), fmt, single=bool(name))
+        return
+    name = _split(resource, CA_KINDS, need_name=True)
+    with target.client() as client:
+        ca = CertAuthority.from_proto(client.get_cert_authority(name))
+    if fmt == "yaml":
+        click.echo(ca.to_yaml(), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps(ca.to_dict(), indent=2))
+    else:
+        print_cert_authority(ca, target.host_names())
+
+
+def _print_events(events: list[dict[str, object]], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(events, indent=2, sort_keys=True))
+    elif fmt == "yaml":
+        click.echo(dump_yaml(events), nl=False)
+    else:
+        table = Table("TIME", "EVENT", "CODE", "USER", "SUCCESS", "CA OVERRIDE", "NODE")
+        for e in events:
+            override = e["ca_override"]
+            assert isinstance(override, dict)
+            shown = f"active {str(override['public_key_hash'])[:16]}" if override["active"] else "not active"
+            table.add_row(
+                str(e["time"]),
+                str(e["event"]),
+                str(e["code"]),
+                str(e["user"]),
+                "yes" if e["success"] else f"no: {e.get('error')}",
+                shown,
+                str(e.get("authsim.auth_node")),
+            )
+        console.print(table)
+
+
+def _print_overrides(
+    found: list[CertAuthorityOverride],
+    cas: dict[str, CertAuthority],
+    names: dict[str, str],
+    fmt: str,
+    single: bool,
+) -> None:
+    if fmt == "yaml":
+        click.echo("---\n".join(o.to_yaml() for o in found), nl=False)
+    elif fmt == "json":
+        data = [o.to_dict() for o in found]
+        click.echo(json.dumps(data[0] if single else data, indent=2))
+    else:
+        for resource in found:
+            holders = {p.public_key_hash: p.key.host_id for _, p in cas[resource.ca_type].all_keys()}
+            console.print(
+                f"cert_authority_override {resource.ca_type}  cluster {resource.cluster_name}  "
+                f"revision {resource.revision}"
+            )
+            table = Table("PUBLIC KEY HASH", "NODE", "SUBJECT", "NOT AFTER", "DISABLED")
+            for entry in resource.certificate_overrides:
+                subject, not_after = "-", "-"
+                if entry.certificate:
+                    cert = x509.load_pem_x509_certificate(entry.certificate.encode())
+                    subject, not_after = (
+                        cert.subject.rfc4514_string(),
+                        cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+                    )
+                host = holders.get(entry.key_hash, "")
+                table.add_row(
+                    entry.key_hash[:16],
+                    names.get(host, host or "not a CA key"),
+                    subject,
+                    not_after,
+                    "yes" if entry.disabled else "no",
+                )
+            console.print(table)
+
+
+def _write(
+    target: Target, resource: CertAuthorityOverride, mode: pb.WriteMode, force: bool
+) -> pb.WriteResponse:
+    with target.client() as client:
+        request = pb.WriteOverrideRequest(resource=resource.to_proto(), mode=mode, force=force)
+        reply: pb.WriteResponse = client.call("WriteOverrideResource", request)
+        return reply
+
+
+@cli.command(help="Open a session on the downstream target with a fresh credential; records the event.")
+@click.option(
+    "--type", "ca_type", required=True, help="windows (desktop target) or db_client (database target)"
+)
+@click.option("--user", required=True)
+@click.pass_obj
+def exercise(target: Target, ca_type: str, user: str) -> None:
+    with target.signer_client(ca_type) as client:
+        reply = client.call("Exercise", pb.ExerciseRequest(type=ca_type, user=user))
+    event = json.loads(reply.event)
+    click.echo(json.dumps(event, indent=2, sort_keys=True))
+    if not event["success"]:
+        raise AuthSimError(
+            f"session refused by the {resolve_ca_type(ca_type).target} target: {event['error']}"
+        )
+
+
+@cli.command(help="Create a resource from a YAML file (the seed's cert_authority_override).")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "upsert", is_flag=True, help="replace the resource when it exists")
+@click.option(
+    "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
+)
+@click.pass_obj
+def create(target: Target, file: str, upsert: bool, force: bool) -> None:
+    text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    resource = parse_override_yaml(text)
+    reply = _write(target, resource, pb.UPSERT if upsert else pb.CREATE, force)
+    verb = "written" if upsert else "created"
+    click.echo(f"cert_authority_override {resource.ca_type} {verb} (revision {reply.revision})")
+
+
+@cli.command(help="Edit ca_overrides/TYPE in $EDITOR; saved only if nobody changed it meanwhile.")
+@click.argument("resource")
+@click.option(
+    "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
+)
+@click.pass_obj
+def edit(target: Target, resource: str, force: bool) -> None:
+    name = _split(resource, OVERRIDE_KINDS, need_name=True)
+    with target.client() as client:
+        reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
+    original = CertAuthorityOverride.from_proto(reply.overrides[0]).to_yaml()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"ca_overrides-{name}-", delete=False) as f:
+        f.write(original)
+        path = Path(f.name)
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    if subprocess.run([*shlex.split(editor), str(path)]).returncode != 0:
+        raise AuthSimError(f"editor {editor!r} failed; your text is in {path}")
+    edited = path.read_text()
+    if edited == original:
+        path.unlink()
+        click.echo("no changes")
+        return
+    try:
+        result = _write(target, parse_override_yaml(edited, revision_required=True), pb.UPDATE, force)
+    except AuthSimError as e:
+        kept = Path.cwd() / f"ca_overrides-{name}.{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+        try:
+            kept.write_text(edited)
+        except OSError:
+            kept = path
+        raise AuthSimError(f"{e}; your edited text is kept in {kept}") from None
+    path.unlink()
+    click.echo(f"cert_authority_override {name} updated (revision {result.revision})")
+
+
+@cli.command(help="Remove ca_overrides/TYPE.")
+@click.argument("resource")
+@click.option("--force", is_flag=True, help="also when it holds an enabled override of an active key")
+@click.pass_obj
+def rm(target: Target, resource: str, force: bool) -> None:
+    name = _split(resource, OVERRIDE_KINDS, need_name=True)
+    with target.client() as client:
+        reply = client.call(
+            "DeleteOverrideResource", pb.DeleteOverrideResourceRequest(type=name, force=force)
+        )
+    click.echo(f"cert_authority_override {name} removed (revision {reply.revision})")
+
+
+@cli.command(help="Show the node: its host id, token and the CA keys its token holds.")
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+@click.pass_obj
+def status(target: Target, fmt: str) -> None:
+    with target.client() as client:
+        reply = client.node_status()
+    data = {
+        "node": reply.node_name,
+        "host_id": reply.host_id,
+        "cluster_name": reply.cluster_name,
+        "token_label": reply.token_label,
+        "keys": [
+            {"ca_type": k.ca_type, "role": k.role, "public_key_hash": k.public_key_hash, "key_id": k.key_id}
+            for k in reply.keys
+        ],
+    }
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "yaml":
+        click.echo(dump_yaml(data), nl=False)
+    else:
+        console.print(
+            f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
+            f"token {reply.token_label}"
+        )
+        table = Table("CA TYPE", "ROLE", "PUBLIC KEY HASH", "KEY ID")
+        for k in reply.keys:
+            table.add_row(k.ca_type, k.role, k.public_key_hash, k.key_id)
+        console.print(table)
+
+
+def print_cert_authority(ca: CertAuthority, host_names: dict[str, str]) -> None:
+    console.print(
+        f"cert_authority {ca.ca_type}  cluster {ca.cluster_name}  revision {ca.revision}  "
+        f"rotation {ca.rotation_state}"
+    )
+    table = Table("ROLE", "PUBLIC KEY HASH", "HOST ID", "NODE", "NOT AFTER")
+    for role, pair in ca.all_keys():
+        cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
+        table.add_row(
+            role,
+            pair.public_key_hash[:16],
+            pair.key.host_id,
+            host_names.get(pair.key.host_id, "?"),
+            cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+        )
+    console.print(table)
+
+
+cli.add_command(auth)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(cli, argv, "authctl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

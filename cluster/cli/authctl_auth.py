@@ -1,0 +1,265 @@
+"""`authctl auth ...`: CSRs for the keys a node holds, and the per-node override entry edits."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.cli.node_choice import Target
+from authsim.cluster.cli.pem_files import public_key_hash_of_cert, read_pem_certificate
+from authsim.cluster.errors import AuthSimError, ValidationError
+from authsim.cluster.mtls import write_private
+
+type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
+_FILE_SAFE = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # a user name that can be part of a file name
+force_option = click.option(
+    "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
+)
+
+
+@click.group(help="CA override commands, run against the node that holds the key.")
+def auth() -> None:
+    pass
+
+
+@auth.command("create-override-csr", help="CSRs for the keys of CA TYPE that this node holds.")
+@type_option
+@click.option(
+    "--subject", default="", help="RFC 4514 subject, e.g. 'OU=My Organization Unit,CN=My Windows CA'"
+)
+@click.option("--public-key", "public_key", default="", help="only the key with this public key hash")
+@click.option("--out", default="", help="write one file per CSR: PREFIX<type>-<hash prefix>-csr.pem")
+@click.option("--all-nodes", is_flag=True, help="ask every node for the CSRs of its own keys")
+@click.pass_obj
+def create_override_csr(
+    target: Target, ca_type: str, subject: str, public_key: str, out: str, all_nodes: bool
+) -> None:
+    request = pb.CreateOverrideCSRRequest(type=ca_type, subject=subject, public_key_hash=public_key)
+    csrs: list[pb.OverrideCSR] = []
+    failed: list[str] = []
+    for client in target.all_clients() if all_nodes else [target.client()]:
+        with client:
+            try:
+                reply = client.call("CreateOverrideCSR", request)
+            except AuthSimError as e:
+                if not all_nodes:
+                    raise
+                failed.append(f"node {client.name}: {e}")  # the other nodes' CSRs are still written
+                continue
+        csrs.extend(reply.csrs)
+        if not all_nodes:  # with --all-nodes each skipped key is another node's own CSR
+            for warning in reply.warnings:
+                click.echo(f"warning: {warning}", err=True)
+    if not out:
+        for csr in csrs:
+            click.echo(csr.pem, nl=False)
+    else:
+        for csr, path in zip(csrs, csr_paths(out, csrs), strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(csr.pem)
+            click.echo(f"Wrote {path}")
+    if failed:
+        raise AuthSimError(f"no CSR from {len(failed)} node(s): " + "; ".join(failed))
+
+
+def csr_paths(prefix: str, csrs: list[pb.OverrideCSR]) -> list[Path]:
+    """`PREFIX<type>-<hash prefix>-csr.pem`, the shortest hash prefix (≥ 8) unique among these CSRs."""
+    hashes = [c.public_key_hash for c in csrs]
+    length = 8
+    while length < 64 and len({h[:length] for h in hashes}) < len(set(hashes)):
+        length += 1
+    return [Path(f"{prefix}{c.ca_type}-{c.public_key_hash[:length]}-csr.pem") for c in csrs]
+
+
+def _pems(paths: tuple[str, ...]) -> list[str]:
+    """Every certificate in the given files, in order (a file may hold several)."""
+    pems: list[str] = []
+    for path in paths:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise ValidationError([f"{path}: no PEM certificate in it"]) from None
+        pems.extend(c.public_bytes(Encoding.PEM).decode().strip() for c in certs)
+    return pems
+
+
+def _report(action: str, reply: pb.WriteResponse) -> None:
+    if not reply.changed:
+        click.echo(
+            f"override {reply.public_key[:16]} already as requested: nothing written "
+            f"(revision {reply.revision})"
+        )
+        return
+    click.echo(
+        f"override {reply.public_key[:16]} {action}: revision {reply.revision}, "
+        f"{reply.attempts} attempt{'s' if reply.attempts != 1 else ''}"
+    )
+
+
+@auth.command(
+    "create-override", help="Add this node's override entry: CERT, then its chain towards the root."
+)
+@type_option
+@click.argument("cert", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("chain", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--disabled", is_flag=True, help="stage the entry disabled (any node may stage)")
+@force_option
+@click.pass_obj
+def create_override(
+    target: Target, ca_type: str, cert: str, chain: tuple[str, ...], disabled: bool, force: bool
+) -> None:
+    certificate = _pems((cert,))
+    if len(certificate) != 1:
+        raise ValidationError([f"{cert}: holds {len(certificate)} certificates, expected exactly one"])
+    request = pb.CreateOverrideRequest(
+        type=ca_type, certificate=certificate[0], chain=_pems(chain), disabled=disabled, force=force
+    )
+    with target.client() as client:
+        _report("added", client.call("CreateOverride", request))
+
+
+@auth.command("update-override", help="Change the entry for one public key.")
+@type_option
+@click.option("--public-key", "public_key", required=True, help="the entry's public key hash")
+@click.option("--set-disabled", type=click.BOOL, default=None, help="true or false")
+@click.option("--set-cert", type=click.Path(dir_okay=False), default=None, help="new override certificate")
+@click.option("--set-chain", multiple=True, type=click.Path(dir_okay=False), help="new chain files")
+@click.option("--clear-chain", is_flag=True, help="remove the chain")
+@force_option
+@click.pass_obj
+def update_override(
+    target: Target,
+    ca_type: str,
+    public_key: str,
+    set_disabled: bool | None,
+    set_cert: str | None,
+    set_chain: tuple[str, ...],
+    clear_chain: bool,
+    force: bool,
+) -> None:
+    if set_chain and clear_chain:
+        raise click.UsageError("give --set-chain or --clear-chain, not both")
+    request = pb.UpdateOverrideRequest(
+        type=ca_type,
+        public_key=public_key,
+        set_chain=_pems(set_chain),
+        clear_chain=clear_chain,
+        force=force,
+        set_certificate=_pems((set_cert,))[0] if set_cert else "",
+    )
+    if set_disabled is not None:
+        request.set_disabled = set_disabled
+    with target.client() as client:
+        _report("updated", client.call("UpdateOverride", request))
+
+
+@auth.command("delete-override", help="Remove the entry for one public key.")
+@type_option
+@click.option("--public-key", "public_key", required=True, help="the entry's public key hash")
+@force_option
+@click.pass_obj
+def delete_override(target: Target, ca_type: str, public_key: str, force: bool) -> None:
+    request = pb.DeleteOverrideRequest(type=ca_type, public_key=public_key, force=force)
+    with target.client() as client:
+        _report("deleted", client.call("DeleteOverride", request))
+
+
+@auth.command("pub-key-hash", help="The public key hash (hex SHA-256 of the SPKI) of a certificate.")
+@click.option("--cert", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="PEM file or -")
+def pub_key_hash(cert: str) -> None:
+    click.echo(public_key_hash_of_cert(read_pem_certificate(cert)))
+
+
+@auth.command(
+    "sign",
+    help="Issue client credentials signed with this node's active key of CA TYPE. With one --user, "
+    "writes PREFIX.crt, .key, .chain.pem and .json; with several, PREFIX-USER.* for each, in one call.",
+)
+@type_option
+@click.option("--user", "users", required=True, multiple=True, help="who a credential is for; repeatable")
+@click.option("--out", required=True, help="PREFIX of the files written")
+@click.option(
+    "--ttl", type=click.IntRange(1, 30 * 24 * 3600), default=3600, show_default=True, help="seconds"
+)
+@click.pass_obj
+def sign(target: Target, ca_type: str, users: tuple[str, ...], out: str, ttl: int) -> None:
+    if len(users) > 1:
+        unsafe = [u for u in users if not _FILE_SAFE.fullmatch(u)]
+        if unsafe:
+            raise click.UsageError(
+                f"--user {unsafe[0]!r}: with several users each becomes part of a file name: "
+                "use letters, digits, '.', '_', '@' and '-'"
+            )
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in users]
+    requests = [
+        pb.SignRequest(
+            type=ca_type,
+            user=user,
+            public_key=key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+            ttl_seconds=ttl,
+        )
+        for user, key in zip(users, keys, strict=True)
+    ]
+    with target.signer_client(ca_type) as client:
+        if len(requests) == 1:
+            replies = [client.call("Sign", requests[0])]
+        else:
+            replies = list(client.call("SignBatch", pb.SignBatchRequest(requests=requests)).credentials)
+    for user, key, reply in zip(users, keys, replies, strict=True):
+        prefix = out if len(users) == 1 else f"{out}-{user}"
+        write_credential(
+            Path(prefix), reply, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
+
+
+def write_credential(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> None:
+    """PREFIX.crt (the leaf), PREFIX.key (0600), PREFIX.chain.pem (above the leaf), PREFIX.json."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    files = {
+        ".crt": reply.certificate.encode(),
+        ".chain.pem": "".join(pem.strip() + "\n" for pem in reply.chain).encode(),
+        ".json": json.dumps(
+            {
+                "ca_override": {
+                    "active": reply.ca_override.active,
+                    "public_key_hash": reply.ca_override.public_key_hash,
+                },
+                "serial": reply.serial,
+                "issuer": reply.issuer,
+                "not_after": reply.not_after,
+                "node": reply.node_name,
+            },
+            indent=2,
+        ).encode()
+        + b"\n",
+    }
+    write_private(Path(f"{prefix}.key"), key_pem)
+    click.echo(f"Wrote {prefix}.key")
+    for suffix, data in files.items():
+        Path(f"{prefix}{suffix}").write_bytes(data)
+        click.echo(f"Wrote {prefix}{suffix}")
+    state = "active" if reply.ca_override.active else "not active (self-signed CA)"
+    click.echo(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
+
+
+@auth.command(
+    "rotate", help="Make every additional trusted key of CA TYPE active, so each node signs with its own."
+)
+@type_option
+@click.pass_obj
+def rotate(target: Target, ca_type: str) -> None:
+    with target.client() as client:
+        reply: pb.WriteResponse = client.call("RotateCertAuthority", pb.RotateRequest(type=ca_type))
+    if reply.changed:
+        click.echo(f"cert_authority {ca_type}: every key is active now (revision {reply.revision})")
+    else:
+        click.echo(f"cert_authority {ca_type}: no additional keys, nothing to do (revision {reply.revision})")

@@ -1,0 +1,187 @@
+"""`authsim provision`: the cluster PKI and one node's state dir, step by step, for containers.
+
+`authsim up` does all of this on one machine. In docker-compose.yml a one-shot init service runs
+`provision pki` and each node service runs `provision node` on its own volume before
+`python -m authsim.auth_node`. Both commands are idempotent: a second run reuses every key, token and id.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import click
+
+from authsim.auth_node.config import NodeConfig, ensure_host_id
+from authsim.cluster.cli.common import etcd_tls_from_options, etcd_tls_options, run_cli
+from authsim.cluster.errors import ClusterError
+from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry
+from authsim.cluster.mtls import ensure_admin_identity, ensure_node_identity, write_private
+from authsim.hsm import provision_token
+
+NODE_PORT = 3025
+NODE_TLS_FILES = ("tls.pem", "tls.key", "admin-ca.pem", "server-ca.pem")
+ADMIN_FILES = ("admin.pem", "admin.key", "server-ca.pem")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+dir_type = click.Path(file_okay=False, path_type=Path)
+
+
+def _names(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _node_names(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    names = _names(value)
+    bad = [name for name in names if not _DNS_LABEL.fullmatch(name)]
+    if not names or bad or len(set(names)) != len(names):
+        raise click.BadParameter(
+            "give distinct node names, each a lower-case DNS label (it is the node's TLS name), "
+            f"comma-separated; got {value!r}"
+        )
+    return names
+
+
+def _endpoints(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    endpoints = _names(value)
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise click.BadParameter(f"etcd endpoint {endpoint!r} is not host:port")
+    return endpoints
+
+
+def _copy(source: Path, target: Path, names: Iterable[str]) -> None:
+    """Copy the named files; `*.key` files are written 0600."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        data = (source / name).read_bytes()
+        if name.endswith(".key"):
+            write_private(target / name, data)
+        else:
+            (target / name).write_bytes(data)
+
+
+@click.group(help="Provision the cluster PKI and node state dirs one step at a time (docker-compose).")
+def provision() -> None:
+    pass
+
+
+@provision.command(
+    "pki",
+    help="Make the cluster CAs, the admin identity and a TLS server certificate for each node. "
+    "Node files go to DIR/nodes/NAME/; the admin identity and a cluster.yaml for authctl to ADMIN_DIR.",
+)
+@click.option("--dir", "directory", type=dir_type, required=True, help="where DIR/nodes/NAME/ is written")
+@click.option(
+    "--ca-dir",
+    type=dir_type,
+    default=None,
+    help="where the CA private keys stay (default DIR; keep it private)",
+)
+@click.option("--admin-dir", type=dir_type, default=None, help="authctl's cluster dir (default DIR)")
+@click.option("--cluster-name", default="mycluster", show_default=True)
+@click.option("--nodes", callback=_node_names, required=True, help="node names, comma-separated")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=NODE_PORT, show_default=True, help="node gRPC port"
+)
+@click.option(
+    "--etcd", callback=_endpoints, default="", help="etcd endpoints host:port,..., recorded in cluster.yaml"
+)
+@etcd_tls_options
+def pki(
+    directory: Path,
+    ca_dir: Path | None,
+    admin_dir: Path | None,
+    cluster_name: str,
+    nodes: list[str],
+    port: int,
+    etcd: list[str],
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+) -> None:
+    tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
+    if tls is not None:
+        if not etcd:
+            raise click.UsageError(
+                "--etcd-cacert, --etcd-cert and --etcd-key are TLS to --etcd: give --etcd too"
+            )
+        tls = tls.checked()
+    ca_dir, admin_dir = (ca_dir or directory).absolute(), (admin_dir or directory).absolute()
+    state_path = ClusterState.path(admin_dir)
+    if state_path.exists() and (existing := ClusterState.load(admin_dir)).cluster_name != cluster_name:
+        raise ClusterError(f"{admin_dir} holds cluster {existing.cluster_name!r}, not {cluster_name!r}")
+    admin = ensure_admin_identity(ca_dir, cluster_name)
+    if admin_dir != ca_dir:
+        _copy(admin.cert.parent, admin_dir / "admin", ADMIN_FILES)
+    for name in nodes:
+        ensure_node_identity(ca_dir, cluster_name, directory.absolute() / "nodes" / name, name)
+    entries = [NodeEntry(name, f"{name}:{port}") for name in nodes]
+    ClusterState(cluster_name, EtcdEntry(etcd, embedded=False, tls=tls), entries).save(admin_dir)
+    click.echo(f"PKI of cluster {cluster_name} for {', '.join(nodes)} in {directory}")
+
+
+@provision.command(
+    "node",
+    help="Provision a node's state dir: its SoftHSM2 token (tokens/ 0700, PIN 0600), host id, "
+    "TLS files copied from PKI/nodes/NAME/, and node.yaml for `python -m authsim.auth_node --config`.",
+)
+@click.option(
+    "--dir", "directory", type=dir_type, required=True, help="the node's own state dir (its volume)"
+)
+@click.option("--pki", "pki_dir", type=dir_type, required=True, help="the DIR `provision pki` wrote")
+@click.option("--name", required=True, help="node name, as given to `provision pki --nodes`")
+@click.option("--cluster-name", default="mycluster", show_default=True)
+@click.option("--listen", default=f"0.0.0.0:{NODE_PORT}", show_default=True, help="gRPC listen host:port")
+@click.option("--etcd", callback=_endpoints, required=True, help="etcd endpoints host:port[,host:port...]")
+@etcd_tls_options
+@click.option("--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2)")
+def node(
+    directory: Path,
+    pki_dir: Path,
+    name: str,
+    cluster_name: str,
+    listen: str,
+    etcd: list[str],
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    pkcs11_module: str | None,
+) -> None:
+    if not etcd:
+        raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
+    tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
+    if tls is not None:
+        tls = tls.checked()  # absolute paths in node.yaml; a missing file refused before anything is written
+    tls_dir = pki_dir / "nodes" / name
+    if not (tls_dir / "tls.pem").exists():
+        raise ClusterError(
+            f"no TLS files for node {name} in {tls_dir}: run `authsim provision pki --nodes ...` naming it"
+        )
+    directory = directory.absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    token = provision_token(directory, f"authsim-{name}", pkcs11_module)
+    _copy(tls_dir, directory, NODE_TLS_FILES)
+    config = NodeConfig(
+        name=name,
+        cluster_name=cluster_name,
+        host_id=ensure_host_id(directory),
+        listen=listen,
+        etcd_endpoints=tuple(etcd),
+        node_dir=directory,
+        pkcs11_module=token.module_path,
+        token_label=token.label,
+        etcd_tls=tls,
+    )
+    click.echo(f"Wrote {config.save()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(provision, argv, "authsim provision")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

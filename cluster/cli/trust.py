@@ -1,0 +1,66 @@
+"""`authsim trust`: configure what the desktop and database targets trust (seed step 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from authsim.cluster.errors import ClusterError, ValidationError
+from authsim.cluster.local.state import cluster_dir
+from authsim.cluster.targets.trust import TargetKind, add_trust, parse_certificates, read_trust
+
+_FILE = click.Path(exists=True, dir_okay=False)
+
+
+@click.command(
+    help="Add CA certificates to a target's trust; without --ntauth/--ca, show what it trusts. "
+    "windows: NTAuth needs the override CA certificate itself, --ca the external root and intermediates. "
+    "db_client: the database needs only the external root (and intermediates) in --ca."
+)
+@click.option(
+    "--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)"
+)
+@click.option("--target", type=click.Choice(["desktop", "db"]), required=True, help="which target")
+@click.option("--ntauth", "ntauth_files", multiple=True, type=_FILE, help="PEM file for NTAuth (desktop)")
+@click.option("--ca", "ca_files", multiple=True, type=_FILE, help="PEM file of roots/intermediates")
+@click.option("--replace", is_flag=True, help="each store given files holds only their certificates")
+def trust(
+    directory: str | None,
+    target: str,
+    ntauth_files: tuple[str, ...],
+    ca_files: tuple[str, ...],
+    replace: bool,
+) -> None:
+    path = cluster_dir(directory)
+    if not (path / "targets").is_dir():
+        raise ClusterError(f"no targets in {path}: run `authsim up --dir {path}` first")
+    kind: TargetKind = "desktop" if target == "desktop" else "db"
+    if not ntauth_files and not ca_files:
+        if replace:
+            raise ValidationError(["--replace: give the certificates to keep with --ntauth or --ca"])
+        current = read_trust(path, kind)
+        stores = [("NTAuth store", current.ntauth)] if kind == "desktop" else []
+        for label, certs in [*stores, ("CA bundle", current.ca)]:
+            click.echo(f"{target} {label}: {len(certs)} certificate(s)")
+            for cert in certs:
+                click.echo(f"  {cert.subject.rfc4514_string()}")
+        return
+    ntauth, ca = _read_all(ntauth_files), _read_all(ca_files)
+    for line in add_trust(path, kind, ntauth=ntauth, ca=ca, replace=replace):
+        click.echo(line)
+
+
+def _read_all(files: tuple[str, ...]) -> list[bytes]:
+    """Each file's bytes, every file that holds no CA certificate reported by name in one error."""
+    blobs, problems = [], []
+    for name in files:
+        blob = Path(name).read_bytes()
+        try:
+            parse_certificates(blob, name)
+        except ValidationError as e:
+            problems += e.problems
+        blobs.append(blob)
+    if problems:
+        raise ValidationError(problems)
+    return blobs

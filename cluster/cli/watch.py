@@ -1,0 +1,114 @@
+"""`authsim watch ca_overrides/TYPE`: each new revision of an override resource, as it lands in etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from authsim.cluster.local.state import ClusterState, host_names
+from authsim.cluster.resources.ca_types import resolve_ca_type
+from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
+from authsim.cluster.store import EtcdStore
+from authsim.cluster.store.keys import cert_authority_key, override_key
+
+
+def describe_change(
+    before: CertAuthorityOverride | None, after: CertAuthorityOverride | None, holder: Callable[[str], str]
+) -> list[str]:
+    """What changed between two revisions, one line per entry: +, -, or ~ with the fields."""
+    old = {e.key_hash: e for e in (before.certificate_overrides if before else ())}
+    new = {e.key_hash: e for e in (after.certificate_overrides if after else ())}
+    lines = []
+    for key, entry in new.items():
+        label = f"{key[:16]} ({holder(key)})"
+        if key not in old:
+            lines.append(f"+ {label} {'disabled' if entry.disabled else 'enabled'}")
+        elif entry != old[key]:
+            lines.append(f"~ {label} {', '.join(_fields_changed(old[key], entry))}")
+    lines += [f"- {key[:16]} ({holder(key)})" for key in old if key not in new]
+    return lines
+
+
+def _fields_changed(old: CertificateOverride, new: CertificateOverride) -> list[str]:
+    changed = []
+    if old.disabled != new.disabled:
+        changed.append("disabled" if new.disabled else "enabled")
+    if old.certificate != new.certificate:
+        changed.append("certificate replaced")
+    if old.chain != new.chain:
+        changed.append(f"chain {len(old.chain)} -> {len(new.chain)}")
+    return changed
+
+
+async def watch_overrides(
+    directory: Path, type_name: str, emit: Callable[[str], None], count: int = 0
+) -> None:
+    """Print the current revision, then every new one (at most `count` new ones when count > 0)."""
+    state = ClusterState.load(directory)
+    ca_type = resolve_ca_type(type_name).name
+    names = host_names(directory)
+    async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
+        ca_found = await store.get(cert_authority_key(state.cluster_name, ca_type))
+        hosts = (
+            {}
+            if ca_found is None
+            else {
+                p.public_key_hash: p.key.host_id
+                for _, p in CertAuthority.from_json(ca_found.value).all_keys()
+            }
+        )
+
+        def holder(key: str) -> str:
+            host = hosts.get(key)
+            return names.get(host, host) if host else "not a CA key"
+
+        key = override_key(state.cluster_name, ca_type)
+        found = await store.get(key)
+        current = None if found is None else CertAuthorityOverride.from_json(found.value, found.mod_revision)
+        emit(
+            f"ca_overrides/{ca_type}: "
+            + (
+                f"revision {current.revision}, {len(current.certificate_overrides)} entries"
+                if current
+                else "absent"
+            )
+        )
+        start = found.mod_revision + 1 if found else None
+        seen = 0
+        async with contextlib.aclosing(store.watch_prefix(key, start)) as changes:
+            async for changed_key, value, _ in changes:
+                if changed_key != key:
+                    continue
+                after = (
+                    None
+                    if value is None
+                    else CertAuthorityOverride.from_json(value.value, value.mod_revision)
+                )
+                emit(
+                    _headline(after)
+                    + "".join(f"\n    {line}" for line in describe_change(current, after, holder))
+                )
+                current = after
+                seen += 1
+                if count and seen >= count:
+                    return
+
+
+def _headline(resource: CertAuthorityOverride | None) -> str:
+    if resource is None:
+        return "removed"
+    write = resource.last_write or {}
+    attempts = write.get("attempts", "?")
+    return (
+        f"revision {resource.revision}  by {write.get('node', '?')}  "
+        f"CAS attempts {attempts}  at {write.get('time', '?')}  "
+        f"({len(resource.certificate_overrides)} entries)"
+    )
+
+
+def run_watch(directory: Path, type_name: str, emit: Callable[[str], None], count: int = 0) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(watch_overrides(directory, type_name, emit, count))

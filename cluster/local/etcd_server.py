@@ -1,0 +1,235 @@
+"""Real etcd servers on loopback, one member or a cluster of members, started and stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from authsim.cluster.errors import ClusterError
+from authsim.cluster.local.ports import free_port, port_is_free
+from authsim.cluster.store import EtcdTLS
+
+HOST = "127.0.0.1"
+READY_TIMEOUT = 10.0
+
+
+def find_etcd_binary() -> str:
+    """The path of `etcd` on PATH, or a ClusterError saying how to install it."""
+    path = shutil.which("etcd")
+    if path is None:
+        raise ClusterError(
+            "etcd not found on PATH: install it with `sudo apt-get install etcd-server` (Debian/Ubuntu), "
+            "or run on an existing etcd with --etcd host:port"
+        )
+    return path
+
+
+@dataclass
+class EtcdServer:
+    """One etcd member: its data dir, ports and log, and the process when this process started it."""
+
+    data_dir: Path
+    client_port: int
+    peer_port: int
+    name: str
+    log_path: Path
+    members: dict[str, int]  # member name -> peer port, this member included
+    detach: bool = False
+    tls: EtcdTLS | None = None  # https for clients and peers, client certificates required
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The client endpoint as `host:port`, the form EtcdStore and `--etcd` take."""
+        return f"{HOST}:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @classmethod
+    def start(
+        cls,
+        data_dir: Path,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        name: str = "authsim",
+        detach: bool = False,
+        log_path: Path | None = None,
+        tls: EtcdTLS | None = None,
+    ) -> EtcdServer:
+        """Start a single-member etcd on loopback and wait until it reports healthy.
+
+        The log goes to `log_path`, by default `data_dir.parent / "etcd.log"`: the launcher passes
+        `<state dir>/etcd/data`, so data and log both live under `etcd/` (SPEC §4). An existing data dir
+        is reused (the member restarts with its data). `detach=True` puts etcd in its own session so it
+        outlives the launcher.
+
+        With `tls`, client and peer URLs are https and every client must present a certificate from
+        `tls.cacert` (etcd's --client-cert-auth). `tls.cert` serves clients and peers, and is presented
+        as a client to the other members and to the health check: it needs both the serverAuth and
+        clientAuth extended key usages (or none) and 127.0.0.1 among its subject alternative names.
+        """
+        client_port = client_port or free_port(HOST)
+        while peer_port is None or peer_port == client_port:
+            peer_port = free_port(HOST)
+        server = cls._member(data_dir, name, client_port, peer_port, {name: peer_port}, detach, log_path, tls)
+        server.restart()
+        return server
+
+    @classmethod
+    def start_cluster(
+        cls, base_dir: Path, size: int = 3, detach: bool = False, tls: EtcdTLS | None = None
+    ) -> list[EtcdServer]:
+        """Start `size` loopback members as one cluster in `base_dir/etcdN/`; return once all are healthy.
+
+        `tls` as in `start`: one member certificate shared by every member.
+        """
+        ports = set[int]()
+        while len(ports) < 2 * size:
+            ports.add(free_port(HOST))
+        pairs = list(zip(sorted(ports)[:size], sorted(ports)[size:], strict=True))
+        members = {f"etcd{i + 1}": peer for i, (_, peer) in enumerate(pairs)}
+        servers = [
+            cls._member(base_dir / name / "data", name, client, peer, members, detach, None, tls)
+            for name, (client, peer) in zip(members, pairs, strict=True)
+        ]
+        try:
+            for server in servers:
+                server._spawn()
+            for server in servers:
+                server._wait_healthy(READY_TIMEOUT)
+        except BaseException:
+            for server in servers:
+                server.stop()
+            raise
+        return servers
+
+    @classmethod
+    def _member(
+        cls,
+        data_dir: Path,
+        name: str,
+        client_port: int,
+        peer_port: int,
+        members: dict[str, int],
+        detach: bool,
+        log_path: Path | None,
+        tls: EtcdTLS | None = None,
+    ) -> EtcdServer:
+        data_dir = data_dir.absolute()
+        log_path = log_path or data_dir.parent / "etcd.log"
+        return cls(
+            data_dir, client_port, peer_port, name, log_path, members, detach, tls.checked() if tls else None
+        )
+
+    def restart(self) -> None:
+        """Start this member's process (again, after stop or a kill) on the same ports and data."""
+        self._spawn()
+        self._wait_healthy(READY_TIMEOUT)
+
+    def _spawn(self) -> None:
+        binary = find_etcd_binary()
+        for port in (self.client_port, self.peer_port):
+            if not port_is_free(port, HOST):
+                raise ClusterError(f"cannot start etcd: port {HOST}:{port} is already in use")
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [binary, *self._arguments()],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.detach,
+            )
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
+    def _arguments(self) -> list[str]:
+        """etcd flags for this member of `self.members`."""
+        client_url = f"{self.scheme}://{HOST}:{self.client_port}"
+        peer_url = f"{self.scheme}://{HOST}:{self.peer_port}"
+        initial_cluster = ",".join(
+            f"{name}={self.scheme}://{HOST}:{port}" for name, port in self.members.items()
+        )
+        return [
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", initial_cluster,
+            "--initial-cluster-token", "authsim-" + "-".join(self.members),
+            "--initial-cluster-state", "new",
+            "--logger", "zap",
+            "--log-outputs", "stderr",
+            *self._tls_arguments(),
+        ]  # fmt: skip
+
+    def _tls_arguments(self) -> list[str]:
+        """Server TLS for clients and peers, each side required to present a certificate from the CA."""
+        if self.tls is None:
+            return []
+        cacert, cert, key = str(self.tls.cacert), str(self.tls.cert), str(self.tls.key)
+        return [
+            "--cert-file", cert, "--key-file", key, "--trusted-ca-file", cacert, "--client-cert-auth",
+            "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", cacert,
+            "--peer-client-cert-auth",
+        ]  # fmt: skip
+
+    def _wait_healthy(self, timeout: float) -> None:
+        """Poll GET /health until {"health": "true"}; on exit or timeout, stop etcd and raise."""
+        assert self.process is not None
+        give_up_at = time.monotonic() + timeout
+        while time.monotonic() < give_up_at:
+            if self.process.poll() is not None:
+                raise ClusterError(
+                    f"etcd exited with code {self.process.returncode} during start-up; "
+                    f"end of {self.log_path}: {self.log_tail()}"
+                )
+            if self.healthy():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise ClusterError(
+            f"etcd on {self.endpoint} not healthy after {timeout:.0f}s; end of {self.log_path}: "
+            f"{self.log_tail()}"
+        )
+
+    def healthy(self) -> bool:
+        """True when etcd answers GET /health with {"health": "true"} (over TLS with the member cert)."""
+        url = f"{self.scheme}://{self.endpoint}/health"
+        context = self.tls.ssl_context() if self.tls else None
+        try:
+            with urllib.request.urlopen(url, timeout=1.0, context=context) as response:
+                return bool(json.load(response).get("health") == "true")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines of the etcd log joined with ` | `, for one-line error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; a no-op when already stopped."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

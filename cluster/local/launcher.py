@@ -1,0 +1,305 @@
+"""The local cluster launcher behind `authsim up`, `status` and `down` (SPEC §4, §9)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from authsim.auth_node.config import NodeConfig, ensure_host_id
+from authsim.cluster.errors import ClusterError
+from authsim.cluster.local import processes
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.local.node_client import NodeClient
+from authsim.cluster.local.ports import free_port, port_is_free
+from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry, TargetEntry
+from authsim.cluster.local.target_process import start_target, target_marker, wait_listening
+from authsim.cluster.mtls import TLSIdentity, ensure_admin_identity, ensure_node_identity
+from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.store import EtcdStore, EtcdTLS
+from authsim.cluster.store.addresses import register_targets
+from authsim.cluster.targets.trust import set_default_trust
+from authsim.hsm import provision_token
+
+NODE_MARKER = "authsim.auth_node"
+ETCD_MARKER = "etcd"
+START_TIMEOUT = 60.0  # seconds for every node to report SERVING
+
+Progress = Callable[[str, int, int], None]  # (message, nodes ready, nodes in all)
+
+
+def admin_identity(directory: Path) -> TLSIdentity:
+    admin = directory / "admin"
+    return TLSIdentity(admin / "admin.pem", admin / "admin.key", admin / "server-ca.pem")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    nodes: int | None = None
+    cluster_name: str | None = None
+    etcd_endpoints: list[str] | None = None
+    base_port: int | None = None
+    etcd_tls: EtcdTLS | None = None  # client TLS to the `etcd_endpoints`; the embedded etcd has none
+
+
+def _checked(options: UpOptions) -> UpOptions:
+    """The options with absolute TLS paths; ClusterError for TLS without endpoints or a missing file."""
+    if options.etcd_tls is None:
+        return options
+    if not options.etcd_endpoints:
+        raise ClusterError(
+            "etcd TLS (--etcd-cacert/--etcd-cert/--etcd-key) needs the endpoints of an existing etcd "
+            "(--etcd host:port,...): the embedded etcd serves plain http on loopback"
+        )
+    return replace(options, etcd_tls=options.etcd_tls.checked())
+
+
+def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None) -> ClusterState:
+    """Start (or restart) the cluster in `directory`, reusing its tokens, keys and etcd data.
+
+    Parts still running (a node, etcd, a target) are left as they are: `up` after a crash starts only
+    what is missing. When everything already runs, that is an error.
+    """
+    options = _checked(options)
+    existing = _load_existing(directory)
+    running = _running(directory, existing)
+    if (
+        existing is not None
+        and _parts(existing) <= running
+        and (not options.nodes or options.nodes <= len(existing.nodes))
+    ):
+        raise ClusterError(
+            f"the cluster in {directory} is already running: `authsim down --dir {directory}` first"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    state = _plan(directory, existing, options, running)
+    state.save(directory)
+    try:
+        if state.etcd.embedded and "etcd" not in running:
+            progress("starting etcd", 0, len(state.nodes))
+            _start_etcd(directory, state)
+            state.save(directory)
+        ensure_admin_identity(directory, state.cluster_name)
+        started: dict[str, subprocess.Popen[bytes]] = {}
+        for entry in state.nodes:
+            if entry.name not in running:
+                started[entry.name] = _start_node(_prepare_node(directory, state, entry))
+                entry.pid = started[entry.name].pid
+                state.save(directory)  # recorded at once, so `down` can stop it whatever happens next
+        wait_serving(directory, state, started, progress)
+        progress("starting the downstream targets", len(state.nodes), len(state.nodes))
+        _start_targets(directory, state, running)
+    except BaseException:
+        down(directory, only=_parts(state) - running)
+        raise
+    return state
+
+
+def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> list[str]:
+    """Stop the cluster's processes by PID (`only` those parts, when given); with `purge`, delete the
+    directory. Returns what stopped."""
+    stopped: list[str] = []
+    existing = _load_existing(directory)
+    if existing is not None:
+        for entry in existing.nodes:
+            if only is not None and entry.name not in only:
+                continue
+            if processes.stop(entry.pid, node_marker(directory, entry.name)):
+                stopped.append(entry.name)
+            entry.pid = None
+        for kind, target in existing.targets.items():
+            if only is not None and kind not in only:
+                continue
+            if processes.stop(target.pid, target_marker(directory, kind)):
+                stopped.append(f"{kind} target")
+            target.pid = None
+        stop_etcd = existing.etcd.embedded and (only is None or "etcd" in only)
+        if stop_etcd and processes.stop(existing.etcd.pid, str(directory / "etcd")):
+            stopped.append("etcd")
+        existing.etcd.pid = None
+        existing.save(directory)
+    if purge and directory.exists():
+        shutil.rmtree(directory)
+    return stopped
+
+
+def _parts(state: ClusterState) -> set[str]:
+    """Names of every process the cluster has: nodes, `etcd` when embedded, the target kinds."""
+    return {n.name for n in state.nodes} | ({"etcd"} if state.etcd.embedded else set()) | set(state.targets)
+
+
+def _running(directory: Path, state: ClusterState | None) -> set[str]:
+    """Names of the parts of `state` whose processes still run: node names, `etcd`, target kinds."""
+    if state is None:
+        return set()
+    names = {n.name for n in state.nodes if _node_running(directory, n)}
+    if state.etcd.embedded and processes.is_running(state.etcd.pid, str(directory / "etcd")):
+        names.add("etcd")
+    names |= {k for k, t in state.targets.items() if processes.is_running(t.pid, target_marker(directory, k))}
+    return names
+
+
+def _load_existing(directory: Path) -> ClusterState | None:
+    return ClusterState.load(directory) if ClusterState.path(directory).exists() else None
+
+
+def node_marker(directory: Path, name: str) -> str:
+    return str(directory / "nodes" / name / "node.yaml")
+
+
+def _node_running(directory: Path, entry: NodeEntry) -> bool:
+    return processes.is_running(entry.pid, node_marker(directory, entry.name))
+
+
+def _pick_port(preferred: int | None) -> int:
+    return preferred if preferred and port_is_free(preferred) else free_port()
+
+
+def _plan(
+    directory: Path, existing: ClusterState | None, options: UpOptions, running: set[str]
+) -> ClusterState:
+    if existing is not None:
+        if options.cluster_name and options.cluster_name != existing.cluster_name:
+            raise ClusterError(
+                f"{directory} holds cluster {existing.cluster_name!r}, not {options.cluster_name!r}: "
+                "use another --dir or `authsim down --purge`"
+            )
+        state = existing
+        if options.etcd_endpoints:
+            state.etcd = EtcdEntry(endpoints=options.etcd_endpoints, embedded=False, tls=options.etcd_tls)
+        elif state.etcd.tls is not None:
+            state.etcd.tls.checked()  # restarting with the recorded TLS files: still there?
+    else:
+        name = options.cluster_name or "mycluster"
+        etcd = EtcdEntry(
+            endpoints=options.etcd_endpoints or [], embedded=not options.etcd_endpoints, tls=options.etcd_tls
+        )
+        state = ClusterState(cluster_name=name, etcd=etcd)
+    wanted = options.nodes or len(state.nodes) or 3
+    if wanted < len(state.nodes):
+        raise ClusterError(
+            f"{directory} already has {len(state.nodes)} nodes; nodes are never removed by `up`"
+        )
+    for i in range(len(state.nodes), wanted):
+        port = options.base_port + i if options.base_port else free_port()
+        state.nodes.append(NodeEntry(name=f"node{i + 1}", address=f"127.0.0.1:{port}"))
+    for entry in state.nodes:
+        if entry.name in running:
+            continue
+        host, preferred = entry.address.rsplit(":", 1)
+        entry.address = f"{host}:{_pick_port(int(preferred))}"
+    return state
+
+
+def _start_etcd(directory: Path, state: ClusterState) -> None:
+    etcd = EtcdServer.start(
+        directory / "etcd" / "data",
+        client_port=_pick_port(state.etcd.client_port),
+        peer_port=_pick_port(state.etcd.peer_port),
+        detach=True,
+    )
+    state.etcd.client_port, state.etcd.peer_port = etcd.client_port, etcd.peer_port
+    state.etcd.endpoints = [etcd.endpoint]
+    state.etcd.pid = etcd.process.pid if etcd.process else None
+
+
+def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> NodeConfig:
+    node_dir = directory / "nodes" / entry.name
+    node_dir.mkdir(parents=True, exist_ok=True)
+    token = provision_token(node_dir, f"authsim-{entry.name}")
+    ensure_node_identity(directory, state.cluster_name, node_dir, entry.name)
+    config = NodeConfig(
+        name=entry.name,
+        cluster_name=state.cluster_name,
+        host_id=ensure_host_id(node_dir),
+        listen=entry.address,
+        etcd_endpoints=tuple(state.etcd.endpoints),
+        node_dir=node_dir,
+        pkcs11_module=token.module_path,
+        token_label=token.label,
+        etcd_tls=state.etcd.tls,
+    )
+    config.save()
+    return config
+
+
+def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
+    env = config.token().process_env()
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", NODE_MARKER, "--config", str(config.node_dir / "node.yaml")]
+    return processes.spawn(argv, config.log_file, env)
+
+
+def write_default_trust(directory: Path, state: ClusterState, targets_dir: Path | None = None) -> list[Path]:
+    """The targets' trust files under `targets_dir` (default `directory`) that do not exist yet, trusting
+    the cluster's self-signed CAs as its first node reports them (with `directory`'s admin identity)."""
+    entry = state.nodes[0]
+    with NodeClient(entry.address, admin_identity(directory), entry.name) as client:
+        cas = {ca_type: client.get_cert_authority(ca_type) for ca_type in CA_TYPES}
+    ca_pems = {
+        t: [pair.cert for pair in (*ca.active_keys, *ca.additional_trusted_keys)] for t, ca in cas.items()
+    }
+    return set_default_trust(targets_dir or directory, ca_pems["windows"], ca_pems["db_client"])
+
+
+def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> None:
+    """The desktop and database targets, trusting the cluster's self-signed CAs unless told otherwise."""
+    write_default_trust(directory, state)
+    started = {}
+    for kind in dict.fromkeys(t.target for t in CA_TYPES.values()):
+        if kind in running:
+            continue
+        previous = state.targets.get(kind)
+        port = _pick_port(int(previous.address.rsplit(":", 1)[1]) if previous else None)
+        started[kind] = start_target(directory, kind, port, state.cluster_name)
+        state.targets[kind] = TargetEntry(f"127.0.0.1:{port}", started[kind].pid)
+        state.save(directory)
+    for kind, process in started.items():
+        wait_listening(state.targets[kind].address, START_TIMEOUT, process)
+    register_target_addresses(state)
+
+
+def wait_serving(
+    directory: Path, state: ClusterState, started: dict[str, subprocess.Popen[bytes]], progress: Progress
+) -> None:
+    """Return once every node in `state` reports SERVING to `directory`'s admin identity; ClusterError
+    when a process in `started` exits or after START_TIMEOUT."""
+    identity = admin_identity(directory)
+    clients = {e.name: NodeClient(e.address, identity, e.name, timeout=2.0) for e in state.nodes}
+    waiting = [e.name for e in state.nodes]
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while waiting:
+            progress(f"waiting for {', '.join(waiting)}", len(state.nodes) - len(waiting), len(state.nodes))
+            for name in list(waiting):
+                process = started.get(name)
+                if process is not None and process.poll() is not None:
+                    log = directory / "nodes" / name / "node.log"
+                    raise ClusterError(
+                        f"node {name} exited during start-up; last lines of {log}:\n{processes.tail(log)}"
+                    )
+                if clients[name].health() == "SERVING":
+                    waiting.remove(name)
+            if time.monotonic() > deadline:
+                raise ClusterError(f"nodes not SERVING after {START_TIMEOUT:.0f} s: {', '.join(waiting)}")
+            time.sleep(0.1)
+        progress("all nodes SERVING", len(state.nodes), len(state.nodes))
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def register_target_addresses(state: ClusterState) -> None:
+    """Record the address of each target in `state` in the cluster's etcd (no write when unchanged)."""
+
+    async def register() -> None:
+        async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
+            addresses = {kind: target.address for kind, target in state.targets.items()}
+            await register_targets(store, state.cluster_name, addresses)
+
+    asyncio.run(register())

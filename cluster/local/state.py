@@ -1,0 +1,91 @@
+"""The cluster's state file `cluster.yaml`: name, etcd endpoints and the node processes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from authsim.cluster.errors import ClusterError
+from authsim.cluster.store import EtcdTLS
+
+DEFAULT_DIR = Path(".authsim")
+
+
+def cluster_dir(path: str | Path | None) -> Path:
+    """`--dir`, else $AUTHSIM_DIR, else ./.authsim, as an absolute path."""
+    return Path(path or os.environ.get("AUTHSIM_DIR") or DEFAULT_DIR).absolute()
+
+
+def host_names(directory: Path) -> dict[str, str]:
+    """host id -> node name for the nodes provisioned in `directory` (empty for a remote cluster)."""
+    return {p.read_text().strip(): p.parent.name for p in (directory / "nodes").glob("*/host_id")}
+
+
+@dataclass
+class NodeEntry:
+    name: str
+    address: str
+    pid: int | None = None
+
+
+@dataclass
+class EtcdEntry:
+    endpoints: list[str]
+    embedded: bool
+    client_port: int | None = None
+    peer_port: int | None = None
+    pid: int | None = None
+    tls: EtcdTLS | None = None  # client TLS to an external etcd (`up --etcd-cacert/--etcd-cert/--etcd-key`)
+
+
+@dataclass
+class TargetEntry:
+    """A downstream target process: `desktop` (NTAuth) or `db` (TLS client-certificate trust)."""
+
+    address: str
+    pid: int | None = None
+
+
+@dataclass
+class ClusterState:
+    cluster_name: str
+    etcd: EtcdEntry
+    nodes: list[NodeEntry] = field(default_factory=list)
+    targets: dict[str, TargetEntry] = field(default_factory=dict)
+
+    @staticmethod
+    def path(directory: Path) -> Path:
+        return directory / "cluster.yaml"
+
+    def save(self, directory: Path) -> None:
+        data = asdict(self)
+        data["etcd"]["tls"] = self.etcd.tls.to_dict() if self.etcd.tls else None
+        tmp = self.path(directory).with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        tmp.replace(self.path(directory))
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterState:
+        path = cls.path(directory)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ClusterError(
+                f"no cluster in {directory} ({path.name} missing): run `authsim up --dir {directory}`"
+            ) from None
+        return cls(
+            cluster_name=data["cluster_name"],
+            etcd=EtcdEntry(**{**data["etcd"], "tls": EtcdTLS.from_dict(data["etcd"].get("tls"))}),
+            nodes=[NodeEntry(**n) for n in data["nodes"]],
+            targets={k: TargetEntry(**v) for k, v in (data.get("targets") or {}).items()},
+        )
+
+    def node(self, name: str) -> NodeEntry:
+        for entry in self.nodes:
+            if entry.name == name:
+                return entry
+        known = ", ".join(n.name for n in self.nodes)
+        raise ClusterError(f"no node named {name!r} in this cluster (nodes: {known})")

@@ -1,0 +1,521 @@
+"""The etcd store: reads, one compare-and-swap Txn primitive, and a bounded retry loop built on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import ssl
+from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+import aetcd.watcher
+import grpc
+from aetcd import rpc
+
+from authsim.cluster.errors import AlreadyExistsError, ClusterError, ConflictError, StoreUnavailableError
+
+# gRPC status codes that mean "etcd cannot serve us now", with the words the one-line error uses.
+_UNAVAILABLE: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAVAILABLE: "unreachable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer in time",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "refused the request",
+}
+# aetcd errors raised without a gRPC cause, by the status code they stand for.
+_AETCD_CODES: dict[type[Exception], grpc.StatusCode] = {
+    aetcd.exceptions.ConnectionFailedError: grpc.StatusCode.UNAVAILABLE,
+    aetcd.exceptions.ConnectionTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    aetcd.exceptions.WatchTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+_CHANNEL_OPTIONS: dict[str, int | str] = {
+    # Reconnect within a second once etcd is back (gRPC's default backoff grows to 120 s).
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+    # Notice a peer that vanished without closing the connection, e.g. under a long watch.
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    # Prefix reads (events) may outgrow gRPC's 4 MiB default.
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+}
+
+_BACKOFF_BASE = 0.0005
+_BACKOFF_CAP = 0.002
+DELETE = b"\0authsim: delete this key\0"  # what an `update` fn returns to remove the key; never stored
+_UNAVAILABLE_PAUSE = 0.1  # seconds before reading again after etcd did not answer
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """TLS to etcd: the CA certificate to trust, and a certificate and key to present (PEM files).
+
+    A client (EtcdStore, a node) presents its client certificate; an etcd member (EtcdServer) its
+    member certificate, the same one for clients, peers and its own health check.
+    """
+
+    cacert: Path
+    cert: Path
+    key: Path
+
+    def checked(self) -> EtcdTLS:
+        """The same files as absolute paths; ClusterError naming every one that is not a file."""
+        missing = [
+            f"etcd TLS {what} {path} does not exist"
+            for what, path in (("CA certificate", self.cacert), ("certificate", self.cert), ("key", self.key))
+            if not path.is_file()
+        ]
+        if missing:
+            raise ClusterError("; ".join(missing))
+        return EtcdTLS(self.cacert.absolute(), self.cert.absolute(), self.key.absolute())
+
+    def to_dict(self) -> dict[str, str]:
+        return {"cacert": str(self.cacert), "cert": str(self.cert), "key": str(self.key)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str] | None) -> EtcdTLS | None:
+        """The inverse of `to_dict`; None (a file written without TLS) stays None."""
+        return None if data is None else cls(Path(data["cacert"]), Path(data["cert"]), Path(data["key"]))
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.cacert.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client-side context for etcd's HTTPS endpoints (/health)."""
+        context = ssl.create_default_context(cafile=str(self.cacert))
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+Guard = tuple[str, int]  # a key that must still be at this mod_revision (0: absent) for a write to land
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A stored value with the revisions etcd gave it."""
+
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+
+@dataclass(frozen=True)
+class CasResult:
+    """The outcome of one compare-and-swap (or conditional delete) Txn.
+
+    `revision` is the store revision of the write when it succeeded (the store's revision at the time
+    of the Txn when it failed). On failure `current` is the value read by the Txn's failure branch,
+    None when the key is absent, and `guard` the guard key's value read by the same branch.
+    """
+
+    succeeded: bool
+    revision: int
+    current: Versioned | None = None
+    guard: Versioned | None = None
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """The outcome of `update()`: the revision now stored, the attempts taken, whether it wrote."""
+
+    revision: int
+    attempts: int
+    changed: bool
+
+
+class EtcdStore:
+    """An asyncio client of one etcd cluster; every call is bounded by `timeout` seconds.
+
+    `endpoints` are "host:port" strings. Several become one gRPC channel with target
+    "ipv4:ip1:port1,ip2:port2,..." (names resolved at connect), so gRPC's pick_first policy fails over
+    to the next member. aetcd builds its channel from f"{host}:{port}"; we hand it the target split at
+    its last colon, which rebuilds the same string. Connection failures surface as
+    StoreUnavailableError; the channel reconnects by itself when etcd comes back.
+
+    With `tls` the channel is TLS with our client certificate. One channel has one name to verify:
+    every member's certificate is checked against the host of the first endpoint (so member
+    certificates must all name it, e.g. all carry 127.0.0.1 on loopback). A handshake etcd refuses
+    (no client certificate, one from another CA) surfaces as StoreUnavailableError too.
+    """
+
+    def __init__(self, endpoints: list[str], timeout: float = 5.0, tls: EtcdTLS | None = None) -> None:
+        if not endpoints:
+            raise ValueError("EtcdStore needs at least one endpoint")
+        for endpoint in endpoints:
+            host, _, port = endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self.tls = tls
+        self._client: Any = None
+
+    async def connect(self) -> None:
+        """Open the gRPC channel (no round trip: the first call connects)."""
+        if self._client is not None:
+            return
+        host, _, port = (await self._grpc_target()).rpartition(":")
+        if self.tls is None:
+            client = aetcd.Client(host=host, port=int(port), timeout=self.timeout, options=_CHANNEL_OPTIONS)
+        else:
+            # The name TLS verifies: the first endpoint as given, not the "ipv4:..." target's list.
+            options = {**_CHANNEL_OPTIONS, "grpc.default_authority": self.endpoints[0]}
+            client = _TLSClient(
+                self.tls.channel_credentials(),
+                host=host,
+                port=int(port),
+                timeout=self.timeout,
+                options=options,
+            )
+        with self._map_errors():
+            await client.connect()
+        self._client = client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def __aenter__(self) -> EtcdStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def get(self, key: str) -> Versioned | None:
+        response = await self._call("Range", rpc.RangeRequest(key=key.encode()))
+        return _versioned(response.kvs[0]) if response.kvs else None
+
+    async def get_both(self, key: str, other: str) -> tuple[Versioned | None, Versioned | None]:
+        """Two keys as they stood at one revision (one Txn of two reads)."""
+        reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in (key, other)]
+        response = await self._call("Txn", rpc.TxnRequest(success=reads), read=True)
+        first, second = (r.response_range.kvs for r in response.responses)
+        return (_versioned(first[0]) if first else None, _versioned(second[0]) if second else None)
+
+    async def get_prefix(self, prefix: str) -> list[tuple[str, Versioned]]:
+        """Every key starting with `prefix` ("" = all keys), sorted by key."""
+        key, range_end = _prefix_range(prefix)
+        response = await self._call("Range", rpc.RangeRequest(key=key, range_end=range_end))
+        return sorted((kv.key.decode(), _versioned(kv)) for kv in response.kvs)
+
+    async def compare_and_swap(
+        self, key: str, expected_revision: int, value: bytes, guard: Guard | None = None
+    ) -> CasResult:
+        """Put `value` if the key's mod_revision is `expected_revision` (0: the key must be absent)
+        and, with a `guard` (key, revision), that key is unchanged too.
+
+        One Txn: compare, success = Put, failure = Get, so a conflict costs no extra round trip.
+        A StoreUnavailableError (e.g. a deadline) leaves the outcome unknown: read again.
+        """
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
+        return await self._guarded(key, expected_revision, put, guard)
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Create `key` if absent and return the write's revision; AlreadyExistsError otherwise."""
+        result = await self.compare_and_swap(key, 0, value)
+        if not result.succeeded:
+            revision = result.current.mod_revision if result.current else result.revision
+            raise AlreadyExistsError(f"{key} already exists (revision {revision})")
+        return result.revision
+
+    async def delete(self, key: str, expected_revision: int, guard: Guard | None = None) -> CasResult:
+        """Delete `key` if its mod_revision is `expected_revision`; same guard and failure branch as CAS."""
+        if expected_revision < 1:
+            raise ValueError(f"delete of {key} needs the revision it read (> 0), not {expected_revision}")
+        op = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
+        return await self._guarded(key, expected_revision, op, guard)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Unconditionally delete every key under a non-empty `prefix` (tests, purges); the count."""
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        key, range_end = _prefix_range(prefix)
+        response = await self._call("DeleteRange", rpc.DeleteRangeRequest(key=key, range_end=range_end))
+        return int(response.deleted)
+
+    async def update(
+        self,
+        key: str,
+        fn: Callable[[Versioned | None], bytes | None],  # or DELETE
+        *,
+        max_attempts: int = 128,
+        deadline: float = 10.0,
+        known: tuple[Versioned | None] | None = None,
+    ) -> UpdateResult:
+        """Read, `fn(current)`, compare-and-swap; on conflict retry `fn` on the value the Txn returned.
+
+        `fn` returns the new value, DELETE to remove the key (it must exist), or None when nothing needs
+        writing (then nothing is written). An exception from `fn` propagates with nothing written.
+        Retries back off with full jitter (0.5 ms doubling to 2 ms: a conflict means another writer
+        landed, so long waits buy nothing) and stop after `max_attempts` or `deadline` seconds:
+        ConflictError. `known=(value,)` starts from a value the caller already holds (a cache kept by a
+        watch) instead of reading: when it is stale, the first compare fails and its failure branch
+        brings the current value, so an uncontended update costs one round trip. An error or a
+        "nothing to do" from `fn` on a cached value is not trusted: the key is read and `fn` asked again.
+        `fn` must return None when its change is already there: when etcd does not answer (a member
+        down, a leader change), the loop reads again and calls `fn` on what it finds, until the
+        deadline; only then does StoreUnavailableError reach the caller.
+        """
+        return await self.update_guarded(
+            key,
+            None,
+            lambda current, _: fn(current),
+            max_attempts=max_attempts,
+            deadline=deadline,
+            known=None if known is None else (known[0], None),
+        )
+
+    async def update_guarded(
+        self,
+        key: str,
+        guard_key: str | None,
+        fn: Callable[[Versioned | None, Versioned | None], bytes | None],  # or DELETE
+        *,
+        max_attempts: int = 128,
+        deadline: float = 10.0,
+        known: tuple[Versioned | None, Versioned | None] | None = None,
+    ) -> UpdateResult:
+        """`update`, where `fn(current, guard)` also sees the value of `guard_key` and the write lands
+        only if that key is still as `fn` saw it (both compared in the one Txn; both re-read by its
+        failure branch): a write checked against another key cannot slip past a change to it.
+        `known=(value, guard value)` as for `update`.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        current, guard = known if known else (None, None)
+        fresh = known is not None  # whether the values are worth a compare (false after an unknown outcome)
+        confirmed = False  # whether they came from etcd itself, not from the caller's cache
+        attempt = expected = 0
+        while True:
+            try:
+                if not fresh:
+                    if guard_key:
+                        current, guard = await self.get_both(key, guard_key)
+                    else:
+                        current = await self.get(key)
+                    fresh = confirmed = True
+                try:
+                    new_value = fn(current, guard)
+                except Exception:
+                    if confirmed:
+                        raise
+                    fresh = False  # judged on a cached value: judge again on what etcd holds
+                    continue
+                if new_value is None and not confirmed:  # "nothing to do" from a cache may be stale
+                    fresh = False
+                    continue
+                attempt += 1
+                expected = current.mod_revision if current else 0
+                if new_value is None:
+                    return UpdateResult(expected, attempt, False)
+                guarded = (guard_key, guard.mod_revision if guard else 0) if guard_key else None
+                if new_value is DELETE:
+                    result = await self.delete(key, expected, guarded)
+                else:
+                    result = await self.compare_and_swap(key, expected, new_value, guarded)
+                if result.succeeded:
+                    return UpdateResult(result.revision, attempt, True)
+                current, guard, confirmed = result.current, result.guard, True
+            except StoreUnavailableError:
+                # Outcome unknown (etcd down, leader changed): read again and let `fn` decide.
+                fresh = False
+                if loop.time() - started > deadline:
+                    raise
+            delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** max(attempt - 1, 0)))
+            if not fresh:
+                delay = max(delay, _UNAVAILABLE_PAUSE)
+            elapsed = loop.time() - started
+            if attempt >= max_attempts or elapsed + delay > deadline:
+                raise ConflictError(
+                    f"gave up updating {key} after {attempt} attempts in {elapsed:.2f}s "
+                    f"(limits: {max_attempts} attempts, {deadline:g}s): other writers kept changing it",
+                    expected_revision=expected,
+                    actual_revision=current.mod_revision if current else 0,
+                )
+            await asyncio.sleep(delay)
+
+    async def watch_prefix(
+        self, prefix: str, start_revision: int | None = None
+    ) -> AsyncGenerator[tuple[str, Versioned | None, int], None]:
+        """Yield (key, value, revision) for each change under `prefix`; value None for a delete.
+
+        Raises StoreUnavailableError when the stream breaks: watch again from the last
+        revision seen + 1 to miss nothing. Wrap in `contextlib.aclosing` to cancel the watch
+        when leaving the loop early.
+        """
+        with self._map_errors():
+            watch = await self._connected().watch_prefix(prefix.encode(), start_revision=start_revision)
+            try:
+                async for event in watch:
+                    deleted = event.kind == aetcd.rtypes.EventKind.DELETE
+                    value = None if deleted else _versioned(event.kv)
+                    yield event.kv.key.decode(), value, int(event.kv.mod_revision)
+            finally:
+                await watch.cancel()
+
+    async def ping(self) -> int:
+        """One linearizable read (needs a leader and quorum); returns the store revision."""
+        response = await self._call("Range", rpc.RangeRequest(key=b"\0", count_only=True), wait=False)
+        return int(response.header.revision)
+
+    async def _guarded(
+        self, key: str, expected_revision: int, op: Any, guard: Guard | None = None
+    ) -> CasResult:
+        """Txn: if `key` (and the guard key) are at the expected revisions then `op` else Get both."""
+        compares, reads = [], []
+        for k, expected in [(key, expected_revision), *([guard] if guard else [])]:
+            if expected < 0:
+                raise ValueError(f"expected revision of {k} must be >= 0, not {expected}")
+            kb = k.encode()
+            if expected == 0:
+                compares.append(
+                    rpc.Compare(
+                        key=kb, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+                    )
+                )
+            else:
+                compares.append(
+                    rpc.Compare(
+                        key=kb, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected
+                    )
+                )
+            reads.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=kb)))
+        response = await self._call("Txn", rpc.TxnRequest(compare=compares, success=[op], failure=reads))
+        revision = int(response.header.revision)
+        if response.succeeded:
+            return CasResult(True, revision)
+        found = [kvs[0] if (kvs := r.response_range.kvs) else None for r in response.responses]
+        values = [None if kv is None else _versioned(kv) for kv in found]
+        return CasResult(False, revision, values[0], values[1] if guard else None)
+
+    async def _call(self, method: str, request: Any, wait: bool = True, read: bool = False) -> Any:
+        """One unary KV call (Range, Txn, DeleteRange) within the timeout, errors mapped.
+
+        With `wait`, the call waits for a connection (a member restarting, a failover to another
+        endpoint) instead of failing at once; a read (a Range, or a Txn marked `read`) that loses its
+        connection is sent again while time remains. A write is sent once: its outcome is then
+        unknown, and `update` reads again.
+        """
+        client = self._connected()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            try:
+                with self._map_errors():
+                    return await getattr(client.kvstub, method)(
+                        request,
+                        timeout=max(deadline - loop.time(), 0.01),
+                        metadata=client.metadata,
+                        wait_for_ready=wait,
+                    )
+            except StoreUnavailableError:
+                if (
+                    not (read or method == "Range")
+                    or not wait
+                    or loop.time() + _UNAVAILABLE_PAUSE >= deadline
+                ):
+                    raise
+                await asyncio.sleep(_UNAVAILABLE_PAUSE)
+
+    def _connected(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("EtcdStore used before connect() or after close()")
+        return self._client
+
+    async def _grpc_target(self) -> str:
+        if len(self.endpoints) == 1:
+            return self.endpoints[0]
+        loop = asyncio.get_running_loop()
+        addresses = []
+        for endpoint in self.endpoints:
+            host, _, port = endpoint.rpartition(":")
+            with self._map_errors():
+                infos = await loop.getaddrinfo(
+                    host, int(port), family=socket.AF_INET, type=socket.SOCK_STREAM
+                )
+            addresses.append(f"{infos[0][4][0]}:{port}")
+        return "ipv4:" + ",".join(addresses)
+
+    @contextlib.contextmanager
+    def _map_errors(self) -> Iterator[None]:
+        """Turn every "etcd cannot serve us" failure into a one-line StoreUnavailableError."""
+        try:
+            yield
+        except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, TimeoutError, OSError) as exc:
+            status = _status(exc)
+            if status is None or status[0] not in _UNAVAILABLE:
+                raise
+            code, details = status
+            where, details = ",".join(self.endpoints), " ".join(details.split())
+            where += " (TLS)" if self.tls else ""
+            raise StoreUnavailableError(
+                f"etcd at {where} {_UNAVAILABLE[code]} (timeout {self.timeout:g}s): {details}"
+            ) from exc
+
+
+class _TLSClient(aetcd.Client):  # type: ignore[misc]
+    """An aetcd.Client over a TLS channel.
+
+    aetcd 1.0's `Client.connect()` only builds `insecure_channel`; this `connect()` mirrors it with
+    `grpc.aio.secure_channel` and builds the same stubs and watcher. It leaves out aetcd's
+    username/password login, which authsim does not use (etcd authenticates us by the certificate).
+    No await runs before `_connected` is set, so aetcd's guard for concurrent connects is not needed.
+    """
+
+    def __init__(self, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        target = f"{self._host}:{self._port}"
+        self.channel = grpc.aio.secure_channel(target, self._credentials, options=list(self._options.items()))
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(
+            rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The gRPC status behind a gRPC, aetcd, timeout or resolver error, if there is one."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code(), exc.details() or ""
+    if isinstance(exc, aetcd.exceptions.ClientError):
+        if exc.__cause__ is not None:
+            return _status(exc.__cause__)
+        code = _AETCD_CODES.get(type(exc))
+        return (code, str(exc) or type(exc).__name__) if code else None
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "timed out"
+    if isinstance(exc, OSError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    return None
+
+
+def _versioned(kv: Any) -> Versioned:
+    return Versioned(
+        value=bytes(kv.value), mod_revision=int(kv.mod_revision), create_revision=int(kv.create_revision)
+    )
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """The [key, range_end) of every key starting with `prefix`; "" means every key."""
+    if not prefix:
+        return b"\0", b"\0"
+    return prefix.encode(), aetcd.utils.prefix_range_end(prefix.encode())
