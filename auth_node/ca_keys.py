@@ -15,9 +15,11 @@ from authsim.auth_node.config import NodeConfig
 from authsim.cluster.errors import NotFoundError
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
+from authsim.cluster.resources.key_ref import KeyRef
+from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.store import EtcdStore, UpdateResult, Versioned
 from authsim.cluster.store.keys import cert_authority_key
-from authsim.hsm import KeyRef, Pkcs11KeyStore, public_key_hash
+from authsim.hsm import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +29,13 @@ async def load_cert_authority(store: EtcdStore, cluster_name: str, ca_type: str)
     return None if found is None else CertAuthority.from_json(found.value, found.mod_revision)
 
 
-async def ensure_ca_keys(store: EtcdStore, keystore: Pkcs11KeyStore, node: NodeConfig) -> None:
+async def ensure_ca_keys(store: EtcdStore, keystore: KeyStore, node: NodeConfig) -> None:
     """For each CA type: create the CA with this node's key active, or add the key as additional."""
     for ca_type in CA_TYPES:
         await _ensure_ca_key(store, keystore, node, ca_type)
 
 
-async def _ensure_ca_key(store: EtcdStore, keystore: Pkcs11KeyStore, node: NodeConfig, ca_type: str) -> None:
+async def _ensure_ca_key(store: EtcdStore, keystore: KeyStore, node: NodeConfig, ca_type: str) -> None:
     ca = await load_cert_authority(store, node.cluster_name, ca_type)
     if ca is not None and ca.keys_of_host(node.host_id):
         return
@@ -57,7 +59,7 @@ async def _ensure_ca_key(store: EtcdStore, keystore: Pkcs11KeyStore, node: NodeC
     )
 
 
-def _own_key_pair(keystore: Pkcs11KeyStore, node: NodeConfig, ca_type: str) -> CAKeyPair:
+def _own_key_pair(keystore: KeyStore, node: NodeConfig, ca_type: str) -> CAKeyPair:
     """This node's key for `ca_type`: the one made earlier if the token still holds it, else a new one.
 
     The pending key is recorded in `ca-keys.json` before it is offered to etcd, so a node that dies

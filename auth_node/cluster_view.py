@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 
+from authsim.cluster.errors import StoreUnavailableError
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride
 from authsim.cluster.store import EtcdStore, Versioned
@@ -64,6 +65,15 @@ class ClusterView:
                 self.ready.clear()
                 log.warning("watch of %s stopped (%s); listing again", self.prefix, e)
                 await asyncio.sleep(RETRY_DELAY)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once the copy is current; StoreUnavailableError after `timeout` seconds."""
+        if self.ready.is_set():  # (wait_for costs a task per call even when set)
+            return
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            raise StoreUnavailableError("this node has not loaded the cluster's CAs from etcd yet") from None
 
     def override(self, ca_type: str) -> CertAuthorityOverride | None:
         """The override resource of `ca_type` in this copy. Decoded on first use, not on every change:

@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 from authsim.cluster.errors import NotFoundError, ValidationError
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.validation import CLUSTER_NAME_OID
-from authsim.hsm import Pkcs11KeyStore
+from authsim.hsm import KeyStore
 
 MAX_SUBJECT_CHARS = 1024  # far above any real distinguished name; bounds what a request makes us parse
 # Attributes cryptography encodes as PrintableString, and what that string type may hold (X.680 §41.4)
@@ -74,7 +74,7 @@ def csr_subject(ca_cert_subject: x509.Name, cluster_name: str, custom: str = "")
 
 async def create_override_csrs(
     ca: CertAuthority,
-    keystore: Pkcs11KeyStore,
+    keystore: KeyStore,
     node_names: dict[str, str],
     subject: str = "",
     public_key_hash: str = "",
@@ -118,7 +118,7 @@ def _holder(pair: CAKeyPair, node_names: dict[str, str]) -> str:
     return f"node {name} (host {pair.key.host_id})"
 
 
-def _sign_csr(keystore: Pkcs11KeyStore, pair: CAKeyPair, cluster_name: str, subject: str) -> str:
+def _sign_csr(keystore: KeyStore, pair: CAKeyPair, cluster_name: str, subject: str) -> str:
     ca_cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         csr_subject(ca_cert.subject, cluster_name, subject)

@@ -68,7 +68,9 @@ def resolve_issuer(
         raise KeyAccessError(
             f"node {node} holds {role} of the {ca.ca_type} CA, so it cannot sign: run "
             f"`authctl auth rotate --type {ca.ca_type}` to make its key active, or sign on the node holding "
-            f"the active key: {holders}"
+            f"the active key: {holders}",
+            owner_host_id=ca.active_keys[0].key.host_id if ca.active_keys else "",
+            asking_host_id=host_id,
         )
     pair = active[0]
     _check_valid(_certificate(pair.cert_pem), f"the self-signed {ca.ca_type} CA certificate")

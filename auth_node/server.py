@@ -19,7 +19,7 @@ from authsim.cluster.errors import AuthSimError, StoreUnavailableError
 from authsim.cluster.mtls import TLSIdentity
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import register_node
-from authsim.hsm import Pkcs11KeyStore
+from authsim.hsm import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def node_tls(node: NodeConfig) -> TLSIdentity:
 def create_server(
     node: NodeConfig,
     store: EtcdStore,
-    keystore: Pkcs11KeyStore,
+    keystore: KeyStore,
     view: ClusterView,
     health_servicer: health.aio.HealthServicer,
 ) -> tuple[grpc.aio.Server, int]:
@@ -59,7 +59,7 @@ async def _set_health(health_servicer: health.aio.HealthServicer, status: int) -
 
 
 async def keep_healthy(
-    node: NodeConfig, store: EtcdStore, keystore: Pkcs11KeyStore, health_servicer: health.aio.HealthServicer
+    node: NodeConfig, store: EtcdStore, keystore: KeyStore, health_servicer: health.aio.HealthServicer
 ) -> None:
     """SERVING once the CA keys are in place and while etcd answers; NOT_SERVING otherwise."""
     ready = False
@@ -87,7 +87,7 @@ async def keep_healthy(
         await asyncio.sleep(HEALTH_INTERVAL)
 
 
-async def run_node(node: NodeConfig, keystore: Pkcs11KeyStore) -> int:
+async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
     """Serve until SIGTERM or SIGINT (exit status 0), or until a background task fails (1)."""
     health_servicer = health.aio.HealthServicer()
     await _set_health(health_servicer, NOT_SERVING)

@@ -13,18 +13,14 @@ from typing import Any, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    load_der_public_key,
-)
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from authsim.auth_node.ca_keys import load_cert_authority, promote_additional_keys
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.csr import create_override_csrs
-from authsim.auth_node.events import list_events, record_event, session_start_event
+from authsim.auth_node.events import list_events
+from authsim.auth_node.exercise import exercise
 from authsim.auth_node.issuance import (
     DEFAULT_TTL,
     Credential,
@@ -37,21 +33,19 @@ from authsim.auth_node.issuance import (
 from authsim.auth_node.overrides import Overrides, WriteResult
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
-from authsim.auth_node.target_sessions import open_db_session, open_desktop_session
 from authsim.auth_node.token_signer import TokenSigner
-from authsim.cluster.errors import AuthSimError, NotFoundError, StoreUnavailableError, ValidationError
+from authsim.cluster.errors import AuthSimError, NotFoundError, ValidationError
 from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
-from authsim.cluster.rpc_errors import ERROR_MARKER, status_code_for
+from authsim.cluster.rpc_errors import ERROR_MARKER, error_metadata, status_code_for
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import node_names
-from authsim.hsm import Pkcs11KeyStore
+from authsim.hsm import KeyStore
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 log = logging.getLogger(__name__)
-TARGET_TIMEOUT = 5.0  # seconds for a session on a downstream target
 VIEW_TIMEOUT = 5.0  # seconds a request waits for the first listing of the cluster
 MAX_SIGN_BATCH = 256  # credentials in one SignBatch call
 Method = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
@@ -65,9 +59,7 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
         try:
             return await method(self, request, context)
         except AuthSimError as e:
-            await context.abort(
-                status_code_for(e), str(e), trailing_metadata=((ERROR_MARKER, type(e).__name__),)
-            )
+            await context.abort(status_code_for(e), str(e), trailing_metadata=error_metadata(e))
             raise AssertionError("unreachable") from e
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
@@ -85,9 +77,7 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
 class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     """One node's API: reads through to etcd, signs only with keys in this node's token."""
 
-    def __init__(
-        self, node: NodeConfig, store: EtcdStore, keystore: Pkcs11KeyStore, view: ClusterView
-    ) -> None:
+    def __init__(self, node: NodeConfig, store: EtcdStore, keystore: KeyStore, view: ClusterView) -> None:
         self.node = node
         self.store = store
         self.keystore = keystore
@@ -97,13 +87,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
 
     async def issuer(self, ca_type: str) -> Issuer:
         """This node's active key of `ca_type`, under the override the view holds for it."""
-        if not self.view.ready.is_set():  # (wait_for costs a task per call even when set)
-            try:
-                await asyncio.wait_for(self.view.ready.wait(), VIEW_TIMEOUT)
-            except TimeoutError:
-                raise StoreUnavailableError(
-                    "this node has not loaded the cluster's CAs from etcd yet"
-                ) from None
+        await self.view.wait_ready(VIEW_TIMEOUT)
         ca = require_ca(self.view.cert_authorities, ca_type, self.node.cluster_name)
         return resolve_issuer(
             ca, self.view.override(ca_type), self.node.host_id, self.node.name, self.view.node_names
@@ -284,43 +268,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> pb.ExerciseResponse:
         """Issue a credential, open a session on the downstream target with it, record the event."""
         ca_type = resolve_ca_type(request.type).name
-        key = ec.generate_private_key(ec.SECP256R1())
-        [credential] = await self.issue([CredentialRequest(ca_type, request.user, key.public_key())])
-        kind = CA_TYPES[ca_type].target
-        address = self.view.targets.get(kind)  # the view is ready once issue() returned
-        if address is None:
-            raise NotFoundError(
-                f"no {kind} target is registered in cluster {self.node.cluster_name}: `authsim up` "
-                "registers the targets it starts (docker-compose: the targets-trust service)"
-            )
-        server_ca = (self.node.node_dir / "server-ca.pem").read_bytes()
-        chain = credential.issuer.chain
-        if CA_TYPES[ca_type].smartcard_logon:
-            result = await open_desktop_session(
-                address, server_ca, request.user, credential.pem, chain, TARGET_TIMEOUT
-            )
-        else:
-            key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-            result = await open_db_session(
-                address,
-                server_ca,
-                request.user,
-                credential.pem,
-                key_pem,
-                chain,
-                TARGET_TIMEOUT,
-            )
-        event = session_start_event(
-            self.node.cluster_name,
-            ca_type,
-            request.user,
-            credential,
-            result.success,
-            result.reason,
-            result.resource_name,
-            self.node.name,
-        )
-        await record_event(self.store, self.node.cluster_name, event)
+        event = await exercise(self.node, self.store, self.view, self.issue, ca_type, request.user)
         return pb.ExerciseResponse(event=json.dumps(event, sort_keys=True))
 
     @_domain_errors

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from authsim.hsm import KeyRef, Pkcs11KeyStore
+from authsim.cluster.resources.key_ref import KeyRef
+from authsim.hsm import KeyStore
 
 
 @dataclass
@@ -25,7 +26,7 @@ class _Job:
 class TokenSigner:
     """Signs certificate builders with keys in this node's token, coalescing concurrent requests."""
 
-    def __init__(self, keystore: Pkcs11KeyStore) -> None:
+    def __init__(self, keystore: KeyStore) -> None:
         self.keystore = keystore
         self._waiting: list[_Job] = []
         self._drain_task: asyncio.Task[None] | None = None

@@ -33,11 +33,28 @@ class NotFoundError(AuthSimError):
 
 
 class KeyAccessError(AuthSimError):
-    """A key cannot be used here: another node's key, a locked or missing token, a wrong PIN."""
+    """A key cannot be used here: another node's key, a locked or missing token, a wrong PIN.
+
+    For another node's key, `owner_host_id` is the host whose token holds it and `asking_host_id`
+    the host that tried to use it.
+    """
+
+    def __init__(self, message: str, owner_host_id: str = "", asking_host_id: str = "") -> None:
+        self.owner_host_id = owner_host_id
+        self.asking_host_id = asking_host_id
+        super().__init__(message)
 
 
-class StoreUnavailableError(AuthSimError):
+class UnavailableError(AuthSimError):
+    """A part of the cluster (etcd, a node) did not answer: retrying later may succeed."""
+
+
+class StoreUnavailableError(UnavailableError):
     """The etcd cluster cannot be reached or did not answer in time."""
+
+
+class NodeUnavailableError(UnavailableError):
+    """An Auth node cannot be reached or did not answer in time."""
 
 
 class ClusterError(AuthSimError):

@@ -10,11 +10,14 @@ from authsim.cluster.errors import (
     ConflictError,
     KeyAccessError,
     NotFoundError,
-    StoreUnavailableError,
+    UnavailableError,
     ValidationError,
 )
 
 ERROR_MARKER = "authsim-error"  # trailing metadata key: the status came from a domain error
+OWNER_HOST_ID = "authsim-owner-host-id"  # KeyAccessError's fields, as trailing metadata
+ASKING_HOST_ID = "authsim-asking-host-id"
+Metadata = tuple[tuple[str, str], ...]
 
 STATUS_CODES: dict[type[AuthSimError], grpc.StatusCode] = {
     ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -22,7 +25,7 @@ STATUS_CODES: dict[type[AuthSimError], grpc.StatusCode] = {
     AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     NotFoundError: grpc.StatusCode.NOT_FOUND,
     KeyAccessError: grpc.StatusCode.PERMISSION_DENIED,
-    StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
     AuthSimError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
@@ -35,10 +38,21 @@ def status_code_for(error: AuthSimError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def error_from_status(code: grpc.StatusCode, details: str) -> AuthSimError:
-    """The domain error a node meant when it answered with `code` and `details`."""
+def error_metadata(error: AuthSimError) -> Metadata:
+    """The trailing metadata that carries `error` to the client: its class and its fields."""
+    fields: Metadata = ((ERROR_MARKER, type(error).__name__),)
+    if isinstance(error, KeyAccessError) and error.owner_host_id:
+        fields += ((OWNER_HOST_ID, error.owner_host_id), (ASKING_HOST_ID, error.asking_host_id))
+    return fields
+
+
+def error_from_status(code: grpc.StatusCode, details: str, metadata: Metadata = ()) -> AuthSimError:
+    """The domain error a node meant when it answered with `code`, `details` and trailing `metadata`."""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ValidationError([details])
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        fields = dict(metadata)
+        return KeyAccessError(details, fields.get(OWNER_HOST_ID, ""), fields.get(ASKING_HOST_ID, ""))
     for cls, mapped in STATUS_CODES.items():
         if mapped == code:
             return cls(details)

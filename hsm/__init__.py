@@ -1,16 +1,20 @@
-"""PKCS#11 key access and token provisioning: one token per node, keys that never leave it."""
+"""PKCS#11 key access and token provisioning: one token per node, keys that never leave it.
 
-from authsim.hsm.keystore import KeyRef, Pkcs11KeyStore, public_key_hash
+`KeyStore` is the interface a node uses; `Pkcs11KeyStore` implements it over one session and one
+thread; `provision_token` makes a node's SoftHSM2 token.
+"""
+
+from authsim.hsm.keystore import KeyStore
+from authsim.hsm.pkcs11_store import Pkcs11KeyStore
 from authsim.hsm.provision import DEFAULT_PKCS11_MODULE, TokenConfig, load_token_config, provision_token
 from authsim.hsm.token_key import TokenRSAPrivateKey
 
 __all__ = [
     "DEFAULT_PKCS11_MODULE",
-    "KeyRef",
+    "KeyStore",
     "Pkcs11KeyStore",
     "TokenConfig",
     "TokenRSAPrivateKey",
     "load_token_config",
     "provision_token",
-    "public_key_hash",
 ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding, PKCS1v15
@@ -11,15 +9,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehas
 from cryptography.hazmat.primitives.serialization import Encoding, KeySerializationEncryption, PrivateFormat
 
 from authsim.cluster.errors import KeyAccessError
-
-if TYPE_CHECKING:
-    from authsim.hsm.keystore import KeyRef, Pkcs11KeyStore
+from authsim.cluster.resources.key_ref import KeyRef
+from authsim.hsm.keystore import KeyStore
 
 
 class TokenRSAPrivateKey(rsa.RSAPrivateKey):
     """Signs with SHA256-RSA-PKCS#1 v1.5 in the node's token; usable by x509 CSR and certificate builders."""
 
-    def __init__(self, store: Pkcs11KeyStore, ref: KeyRef, public_key: rsa.RSAPublicKey) -> None:
+    def __init__(self, store: KeyStore, ref: KeyRef, public_key: rsa.RSAPublicKey) -> None:
         self._store = store
         self._ref = ref
         self._public_key = public_key

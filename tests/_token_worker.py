@@ -19,10 +19,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.x509.oid import NameOID
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
 
-from authsim.cluster.errors import AuthSimError
-from authsim.hsm import KeyRef, Pkcs11KeyStore, TokenConfig, load_token_config, public_key_hash
+from authsim.cluster.errors import AuthSimError, KeyAccessError
+from authsim.cluster.resources.key_ref import KeyRef
+from authsim.cluster.resources.x509 import public_key_hash
+from authsim.hsm import Pkcs11KeyStore, TokenConfig, load_token_config
 
 Request = dict[str, Any]
 
@@ -64,7 +66,10 @@ def list_keys(store: Pkcs11KeyStore, request: Request) -> dict[str, Any]:
 def use_key(store: Pkcs11KeyStore, request: Request) -> dict[str, Any]:
     """Try private_key() and sign() with the request's ref; report each outcome."""
     ref = KeyRef.from_dict(request["ref"])
-    outcomes: dict[str, Any] = {"holds": store.holds(ref)}
+    try:
+        outcomes: dict[str, Any] = {"holds": store.holds(ref)}
+    except AuthSimError as e:
+        outcomes = {"holds": f"{type(e).__name__}: {e}"}
     attempts: dict[str, Callable[[], object]] = {
         "private_key": lambda: store.private_key(ref),
         "sign": lambda: store.sign(ref, b"data"),
@@ -73,6 +78,9 @@ def use_key(store: Pkcs11KeyStore, request: Request) -> dict[str, Any]:
         try:
             attempt()
             outcomes[name] = "ok"
+        except KeyAccessError as e:
+            outcomes[name] = f"{type(e).__name__}: {e}"
+            outcomes[f"{name}_hosts"] = {"owner": e.owner_host_id, "asking": e.asking_host_id}
         except AuthSimError as e:
             outcomes[name] = f"{type(e).__name__}: {e}"
     return outcomes
@@ -181,6 +189,21 @@ def inspect(config: TokenConfig, request: Request) -> dict[str, Any]:
         }
 
 
+def duplicate(config: TokenConfig, request: Request) -> dict[str, Any]:
+    """Put two key pairs with one CKA_ID and label in the token (plain python-pkcs11), then use that id."""
+    key_id = bytes(16)
+    token = pkcs11.lib(config.module_path).get_token(token_label=config.label)
+    with token.open(rw=True, user_pin=config.pin()) as session:
+        for _ in range(2):
+            session.generate_keypair(KeyType.RSA, 1024, id=key_id, label=request["host_id"], store=True)
+    return use_key_with(config, {**request, "ref": {"host_id": request["host_id"], "key_id": key_id.hex()}})
+
+
+def use_key_with(config: TokenConfig, request: Request) -> dict[str, Any]:
+    with open_store(config, request) as store:
+        return use_key(store, request)
+
+
 STORE_ACTIONS: dict[str, Callable[[Pkcs11KeyStore, Request], dict[str, Any]]] = {
     "generate": generate,
     "list": list_keys,
@@ -191,12 +214,18 @@ STORE_ACTIONS: dict[str, Callable[[Pkcs11KeyStore, Request], dict[str, Any]]] = 
 }
 
 
+TOKEN_ACTIONS: dict[str, Callable[[TokenConfig, Request], dict[str, Any]]] = {
+    "inspect": inspect,
+    "duplicate": duplicate,
+}
+
+
 def main(argv: list[str]) -> int:
     request: Request = json.loads(argv[1])
     config = load_token_config(Path(request["node_dir"]), request["label"], request.get("module_path"))
     try:
-        if request["action"] == "inspect":
-            result = inspect(config, request)
+        if request["action"] in TOKEN_ACTIONS:
+            result = TOKEN_ACTIONS[request["action"]](config, request)
         else:
             with open_store(config, request) as store:
                 result = STORE_ACTIONS[request["action"]](store, request)

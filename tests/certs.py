@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from authsim.cluster.resources.cert_authority import CAKeyPair
+from authsim.cluster.resources.key_ref import KeyRef
 from authsim.cluster.resources.override import certificate_key_hash
 from authsim.cluster.resources.validation import CLUSTER_NAME_OID
-from authsim.hsm import KeyRef
 
 CA_KEY_USAGE = ("key_cert_sign", "crl_sign")
 _KEY_USAGE_FLAGS = (

@@ -19,8 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.errors import NodeUnavailableError
 from authsim.cluster.local import processes
 from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.local.launcher import admin_identity
+from authsim.cluster.local.node_client import NodeClient
+from authsim.cluster.local.ports import free_port
 from authsim.cluster.mtls import NODE_TLS_NAME, ensure_admin_identity
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,6 +154,12 @@ def test_mtls_refuses_clients_without_an_admin_certificate(cluster: LocalCluster
         assert _status_call(channel).node_name == "node1"
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_node_that_does_not_answer_is_unavailable_not_a_domain_error(cluster: LocalCluster) -> None:
+    client = NodeClient(f"127.0.0.1:{free_port()}", admin_identity(cluster.directory), "gone", timeout=2)
+    with client, pytest.raises(NodeUnavailableError, match=r"node gone at 127.0.0.1:[0-9]+: UNAVAILABLE"):
+        client.node_status()
 
 
 def test_authctl_refuses_a_node_outside_the_cluster_ca(cluster: LocalCluster, tmp_path: Path) -> None:

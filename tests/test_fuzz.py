@@ -39,6 +39,7 @@ from authsim.cluster.errors import ValidationError
 from authsim.cluster.resources import override as ca_override
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.key_ref import KeyRef
 from authsim.cluster.resources.override import (
     KIND,
     MAX_ENTRIES,
@@ -52,7 +53,7 @@ from authsim.cluster.resources.override import (
 )
 from authsim.cluster.resources.validation import MAX_CHAIN, OverrideContext, check_override, validate_override
 from authsim.cluster.resources.yaml_codec import dump_yaml
-from authsim.hsm import KeyRef, Pkcs11KeyStore
+from authsim.hsm import Pkcs11KeyStore
 from tests.certs import CertKey, ca_key_pair, cluster_ca, external_ca, name, override_cert, rsa_key
 
 CLUSTER = "mycluster"

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -20,14 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from authsim.cluster.errors import ClusterError, KeyAccessError, ValidationError
-from authsim.hsm import (
-    KeyRef,
-    Pkcs11KeyStore,
-    TokenConfig,
-    TokenRSAPrivateKey,
-    provision_token,
-    public_key_hash,
-)
+from authsim.cluster.resources.key_ref import KeyRef
+from authsim.cluster.resources.x509 import public_key_hash
+from authsim.hsm import Pkcs11KeyStore, TokenConfig, TokenRSAPrivateKey, provision_token
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("_token_worker.py")
@@ -181,6 +177,26 @@ def test_another_hosts_key_is_refused_naming_both_hosts(node1: Node, key: KeyRef
     for attempt in ("private_key", "sign"):
         assert result[attempt].startswith(f"KeyAccessError: key {key.key_id} belongs to host {other_host}")
         assert f"this node is host {node1.host_id} (node1)" in result[attempt]
+
+
+def test_a_refusal_carries_the_owning_and_the_asking_host_ids(node1: Node, key: KeyRef) -> None:
+    other_host = str(uuid.uuid4())
+    result = run_worker(node1, "use", ref={"host_id": other_host, "key_id": key.key_id})
+
+    for attempt in ("private_key", "sign"):
+        assert result[f"{attempt}_hosts"] == {"owner": other_host, "asking": node1.host_id}
+
+
+def test_a_reference_matching_two_token_objects_is_refused_naming_them(tmp_path: Path) -> None:
+    node = provision_node(tmp_path, "dup")
+    result = run_worker(node, "duplicate")
+
+    expected = (
+        r"KeyAccessError: token authsim-dup of node dup holds more than one (private|public) key object "
+        rf"with CKA_LABEL={node.host_id} and CKA_ID={'00' * 16}: a key reference must name exactly one key"
+    )
+    for attempt in ("holds", "private_key", "sign"):
+        assert re.fullmatch(expected, result[attempt]), result[attempt]
 
 
 def test_own_host_key_missing_from_token_is_not_found(node1: Node) -> None:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
-from authsim.cluster.errors import ValidationError
+from authsim.cluster.errors import KeyAccessError, ValidationError
 from authsim.cluster.local.external_ca import ExternalCA, init
 from authsim.cluster.local.launcher import register_target_addresses
 from authsim.cluster.store import EtcdStore
@@ -355,3 +355,21 @@ def test_demo_script_passes_on_a_fresh_checkout(tmp_path: Path) -> None:
 def _spki() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.mark.authsim(nodes=2)
+def test_a_refused_signature_reaches_the_client_with_both_host_ids(authsim_cluster: LocalCluster) -> None:
+    """Over gRPC too, the KeyAccessError names the host holding the active key and the asking host."""
+    ca = json.loads(authsim_cluster.authctl("get", "cas/windows", "--format", "json").stdout)
+    active_host = ca["spec"]["active_keys"]["tls"][0]["key"]["host_id"]
+    asking = next(n for n in authsim_cluster.node_names if authsim_cluster.host_id(n) != active_host)
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    request = pb.SignRequest(
+        type="windows",
+        user="erin",
+        public_key=key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+    )
+    with authsim_cluster.client(asking) as client, pytest.raises(KeyAccessError) as refused:
+        client.call("Sign", request)
+    assert refused.value.owner_host_id == active_host
+    assert refused.value.asking_host_id == authsim_cluster.host_id(asking)

@@ -16,7 +16,8 @@ from cryptography.x509.oid import NameOID
 
 from authsim.auth_node.token_signer import TokenSigner
 from authsim.cluster.errors import KeyAccessError
-from authsim.hsm import KeyRef, Pkcs11KeyStore
+from authsim.cluster.resources.key_ref import KeyRef
+from authsim.hsm import Pkcs11KeyStore
 from tests.certs import rsa_key
 
 GOOD, GONE = KeyRef("host", "aa"), KeyRef("host", "bb")

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsim.cluster.errors import NotFoundError, ValidationError
-from authsim.hsm.keystore import public_key_hash
+from authsim.cluster.resources.x509 import public_key_hash
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
 

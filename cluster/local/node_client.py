@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
-from authsim.cluster.errors import ClusterError
+from authsim.cluster.errors import ClusterError, NodeUnavailableError
 from authsim.cluster.mtls import NODE_TLS_NAME, TLSIdentity
 from authsim.cluster.rpc_errors import ERROR_MARKER, error_from_status
 
@@ -53,13 +53,15 @@ class NodeClient:
             code: grpc.StatusCode = e.code()
             details: str = e.details() or ""
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise ClusterError(
+                raise NodeUnavailableError(
                     f"node {self.name} at {self.address} did not answer within {self.timeout:g}s; "
                     "if this was a write, its outcome is unknown: check with `authctl get`"
                 ) from None
             if not _from_node(e):
-                raise ClusterError(f"node {self.name} at {self.address}: {code.name}: {details}") from None
-            raise error_from_status(code, details) from None
+                unavailable = code == grpc.StatusCode.UNAVAILABLE
+                error = NodeUnavailableError if unavailable else ClusterError
+                raise error(f"node {self.name} at {self.address}: {code.name}: {details}") from None
+            raise error_from_status(code, details, tuple(e.trailing_metadata() or ())) from None
 
     def health(self) -> str:
         """SERVING, NOT_SERVING or UNREACHABLE."""

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.resources.key_ref import KeyRef
 from authsim.cluster.resources.yaml_codec import dump_yaml
-from authsim.hsm import KeyRef
 
 
 @dataclass(frozen=True)

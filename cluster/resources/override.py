@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.errors import ValidationError
 from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
+from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.resources.yaml_codec import dump_yaml
-from authsim.hsm import public_key_hash
 
 KIND = "cert_authority_override"
 VERSION = "v1"
