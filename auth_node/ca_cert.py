@@ -9,6 +9,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from authsim.cluster.resources.x509 import ca_certificate_builder
+
 CA_VALIDITY = dt.timedelta(days=3650)
 
 
@@ -29,31 +31,13 @@ def self_signed_ca_cert(key: rsa.RSAPrivateKey, cluster_name: str) -> x509.Certi
     serial = x509.random_serial_number()
     name = ca_subject(cluster_name, serial)
     now = dt.datetime.now(dt.timezone.utc)
-    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
+    builder = ca_certificate_builder(
+        name,
+        name,
+        public_key,
+        now - dt.timedelta(minutes=1),
+        now + CA_VALIDITY,
+        serial_number=serial,
+        authority_key_id=x509.SubjectKeyIdentifier.from_public_key(public_key),
     )
+    return builder.sign(key, hashes.SHA256())

@@ -65,7 +65,7 @@ def _own_key_pair(keystore: KeyStore, node: NodeConfig, ca_type: str) -> CAKeyPa
     The pending key is recorded in `ca-keys.json` before it is offered to etcd, so a node that dies
     between key generation and its compare-and-swap reuses the key instead of leaving an orphan.
     """
-    record_path = node.node_dir / "ca-keys.json"
+    record_path = node.layout.ca_keys
     records = _read_records(record_path)
     known = records.get(ca_type)
     if known is not None:

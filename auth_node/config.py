@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import NodeLayout
 from authsim.cluster.store import EtcdTLS
 from authsim.hsm import TokenConfig, load_token_config
 
@@ -27,19 +28,24 @@ class NodeConfig:
     token_label: str
     etcd_tls: EtcdTLS | None = None  # client TLS to etcd; absent from node.yaml files written before it
 
+    @property
+    def layout(self) -> NodeLayout:
+        """Where the node's files are in `node_dir`."""
+        return NodeLayout(self.node_dir)
+
     def token(self) -> TokenConfig:
         return load_token_config(self.node_dir, self.token_label, self.pkcs11_module)
 
     @property
     def log_file(self) -> Path:
-        return self.node_dir / "node.log"
+        return self.layout.log
 
     def save(self) -> Path:
         data = asdict(self)
         data["node_dir"] = str(self.node_dir)
         data["etcd_endpoints"] = list(self.etcd_endpoints)
         data["etcd_tls"] = self.etcd_tls.to_dict() if self.etcd_tls else None
-        path = self.node_dir / "node.yaml"
+        path = self.layout.config
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
@@ -57,7 +63,7 @@ class NodeConfig:
 
 def ensure_host_id(node_dir: Path) -> str:
     """The node's host id: a UUID made once and kept in `host_id`."""
-    path = node_dir / "host_id"
+    path = NodeLayout(node_dir).host_id
     if path.exists():
         return path.read_text().strip()
     host_id = str(uuid.uuid4())

@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from authsim.cluster.errors import NotFoundError, ValidationError
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
-from authsim.cluster.resources.validation import CLUSTER_NAME_OID
+from authsim.cluster.resources.subject import with_cluster_name
 from authsim.hsm import KeyStore
 
 MAX_SUBJECT_CHARS = 1024  # far above any real distinguished name; bounds what a request makes us parse
@@ -36,11 +36,8 @@ class OverrideCSR:
 
 
 def csr_subject(ca_cert_subject: x509.Name, cluster_name: str, custom: str = "") -> x509.Name:
-    """The CSR subject: the CA's subject without serialNumber, or `custom` made to name the cluster.
-
-    A custom subject keeps a first O equal to the cluster name; without any O it gets O=<cluster>;
-    with another first O it gets OID 1.3.9999.4.1=<cluster>; an OID naming another cluster is refused.
-    """
+    """The CSR subject: the CA's subject without serialNumber, or `custom` made to name the cluster
+    (`subject.with_cluster_name`)."""
     if not custom:
         return x509.Name(
             [rdn for rdn in ca_cert_subject.rdns if not any(a.oid == NameOID.SERIAL_NUMBER for a in rdn)]
@@ -59,17 +56,7 @@ def csr_subject(ca_cert_subject: x509.Name, cluster_name: str, custom: str = "")
                     f"'()+,-./:=? (a PrintableString), got {str(attribute.value)!r}"
                 ]
             )
-    oid_values = [str(a.value) for a in name.get_attributes_for_oid(CLUSTER_NAME_OID)]
-    if any(v != cluster_name for v in oid_values):
-        other = next(v for v in oid_values if v != cluster_name)
-        raise ValidationError(
-            [f"subject: OID 1.3.9999.4.1 is {other!r}, not the cluster name {cluster_name!r}"]
-        )
-    orgs = name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    if oid_values or (orgs and orgs[0].value == cluster_name):
-        return name
-    oid = NameOID.ORGANIZATION_NAME if not orgs else CLUSTER_NAME_OID
-    return x509.Name([*name.rdns, x509.RelativeDistinguishedName([x509.NameAttribute(oid, cluster_name)])])
+    return with_cluster_name(name, cluster_name)
 
 
 async def create_override_csrs(

@@ -58,7 +58,7 @@ async def _open_session(
     key: ec.EllipticCurvePrivateKey,
     user: str,
 ) -> SessionResult:
-    server_ca = (node.node_dir / "server-ca.pem").read_bytes()
+    server_ca = node.layout.server_ca.read_bytes()
     chain = credential.issuer.chain
     if smartcard:
         return await open_desktop_session(address, server_ca, user, credential.pem, chain, TARGET_TIMEOUT)

@@ -30,7 +30,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def node_tls(node: NodeConfig) -> TLSIdentity:
-    return TLSIdentity(node.node_dir / "tls.pem", node.node_dir / "tls.key", node.node_dir / "admin-ca.pem")
+    files = node.layout
+    return TLSIdentity(files.tls_cert, files.tls_key, files.admin_ca)
 
 
 def create_server(

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from authsim.cluster.layout import ClusterLayout, NodeLayout, ServerTLSLayout
+
 NODE_TLS_NAME = "authsim-node"  # DNS SAN every node certificate carries; clients verify against it
 ADMIN_CN = "admin"
 _VALIDITY = dt.timedelta(days=3650)
@@ -73,9 +75,8 @@ def _builder(
 
 
 def _ensure_ca(
-    directory: Path, name: str, cluster_name: str
+    cert_path: Path, key_path: Path, name: str, cluster_name: str
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     if cert_path.exists() and key_path.exists():
         key = serialization.load_pem_private_key(key_path.read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -93,6 +94,18 @@ def _ensure_ca(
     write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
+
+
+def _server_ca(cluster_dir: Path, cluster_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA of node and target server certificates, made once (its name is in its subject)."""
+    pki = ClusterLayout(cluster_dir).pki
+    return _ensure_ca(pki.server_ca_cert, pki.server_ca_key, "server-ca", cluster_name)
+
+
+def _admin_ca(cluster_dir: Path, cluster_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA of admin client certificates, made once."""
+    pki = ClusterLayout(cluster_dir).pki
+    return _ensure_ca(pki.admin_ca_cert, pki.admin_ca_key, "admin-ca", cluster_name)
 
 
 def _issue(
@@ -128,32 +141,25 @@ def _issue(
 
 def ensure_admin_identity(cluster_dir: Path, cluster_name: str) -> TLSIdentity:
     """The admin identity authctl presents (client cert from the admin CA), made once."""
-    pki = cluster_dir / "pki"
-    pki.mkdir(mode=0o700, parents=True, exist_ok=True)
-    server_ca, _ = _ensure_ca(pki, "server-ca", cluster_name)
-    admin_ca = _ensure_ca(pki, "admin-ca", cluster_name)
-    admin = cluster_dir / "admin"
-    admin.mkdir(mode=0o700, exist_ok=True)
-    _issue(
-        admin_ca,
-        ADMIN_CN,
-        cluster_name,
-        ExtendedKeyUsageOID.CLIENT_AUTH,
-        [],
-        admin / "admin.pem",
-        admin / "admin.key",
-    )
-    (admin / "server-ca.pem").write_bytes(server_ca.public_bytes(serialization.Encoding.PEM))
-    return TLSIdentity(admin / "admin.pem", admin / "admin.key", admin / "server-ca.pem")
+    layout = ClusterLayout(cluster_dir)
+    layout.pki.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    server_ca, _ = _server_ca(cluster_dir, cluster_name)
+    admin_ca = _admin_ca(cluster_dir, cluster_name)
+    admin = layout.admin
+    admin.directory.mkdir(mode=0o700, exist_ok=True)
+    _issue(admin_ca, ADMIN_CN, cluster_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], admin.cert, admin.key)
+    admin.server_ca.write_bytes(server_ca.public_bytes(serialization.Encoding.PEM))
+    return TLSIdentity(admin.cert, admin.key, admin.server_ca)
 
 
 def ensure_node_identity(cluster_dir: Path, cluster_name: str, node_dir: Path, node_name: str) -> TLSIdentity:
     """A node's server certificate (named `authsim-node`, which clients check), trusting only the admin
     CA for clients. The node also gets the server CA, to check the downstream targets it connects to."""
     identity = ensure_server_identity(cluster_dir, cluster_name, node_dir, [NODE_TLS_NAME, node_name])
-    admin_ca, _ = _ensure_ca(cluster_dir / "pki", "admin-ca", cluster_name)
-    (node_dir / "admin-ca.pem").write_bytes(admin_ca.public_bytes(serialization.Encoding.PEM))
-    return TLSIdentity(identity.cert, identity.key, node_dir / "admin-ca.pem")
+    admin_ca, _ = _admin_ca(cluster_dir, cluster_name)
+    node = NodeLayout(node_dir)
+    node.admin_ca.write_bytes(admin_ca.public_bytes(serialization.Encoding.PEM))
+    return TLSIdentity(identity.cert, identity.key, node.admin_ca)
 
 
 def ensure_server_identity(
@@ -162,7 +168,8 @@ def ensure_server_identity(
     """A server certificate from the server CA for DNS `names` (plus localhost), made once, and the
     server CA beside it. Only nodes carry the name `authsim-node`: a target's certificate cannot pass
     for a node's."""
-    server_ca = _ensure_ca(cluster_dir / "pki", "server-ca", cluster_name)
+    server_ca = _server_ca(cluster_dir, cluster_name)
+    server = ServerTLSLayout(directory)
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in (*names, "localhost")]
     sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     _issue(
@@ -171,8 +178,8 @@ def ensure_server_identity(
         cluster_name,
         ExtendedKeyUsageOID.SERVER_AUTH,
         sans,
-        directory / "tls.pem",
-        directory / "tls.key",
+        server.tls_cert,
+        server.tls_key,
     )
-    (directory / "server-ca.pem").write_bytes(server_ca[0].public_bytes(serialization.Encoding.PEM))
-    return TLSIdentity(directory / "tls.pem", directory / "tls.key", directory / "server-ca.pem")
+    server.server_ca.write_bytes(server_ca[0].public_bytes(serialization.Encoding.PEM))
+    return TLSIdentity(server.tls_cert, server.tls_key, server.server_ca)

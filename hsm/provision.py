@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authsim.cluster.errors import ClusterError, KeyAccessError
+from authsim.cluster.layout import NodeLayout
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 _MULTIARCH_PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"
@@ -59,13 +60,13 @@ def resolve_module_path(module_path: str | None = None) -> str:
 
 def load_token_config(node_dir: Path, label: str, module_path: str | None = None) -> TokenConfig:
     """The TokenConfig of an already provisioned node dir; touches nothing on disk."""
-    node_dir = Path(node_dir).absolute()
+    node = NodeLayout(Path(node_dir).absolute())
     return TokenConfig(
-        node_dir=node_dir,
+        node_dir=node.directory,
         label=label,
-        softhsm_conf=node_dir / "softhsm2.conf",
-        tokens_dir=node_dir / "tokens",
-        pin_file=node_dir / "pin",
+        softhsm_conf=node.softhsm_conf,
+        tokens_dir=node.tokens,
+        pin_file=node.pin,
         module_path=resolve_module_path(module_path),
     )
 
@@ -93,7 +94,7 @@ def provision_token(node_dir: Path, label: str, module_path: str | None = None) 
             )
         return config
     pin = _read_or_create_secret(config.pin_file)
-    so_pin = _read_or_create_secret(config.node_dir / "so-pin")
+    so_pin = _read_or_create_secret(NodeLayout(config.node_dir).so_pin)
     # SoftHSM takes PINs only as arguments here; they are visible in this short-lived process's
     # command line to the same user, who can read the PIN files anyway.
     _softhsm_util(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin], env)

@@ -23,7 +23,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 
 from authsim.cluster.errors import AuthSimError, KeyAccessError
 from authsim.cluster.resources.key_ref import KeyRef
-from authsim.cluster.resources.x509 import public_key_hash
+from authsim.cluster.resources.x509 import ca_certificate_builder, public_key_hash
 from authsim.hsm import Pkcs11KeyStore, TokenConfig, load_token_config
 
 Request = dict[str, Any]
@@ -127,30 +127,8 @@ def make_ca(store: Pkcs11KeyStore, request: Request) -> dict[str, Any]:
         ]
     )
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    builder = ca_certificate_builder(
+        name, name, key.public_key(), now - datetime.timedelta(minutes=1), now + datetime.timedelta(days=1)
     )
     cert = store.run(builder.sign, key, hashes.SHA256())
     csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())

@@ -4,14 +4,18 @@ root, issuer = external_ca(levels=2)[::-1]     # external_ca returns the chain n
 ca = cluster_ca("mycluster", rsa_key(1))       # what a node's self-signed CA looks like
 override = override_cert(rsa_key(1), issuer)   # an override for that CA key, signed by `issuer`
 pair = ca_key_pair(ca, host_id="host-a")       # the CA key as cert_authority stores it
+openssl_key_hash(path)                          # `public_key_hash` of a PEM file, checked independently
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import subprocess
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,19 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from authsim.cluster.resources.cert_authority import CAKeyPair
 from authsim.cluster.resources.key_ref import KeyRef
-from authsim.cluster.resources.override import certificate_key_hash
-from authsim.cluster.resources.validation import CLUSTER_NAME_OID
-
-CA_KEY_USAGE = ("key_cert_sign", "crl_sign")
-_KEY_USAGE_FLAGS = (
-    "digital_signature",
-    "content_commitment",
-    "key_encipherment",
-    "data_encipherment",
-    "key_agreement",
-    "key_cert_sign",
-    "crl_sign",
-)
+from authsim.cluster.resources.subject import CLUSTER_NAME_OID
+from authsim.cluster.resources.x509 import CA_KEY_USAGE, ca_certificate_builder, public_key_hash
 
 
 @cache
@@ -64,7 +57,7 @@ class CertKey:
 
     @property
     def key_hash(self) -> str:
-        return certificate_key_hash(self.cert)
+        return public_key_hash(self.cert.public_key())
 
     @property
     def not_after(self) -> dt.datetime:
@@ -87,31 +80,19 @@ def issue_cert(
     `ca=None` leaves out BasicConstraints, `key_usage=None` leaves out KeyUsage (flag names as in
     `x509.KeyUsage`). Validity defaults to [an hour ago, + `days`]; `not_before` may be after `not_after`.
     """
-    unknown = set(key_usage or ()) - set(_KEY_USAGE_FLAGS)
-    if unknown:
-        raise ValueError(f"unknown KeyUsage flags: {sorted(unknown)}")
     start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     signer = issuer.key if issuer else key
-    builder = x509.CertificateBuilder(  # the constructor, unlike the setters, allows an inverted validity
-        issuer_name=issuer.cert.subject if issuer else subject,
-        subject_name=subject,
-        public_key=key.public_key(),
-        serial_number=x509.random_serial_number(),
-        not_valid_before=start,
-        not_valid_after=not_after or start + dt.timedelta(days=days),
+    builder = ca_certificate_builder(
+        subject,
+        issuer.cert.subject if issuer else subject,
+        key.public_key(),
+        start,
+        not_after or start + dt.timedelta(days=days),
+        authority_key_id=x509.SubjectKeyIdentifier.from_public_key(signer.public_key()),
+        ca=ca,
+        usage=key_usage,
+        allow_never_valid=True,
     )
-    builder = builder.add_extension(
-        x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-    )
-    builder = builder.add_extension(
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
-    )
-    if ca is not None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    if key_usage is not None:
-        flags = {flag: flag in key_usage for flag in _KEY_USAGE_FLAGS}
-        usage = x509.KeyUsage(**flags, encipher_only=False, decipher_only=False)
-        builder = builder.add_extension(usage, critical=True)
     return CertKey(builder.sign(signer, hashes.SHA256()), key)
 
 
@@ -163,3 +144,14 @@ def ca_key_pair(ca: CertKey, host_id: str, key_id: str | None = None) -> CAKeyPa
     """The CA key as the cert_authority resource stores it, held by the node `host_id`."""
     key_id = key_id or ca.key_hash[:32]
     return CAKeyPair(ca.pem, KeyRef(host_id, key_id), ca.key_hash)
+
+
+def openssl_key_hash(pem_file: Path, kind: str = "x509") -> str:
+    """`public_key_hash` of a certificate (or with kind "req", a CSR) computed without the product:
+    openssl gives the DER SubjectPublicKeyInfo, hashlib its SHA-256."""
+    pub = _openssl(kind, "-in", str(pem_file), "-noout", "-pubkey")
+    return hashlib.sha256(_openssl("pkey", "-pubin", "-outform", "DER", stdin=pub)).hexdigest()
+
+
+def _openssl(*args: str, stdin: bytes | None = None) -> bytes:
+    return subprocess.run(["openssl", *args], input=stdin, capture_output=True, check=True).stdout

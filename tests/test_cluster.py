@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,12 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.errors import NodeUnavailableError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.launcher import admin_identity
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import free_port
 from authsim.cluster.mtls import NODE_TLS_NAME, ensure_admin_identity
+from tests.certs import openssl_key_hash
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -75,11 +76,7 @@ def test_self_signed_ca_certificate_passes_openssl(cluster: LocalCluster, tmp_pa
     assert "X509v3 Key Usage: critical\n                Certificate Sign, CRL Sign" in text
     subject = openssl("x509", "-in", str(cert_file), "-noout", "-subject", "-nameopt", "RFC2253")
     assert "CN=mycluster" in subject and "O=mycluster" in subject
-    spki = openssl("x509", "-in", str(cert_file), "-noout", "-pubkey")
-    der = subprocess.run(
-        ["openssl", "pkey", "-pubin", "-outform", "DER"], input=spki.encode(), capture_output=True, check=True
-    ).stdout
-    assert hashlib.sha256(der).hexdigest() == pair["public_key_hash"]
+    assert openssl_key_hash(cert_file) == pair["public_key_hash"]
 
 
 def test_node_status_lists_only_its_own_keys(cluster: LocalCluster) -> None:
@@ -118,7 +115,8 @@ def _status_call(channel: grpc.Channel) -> authsim_pb2.NodeStatus:
 
 
 def test_mtls_refuses_clients_without_an_admin_certificate(cluster: LocalCluster, tmp_path: Path) -> None:
-    server_ca = (cluster.directory / "admin" / "server-ca.pem").read_bytes()
+    layout = ClusterLayout(cluster.directory)
+    server_ca = layout.admin.server_ca.read_bytes()
     # No client certificate at all.
     with (
         _channel(cluster, grpc.ssl_channel_credentials(root_certificates=server_ca)) as channel,
@@ -134,21 +132,21 @@ def test_mtls_refuses_clients_without_an_admin_certificate(cluster: LocalCluster
         _status_call(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     # A node's own server certificate is not an admin identity.
-    node_dir = cluster.directory / "nodes" / "node2"
+    node = layout.node("node2")
     creds = grpc.ssl_channel_credentials(
         root_certificates=server_ca,
-        private_key=(node_dir / "tls.key").read_bytes(),
-        certificate_chain=(node_dir / "tls.pem").read_bytes(),
+        private_key=node.tls_key.read_bytes(),
+        certificate_chain=node.tls_cert.read_bytes(),
     )
     with _channel(cluster, creds) as channel, pytest.raises(grpc.RpcError) as refused:
         _status_call(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     # The admin identity is accepted, and gRPC health says SERVING.
-    admin = cluster.directory / "admin"
+    admin = layout.admin
     creds = grpc.ssl_channel_credentials(
         root_certificates=server_ca,
-        private_key=(admin / "admin.key").read_bytes(),
-        certificate_chain=(admin / "admin.pem").read_bytes(),
+        private_key=admin.key.read_bytes(),
+        certificate_chain=admin.cert.read_bytes(),
     )
     with _channel(cluster, creds) as channel:
         assert _status_call(channel).node_name == "node1"
@@ -164,12 +162,12 @@ def test_a_node_that_does_not_answer_is_unavailable_not_a_domain_error(cluster: 
 
 def test_authctl_refuses_a_node_outside_the_cluster_ca(cluster: LocalCluster, tmp_path: Path) -> None:
     """A client that trusts another server CA does not talk to our node."""
-    impostor = tmp_path / "d"
-    shutil.copytree(cluster.directory / "admin", impostor / "admin")
-    shutil.copy(cluster.directory / "cluster.yaml", impostor / "cluster.yaml")
+    impostor, source = ClusterLayout(tmp_path / "d"), ClusterLayout(cluster.directory)
+    shutil.copytree(source.admin.directory, impostor.admin.directory)
+    shutil.copy(source.state_file, impostor.state_file)
     foreign = ensure_admin_identity(tmp_path / "other", "othercluster").peer_ca
-    shutil.copy(foreign, impostor / "admin" / "server-ca.pem")
-    result = LocalCluster(impostor).authctl("status", node="node1")
+    shutil.copy(foreign, impostor.admin.server_ca)
+    result = LocalCluster(impostor.root).authctl("status", node="node1")
     assert result.exit_code == 1
     assert "node node1" in result.stderr and "UNAVAILABLE" in result.stderr
 
@@ -183,7 +181,8 @@ def test_down_and_up_keep_host_ids_keys_and_resources(tmp_path: Path) -> None:
         pids = [n.pid for n in state.nodes] + [t.pid for t in state.targets.values()] + [state.etcd.pid]
         assert cluster.stop() == ["node1", "node2", "desktop target", "db target", "etcd"]
         assert not any(processes.is_running(pid, "") for pid in pids)
-        assert (directory / "etcd" / "data").is_dir() and (directory / "nodes" / "node1" / "tokens").is_dir()
+        layout = ClusterLayout(directory)
+        assert layout.etcd.data.is_dir() and layout.node("node1").tokens.is_dir()
         LocalCluster.start(directory, nodes=2)
         after = json.loads(cluster.authctl("get", "cas/windows", "--format", "json").stdout)
         assert after == before
@@ -260,14 +259,15 @@ def test_up_without_etcd_on_path_says_how_to_install(tmp_path: Path) -> None:
 
 
 def _run_node(directory: Path, node: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SOFTHSM2_CONF=str(directory / "nodes" / node / "softhsm2.conf"))
+    files = ClusterLayout(directory).node(node)
+    env = dict(os.environ, SOFTHSM2_CONF=str(files.softhsm_conf))
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "authsim.auth_node",
             "--config",
-            str(directory / "nodes" / node / "node.yaml"),
+            str(files.config),
         ],
         env=env,
         capture_output=True,
@@ -280,16 +280,16 @@ def test_wrong_pin_or_missing_token_stops_the_node_with_a_clear_message(tmp_path
     directory = tmp_path / "c"
     with local_cluster(directory, nodes=1):
         pass
-    node_dir = directory / "nodes" / "node1"
-    pin = (node_dir / "pin").read_text()
-    (node_dir / "pin").write_text("0000wrong")
+    node = ClusterLayout(directory).node("node1")
+    pin = node.pin.read_text()
+    node.pin.write_text("0000wrong")
     done = _run_node(directory, "node1")
     assert done.returncode == 2
     assert "node node1" in done.stderr and "wrong PIN for token authsim-node1" in done.stderr
     assert "Traceback" not in done.stderr
-    (node_dir / "pin").write_text(pin)
-    (node_dir / "tokens").rename(node_dir / "tokens.moved")
-    (node_dir / "tokens").mkdir(mode=0o700)
+    node.pin.write_text(pin)
+    node.tokens.rename(node.tokens.with_name("tokens.moved"))
+    node.tokens.mkdir(mode=0o700)
     done = _run_node(directory, "node1")
     assert done.returncode == 2
     assert "node1" in done.stderr and "authsim-node1" in done.stderr and "Traceback" not in done.stderr

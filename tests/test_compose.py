@@ -32,6 +32,7 @@ from authsim.cluster.cli.provision import main as provision_main
 from authsim.cluster.cli.provision import provision
 from authsim.cluster.cli.targets_provision import main as targets_provision_main
 from authsim.cluster.cli.targets_provision import targets as targets_provision
+from authsim.cluster.layout import NodeLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.launcher import admin_identity
@@ -355,23 +356,23 @@ def test_compose_commands_serve_nodes_and_targets(
         assert sorted(p.name for p in targets_dir.rglob("*.key")) == ["tls.key", "tls.key"]  # no CA key
         configs = []
         for name in ("node1", "node2"):
-            state = tmp_path / f"{name}-state"
-            argv = ["node", f"--dir={state}", f"--pki={pki_dir}", f"--name={name}", *common]
+            state = NodeLayout(tmp_path / f"{name}-state")
+            argv = ["node", f"--dir={state.directory}", f"--pki={pki_dir}", f"--name={name}", *common]
             argv.append(f"--listen=127.0.0.1:{free_port()}")
             if name == "node1":
                 assert provision_main(argv) == 0
-                host_id = (state / "host_id").read_text()
+                host_id = state.host_id.read_text()
                 assert provision_main(argv) == 0  # idempotent: same token, same host id
-                assert (state / "host_id").read_text() == host_id
+                assert state.host_id.read_text() == host_id
             else:
                 module = [sys.executable, "-m", "authsim.cluster.cli.provision"]
                 subprocess.run([*module, *argv], check=True, capture_output=True, timeout=60)
-            config = NodeConfig.load(state / "node.yaml")
-            assert _mode(state / "tokens") == 0o700
-            assert _mode(state / "pin") == 0o600 and _mode(state / "tls.key") == 0o600
+            config = NodeConfig.load(state.config)
+            assert _mode(state.tokens) == 0o700
+            assert _mode(state.pin) == 0o600 and _mode(state.tls_key) == 0o600
             configs.append(config)
         for config in configs:
-            argv = [sys.executable, "-m", "authsim.auth_node", "--config", str(config.node_dir / "node.yaml")]
+            argv = [sys.executable, "-m", "authsim.auth_node", "--config", str(config.layout.config)]
             started.append((processes.spawn(argv, config.log_file, config.token().process_env()), config))
         identity = admin_identity(admin_dir)
         deadline = time.monotonic() + START_TIMEOUT
@@ -433,5 +434,5 @@ def test_compose_commands_serve_nodes_and_targets(
         for process, marker in targets:
             processes.stop(process.pid, marker)
         for process, config in started:
-            processes.stop(process.pid, str(config.node_dir / "node.yaml"))
+            processes.stop(process.pid, str(config.layout.config))
         etcd.stop()

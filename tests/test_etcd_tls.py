@@ -29,6 +29,7 @@ from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.cli import authsim as authsim_cli
 from authsim.cluster.cli.watch import watch_overrides
 from authsim.cluster.errors import ClusterError, StoreUnavailableError
+from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.local import launcher, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.external_ca import init
@@ -199,7 +200,7 @@ def test_local_cluster_serves_on_tls_etcd_and_watch_follows(
         for node in cluster.node_names:
             with cluster.client(node) as client:
                 assert client.health() == "SERVING"
-            node_yaml = yaml.safe_load((cluster.directory / "nodes" / node / "node.yaml").read_text())
+            node_yaml = yaml.safe_load(ClusterLayout(cluster.directory).node(node).config.read_text())
             assert node_yaml["etcd_tls"] == pki.client.to_dict()
         got = cluster.authctl("get", "cas/windows")
         assert got.exit_code == 0 and got.stdout.strip(), got.stderr
@@ -335,10 +336,10 @@ def test_cli_provision_with_etcd_tls_starts_a_serving_node(
     relative += ["--etcd-key", pki.client.key.name]
     code, err = _authsim(*node_args, *relative)
     assert code == 0, err
-    config = NodeConfig.load(state / "node.yaml")
+    config = NodeConfig.load(NodeLayout(state).config)
     assert config.etcd_tls == pki.client and config.etcd_endpoints == tuple(endpoints(tls_etcd))
 
-    argv = [sys.executable, "-m", "authsim.auth_node", "--config", str(state / "node.yaml")]
+    argv = [sys.executable, "-m", "authsim.auth_node", "--config", str(NodeLayout(state).config)]
     process = processes.spawn(argv, config.log_file, config.token().process_env())
     try:
         deadline = time.monotonic() + 60
@@ -350,7 +351,7 @@ def test_cli_provision_with_etcd_tls_starts_a_serving_node(
             ca = client.get_cert_authority("windows")
         assert [pair.key.host_id for pair in ca.active_keys] == [config.host_id]
     finally:
-        processes.stop(process.pid, str(state / "node.yaml"))
+        processes.stop(process.pid, str(NodeLayout(state).config))
     assert process.poll() is not None
 
 
@@ -360,8 +361,8 @@ def test_tls_paths_round_trip_and_old_files_still_load(pki: EtcdPKI, tmp_path: P
     assert NodeConfig.load(tls_config.save()) == tls_config
     old = yaml.safe_load(config.save().read_text())
     del old["etcd_tls"]  # a node.yaml written before etcd TLS existed
-    (tmp_path / "node.yaml").write_text(yaml.safe_dump(old))
-    assert NodeConfig.load(tmp_path / "node.yaml") == config
+    NodeLayout(tmp_path).config.write_text(yaml.safe_dump(old))
+    assert NodeConfig.load(NodeLayout(tmp_path).config) == config
 
     state = ClusterState("c", EtcdEntry(["127.0.0.1:2"], embedded=False, tls=pki.client))
     state.save(tmp_path)

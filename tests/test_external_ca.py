@@ -20,7 +20,6 @@ extensions, if any, are ignored):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import re
 import shlex
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from authsim.cluster.cli import external_ca as external_ca_cli
-from authsim.cluster.cli.pem_files import public_key_hash_of_cert, read_pem_block, read_pem_certificate
+from authsim.cluster.cli.pem_files import ca_public_key, read_pem_block, read_pem_certificate
 from authsim.cluster.errors import ClusterError, NotFoundError, ValidationError
 from authsim.cluster.local.external_ca import (
     DEFECTS,
@@ -47,7 +46,9 @@ from authsim.cluster.local.external_ca import (
     ExternalCA,
     init,
 )
-from authsim.cluster.resources.validation import CLUSTER_NAME_OID
+from authsim.cluster.resources.subject import CLUSTER_NAME_OID
+from authsim.cluster.resources.x509 import ca_certificate_builder, public_key_hash
+from tests.certs import openssl_key_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = [(NameOID.ORGANIZATION_NAME, "mycluster"), (NameOID.COMMON_NAME, "mycluster")]
@@ -372,29 +373,18 @@ def test_read_pem_certificate(
     )
 
 
-def test_public_key_hash_of_cert_matches_openssl(ca: ExternalCA, tmp_path: Path) -> None:
+def test_public_key_hash_of_a_ca_certificate_matches_openssl(ca: ExternalCA, tmp_path: Path) -> None:
     for cert in (ca.root, ca.intermediate):
         (tmp_path / "cert.pem").write_bytes(pem(cert))
-        pubkey = openssl("x509", "-pubkey", "-noout", "-in", str(tmp_path / "cert.pem")).encode()
-        der = subprocess.run(
-            ["openssl", "pkey", "-pubin", "-outform", "DER"], input=pubkey, capture_output=True, check=True
-        ).stdout
-        assert public_key_hash_of_cert(cert) == hashlib.sha256(der).hexdigest()
+        assert public_key_hash(ca_public_key(cert)) == openssl_key_hash(tmp_path / "cert.pem")
 
 
-def test_public_key_hash_of_cert_refuses_non_rsa() -> None:
+def test_ca_public_key_refuses_non_rsa() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec")])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+    cert = ca_certificate_builder(name, name, key.public_key(), now, now + dt.timedelta(days=1)).sign(
+        key, hashes.SHA256()
     )
     with pytest.raises(ValidationError, match="CA keys are RSA"):
-        public_key_hash_of_cert(cert)
+        ca_public_key(cert)

@@ -18,6 +18,7 @@ import pytest
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.errors import AuthSimError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.external_ca import init
 from authsim.cluster.resources.cert_authority import CertAuthority
@@ -178,7 +179,7 @@ def test_token_taken_away_gives_clear_errors_and_other_nodes_keep_signing(tmp_pa
     with local_cluster(tmp_path / "c", nodes=2) as cluster:
         for ca_type in ("windows", "db_client"):
             assert cluster.authctl("auth", "rotate", f"--type={ca_type}").exit_code == 0
-        tokens = cluster.directory / "nodes" / "node1" / "tokens"
+        tokens = ClusterLayout(cluster.directory).node("node1").tokens
         shutil.move(tokens, tokens.with_name("tokens.away"))
         refused = cluster.authctl(
             "auth", "sign", "--type=windows", "--user", "u", "--out", str(tmp_path / "a"), node="node1"

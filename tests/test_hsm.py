@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -21,9 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from authsim.cluster.errors import ClusterError, KeyAccessError, ValidationError
+from authsim.cluster.layout import NodeLayout
 from authsim.cluster.resources.key_ref import KeyRef
 from authsim.cluster.resources.x509 import public_key_hash
 from authsim.hsm import Pkcs11KeyStore, TokenConfig, TokenRSAPrivateKey, provision_token
+from tests.certs import openssl_key_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("_token_worker.py")
@@ -103,8 +104,9 @@ def test_provision_creates_private_files_and_is_idempotent(tmp_path: Path) -> No
     assert first == second
     assert stat.S_IMODE(first.tokens_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(first.pin_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE((first.node_dir / "so-pin").stat().st_mode) == 0o600
-    assert first.pin() == second.pin() != (first.node_dir / "so-pin").read_text().strip()
+    so_pin = NodeLayout(first.node_dir).so_pin
+    assert stat.S_IMODE(so_pin.stat().st_mode) == 0o600
+    assert first.pin() == second.pin() != so_pin.read_text().strip()
     assert f"directories.tokendir = {first.tokens_dir}\n" in first.softhsm_conf.read_text()
     assert token_labels(first) == ["authsim-n"]
 
@@ -238,9 +240,7 @@ def test_ca_certificate_and_csr_signed_in_the_token_pass_openssl(
     assert "X509v3 Key Usage: critical\n                Certificate Sign, CRL Sign" in text
     req = openssl("req", "-verify", "-noout", "-in", str(csr))
     assert "verify OK" in (req.stdout + req.stderr).decode()
-    pubkey_pem = openssl("x509", "-pubkey", "-noout", "-in", str(cert)).stdout
-    der = openssl("pkey", "-pubin", "-outform", "DER", stdin=pubkey_pem).stdout
-    assert result["public_key_hash"] == hashlib.sha256(der).hexdigest()
+    assert result["public_key_hash"] == openssl_key_hash(cert)
 
 
 def test_token_key_refuses_what_the_token_cannot_do() -> None:

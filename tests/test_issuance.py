@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -25,18 +24,10 @@ from authsim.cluster.local.external_ca import ExternalCA, init
 from authsim.cluster.local.launcher import register_target_addresses
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.keys import target_key
+from tests.certs import openssl_key_hash
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def openssl(*args: str, stdin: bytes | None = None) -> bytes:
-    return subprocess.run(["openssl", *args], input=stdin, capture_output=True, check=True).stdout
-
-
-def openssl_key_hash(pem_file: Path) -> str:
-    pub = openssl("x509", "-in", str(pem_file), "-noout", "-pubkey")
-    return hashlib.sha256(openssl("pkey", "-pubin", "-outform", "DER", stdin=pub)).hexdigest()
 
 
 @dataclass

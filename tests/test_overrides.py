@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import yaml
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.local.external_ca import ExternalCA, init
+from tests.certs import openssl_key_hash
 
 OPENSSL_EXT = """basicConstraints=critical,CA:TRUE,pathlen:0
 keyUsage=critical,keyCertSign,cRLSign
@@ -27,12 +27,6 @@ authorityKeyIdentifier=keyid:always
 
 def openssl(*args: str, stdin: bytes | None = None) -> bytes:
     return subprocess.run(["openssl", *args], input=stdin, capture_output=True, check=True).stdout
-
-
-def spki_hash(pem_file: Path, kind: str = "x509") -> str:
-    """SHA-256 of the DER public key, computed by openssl from a certificate or a CSR."""
-    pub = openssl(kind, "-in", str(pem_file), "-noout", "-pubkey")
-    return hashlib.sha256(openssl("pkey", "-pubin", "-outform", "DER", stdin=pub)).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +70,7 @@ def test_csr_subject_cases(cluster: LocalCluster, tmp_path: Path, subject: str, 
     verified = subprocess.run(["openssl", "req", "-in", str(path), "-noout", "-verify"], capture_output=True)
     assert verified.returncode == 0 and b"verify OK" in verified.stdout + verified.stderr
     assert csr_subject(path) == expected
-    assert [spki_hash(path, "req")] == own_keys(cluster, "node2")
+    assert [openssl_key_hash(path, "req")] == own_keys(cluster, "node2")
     assert path.name == f"windows-{own_keys(cluster, 'node2')[0][:8]}-csr.pem"
 
 
@@ -107,7 +101,7 @@ def test_all_nodes_collects_each_nodes_own_csr(cluster: LocalCluster, tmp_path: 
     written = sorted(tmp_path.glob("db_client-*-csr.pem"))
     assert len(written) == 3
     held = sorted(h for n in cluster.node_names for h in own_keys(cluster, n, "db_client"))
-    assert sorted(spki_hash(p, "req") for p in written) == held
+    assert sorted(openssl_key_hash(p, "req") for p in written) == held
 
 
 def sign_with_openssl(ca: ExternalCA, csr: Path, out: Path) -> Path:
@@ -170,7 +164,7 @@ def test_seed_flow_with_openssl_as_the_external_ca(tmp_path: Path) -> None:
         entries = resource["spec"]["certificate_overrides"]
         assert len(entries) == 3
         stored = sorted(entry["public_key"] for entry in entries)
-        assert stored == sorted(spki_hash(c) for c in certs.values())
+        assert stored == sorted(openssl_key_hash(c) for c in certs.values())
         text = cluster.authctl("get", "ca_overrides/windows", "--format", "text")
         for node in cluster.node_names:
             assert node in text.stdout
@@ -190,7 +184,7 @@ def test_another_nodes_key_is_refused_and_staging_disabled_is_allowed(tmp_path: 
         )
         (csr,) = (tmp_path / "csr").glob("*.pem")
         cert = sign_with_openssl(ca, csr, tmp_path / "node2.pem")
-        key = spki_hash(cert)
+        key = openssl_key_hash(cert)
         before = cluster.authctl("get", "ca_overrides/windows")
         refused = cluster.authctl("auth", "create-override", "--type=windows", str(cert), node="node1")
         assert refused.exit_code == 1
@@ -259,7 +253,7 @@ def test_eight_nodes_append_at_the_same_moment(tmp_path: Path) -> None:
         certs = {}
         for csr in (tmp_path / "csr").glob("*.pem"):
             cert = sign_with_openssl(ca, csr, tmp_path / "certs" / csr.name.replace("-csr", ""))
-            certs[spki_hash(cert)] = cert.read_text()
+            certs[openssl_key_hash(cert)] = cert.read_text()
         clients = {n: cluster.client(n) for n in cluster.node_names}
         owner = {h: n for n in cluster.node_names for h in own_keys(cluster, n)}
         timings: list[float] = []

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from authsim.cluster.api.local_cluster import LocalCluster
+from authsim.cluster.api import LocalCluster
 from authsim.cluster.local.external_ca import init
 
 

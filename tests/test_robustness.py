@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.external_ca import init
-from authsim.cluster.local.launcher import node_marker
+from authsim.cluster.local.launcher import etcd_marker, node_marker
 from authsim.cluster.local.target_process import target_marker
 
 BIN = Path(sys.executable).parent
@@ -28,13 +29,13 @@ def test_failed_up_leaves_no_process_running(tmp_path: Path) -> None:
     directory = tmp_path / "c"
     with local_cluster(directory, nodes=3):
         pass
-    (directory / "nodes" / "node2" / "pin").write_text("wrong-pin")
+    ClusterLayout(directory).node("node2").pin.write_text("wrong-pin")
     with pytest.raises(ClusterError, match="node node2 exited during start-up"):
         LocalCluster.start(directory, nodes=3)
     state = LocalCluster(directory).state
     assert not any(processes.is_running(n.pid, node_marker(directory, n.name)) for n in state.nodes)
     assert not any(processes.is_running(t.pid, target_marker(directory, k)) for k, t in state.targets.items())
-    assert not processes.is_running(state.etcd.pid, str(directory / "etcd"))
+    assert not processes.is_running(state.etcd.pid, etcd_marker(directory))
 
 
 def test_an_override_that_expired_is_refused_at_signing_with_the_fix(tmp_path: Path) -> None:
@@ -79,8 +80,9 @@ def test_sign_finds_the_active_key_holder_from_an_admin_dir_without_node_dirs(tm
         holder = next(n for n in cluster.node_names if cluster.host_id(n) == holder_host)
         admin = tmp_path / "admin-only"
         admin.mkdir()
-        shutil.copy(cluster.directory / "cluster.yaml", admin / "cluster.yaml")
-        shutil.copytree(cluster.directory / "admin", admin / "admin")
+        source, copy = ClusterLayout(cluster.directory), ClusterLayout(admin)
+        shutil.copy(source.state_file, copy.state_file)
+        shutil.copytree(source.admin.directory, copy.admin.directory)
         out = tmp_path / "cred"
         sign = ["auth", "sign", "--type=db_client", "--user=u", "--out", str(out)]
         done = subprocess.run(

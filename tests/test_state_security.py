@@ -23,6 +23,7 @@ from rich.console import Console
 
 from authsim.cluster.api.local_cluster import LocalCluster
 from authsim.cluster.cli.demo import EMPTY_OVERRIDE, run_demo
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import launcher, processes
 
 PEM_PRIVATE_KEY = b"PRIVATE KEY-----"  # the end of every PEM private key header and footer
@@ -67,16 +68,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 def test_secrets_are_private_after_up(cluster: LocalCluster) -> None:
     directory = cluster.directory
-    assert mode(directory / "pki") == 0o700
-    assert mode(directory / "admin") == 0o700
+    layout = ClusterLayout(directory)
+    assert mode(layout.pki.directory) == 0o700
+    assert mode(layout.admin.directory) == 0o700
     assert cluster.node_names == ["node1", "node2"]
     for node in cluster.node_names:
-        node_dir = directory / "nodes" / node
-        tokens = node_dir / "tokens"
+        tokens = layout.node(node).tokens
         assert mode(tokens) == 0o700, tokens
         assert any(tokens.iterdir()), f"{tokens} holds no token"
-        for secret in ("pin", "so-pin"):
-            assert mode(node_dir / secret) == 0o600, node_dir / secret
+        for secret in (layout.node(node).pin, layout.node(node).so_pin):
+            assert mode(secret) == 0o600, secret
     keys = [p for p in directory.rglob("*.key") if p.is_file()]
     relative = {p.relative_to(directory).as_posix() for p in keys}
     expected = {"pki/server-ca.key", "pki/admin-ca.key", "admin/admin.key", "nodes/node1/tls.key"}
@@ -97,7 +98,7 @@ def test_authctl_against_a_frozen_etcd_returns_in_bounded_time(cluster: LocalClu
         (("get", "ca_overrides"), None),
     ]
     etcd_pid = cluster.state.etcd.pid
-    assert etcd_pid is not None and processes.is_running(etcd_pid, str(cluster.directory / "etcd"))
+    assert etcd_pid is not None and processes.is_running(etcd_pid, launcher.etcd_marker(cluster.directory))
     os.kill(etcd_pid, signal.SIGSTOP)
     try:
         for args, node in commands:
@@ -147,5 +148,5 @@ def test_a_demo_run_leaves_private_keys_only_where_expected(tmp_path: Path) -> N
     etcd_files = [p for p in files if "etcd/data" in p.as_posix()]
     assert any(b"cert_authority_override" in p.read_bytes() for p in etcd_files)
     assert any(b"BEGIN CERTIFICATE" in p.read_bytes() for p in etcd_files)
-    assert all((directory / "nodes" / n / "node.log").stat().st_size > 0 for n in nodes)
+    assert all(ClusterLayout(directory).node(n).log.stat().st_size > 0 for n in nodes)
     assert any(p.suffix == ".object" for p in files), "no token object files were scanned"

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from authsim.auth_node.target_sessions import SessionResult, open_db_session, open_desktop_session
 from authsim.cluster.cli.trust import trust
 from authsim.cluster.errors import ValidationError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.ports import free_port
 from authsim.cluster.local.target_process import start_target, target_marker, wait_listening
@@ -260,7 +261,7 @@ class Target:
 
     @property
     def server_ca(self) -> bytes:
-        return (self.directory / "pki" / "server-ca.pem").read_bytes()
+        return ClusterLayout(self.directory).pki.server_ca_cert.read_bytes()
 
 
 def _run_target(directory: Path, kind: str, pki: PKI) -> Generator[Target, None, None]:
@@ -318,7 +319,7 @@ async def test_desktop_trusts_the_override_once_it_is_in_ntauth_without_restart(
     assert (await _logon(desktop, override_leaf)).reason == "chain does not reach a trusted root"
     add_trust(desktop.directory, "desktop", ca=[pem(pki.intermediate, pki.root)])
     assert await _logon(desktop, override_leaf) == SessionResult(True, "", "example-desktop")
-    log = (desktop.directory / "targets" / "desktop" / "target.log").read_text()
+    log = ClusterLayout(desktop.directory).target("desktop").log.read_text()
     assert "logon user='alice' success=True" in log
 
 
@@ -358,7 +359,7 @@ async def test_db_trusts_the_external_root_for_override_chains(db: Target, pki: 
     assert await _connect_db(db, self_signed_leaf, [], user="bob") == SessionResult(
         False, "certificate CN 'alice' does not match user 'bob'", "example-db"
     )
-    log = (db.directory / "targets" / "db" / "target.log").read_text()
+    log = ClusterLayout(db.directory).target("db").log.read_text()
     assert "TLS handshake refused: " in log
 
 
@@ -369,7 +370,7 @@ def test_db_target_is_a_real_tls_server_for_openssl(db: Target, pki: PKI, tmp_pa
         (tmp_path / "leaf.pem").write_bytes(pem(credential))
         (tmp_path / "leaf.key").write_bytes(key_pem(credential))
         argv = ["openssl", "s_client", "-connect", db.address, "-quiet", "-verify_return_error"]
-        argv += ["-CAfile", str(db.directory / "pki" / "server-ca.pem"), "-verify_hostname", "db"]
+        argv += ["-CAfile", str(ClusterLayout(db.directory).pki.server_ca_cert), "-verify_hostname", "db"]
         argv += ["-cert", str(tmp_path / "leaf.pem"), "-key", str(tmp_path / "leaf.key")]
         if chain:
             (tmp_path / "chain.pem").write_bytes(pem(*chain))
@@ -391,7 +392,7 @@ def test_target_stops_cleanly_on_sigterm(tmp_path: Path, pki: PKI) -> None:
         assert target.process.wait(timeout=10) == 0
     finally:
         running.close()
-    assert "desktop target stopped" in (tmp_path / "targets" / "desktop" / "target.log").read_text()
+    assert "desktop target stopped" in ClusterLayout(tmp_path).target("desktop").log.read_text()
 
 
 async def test_client_reports_an_unreachable_target(tmp_path: Path, pki: PKI) -> None:

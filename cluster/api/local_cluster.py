@@ -14,6 +14,7 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl import main as authctl_main
 from authsim.cluster.cli.runner import CliResult, run_in_process
 from authsim.cluster.errors import AuthSimError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import launcher
 from authsim.cluster.local.external_ca import ExternalCA
 from authsim.cluster.local.node_client import NodeClient
@@ -53,7 +54,7 @@ class LocalCluster:
         return NodeClient(entry.address, launcher.admin_identity(self.directory), entry.name)
 
     def host_id(self, node: str) -> str:
-        return (self.directory / "nodes" / node / "host_id").read_text().strip()
+        return ClusterLayout(self.directory).node(node).host_id.read_text().strip()
 
     def override_certs(self, external: ExternalCA, ca_type: str) -> dict[str, str]:
         """node → an override certificate signed by `external` for the key of `ca_type` the node holds."""

@@ -19,7 +19,7 @@ from rich.table import Table
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
 from authsim.cluster.cli.common import make_console, run_cli
-from authsim.cluster.cli.node_choice import Target
+from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.errors import AuthSimError, ValidationError
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.resources.ca_types import resolve_ca_type
@@ -41,7 +41,7 @@ FORMATS = click.Choice(["yaml", "json", "text"])
 def cli(ctx: click.Context, directory: str | None, node: str | None, auth_server: str | None) -> None:
     if node and auth_server:
         raise click.UsageError("give --node or --auth-server, not both")
-    ctx.obj = Target(cluster_dir(directory), node, auth_server)
+    ctx.obj = NodeChoice(cluster_dir(directory), node, auth_server)
 
 
 CA_KINDS = ("cas", "cert_authority", "cert_authorities")
@@ -60,29 +60,29 @@ def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
 @click.argument("resource")
 @click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True)
 @click.pass_obj
-def get(target: Target, resource: str, fmt: str) -> None:
+def get(nodes: NodeChoice, resource: str, fmt: str) -> None:
     if resource == "events":
-        with target.client() as client:
+        with nodes.client() as client:
             events = [json.loads(e) for e in client.call("ListEvents", pb.ListEventsRequest()).events]
         _print_events(events, fmt)
         return
     if resource.partition("/")[0] in OVERRIDE_KINDS:
         name = _split(resource, OVERRIDE_KINDS, need_name=False)
-        with target.client() as client:
+        with nodes.client() as client:
             reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
             found = [CertAuthorityOverride.from_proto(o) for o in reply.overrides]
             cas = {o.ca_type: CertAuthority.from_proto(client.get_cert_authority(o.ca_type)) for o in found}
-        _print_overrides(found, cas, target.host_names(), fmt, single=bool(name))
+        _print_overrides(found, cas, nodes.host_names(), fmt, single=bool(name))
         return
     name = _split(resource, CA_KINDS, need_name=True)
-    with target.client() as client:
+    with nodes.client() as client:
         ca = CertAuthority.from_proto(client.get_cert_authority(name))
     if fmt == "yaml":
         click.echo(ca.to_yaml(), nl=False)
     elif fmt == "json":
         click.echo(json.dumps(ca.to_dict(), indent=2))
     else:
-        print_cert_authority(ca, target.host_names())
+        print_cert_authority(ca, nodes.host_names())
 
 
 def _print_events(events: list[dict[str, object]], fmt: str) -> None:
@@ -148,9 +148,9 @@ def _print_overrides(
 
 
 def _write(
-    target: Target, resource: CertAuthorityOverride, mode: pb.WriteMode, force: bool
+    nodes: NodeChoice, resource: CertAuthorityOverride, mode: pb.WriteMode, force: bool
 ) -> pb.WriteResponse:
-    with target.client() as client:
+    with nodes.client() as client:
         request = pb.WriteOverrideRequest(resource=resource.to_proto(), mode=mode, force=force)
         reply: pb.WriteResponse = client.call("WriteOverrideResource", request)
         return reply
@@ -162,8 +162,8 @@ def _write(
 )
 @click.option("--user", required=True)
 @click.pass_obj
-def exercise(target: Target, ca_type: str, user: str) -> None:
-    with target.signer_client(ca_type) as client:
+def exercise(nodes: NodeChoice, ca_type: str, user: str) -> None:
+    with nodes.signer_client(ca_type) as client:
         reply = client.call("Exercise", pb.ExerciseRequest(type=ca_type, user=user))
     event = json.loads(reply.event)
     click.echo(json.dumps(event, indent=2, sort_keys=True))
@@ -180,10 +180,10 @@ def exercise(target: Target, ca_type: str, user: str) -> None:
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
 )
 @click.pass_obj
-def create(target: Target, file: str, upsert: bool, force: bool) -> None:
+def create(nodes: NodeChoice, file: str, upsert: bool, force: bool) -> None:
     text = sys.stdin.read() if file == "-" else Path(file).read_text()
     resource = parse_override_yaml(text)
-    reply = _write(target, resource, pb.UPSERT if upsert else pb.CREATE, force)
+    reply = _write(nodes, resource, pb.UPSERT if upsert else pb.CREATE, force)
     verb = "written" if upsert else "created"
     click.echo(f"cert_authority_override {resource.ca_type} {verb} (revision {reply.revision})")
 
@@ -194,9 +194,9 @@ def create(target: Target, file: str, upsert: bool, force: bool) -> None:
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
 )
 @click.pass_obj
-def edit(target: Target, resource: str, force: bool) -> None:
+def edit(nodes: NodeChoice, resource: str, force: bool) -> None:
     name = _split(resource, OVERRIDE_KINDS, need_name=True)
-    with target.client() as client:
+    with nodes.client() as client:
         reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
     original = CertAuthorityOverride.from_proto(reply.overrides[0]).to_yaml()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"ca_overrides-{name}-", delete=False) as f:
@@ -211,7 +211,7 @@ def edit(target: Target, resource: str, force: bool) -> None:
         click.echo("no changes")
         return
     try:
-        result = _write(target, parse_override_yaml(edited, revision_required=True), pb.UPDATE, force)
+        result = _write(nodes, parse_override_yaml(edited, revision_required=True), pb.UPDATE, force)
     except AuthSimError as e:
         kept = Path.cwd() / f"ca_overrides-{name}.{time.strftime('%Y%m%d-%H%M%S')}.yaml"
         try:
@@ -227,9 +227,9 @@ def edit(target: Target, resource: str, force: bool) -> None:
 @click.argument("resource")
 @click.option("--force", is_flag=True, help="also when it holds an enabled override of an active key")
 @click.pass_obj
-def rm(target: Target, resource: str, force: bool) -> None:
+def rm(nodes: NodeChoice, resource: str, force: bool) -> None:
     name = _split(resource, OVERRIDE_KINDS, need_name=True)
-    with target.client() as client:
+    with nodes.client() as client:
         reply = client.call(
             "DeleteOverrideResource", pb.DeleteOverrideResourceRequest(type=name, force=force)
         )
@@ -239,8 +239,8 @@ def rm(target: Target, resource: str, force: bool) -> None:
 @cli.command(help="Show the node: its host id, token and the CA keys its token holds.")
 @click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
 @click.pass_obj
-def status(target: Target, fmt: str) -> None:
-    with target.client() as client:
+def status(nodes: NodeChoice, fmt: str) -> None:
+    with nodes.client() as client:
         reply = client.node_status()
     data = {
         "node": reply.node_name,

@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from authsim.auth_node.pb import authsim_pb2 as pb
-from authsim.cluster.cli.node_choice import Target
-from authsim.cluster.cli.pem_files import public_key_hash_of_cert, read_pem_certificate
+from authsim.cluster.cli.node_choice import NodeChoice
+from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
 from authsim.cluster.errors import AuthSimError, ValidationError
 from authsim.cluster.mtls import write_private
+from authsim.cluster.resources.x509 import public_key_hash
 
 type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
 _FILE_SAFE = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # a user name that can be part of a file name
@@ -40,12 +41,12 @@ def auth() -> None:
 @click.option("--all-nodes", is_flag=True, help="ask every node for the CSRs of its own keys")
 @click.pass_obj
 def create_override_csr(
-    target: Target, ca_type: str, subject: str, public_key: str, out: str, all_nodes: bool
+    nodes: NodeChoice, ca_type: str, subject: str, public_key: str, out: str, all_nodes: bool
 ) -> None:
     request = pb.CreateOverrideCSRRequest(type=ca_type, subject=subject, public_key_hash=public_key)
     csrs: list[pb.OverrideCSR] = []
     failed: list[str] = []
-    for client in target.all_clients() if all_nodes else [target.client()]:
+    for client in nodes.all_clients() if all_nodes else [nodes.client()]:
         with client:
             try:
                 reply = client.call("CreateOverrideCSR", request)
@@ -115,7 +116,7 @@ def _report(action: str, reply: pb.WriteResponse) -> None:
 @force_option
 @click.pass_obj
 def create_override(
-    target: Target, ca_type: str, cert: str, chain: tuple[str, ...], disabled: bool, force: bool
+    nodes: NodeChoice, ca_type: str, cert: str, chain: tuple[str, ...], disabled: bool, force: bool
 ) -> None:
     certificate = _pems((cert,))
     if len(certificate) != 1:
@@ -123,7 +124,7 @@ def create_override(
     request = pb.CreateOverrideRequest(
         type=ca_type, certificate=certificate[0], chain=_pems(chain), disabled=disabled, force=force
     )
-    with target.client() as client:
+    with nodes.client() as client:
         _report("added", client.call("CreateOverride", request))
 
 
@@ -137,7 +138,7 @@ def create_override(
 @force_option
 @click.pass_obj
 def update_override(
-    target: Target,
+    nodes: NodeChoice,
     ca_type: str,
     public_key: str,
     set_disabled: bool | None,
@@ -158,7 +159,7 @@ def update_override(
     )
     if set_disabled is not None:
         request.set_disabled = set_disabled
-    with target.client() as client:
+    with nodes.client() as client:
         _report("updated", client.call("UpdateOverride", request))
 
 
@@ -167,16 +168,16 @@ def update_override(
 @click.option("--public-key", "public_key", required=True, help="the entry's public key hash")
 @force_option
 @click.pass_obj
-def delete_override(target: Target, ca_type: str, public_key: str, force: bool) -> None:
+def delete_override(nodes: NodeChoice, ca_type: str, public_key: str, force: bool) -> None:
     request = pb.DeleteOverrideRequest(type=ca_type, public_key=public_key, force=force)
-    with target.client() as client:
+    with nodes.client() as client:
         _report("deleted", client.call("DeleteOverride", request))
 
 
 @auth.command("pub-key-hash", help="The public key hash (hex SHA-256 of the SPKI) of a certificate.")
 @click.option("--cert", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="PEM file or -")
 def pub_key_hash(cert: str) -> None:
-    click.echo(public_key_hash_of_cert(read_pem_certificate(cert)))
+    click.echo(public_key_hash(ca_public_key(read_pem_certificate(cert))))
 
 
 @auth.command(
@@ -191,7 +192,7 @@ def pub_key_hash(cert: str) -> None:
     "--ttl", type=click.IntRange(1, 30 * 24 * 3600), default=3600, show_default=True, help="seconds"
 )
 @click.pass_obj
-def sign(target: Target, ca_type: str, users: tuple[str, ...], out: str, ttl: int) -> None:
+def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl: int) -> None:
     if len(users) > 1:
         unsafe = [u for u in users if not _FILE_SAFE.fullmatch(u)]
         if unsafe:
@@ -209,7 +210,7 @@ def sign(target: Target, ca_type: str, users: tuple[str, ...], out: str, ttl: in
         )
         for user, key in zip(users, keys, strict=True)
     ]
-    with target.signer_client(ca_type) as client:
+    with nodes.signer_client(ca_type) as client:
         if len(requests) == 1:
             replies = [client.call("Sign", requests[0])]
         else:
@@ -256,8 +257,8 @@ def write_credential(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> No
 )
 @type_option
 @click.pass_obj
-def rotate(target: Target, ca_type: str) -> None:
-    with target.client() as client:
+def rotate(nodes: NodeChoice, ca_type: str) -> None:
+    with nodes.client() as client:
         reply: pb.WriteResponse = client.call("RotateCertAuthority", pb.RotateRequest(type=ca_type))
     if reply.changed:
         click.echo(f"cert_authority {ca_type}: every key is active now (revision {reply.revision})")

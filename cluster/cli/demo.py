@@ -14,12 +14,14 @@ from authsim.cluster.cli.authctl import cli as authctl
 from authsim.cluster.cli.common import run_cli
 from authsim.cluster.cli.external_ca import external_ca
 from authsim.cluster.cli.lifecycle import up
-from authsim.cluster.cli.pem_files import public_key_hash_of_cert, read_pem_certificate
+from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
 from authsim.cluster.cli.runner import run_in_process
 from authsim.cluster.cli.trust import trust
 from authsim.cluster.errors import AuthSimError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import launcher
 from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.resources.x509 import public_key_hash
 
 EMPTY_OVERRIDE = """kind: cert_authority_override
 sub_kind: {ca_type}
@@ -48,7 +50,7 @@ class Demo:
     def __init__(self, directory: Path, console: Console) -> None:
         self.directory = directory
         self.console = console
-        self.work = directory / "demo"
+        self.work = ClusterLayout(directory).demo_dir
 
     def step(self, title: str) -> None:
         self.console.rule(f"[bold]{title}")
@@ -107,7 +109,7 @@ def run_demo(directory: Path, console: Console) -> None:
     extca = demo.work / "extca"
     demo.run("authsim external-ca", "init", "--dir", str(extca))
     demo.run("authsim external-ca", "sign", "--dir", str(extca), *map(str, csrs), "--out-dir", str(certs))
-    by_hash = {public_key_hash_of_cert(read_pem_certificate(str(p))): p for p in certs.glob("*-*.pem")}
+    by_hash = {public_key_hash(ca_public_key(read_pem_certificate(str(p)))): p for p in certs.glob("*-*.pem")}
     active = {
         t: demo.json("get", f"cas/{t}")["spec"]["active_keys"]["tls"][0]["public_key_hash"] for t in CA_TYPES
     }

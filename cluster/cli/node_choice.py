@@ -12,7 +12,7 @@ from authsim.cluster.local.state import ClusterState, host_names
 
 
 @dataclass
-class Target:
+class NodeChoice:
     """Which node a command goes to, resolved lazily so `--help` needs no cluster."""
 
     directory: Path
@@ -26,7 +26,7 @@ class Target:
         identity = admin_identity(self.directory)
         if not identity.cert.exists():
             raise ClusterError(
-                f"no admin identity in {self.directory}/admin: run `authsim up --dir {self.directory}`"
+                f"no admin identity in {identity.cert.parent}: run `authsim up --dir {self.directory}`"
             )
         if self.auth_server:
             return NodeClient(self.auth_server, identity)
@@ -60,7 +60,7 @@ class Target:
         holder = next((names[h] for h in hosts if h in names), None) or self._node_of(hosts)
         if holder is None:
             return self.client()
-        return Target(self.directory, holder, None).client()
+        return NodeChoice(self.directory, holder, None).client()
 
     def _node_of(self, host_ids: list[str]) -> str | None:
         """Ask each node its host id: for an admin dir without the nodes' dirs (docker-compose, remote)."""

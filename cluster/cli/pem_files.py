@@ -1,4 +1,4 @@
-"""Read one PEM block (a certificate or a CSR) from a file or stdin, and hash a certificate's key."""
+"""Read one PEM block (a certificate or a CSR) from a file or stdin, and a CA certificate's RSA key."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsim.cluster.errors import NotFoundError, ValidationError
-from authsim.cluster.resources.x509 import public_key_hash
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
 
@@ -49,12 +48,10 @@ def read_pem_certificate(path: str) -> x509.Certificate:
         raise ValidationError([f"{label}: not a valid certificate: {e}"]) from None
 
 
-def public_key_hash_of_cert(cert: x509.Certificate) -> str:
-    """The certificate key's `public_key_hash` (hex SHA-256 of its DER SubjectPublicKeyInfo).
-
-    CA keys are RSA; a certificate with another kind of key cannot override one, so it is refused.
-    """
+def ca_public_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
+    """The certificate's public key, which must be RSA: a certificate with another kind of key cannot
+    override a CA key, so it is refused."""
     key = cert.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValidationError([f"certificate: public key is {type(key).__name__}, CA keys are RSA"])
-    return public_key_hash(key)
+    return key

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -17,13 +17,12 @@ import click
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.cluster.cli.common import etcd_tls_from_options, etcd_tls_options, run_cli
 from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry
 from authsim.cluster.mtls import ensure_admin_identity, ensure_node_identity, write_private
 from authsim.hsm import provision_token
 
 NODE_PORT = 3025
-NODE_TLS_FILES = ("tls.pem", "tls.key", "admin-ca.pem", "server-ca.pem")
-ADMIN_FILES = ("admin.pem", "admin.key", "server-ca.pem")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 dir_type = click.Path(file_okay=False, path_type=Path)
@@ -53,15 +52,15 @@ def _endpoints(ctx: click.Context, param: click.Parameter, value: str) -> list[s
     return endpoints
 
 
-def _copy(source: Path, target: Path, names: Iterable[str]) -> None:
-    """Copy the named files; `*.key` files are written 0600."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        data = (source / name).read_bytes()
-        if name.endswith(".key"):
-            write_private(target / name, data)
+def _copy(sources: tuple[Path, ...], targets: tuple[Path, ...]) -> None:
+    """Copy each source file to the target at the same place; `*.key` files are written 0600."""
+    for source, target in zip(sources, targets, strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = source.read_bytes()
+        if target.suffix == ".key":
+            write_private(target, data)
         else:
-            (target / name).write_bytes(data)
+            target.write_bytes(data)
 
 
 @click.group(help="Provision the cluster PKI and node state dirs one step at a time (docker-compose).")
@@ -114,11 +113,12 @@ def pki(
     state_path = ClusterState.path(admin_dir)
     if state_path.exists() and (existing := ClusterState.load(admin_dir)).cluster_name != cluster_name:
         raise ClusterError(f"{admin_dir} holds cluster {existing.cluster_name!r}, not {cluster_name!r}")
-    admin = ensure_admin_identity(ca_dir, cluster_name)
+    ensure_admin_identity(ca_dir, cluster_name)
     if admin_dir != ca_dir:
-        _copy(admin.cert.parent, admin_dir / "admin", ADMIN_FILES)
+        _copy(ClusterLayout(ca_dir).admin.files, ClusterLayout(admin_dir).admin.files)
     for name in nodes:
-        ensure_node_identity(ca_dir, cluster_name, directory.absolute() / "nodes" / name, name)
+        node_dir = ClusterLayout(directory.absolute()).node(name).directory
+        ensure_node_identity(ca_dir, cluster_name, node_dir, name)
     entries = [NodeEntry(name, f"{name}:{port}") for name in nodes]
     ClusterState(cluster_name, EtcdEntry(etcd, embedded=False, tls=tls), entries).save(admin_dir)
     click.echo(f"PKI of cluster {cluster_name} for {', '.join(nodes)} in {directory}")
@@ -156,15 +156,16 @@ def node(
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
     if tls is not None:
         tls = tls.checked()  # absolute paths in node.yaml; a missing file refused before anything is written
-    tls_dir = pki_dir / "nodes" / name
-    if not (tls_dir / "tls.pem").exists():
+    issued = ClusterLayout(pki_dir).node(name)  # what `provision pki` made for this node
+    if not issued.tls_cert.exists():
         raise ClusterError(
-            f"no TLS files for node {name} in {tls_dir}: run `authsim provision pki --nodes ...` naming it"
+            f"no TLS files for node {name} in {issued.directory}: "
+            "run `authsim provision pki --nodes ...` naming it"
         )
     directory = directory.absolute()
     directory.mkdir(parents=True, exist_ok=True)
     token = provision_token(directory, f"authsim-{name}", pkcs11_module)
-    _copy(tls_dir, directory, NODE_TLS_FILES)
+    _copy(issued.tls_files, NodeLayout(directory).tls_files)
     config = NodeConfig(
         name=name,
         cluster_name=cluster_name,

@@ -21,6 +21,7 @@ import click
 from authsim.cluster.cli.common import run_cli
 from authsim.cluster.cli.provision import dir_type
 from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local.launcher import register_target_addresses, wait_serving, write_default_trust
 from authsim.cluster.local.state import ClusterState, TargetEntry
 from authsim.cluster.mtls import ensure_server_identity
@@ -65,16 +66,17 @@ def pki(directory: Path, ca_dir: Path, admin_dir: Path, cluster_name: str, deskt
     state = _cluster_state(admin_dir)
     if state.cluster_name != cluster_name:
         raise ClusterError(f"{admin_dir} holds cluster {state.cluster_name!r}, not {cluster_name!r}")
-    if not (ca_dir / "pki" / "server-ca.key").exists():  # never a second server CA nobody trusts
+    pki, layout = ClusterLayout(ca_dir).pki, ClusterLayout(directory)
+    if not pki.server_ca_key.exists():  # never a second server CA nobody trusts
         raise ClusterError(
-            f"no server CA in {ca_dir}/pki: run `authsim provision pki --ca-dir {ca_dir}` first"
+            f"no server CA in {pki.directory}: run `authsim provision pki --ca-dir {ca_dir}` first"
         )
     addresses = {"desktop": desktop, "db": db}
     for kind in KINDS:
-        ensure_server_identity(ca_dir, cluster_name, directory / "targets" / kind, [kind])
+        ensure_server_identity(ca_dir, cluster_name, layout.target(kind).directory, [kind])
         state.targets[kind] = TargetEntry(addresses[kind])
     state.save(admin_dir)
-    click.echo(f"Targets of cluster {cluster_name} in {directory}/targets: desktop at {desktop}, db at {db}")
+    click.echo(f"Targets of cluster {cluster_name} in {layout.targets_dir}: desktop at {desktop}, db at {db}")
 
 
 @targets.command(
@@ -87,7 +89,8 @@ def pki(directory: Path, ca_dir: Path, admin_dir: Path, cluster_name: str, deskt
 @click.option("--dir", "directory", type=dir_type, required=True, help="the targets' dir, as for `pki`")
 def trust(admin_dir: Path, directory: Path) -> None:
     directory, admin_dir = directory.absolute(), admin_dir.absolute()
-    if not (directory / "targets").is_dir():
+    targets_dir = ClusterLayout(directory).targets_dir
+    if not targets_dir.is_dir():
         raise ClusterError(
             f"no targets in {directory}: run `python -m authsim.cluster.cli.targets_provision pki` first"
         )
@@ -104,7 +107,7 @@ def trust(admin_dir: Path, directory: Path) -> None:
     for path in written:
         click.echo(f"Wrote {path}")
     if not written:
-        click.echo(f"Every trust file in {directory}/targets exists: left as it is")
+        click.echo(f"Every trust file in {targets_dir} exists: left as it is")
     register_target_addresses(state)
     click.echo(f"Registered {', '.join(f'{k} at {t.address}' for k, t in state.targets.items())} in etcd")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from authsim.cluster.errors import ClusterError, ValidationError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.targets.trust import TargetKind, add_trust, parse_certificates, read_trust
 
@@ -33,7 +34,7 @@ def trust(
     replace: bool,
 ) -> None:
     path = cluster_dir(directory)
-    if not (path / "targets").is_dir():
+    if not ClusterLayout(path).targets_dir.is_dir():
         raise ClusterError(f"no targets in {path}: run `authsim up --dir {path}` first")
     kind: TargetKind = "desktop" if target == "desktop" else "db"
     if not ntauth_files and not ca_files:

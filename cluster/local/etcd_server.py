@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import EtcdLayout
 from authsim.cluster.local.ports import free_port, port_is_free
 from authsim.cluster.store import EtcdTLS
 
@@ -66,7 +67,7 @@ class EtcdServer:
     ) -> EtcdServer:
         """Start a single-member etcd on loopback and wait until it reports healthy.
 
-        The log goes to `log_path`, by default `data_dir.parent / "etcd.log"`: the launcher passes
+        The log goes to `log_path`, by default the `EtcdLayout` log beside `data_dir`: the launcher passes
         `<state dir>/etcd/data`, so data and log both live under `etcd/` (SPEC §4). An existing data dir
         is reused (the member restarts with its data). `detach=True` puts etcd in its own session so it
         outlives the launcher.
@@ -97,7 +98,7 @@ class EtcdServer:
         pairs = list(zip(sorted(ports)[:size], sorted(ports)[size:], strict=True))
         members = {f"etcd{i + 1}": peer for i, (_, peer) in enumerate(pairs)}
         servers = [
-            cls._member(base_dir / name / "data", name, client, peer, members, detach, None, tls)
+            cls._member(EtcdLayout(base_dir / name).data, name, client, peer, members, detach, None, tls)
             for name, (client, peer) in zip(members, pairs, strict=True)
         ]
         try:
@@ -124,7 +125,7 @@ class EtcdServer:
         tls: EtcdTLS | None = None,
     ) -> EtcdServer:
         data_dir = data_dir.absolute()
-        log_path = log_path or data_dir.parent / "etcd.log"
+        log_path = log_path or EtcdLayout(data_dir.parent).log
         return cls(
             data_dir, client_port, peer_port, name, log_path, members, detach, tls.checked() if tls else None
         )

@@ -19,7 +19,8 @@ from cryptography.x509.oid import NameOID
 
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.mtls import write_private
-from authsim.cluster.resources.validation import CLUSTER_NAME_OID
+from authsim.cluster.resources.subject import CLUSTER_NAME_OID
+from authsim.cluster.resources.x509 import ca_certificate_builder
 
 WRONG_CLUSTER = "wrong-cluster"
 
@@ -46,6 +47,7 @@ OPENSSL_SIGN_COMMAND = (
 )
 
 _CA_VALIDITY = dt.timedelta(days=20 * 365)
+_USAGE_DEFECTS = (("key_cert_sign", "no-cert-sign"), ("crl_sign", "no-crl-sign"))  # KeyUsage flag, its defect
 _OUTLIVE = dt.timedelta(days=30 * 365)
 
 
@@ -117,30 +119,20 @@ class ExternalCA:
         if "outlive" in defects:
             not_after = now + _OUTLIVE
         subject = _wrong_cluster(csr.subject) if "wrong-cluster" in defects else csr.subject
-        public_key = csr.public_key()
-        cert_sign, crl_sign = "no-cert-sign" not in defects, "no-crl-sign" not in defects
-        ski = self.intermediate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.intermediate.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(
-                x509.BasicConstraints(ca=True, path_length=0)
-                if "not-ca" not in defects
-                else x509.BasicConstraints(ca=False, path_length=None),
-                critical=True,
-            )
-            .add_extension(_key_usage(cert_sign=cert_sign, crl_sign=crl_sign), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-            )
-            .sign(self.intermediate_key, hashes.SHA256())
+        ca = "not-ca" not in defects
+        issuer_ski = self.intermediate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = ca_certificate_builder(
+            subject,
+            self.intermediate.subject,
+            csr.public_key(),
+            not_before,
+            not_after,
+            ca=ca,
+            path_length=0 if ca else None,
+            usage=[flag for flag, defect in _USAGE_DEFECTS if defect not in defects],
+            authority_key_id=issuer_ski,
         )
+        return builder.sign(self.intermediate_key, hashes.SHA256())
 
 
 def init(directory: Path, name: str = "authsim external root") -> ExternalCA:
@@ -176,37 +168,21 @@ def _ca_cert(
     issuer_key: rsa.RSAPrivateKey,
     path_length: int | None,
 ) -> x509.Certificate:
+    """The root (self-signed, without AuthorityKeyIdentifier) or the intermediate."""
     now = dt.datetime.now(dt.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + _CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(_key_usage(cert_sign=True, crl_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    issuer_ski = (
+        None if issuer == subject else x509.SubjectKeyIdentifier.from_public_key(issuer_key.public_key())
     )
-    if issuer != subject:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
-        builder = builder.add_extension(aki, critical=False)
+    builder = ca_certificate_builder(
+        subject,
+        issuer,
+        public_key,
+        now - dt.timedelta(minutes=1),
+        now + _CA_VALIDITY,
+        path_length=path_length,
+        authority_key_id=issuer_ski,
+    )
     return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _key_usage(*, cert_sign: bool, crl_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def _wrong_cluster(subject: x509.Name) -> x509.Name:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
@@ -34,8 +35,8 @@ Progress = Callable[[str, int, int], None]  # (message, nodes ready, nodes in al
 
 
 def admin_identity(directory: Path) -> TLSIdentity:
-    admin = directory / "admin"
-    return TLSIdentity(admin / "admin.pem", admin / "admin.key", admin / "server-ca.pem")
+    admin = ClusterLayout(directory).admin
+    return TLSIdentity(admin.cert, admin.key, admin.server_ca)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> 
                 stopped.append(f"{kind} target")
             target.pid = None
         stop_etcd = existing.etcd.embedded and (only is None or "etcd" in only)
-        if stop_etcd and processes.stop(existing.etcd.pid, str(directory / "etcd")):
+        if stop_etcd and processes.stop(existing.etcd.pid, etcd_marker(directory)):
             stopped.append("etcd")
         existing.etcd.pid = None
         existing.save(directory)
@@ -138,7 +139,7 @@ def _running(directory: Path, state: ClusterState | None) -> set[str]:
     if state is None:
         return set()
     names = {n.name for n in state.nodes if _node_running(directory, n)}
-    if state.etcd.embedded and processes.is_running(state.etcd.pid, str(directory / "etcd")):
+    if state.etcd.embedded and processes.is_running(state.etcd.pid, etcd_marker(directory)):
         names.add("etcd")
     names |= {k for k, t in state.targets.items() if processes.is_running(t.pid, target_marker(directory, k))}
     return names
@@ -149,7 +150,13 @@ def _load_existing(directory: Path) -> ClusterState | None:
 
 
 def node_marker(directory: Path, name: str) -> str:
-    return str(directory / "nodes" / name / "node.yaml")
+    """A string only this node's command line contains (its config file)."""
+    return str(ClusterLayout(directory).node(name).config)
+
+
+def etcd_marker(directory: Path) -> str:
+    """A string only the embedded etcd's command line contains (its dir, in --data-dir)."""
+    return str(ClusterLayout(directory).etcd.directory)
 
 
 def _node_running(directory: Path, entry: NodeEntry) -> bool:
@@ -198,7 +205,7 @@ def _plan(
 
 def _start_etcd(directory: Path, state: ClusterState) -> None:
     etcd = EtcdServer.start(
-        directory / "etcd" / "data",
+        ClusterLayout(directory).etcd.data,
         client_port=_pick_port(state.etcd.client_port),
         peer_port=_pick_port(state.etcd.peer_port),
         detach=True,
@@ -209,7 +216,7 @@ def _start_etcd(directory: Path, state: ClusterState) -> None:
 
 
 def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> NodeConfig:
-    node_dir = directory / "nodes" / entry.name
+    node_dir = ClusterLayout(directory).node(entry.name).directory
     node_dir.mkdir(parents=True, exist_ok=True)
     token = provision_token(node_dir, f"authsim-{entry.name}")
     ensure_node_identity(directory, state.cluster_name, node_dir, entry.name)
@@ -231,7 +238,7 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
 def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
     env = config.token().process_env()
     env["PYTHONUNBUFFERED"] = "1"
-    argv = [sys.executable, "-m", NODE_MARKER, "--config", str(config.node_dir / "node.yaml")]
+    argv = [sys.executable, "-m", NODE_MARKER, "--config", str(config.layout.config)]
     return processes.spawn(argv, config.log_file, env)
 
 
@@ -279,7 +286,7 @@ def wait_serving(
             for name in list(waiting):
                 process = started.get(name)
                 if process is not None and process.poll() is not None:
-                    log = directory / "nodes" / name / "node.log"
+                    log = ClusterLayout(directory).node(name).log
                     raise ClusterError(
                         f"node {name} exited during start-up; last lines of {log}:\n{processes.tail(log)}"
                     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.store import EtcdTLS
 
 DEFAULT_DIR = Path(".authsim")
@@ -21,7 +22,8 @@ def cluster_dir(path: str | Path | None) -> Path:
 
 def host_names(directory: Path) -> dict[str, str]:
     """host id -> node name for the nodes provisioned in `directory` (empty for a remote cluster)."""
-    return {p.read_text().strip(): p.parent.name for p in (directory / "nodes").glob("*/host_id")}
+    nodes = ClusterLayout(directory).provisioned_nodes()
+    return {node.host_id.read_text().strip(): name for name, node in nodes.items()}
 
 
 @dataclass
@@ -58,7 +60,7 @@ class ClusterState:
 
     @staticmethod
     def path(directory: Path) -> Path:
-        return directory / "cluster.yaml"
+        return ClusterLayout(directory).state_file
 
     def save(self, directory: Path) -> None:
         data = asdict(self)

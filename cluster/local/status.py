@@ -7,7 +7,7 @@ from pathlib import Path
 
 from authsim.cluster.errors import AuthSimError
 from authsim.cluster.local import processes
-from authsim.cluster.local.launcher import admin_identity, node_marker
+from authsim.cluster.local.launcher import admin_identity, etcd_marker, node_marker
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.state import ClusterState
 
@@ -54,6 +54,6 @@ def collect_status(directory: Path) -> ClusterStatus:
         keys = [HeldKeyRow(k.ca_type, k.role, k.public_key_hash) for k in status.keys]
         rows.append(NodeRow(entry.name, entry.address, entry.pid, health, status.host_id, keys))
     etcd_running = (
-        processes.is_running(state.etcd.pid, str(directory / "etcd")) if state.etcd.embedded else None
+        processes.is_running(state.etcd.pid, etcd_marker(directory)) if state.etcd.embedded else None
     )
     return ClusterStatus(state, etcd_running, rows)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
 from authsim.cluster.targets._tls import KINDS, target_identity
 
@@ -29,7 +30,7 @@ def start_target(cluster_dir: Path, kind: str, port: int, cluster_name: str) -> 
     argv = [sys.executable, "-m", "authsim.cluster.targets", "--dir", str(cluster_dir), "--kind", kind]
     argv += ["--listen", f"127.0.0.1:{port}", "--cluster-name", cluster_name]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return processes.spawn(argv, cluster_dir / "targets" / kind / "target.log", env)
+    return processes.spawn(argv, ClusterLayout(cluster_dir).target(kind).log, env)
 
 
 def wait_listening(address: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:

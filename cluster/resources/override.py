@@ -7,12 +7,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 import yaml
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.errors import ValidationError
@@ -37,16 +36,10 @@ _MISSING: Any = object()
 _PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
-def certificate_key_hash(cert: x509.Certificate) -> str:
-    """`public_key_hash` of a certificate's public key, whatever its algorithm."""
-    # public_key_hash only needs public_bytes(DER, SubjectPublicKeyInfo), which every key type has.
-    return public_key_hash(cast(rsa.RSAPublicKey, cert.public_key()))
-
-
 @lru_cache(maxsize=512)
 def _pem_key_hash(pem: str) -> str:
     try:
-        return certificate_key_hash(x509.load_pem_x509_certificate(pem.encode()))
+        return public_key_hash(x509.load_pem_x509_certificate(pem.encode()).public_key())
     except (ValueError, UnsupportedAlgorithm):
         return ""
 

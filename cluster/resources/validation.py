@@ -16,19 +16,14 @@ from datetime import datetime, timezone
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509.oid import NameOID
 
 from authsim.cluster.errors import ValidationError
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
-from authsim.cluster.resources.override import (
-    MAX_ENTRIES,
-    CertAuthorityOverride,
-    CertificateOverride,
-    certificate_key_hash,
-)
+from authsim.cluster.resources.override import MAX_ENTRIES, CertAuthorityOverride, CertificateOverride
+from authsim.cluster.resources.subject import cluster_name_problems
+from authsim.cluster.resources.x509 import public_key_hash
 
-CLUSTER_NAME_OID = x509.ObjectIdentifier("1.3.9999.4.1")
 MAX_CHAIN = 10
 _KEY_HASH = re.compile(r"[0-9a-f]{64}")
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,40})-----([^-]*)-----END \1-----")
@@ -192,7 +187,7 @@ def _ca_certificate_problems(cert: x509.Certificate, path: str, cluster_name: st
             f"not_before {_date(cert.not_valid_before_utc)} is after not_after "
             f"{_date(cert.not_valid_after_utc)}: the certificate is never valid"
         )
-    problems += _subject_problems(cert.subject, cluster_name)
+    problems += cluster_name_problems(cert.subject, cluster_name)
     return [f"{path}: {p}" for p in problems]
 
 
@@ -217,25 +212,9 @@ def _key_usage_problems(cert: x509.Certificate) -> list[str]:
     return problems
 
 
-def _subject_problems(subject: x509.Name, cluster_name: str) -> list[str]:
-    """The cluster name must be in OID 1.3.9999.4.1 (which wins when present) or else the first O."""
-    named = [str(a.value) for a in subject.get_attributes_for_oid(CLUSTER_NAME_OID)]
-    if named:
-        other = next((v for v in named if v != cluster_name), None)
-        if other is None:
-            return []
-        return [f"subject OID 1.3.9999.4.1 is {other!r}, not the cluster name {cluster_name!r}"]
-    orgs = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
-    if not orgs:
-        return [f"subject has no O or OID 1.3.9999.4.1 naming the cluster {cluster_name!r}"]
-    if orgs[0] != cluster_name:
-        return [f"subject's first O is {orgs[0]!r}, not the cluster name {cluster_name!r}"]
-    return []
-
-
 def _key_hash(entry: CertificateOverride, cert: x509.Certificate | None, path: str) -> tuple[str, list[str]]:
     """The targeted key (a well-formed public_key, else the certificate's) and the public_key problems."""
-    cert_hash = certificate_key_hash(cert) if cert is not None else ""
+    cert_hash = public_key_hash(cert.public_key()) if cert is not None else ""
     if not entry.public_key:
         return cert_hash, []
     if not _KEY_HASH.fullmatch(entry.public_key):

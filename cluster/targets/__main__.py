@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from authsim.cluster.errors import AuthSimError
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.targets._tls import KINDS, target_identity
 from authsim.cluster.targets.database import start_database
 from authsim.cluster.targets.desktop import start_desktop
@@ -26,7 +27,8 @@ async def serve(cluster_dir: Path, kind: str, host: str, port: int, cluster_name
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("%s target listening on %s:%d (trust in %s)", kind, host, port, cluster_dir / "targets" / kind)
+    trust_dir = ClusterLayout(cluster_dir).target(kind).directory
+    log.info("%s target listening on %s:%d (trust in %s)", kind, host, port, trust_dir)
     await stop.wait()
     server.close()
     log.info("%s target stopped", kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.mtls import TLSIdentity, ensure_server_identity
 
 KINDS = ("desktop", "db")
@@ -15,11 +16,11 @@ def target_identity(cluster_dir: Path, cluster_name: str, kind: str) -> TLSIdent
     `kind`, the name clients verify (see `cluster.targets.client`). Once made it is only read, so a
     target whose files were made elsewhere (docker-compose: `cluster.targets.provision pki`) needs no
     server CA key."""
-    directory = cluster_dir / "targets" / kind
-    made = TLSIdentity(directory / "tls.pem", directory / "tls.key", directory / "server-ca.pem")
+    target = ClusterLayout(cluster_dir).target(kind)
+    made = TLSIdentity(target.tls_cert, target.tls_key, target.server_ca)
     if made.cert.exists() and made.key.exists():
         return made
-    return ensure_server_identity(cluster_dir, cluster_name, directory, [kind])
+    return ensure_server_identity(cluster_dir, cluster_name, target.directory, [kind])
 
 
 def server_context(identity: TLSIdentity) -> ssl.SSLContext:

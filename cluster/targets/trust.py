@@ -10,7 +10,7 @@ Files are replaced atomically (write a temporary file, then rename).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,14 +19,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from authsim.cluster.errors import ValidationError
+from authsim.cluster.layout import ClusterLayout, TargetLayout
 
 TargetKind = Literal["desktop", "db"]
 Store = Literal["ntauth", "ca"]
 
-_FILES: dict[tuple[str, str], str] = {
-    ("desktop", "ntauth"): "desktop/ntauth.pem",
-    ("desktop", "ca"): "desktop/roots.pem",
-    ("db", "ca"): "db/ca-bundle.pem",
+_FILES: dict[tuple[str, str], Callable[[TargetLayout], Path]] = {
+    ("desktop", "ntauth"): lambda target: target.ntauth,
+    ("desktop", "ca"): lambda target: target.roots,
+    ("db", "ca"): lambda target: target.ca_bundle,
 }
 _LABELS = {"ntauth": "NTAuth store", "ca": "CA bundle"}
 
@@ -42,9 +43,10 @@ class Trust:
 def trust_file(cluster_dir: Path, target: TargetKind, store: Store) -> Path:
     """The PEM bundle of `store` for `target`; the db target has no NTAuth store (ValueError)."""
     try:
-        return cluster_dir / "targets" / _FILES[(target, store)]
+        file_of = _FILES[(target, store)]
     except KeyError:
         raise ValueError(f"the {target} target has no {store} store") from None
+    return file_of(ClusterLayout(cluster_dir).target(target))
 
 
 def parse_certificates(blob: bytes, label: str) -> list[x509.Certificate]:

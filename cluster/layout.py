@@ -1,0 +1,212 @@
+"""The cluster dir's on-disk layout (SPEC §4): the one module that names its files and folders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerTLSLayout:
+    """A dir holding a TLS server identity from the cluster's server CA (a node's or a target's)."""
+
+    directory: Path
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.directory / "tls.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.directory / "tls.key"
+
+    @property
+    def server_ca(self) -> Path:
+        """The cluster's server CA certificate, to check other servers of the cluster with."""
+        return self.directory / "server-ca.pem"
+
+
+@dataclass(frozen=True)
+class NodeLayout(ServerTLSLayout):
+    """A node's state dir: `nodes/<name>/` of a cluster dir, or a bare dir (`authsim provision node`)."""
+
+    @property
+    def config(self) -> Path:
+        """`node.yaml`, for `python -m authsim.auth_node --config`."""
+        return self.directory / "node.yaml"
+
+    @property
+    def host_id(self) -> Path:
+        return self.directory / "host_id"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "node.log"
+
+    @property
+    def softhsm_conf(self) -> Path:
+        return self.directory / "softhsm2.conf"
+
+    @property
+    def tokens(self) -> Path:
+        """SoftHSM2's token dir (mode 0700)."""
+        return self.directory / "tokens"
+
+    @property
+    def pin(self) -> Path:
+        """The token's user PIN (mode 0600)."""
+        return self.directory / "pin"
+
+    @property
+    def so_pin(self) -> Path:
+        """The token's security officer PIN (mode 0600)."""
+        return self.directory / "so-pin"
+
+    @property
+    def admin_ca(self) -> Path:
+        """The admin CA certificate: the only CA the node accepts client certificates from."""
+        return self.directory / "admin-ca.pem"
+
+    @property
+    def ca_keys(self) -> Path:
+        """The record of the CA keys this node made in its token (`ca-keys.json`)."""
+        return self.directory / "ca-keys.json"
+
+    @property
+    def tls_files(self) -> tuple[Path, ...]:
+        """The TLS files `authsim provision pki` makes for a node and `provision node` copies."""
+        return (self.tls_cert, self.tls_key, self.admin_ca, self.server_ca)
+
+
+@dataclass(frozen=True)
+class TargetLayout(ServerTLSLayout):
+    """A downstream target's dir, `targets/<kind>/`: its TLS identity, trust files and log."""
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "target.log"
+
+    @property
+    def ntauth(self) -> Path:
+        """The desktop's NTAuth store."""
+        return self.directory / "ntauth.pem"
+
+    @property
+    def roots(self) -> Path:
+        """The desktop's trust anchors and intermediates."""
+        return self.directory / "roots.pem"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The database's CA bundle for client certificates."""
+        return self.directory / "ca-bundle.pem"
+
+
+@dataclass(frozen=True)
+class AdminLayout:
+    """`admin/`: the admin mTLS identity authctl presents, and the server CA it checks nodes with."""
+
+    directory: Path
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "admin.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "admin.key"
+
+    @property
+    def server_ca(self) -> Path:
+        return self.directory / "server-ca.pem"
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.cert, self.key, self.server_ca)
+
+
+@dataclass(frozen=True)
+class PkiLayout:
+    """`pki/` (mode 0700): the cluster's two TLS CAs, certificates and private keys."""
+
+    directory: Path
+
+    @property
+    def server_ca_cert(self) -> Path:
+        return self.directory / "server-ca.pem"
+
+    @property
+    def server_ca_key(self) -> Path:
+        return self.directory / "server-ca.key"
+
+    @property
+    def admin_ca_cert(self) -> Path:
+        return self.directory / "admin-ca.pem"
+
+    @property
+    def admin_ca_key(self) -> Path:
+        return self.directory / "admin-ca.key"
+
+
+@dataclass(frozen=True)
+class EtcdLayout:
+    """An etcd member's dir (`etcd/` of a cluster dir): its data dir and its log."""
+
+    directory: Path
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "etcd.log"
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """A cluster dir (`--dir`); an admin dir or a targets dir is one holding only some of its parts."""
+
+    root: Path
+
+    @property
+    def state_file(self) -> Path:
+        """`cluster.yaml`: cluster name, etcd endpoints, nodes and targets."""
+        return self.root / "cluster.yaml"
+
+    @property
+    def admin(self) -> AdminLayout:
+        return AdminLayout(self.root / "admin")
+
+    @property
+    def pki(self) -> PkiLayout:
+        return PkiLayout(self.root / "pki")
+
+    @property
+    def etcd(self) -> EtcdLayout:
+        """The embedded etcd's dir."""
+        return EtcdLayout(self.root / "etcd")
+
+    @property
+    def nodes_dir(self) -> Path:
+        return self.root / "nodes"
+
+    def node(self, name: str) -> NodeLayout:
+        return NodeLayout(self.nodes_dir / name)
+
+    def provisioned_nodes(self) -> dict[str, NodeLayout]:
+        """Node name -> layout, for each dir under `nodes/` that holds a host id."""
+        nodes = (NodeLayout(path) for path in sorted(self.nodes_dir.glob("*")))
+        return {node.directory.name: node for node in nodes if node.host_id.exists()}
+
+    @property
+    def targets_dir(self) -> Path:
+        return self.root / "targets"
+
+    def target(self, kind: str) -> TargetLayout:
+        return TargetLayout(self.targets_dir / kind)
+
+    @property
+    def demo_dir(self) -> Path:
+        """`authsim demo`'s working files (CSRs, certificates, its external CA)."""
+        return self.root / "demo"
