@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.cluster.layout import ClusterLayout, NodeLayout, ServerTLSLayout
+from authsim.cluster.resources.x509 import ca_certificate_builder
 
 NODE_TLS_NAME = "authsim-node"  # DNS SAN every node certificate carries; clients verify against it
 ADMIN_CN = "admin"
@@ -83,14 +84,11 @@ def _ensure_ca(
         return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
     key = ec.generate_private_key(ec.SECP256R1())
     subject = _name(f"{cluster_name} {name}", cluster_name)
-    cert = (
-        _builder(subject, subject, key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(key, hashes.SHA256())
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = ca_certificate_builder(
+        subject, subject, key.public_key(), now - dt.timedelta(minutes=5), now + _VALIDITY, path_length=0
     )
+    cert = builder.sign(key, hashes.SHA256())
     write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, key

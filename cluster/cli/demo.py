@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,29 @@ def run_demo(directory: Path, console: Console) -> None:
     demo = Demo(directory, console)
     demo.step("A fresh 3-node cluster: one SoftHSM token per node, one etcd")
     demo.run("authsim up", "--nodes", "3", "--cluster-name", "mycluster", "--dir", str(directory), "--detach")
-    nodes = [f"node{i}" for i in range(1, 4)]
-    certs = demo.work / "certs"
+    csrs = _create_csrs(demo)
+    signed = _sign_externally(demo, csrs)
+    _trust_downstream(demo, signed)
+    _append_overrides(demo, signed)
+    _exercise(demo, signed)
+    console.rule("[bold green]The seed's five steps behaved as documented")
+    console.print(
+        f"The cluster keeps running. Look around with `authctl --dir {directory} ...`; "
+        f"stop it with `authsim down --dir {directory}`."
+    )
 
+
+@dataclass(frozen=True)
+class Signed:
+    """What the external CA signed: certificate file by public-key hash, and its chain and root."""
+
+    by_hash: dict[str, Path]
+    active: dict[str, str]  # CA type -> public-key hash of its active key
+    chain: Path
+    root: Path
+
+
+def _create_csrs(demo: Demo) -> list[Path]:
     demo.step("Step 1/5. CSRs: every node signs one for the key in its own token")
     for ca_type in CA_TYPES:
         demo.authctl(
@@ -104,9 +125,12 @@ def run_demo(directory: Path, console: Console) -> None:
         )
     csrs = sorted((demo.work / "csr").glob("*-csr.pem"))
     demo.check(len(csrs) == 3 * len(CA_TYPES), f"{len(csrs)} CSRs, one per node and CA type")
+    return csrs
 
+
+def _sign_externally(demo: Demo, csrs: list[Path]) -> Signed:
     demo.step("Step 2/5. The external CA signs them as subordinate CA certificates")
-    extca = demo.work / "extca"
+    extca, certs = demo.work / "extca", demo.work / "certs"
     demo.run("authsim external-ca", "init", "--dir", str(extca))
     demo.run("authsim external-ca", "sign", "--dir", str(extca), *map(str, csrs), "--out-dir", str(certs))
     by_hash = {public_key_hash(ca_public_key(read_pem_certificate(str(p)))): p for p in certs.glob("*-*.pem")}
@@ -114,73 +138,59 @@ def run_demo(directory: Path, console: Console) -> None:
         t: demo.json("get", f"cas/{t}")["spec"]["active_keys"]["tls"][0]["public_key_hash"] for t in CA_TYPES
     }
     demo.check(all(h in by_hash for h in active.values()), "an override certificate for each active key")
+    return Signed(by_hash, active, certs / "chain.pem", extca / "root.pem")
 
+
+def _trust_downstream(demo: Demo, signed: Signed) -> None:
     demo.step("Step 3/5. Downstream trust, before any override is enabled")
-    chain = str(certs / "chain.pem")
-    demo.run(
-        "authsim trust",
-        "--dir",
-        str(directory),
-        "--target",
-        "desktop",
-        "--ntauth",
-        str(by_hash[active["windows"]]),
-        "--ca",
-        chain,
-    )
-    demo.run("authsim trust", "--dir", str(directory), "--target", "db", "--ca", str(extca / "root.pem"))
+    where = ("--dir", str(demo.directory))
+    ntauth = str(signed.by_hash[signed.active["windows"]])
+    demo.run("authsim trust", *where, "--target", "desktop", "--ntauth", ntauth, "--ca", str(signed.chain))
+    demo.run("authsim trust", *where, "--target", "db", "--ca", str(signed.root))
 
+
+def _append_overrides(demo: Demo, signed: Signed) -> None:
     demo.step("Step 4/5. One override resource per CA type; each node appends its own entry")
     for ca_type in CA_TYPES:
         path = demo.work / f"ca_override_{ca_type}.yaml"
         path.write_text(EMPTY_OVERRIDE.format(ca_type=ca_type, cluster="mycluster"))
         demo.authctl("create", str(path))
-    holders = {n: demo.json("status", node=n)["keys"] for n in nodes}
+    nodes = [f"node{i}" for i in range(1, 4)]
     staged_node, staging_node = nodes[1], nodes[0]
+    chain = str(signed.chain)
+    holders = {n: demo.json("status", node=n)["keys"] for n in nodes}
     for node, keys in holders.items():
         for key in keys:
-            cert = str(by_hash[key["public_key_hash"]])
+            cert = str(signed.by_hash[key["public_key_hash"]])
             if key["ca_type"] == "windows" and node == staged_node:
-                console.print(
+                demo.console.print(
                     f"[dim]{staging_node} stages {staged_node}'s entry disabled; "
                     f"only {staged_node} may enable it"
                 )
                 demo.authctl(
                     "auth", "create-override", "--type=windows", cert, chain, "--disabled", node=staging_node
                 )
-                enable = (
-                    "auth",
-                    "update-override",
-                    "--type=windows",
-                    "--public-key",
-                    key["public_key_hash"],
-                    "--set-disabled",
-                    "false",
-                )
-                demo.authctl(*enable, node=staging_node, expect_ok=False)
-                demo.authctl(*enable, node=node)
+                enable = ("auth", "update-override", "--type=windows", "--public-key", key["public_key_hash"])
+                demo.authctl(*enable, "--set-disabled", "false", node=staging_node, expect_ok=False)
+                demo.authctl(*enable, "--set-disabled", "false", node=node)
             else:
                 demo.authctl("auth", "create-override", f"--type={key['ca_type']}", cert, chain, node=node)
     for ca_type in CA_TYPES:
-        resource = demo.json("get", f"ca_overrides/{ca_type}")
-        entries = resource["spec"]["certificate_overrides"]
+        entries = demo.json("get", f"ca_overrides/{ca_type}")["spec"]["certificate_overrides"]
         demo.check(
             len(entries) == 3 and not any(e.get("disabled") for e in entries),
             f"ca_overrides/{ca_type}: three enabled entries, one per node",
         )
     demo.authctl("get", "ca_overrides/windows", "--format", "text")
 
+
+def _exercise(demo: Demo, signed: Signed) -> None:
     demo.step("Step 5/5. Exercise the overrides: sessions on the desktop and the database")
     for ca_type in CA_TYPES:
         event = json.loads(demo.authctl("exercise", f"--type={ca_type}", "--user", "alice"))
-        override = event["ca_override"]
+        override, active = event["ca_override"], signed.active[ca_type]
         demo.check(
-            event["success"] and override["active"] and override["public_key_hash"] == active[ca_type],
-            f"{event['event']} ({event['code']}): success, ca_override active, key {active[ca_type][:16]}",
+            event["success"] and override["active"] and override["public_key_hash"] == active,
+            f"{event['event']} ({event['code']}): success, ca_override active, key {active[:16]}",
         )
     demo.authctl("get", "events", "--format", "text")
-    console.rule("[bold green]The seed's five steps behaved as documented")
-    console.print(
-        f"The cluster keeps running. Look around with `authctl --dir {directory} ...`; "
-        f"stop it with `authsim down --dir {directory}`."
-    )
