@@ -345,3 +345,16 @@ def test_stop_signals_only_a_process_whose_command_line_is_ours(tmp_path: Path) 
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_stop_returns_once_the_process_has_exited() -> None:
+    """Its command line reads empty while it exits: stop must wait for the exit, not for that."""
+    for _ in range(20):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert _wait_for(lambda child=child: processes.is_running(child.pid, "time.sleep"), 5)
+            assert processes.stop(child.pid, "time.sleep")
+            assert child.poll() is not None  # exited and reaped (poll reads 0 after stop reaped it)
+        finally:
+            child.kill()
+            child.wait()

@@ -43,26 +43,35 @@ def stop(pid: int | None, marker: str, timeout: float = 5.0) -> bool:
     if pid is None or not is_running(pid, marker):
         return False
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_running(pid, marker):
-            _reap(pid)
-            return True
-        time.sleep(0.05)
+    if _wait_gone(pid, timeout):
+        return True
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while is_running(pid, marker):
-        if time.monotonic() > deadline:
-            raise ClusterError(f"process {pid} still runs after SIGKILL")
-        time.sleep(0.02)
-    _reap(pid)
+    if not _wait_gone(pid, timeout):
+        raise ClusterError(f"process {pid} still runs after SIGKILL")
     return True
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status when `pid` is our child, so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until `pid` has exited (reaped when it is our child, so no zombie lingers).
+
+    While a process exits, its command line reads empty before it is a zombie: only its exit, not
+    the marker, tells that it is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:  # not our child: gone once it is a zombie or has no /proc entry
+            if _state(pid) in (None, "Z"):
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def _state(pid: int) -> str | None:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return None
 
 
 def tail(path: Path, lines: int = 8) -> str:
