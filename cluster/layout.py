@@ -175,6 +175,11 @@ class ClusterLayout:
         return self.root / "cluster.yaml"
 
     @property
+    def marker(self) -> Path:
+        """Written when `authsim up` makes the dir: only a dir carrying it is ever deleted (--purge)."""
+        return self.root / ".authsim-cluster"
+
+    @property
     def admin(self) -> AdminLayout:
         return AdminLayout(self.root / "admin")
 

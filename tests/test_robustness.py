@@ -19,7 +19,7 @@ from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.external_ca import init
-from authsim.cluster.local.launcher import etcd_marker, node_marker
+from authsim.cluster.local.launcher import down, etcd_marker, node_marker
 from authsim.cluster.local.target_process import target_marker
 
 BIN = Path(sys.executable).parent
@@ -90,3 +90,38 @@ def test_sign_finds_the_active_key_holder_from_an_admin_dir_without_node_dirs(tm
         )
         assert done.returncode == 0, done.stderr
         assert json.loads(Path(f"{out}.json").read_text())["node"] == holder
+
+
+def test_purge_and_demo_delete_only_a_dir_authsim_made(tmp_path: Path) -> None:
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    for argv in (["down", "--dir", str(notes), "--purge"], ["demo", "--dir", str(notes)]):
+        done = subprocess.run(
+            [BIN / "authsim", *argv], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 1
+        assert done.stderr == (
+            f"error: {notes} was not made by `authsim up` (no .authsim-cluster in it): not deleting it\n"
+        )
+        assert (notes / "notes.txt").read_text() == "keep me"
+
+    missing = tmp_path / "missing"
+    done = subprocess.run(
+        [BIN / "authsim", "down", "--dir", str(missing), "--purge"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (1, f"error: {missing} does not exist: nothing to purge\n")
+    assert "deleted" not in done.stdout
+
+
+def test_a_partial_down_keeps_the_pid_of_the_etcd_it_did_not_stop(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    with local_cluster(directory, nodes=1) as cluster:
+        assert down(directory, only={"node1"}) == ["node1"]
+        etcd_pid = cluster.state.etcd.pid
+        assert etcd_pid is not None and processes.is_running(etcd_pid, etcd_marker(directory))
+        assert "etcd" in cluster.stop(purge=True)  # stopped by the PID kept, then deleted
+    assert not directory.exists() and not processes.is_running(etcd_pid, etcd_marker(directory))

@@ -77,7 +77,7 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
         raise ClusterError(
             f"the cluster in {directory} is already running: `authsim down --dir {directory}` first"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_cluster_dir(directory)
     state = _plan(directory, existing, options, running)
     state.save(directory)
     try:
@@ -103,7 +103,9 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
 
 def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> list[str]:
     """Stop the cluster's processes by PID (`only` those parts, when given); with `purge`, delete the
-    directory. Returns what stopped."""
+    directory, only when `authsim up` made it (its marker). Returns what stopped."""
+    if purge:
+        _check_purgeable(directory)
     stopped: list[str] = []
     existing = _load_existing(directory)
     if existing is not None:
@@ -120,13 +122,34 @@ def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> 
                 stopped.append(f"{kind} target")
             target.pid = None
         stop_etcd = existing.etcd.embedded and (only is None or "etcd" in only)
-        if stop_etcd and processes.stop(existing.etcd.pid, etcd_marker(directory)):
-            stopped.append("etcd")
-        existing.etcd.pid = None
+        if stop_etcd:
+            if processes.stop(existing.etcd.pid, etcd_marker(directory)):
+                stopped.append("etcd")
+            existing.etcd.pid = None
         existing.save(directory)
     if purge and directory.exists():
         shutil.rmtree(directory)
     return stopped
+
+
+def _make_cluster_dir(directory: Path) -> None:
+    """Create `directory` and mark it as authsim's: when it is new or empty, or already a cluster's
+    (made before markers existed). A folder holding anything else is used but never marked."""
+    layout = ClusterLayout(directory)
+    new = not directory.exists() or not any(directory.iterdir())
+    directory.mkdir(parents=True, exist_ok=True)
+    if (new or layout.state_file.exists()) and not layout.marker.exists():
+        layout.marker.write_text("made by `authsim up`; `authsim down --purge` deletes this directory\n")
+
+
+def _check_purgeable(directory: Path) -> None:
+    if not directory.exists():
+        raise ClusterError(f"{directory} does not exist: nothing to purge")
+    marker = ClusterLayout(directory).marker
+    if not directory.is_dir() or marker.is_symlink() or not marker.is_file():
+        raise ClusterError(
+            f"{directory} was not made by `authsim up` (no {marker.name} in it): not deleting it"
+        )
 
 
 def _parts(state: ClusterState) -> set[str]:
