@@ -668,9 +668,33 @@ def test_oversize_is_refused_before_parsing() -> None:
     assert raised.value.problems == [f"resource: larger than 1 MiB ({len(text)} bytes)"]
 
 
-def test_undecodable_bytes_are_malformed_yaml() -> None:
-    with pytest.raises(ValidationError, match="resource: malformed YAML: unacceptable character"):
-        parse_override_yaml(b"kind: \xff\xfe")
+def test_undecodable_bytes_are_refused_naming_the_encoding_expected() -> None:
+    with pytest.raises(ValidationError) as raised:
+        parse_override_yaml("kind: café\n".encode("latin-1"))
+    assert raised.value.problems == [
+        "resource: not UTF-8 text (or UTF-16 with a byte-order mark): byte 0xe9 at offset 9"
+    ]
+    with pytest.raises(ValidationError, match="kind: must be cert_authority_override, got 'x'"):
+        parse_override_yaml("kind: x\n".encode("utf-16"))  # UTF-16 with its BOM is read
+
+
+def test_a_key_given_twice_is_refused_with_its_line() -> None:
+    text = "kind: cert_authority_override\nsub_kind: windows\nversion: v1\nsub_kind: db_client\n"
+    with pytest.raises(ValidationError) as raised:
+        parse_override_yaml(text)
+    assert raised.value.problems == ["resource: key 'sub_kind' appears twice (again at line 4)"]
+    nested = "metadata:\n  name: a\n  name: b\n"
+    with pytest.raises(ValidationError, match=r"key 'name' appears twice \(again at line 3\)"):
+        parse_override_yaml(nested)
+
+
+def test_a_revision_beyond_int64_is_refused() -> None:
+    text = doc(metadata={"name": CLUSTER, "revision": 1 << 63})
+    with pytest.raises(ValidationError) as raised:
+        parse_override_yaml(text, revision_required=True)
+    assert raised.value.problems == [
+        "metadata.revision: at most 9223372036854775807 (etcd revisions are int64), got 9223372036854775808"
+    ]
 
 
 def test_validator_limits_entries_of_a_resource_built_in_code() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -238,6 +239,45 @@ def test_stale_edit_is_refused_and_the_text_kept(
     assert "revision mismatch" in result.stderr and "work from the latest state" in result.stderr
     kept = Path(result.stderr.rsplit("kept in ", 1)[1].strip())
     assert kept.read_text().endswith("# my edit\n")
+
+
+def test_a_failed_edit_keeps_the_text_under_a_name_of_its_own_and_success_leaves_nothing(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    temp.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where edit makes its working copy
+    monkeypatch.chdir(cwd)
+    cluster.authctl("rm", "ca_overrides/db_client", "--force")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(
+        "kind: cert_authority_override\nsub_kind: db_client\nversion: v1\n"
+        "metadata:\n  name: mycluster\nspec: {}\n"
+    )
+    assert cluster.authctl("create", str(empty)).exit_code == 0
+    editor = tmp_path / "editor.py"
+    editor.write_text(
+        "import sys\n"
+        "with open(sys.argv[2], 'ab') as f:  # argv: the text, then the file\n"
+        "    f.write(sys.argv[1].encode('latin-1'))\n"
+    )
+    latin1 = "# caf\u00e9\n"
+    monkeypatch.setenv("EDITOR", f"{sys.executable} {editor} '{latin1}'")
+    kept = []
+    for _ in range(2):  # twice within a second: two kept files
+        result = cluster.authctl("edit", "ca_overrides/db_client")
+        assert result.exit_code == 1
+        assert "not UTF-8 text (or UTF-16 with a byte-order mark)" in result.stderr
+        kept.append(Path(result.stderr.rsplit("kept in ", 1)[1].strip()))
+    assert kept[0] != kept[1] and all(k.parent == cwd for k in kept)
+    assert all(k.read_bytes().endswith(latin1.encode("latin-1")) for k in kept)
+    assert list(temp.iterdir()) == []
+
+    monkeypatch.setenv("EDITOR", f"{sys.executable} {editor} '# fine\n'")
+    result = cluster.authctl("edit", "ca_overrides/db_client")
+    assert result.exit_code == 0, result.stderr
+    assert list(temp.iterdir()) == [] and sorted(cwd.iterdir()) == sorted(kept)
 
 
 def test_eight_nodes_append_at_the_same_moment(tmp_path: Path) -> None:

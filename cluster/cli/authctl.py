@@ -8,7 +8,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -181,7 +180,7 @@ def exercise(nodes: NodeChoice, ca_type: str, user: str) -> None:
 )
 @click.pass_obj
 def create(nodes: NodeChoice, file: str, upsert: bool, force: bool) -> None:
-    text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    text = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     resource = parse_override_yaml(text)
     reply = _write(nodes, resource, pb.UPSERT if upsert else pb.CREATE, force)
     verb = "written" if upsert else "created"
@@ -205,22 +204,29 @@ def edit(nodes: NodeChoice, resource: str, force: bool) -> None:
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     if subprocess.run([*shlex.split(editor), str(path)]).returncode != 0:
         raise AuthSimError(f"editor {editor!r} failed; your text is in {path}")
-    edited = path.read_text()
-    if edited == original:
+    edited = path.read_bytes()
+    if edited == original.encode():
         path.unlink()
         click.echo("no changes")
         return
     try:
         result = _write(nodes, parse_override_yaml(edited, revision_required=True), pb.UPDATE, force)
     except AuthSimError as e:
-        kept = Path.cwd() / f"ca_overrides-{name}.{time.strftime('%Y%m%d-%H%M%S')}.yaml"
-        try:
-            kept.write_text(edited)
-        except OSError:
-            kept = path
-        raise AuthSimError(f"{e}; your edited text is kept in {kept}") from None
+        raise AuthSimError(f"{e}; your edited text is kept in {_keep(path, name)}") from None
     path.unlink()
     click.echo(f"cert_authority_override {name} updated (revision {result.revision})")
+
+
+def _keep(edited: Path, name: str) -> Path:
+    """Move the edited text to a file of its own in the current folder (in place if that fails)."""
+    try:
+        fd, kept = tempfile.mkstemp(prefix=f"ca_overrides-{name}.", suffix=".yaml", dir=Path.cwd())
+    except OSError:
+        return edited
+    with os.fdopen(fd, "wb") as f:
+        f.write(edited.read_bytes())
+    edited.unlink()
+    return Path(kept)
 
 
 @cli.command(help="Remove ca_overrides/TYPE.")

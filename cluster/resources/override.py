@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -23,6 +23,7 @@ KIND = "cert_authority_override"
 VERSION = "v1"
 MAX_RESOURCE_BYTES = 1 << 20
 MAX_ENTRIES = 64
+MAX_REVISION = (1 << 63) - 1  # etcd revisions are int64
 MAX_YAML_ALIASES = 100
 MAX_YAML_ALIAS_EXPANSION = 10_000  # nodes all aliases together may stand for (a billion-laughs guard)
 MAX_YAML_DEPTH = 32
@@ -229,6 +230,19 @@ class _LimitedLoader(yaml.SafeLoader):
             self._weights[id(node)] = 1 + sum(self._weights.get(id(child), 1) for child in _children(node))
         return node
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping, refusing a key given twice (YAML would keep the last one silently)."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise ValidationError([f"resource: key {_got(key)} appears twice (again at line {line})"])
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
     def _count_alias(self, target: yaml.Node | None) -> None:
         self._aliases += 1
         if self._aliases > MAX_YAML_ALIASES:
@@ -256,6 +270,11 @@ def _load_yaml(text: str | bytes) -> Any:
         raise ValidationError([f"resource: larger than 1 MiB ({len(raw)} bytes)"])
     try:
         return _compose_and_construct(text)
+    except yaml.reader.ReaderError as e:  # bytes that are not UTF-8 (or UTF-16 with a byte-order mark)
+        what = f"byte 0x{e.character:02x}" if isinstance(e.character, int) else f"character {e.character!r}"
+        raise ValidationError(
+            [f"resource: not UTF-8 text (or UTF-16 with a byte-order mark): {what} at offset {e.position}"]
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -318,6 +337,9 @@ def _metadata_problems(metadata: Any, revision_required: bool) -> list[str]:
         problems.append("metadata.revision: required for an update (keep the revision of your copy)")
     elif revision is not None and not _is_revision(revision):
         problems.append(f"metadata.revision: must be a non-negative integer, got {_got(revision)}")
+    elif revision is not None and revision > MAX_REVISION:
+        limit = f"at most {MAX_REVISION} (etcd revisions are int64)"
+        problems.append(f"metadata.revision: {limit}, got {_got(revision)}")
     return problems
 
 
