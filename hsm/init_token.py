@@ -1,9 +1,9 @@
 """Initialise a free SoftHSM2 token through PKCS#11 (C_InitToken, C_InitPIN), the PINs read from stdin.
 
-Run as `python -m authsim.hsm.init_token MODULE LABEL` with SOFTHSM2_CONF set and two lines on
-stdin: the SO PIN, then the user PIN. The PINs are never in an argument, an environment variable or
-a log. A child process of its own, so the module's state (its conf is read at C_Initialize) never
-mixes with another token's in the caller.
+Run as `python -I -S init_token.py MODULE LABEL` with SOFTHSM2_CONF set and two lines on stdin: the
+SO PIN, then the user PIN. The PINs are never in an argument, an environment variable or a log. A
+child process of its own, so the module's state (its conf is read at C_Initialize) never mixes with
+another token's in the caller; standard library only, so it starts fast.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _check(call: str, rv: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
-        print("usage: python -m authsim.hsm.init_token MODULE LABEL  (SO PIN, PIN on stdin)", file=sys.stderr)
+        print("usage: init_token.py MODULE LABEL  (SO PIN, then PIN, on stdin)", file=sys.stderr)
         return 2
     lines = sys.stdin.buffer.read().splitlines()
     if len(lines) != 2 or not all(lines):
