@@ -4,7 +4,8 @@ While `up` runs, a thread polls every process's /proc/PID/cmdline and environ: n
 shows, nor in any log. `auth sign --out` and `auth create-override-csr --out` write into a folder that
 `nobody` owns: a key file `nobody` made beforehand is replaced by a new file of ours, 0600, that
 `nobody` cannot read; symlinks are replaced, their targets untouched; when one output cannot be written
-none is left; a name too long for the file system is refused in one line before anything is asked for.
+none is left; a name too long for the file system is refused in one line before anything is written.
+A failed token initialisation names its cause and no PIN; a PIN file planted as a symlink is refused.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster
 from authsim.cluster.cli.authctl_auth import csr_paths
-from authsim.cluster.layout import ClusterLayout
+from authsim.cluster.errors import ClusterError
+from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.secret_files import write_all, write_private
+from authsim.hsm import provision_token
 
 NOBODY = "nobody"
 NOBODY_UID = 65534
@@ -280,3 +283,28 @@ def test_write_all_takes_back_the_files_it_placed_when_a_later_one_fails(tmp_pat
 
     assert raised.value.filename == str(tmp_path / "c.json")
     assert leftovers(tmp_path) == ["c.json"]  # even the replaced old.key: none of the outputs is left
+
+
+def test_a_failed_token_initialisation_names_the_cause_and_no_pin(tmp_path: Path) -> None:
+    label = "authsim-" + "n" * 30  # SoftHSM labels are at most 32 bytes
+
+    with pytest.raises(ClusterError) as raised:
+        provision_token(tmp_path / "n", label)
+
+    message = str(raised.value)
+    assert "\n" not in message and f"initialising token {label} failed" in message
+    assert "longer than 32 bytes" in message
+    node = NodeLayout(tmp_path / "n")
+    for secret in (node.pin, node.so_pin):
+        assert secret.read_text().strip() not in message
+
+
+def test_a_pin_file_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    node = NodeLayout(tmp_path / "n")
+    node.directory.mkdir()
+    planted = tmp_path / "attacker-pin"
+    planted.write_text("0000\n")
+    node.pin.symlink_to(planted)
+
+    with pytest.raises(ClusterError, match="not a regular file; a PIN file is never read through a link"):
+        provision_token(node.directory, "authsim-n")
