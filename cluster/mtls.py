@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.cluster.layout import ClusterLayout, NodeLayout, ServerTLSLayout
 from authsim.cluster.resources.x509 import ca_certificate_builder
+from authsim.cluster.secret_files import write_all
 
 NODE_TLS_NAME = "authsim-node"  # DNS SAN every node certificate carries; clients verify against it
 ADMIN_CN = "admin"
@@ -36,15 +36,6 @@ class TLSIdentity:
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         return self.key.read_bytes(), self.cert.read_bytes(), self.peer_ca.read_bytes()
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file created 0600 (never briefly readable by others)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
 
 
 def _name(cn: str, org: str) -> x509.Name:
@@ -89,8 +80,7 @@ def _ensure_ca(
         subject, subject, key.public_key(), now - dt.timedelta(minutes=5), now + _VALIDITY, path_length=0
     )
     cert = builder.sign(key, hashes.SHA256())
-    write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_pair(cert_path, cert, key_path, key)
     return cert, key
 
 
@@ -133,8 +123,15 @@ def _issue(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_pair(cert_path, cert, key_path, key)
+
+
+def _write_pair(
+    cert_path: Path, cert: x509.Certificate, key_path: Path, key: ec.EllipticCurvePrivateKey
+) -> None:
+    """The key (0600) and its certificate, both or neither (see `write_all`)."""
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    write_all({key_path: _key_pem(key), cert_path: cert_pem}, public={cert_path})
 
 
 def ensure_admin_identity(cluster_dir: Path, cluster_name: str) -> TLSIdentity:

@@ -6,12 +6,15 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from authsim.cluster.errors import ClusterError, KeyAccessError
 from authsim.cluster.layout import NodeLayout
+from authsim.cluster.secret_files import write_private
+from authsim.hsm import init_token
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 _MULTIARCH_PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"
@@ -95,22 +98,35 @@ def provision_token(node_dir: Path, label: str, module_path: str | None = None) 
         return config
     pin = _read_or_create_secret(config.pin_file)
     so_pin = _read_or_create_secret(NodeLayout(config.node_dir).so_pin)
-    # SoftHSM takes PINs only as arguments here; they are visible in this short-lived process's
-    # command line to the same user, who can read the PIN files anyway.
-    _softhsm_util(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin], env)
+    _init_token(config, label, so_pin, pin, env)
     return config
 
 
 def _read_or_create_secret(path: Path) -> str:
-    """Read a PIN file, or create it with a fresh random PIN; created 0600 so it is never world-readable."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    """Read a PIN file, or create it with a fresh random PIN (a new 0600 file, see `write_private`)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ClusterError(f"{path}: not a regular file; a PIN file is never read through a link")
+    if path.exists():
         return path.read_text().strip()
     secret = secrets.token_hex(16)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
+    write_private(path, (secret + "\n").encode())
     return secret
+
+
+def _init_token(config: TokenConfig, label: str, so_pin: str, pin: str, env: Mapping[str, str]) -> None:
+    """Initialise the free token as `label` through PKCS#11 in a child process; the PINs go to it on
+    stdin, never on a command line or in its environment."""
+    # The script by its path, in isolated mode: it needs only the standard library (ctypes), so the
+    # child starts in milliseconds instead of importing the authsim package.
+    argv = [sys.executable, "-I", "-S", init_token.__file__, config.module_path, label]
+    proc = subprocess.run(
+        argv, input=f"{so_pin}\n{pin}\n", env=dict(env), capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise ClusterError(
+            f"initialising token {label} failed (exit {proc.returncode}, "
+            f"SOFTHSM2_CONF={env.get('SOFTHSM2_CONF')}): {(proc.stderr or proc.stdout).strip()}"
+        )
 
 
 def _token_labels(env: Mapping[str, str]) -> list[str]:

@@ -36,7 +36,7 @@ from authsim.cluster.local.external_ca import init
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import free_port
 from authsim.cluster.local.state import ClusterState, EtcdEntry
-from authsim.cluster.mtls import write_private
+from authsim.cluster.secret_files import write_private
 from authsim.cluster.store import EtcdStore, EtcdTLS
 
 AUTHSIM = [sys.executable, "-m", "authsim.cluster.cli.authsim"]

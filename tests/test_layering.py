@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     GENERATED: 0,
     "authsim.cluster.rpc_errors": 1,
     "authsim.cluster.layout": 1,
+    "authsim.cluster.secret_files": 1,
     "authsim.cluster.store": 2,
     "authsim.cluster.resources": 2,
     "authsim.cluster.mtls": 2,

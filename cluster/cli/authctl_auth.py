@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -16,8 +17,8 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
 from authsim.cluster.errors import AuthSimError, ValidationError
-from authsim.cluster.mtls import write_private
 from authsim.cluster.resources.x509 import public_key_hash
+from authsim.cluster.secret_files import name_problems, write_all
 
 type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
 _FILE_SAFE = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # a user name that can be part of a file name
@@ -63,10 +64,8 @@ def create_override_csr(
         for csr in csrs:
             click.echo(csr.pem, nl=False)
     else:
-        for csr, path in zip(csrs, csr_paths(out, csrs), strict=True):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(csr.pem)
-            click.echo(f"Wrote {path}")
+        files = {path: csr.pem.encode() for csr, path in zip(csrs, csr_paths(out, csrs), strict=True)}
+        write_outputs(files, public=files.keys())
     if failed:
         raise AuthSimError(f"no CSR from {len(failed)} node(s): " + "; ".join(failed))
 
@@ -200,6 +199,8 @@ def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl:
                 f"--user {unsafe[0]!r}: with several users each becomes part of a file name: "
                 "use letters, digits, '.', '_', '@' and '-'"
             )
+    prefixes = [Path(out if len(users) == 1 else f"{out}-{user}") for user in users]
+    _refuse_unwritable_names([Path(f"{p}{suffix}") for p in prefixes for suffix in CREDENTIAL_SUFFIXES])
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in users]
     requests = [
         pb.SignRequest(
@@ -215,17 +216,23 @@ def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl:
             replies = [client.call("Sign", requests[0])]
         else:
             replies = list(client.call("SignBatch", pb.SignBatchRequest(requests=requests)).credentials)
-    for user, key, reply in zip(users, keys, replies, strict=True):
-        prefix = out if len(users) == 1 else f"{out}-{user}"
-        write_credential(
-            Path(prefix), reply, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        )
+    files: dict[Path, bytes] = {}
+    for prefix, key, reply in zip(prefixes, keys, replies, strict=True):
+        key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        files.update(credential_files(prefix, reply, key_pem))
+    write_outputs(files, public=[p for p in files if not p.name.endswith(".key")])
+    for reply in replies:
+        state = "active" if reply.ca_override.active else "not active (self-signed CA)"
+        click.echo(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
 
 
-def write_credential(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> None:
-    """PREFIX.crt (the leaf), PREFIX.key (0600), PREFIX.chain.pem (above the leaf), PREFIX.json."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+CREDENTIAL_SUFFIXES = (".key", ".crt", ".chain.pem", ".json")
+
+
+def credential_files(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> dict[Path, bytes]:
+    """PREFIX.key (0600), PREFIX.crt (the leaf), PREFIX.chain.pem (above the leaf), PREFIX.json."""
     files = {
+        ".key": key_pem,
         ".crt": reply.certificate.encode(),
         ".chain.pem": "".join(pem.strip() + "\n" for pem in reply.chain).encode(),
         ".json": json.dumps(
@@ -243,13 +250,27 @@ def write_credential(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> No
         ).encode()
         + b"\n",
     }
-    write_private(Path(f"{prefix}.key"), key_pem)
-    click.echo(f"Wrote {prefix}.key")
-    for suffix, data in files.items():
-        Path(f"{prefix}{suffix}").write_bytes(data)
-        click.echo(f"Wrote {prefix}{suffix}")
-    state = "active" if reply.ca_override.active else "not active (self-signed CA)"
-    click.echo(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
+    return {Path(f"{prefix}{suffix}"): data for suffix, data in files.items()}
+
+
+def write_outputs(files: dict[Path, bytes], public: Iterable[Path]) -> None:
+    """Write the files of one command all or none (private unless in `public`); one-line errors."""
+    _refuse_unwritable_names(files)
+    try:
+        write_all(files, public=set(public))
+    except OSError as e:
+        raise AuthSimError(
+            f"--out: cannot write {e.filename}: {e.strerror}; none of the {len(files)} files was written"
+        ) from None
+    for path in files:
+        click.echo(f"Wrote {path}")
+
+
+def _refuse_unwritable_names(paths: Iterable[Path]) -> None:
+    """A name too long for the file system is refused before anything is asked for or written."""
+    problems = name_problems(list(paths), "--out")
+    if problems:
+        raise ValidationError(problems)
 
 
 @auth.command(

@@ -19,7 +19,8 @@ from authsim.cluster.cli.common import etcd_tls_from_options, etcd_tls_options, 
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry
-from authsim.cluster.mtls import ensure_admin_identity, ensure_node_identity, write_private
+from authsim.cluster.mtls import ensure_admin_identity, ensure_node_identity
+from authsim.cluster.secret_files import write_private
 from authsim.hsm import provision_token
 
 NODE_PORT = 3025

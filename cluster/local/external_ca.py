@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from authsim.cluster.errors import ClusterError, ValidationError
-from authsim.cluster.mtls import write_private
 from authsim.cluster.resources.subject import CLUSTER_NAME_OID
 from authsim.cluster.resources.x509 import ca_certificate_builder
+from authsim.cluster.secret_files import write_all
 
 WRONG_CLUSTER = "wrong-cluster"
 
@@ -216,5 +216,5 @@ def _write_pair(directory: Path, name: str, cert: x509.Certificate, key: rsa.RSA
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    write_private(directory / f"{name}.key", pem)
-    (directory / f"{name}.pem").write_bytes(_pem(cert))
+    cert_path = directory / f"{name}.pem"
+    write_all({directory / f"{name}.key": pem, cert_path: _pem(cert)}, public={cert_path})
