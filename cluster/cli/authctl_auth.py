@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
-from authsim.cluster.errors import AuthSimError, ValidationError
+from authsim.cluster.errors import AuthSimError, ValidationError, quoted
 from authsim.cluster.mtls import write_private
 from authsim.cluster.resources.x509 import public_key_hash
 
@@ -197,7 +197,7 @@ def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl:
         unsafe = [u for u in users if not _FILE_SAFE.fullmatch(u)]
         if unsafe:
             raise click.UsageError(
-                f"--user {unsafe[0]!r}: with several users each becomes part of a file name: "
+                f"--user {quoted(unsafe[0])}: with several users each becomes part of a file name: "
                 "use letters, digits, '.', '_', '@' and '-'"
             )
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in users]

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from authsim.cluster.errors import ValidationError
+from authsim.cluster.errors import ValidationError, cut, quoted
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import MAX_ENTRIES, CertAuthorityOverride, CertificateOverride
@@ -110,7 +110,7 @@ def _resource_problems(new: CertAuthorityOverride, ctx: OverrideContext) -> list
     problems = []
     if new.cluster_name != ctx.cluster_name:
         expected, got = ctx.cluster_name, new.cluster_name
-        problems.append(f"metadata.name: must be the cluster name {expected!r}, got {got!r}")
+        problems.append(f"metadata.name: must be the cluster name {quoted(expected)}, got {quoted(got)}")
     try:
         resolve_ca_type(new.ca_type, "sub_kind")
     except ValidationError as e:
@@ -175,7 +175,7 @@ def _load_pem_certificate(text: str, path: str) -> tuple[x509.Certificate | None
         # parsed lazily: a malformed name, extension or key is a malformed certificate
         _ = cert.subject, cert.issuer, cert.extensions, cert.public_key()
     except (ValueError, UnsupportedAlgorithm) as e:
-        return None, [f"{path}: not a valid X.509 certificate: {e}"]
+        return None, [f"{path}: not a valid X.509 certificate: {cut(str(e), 200)}"]
     return cert, []
 
 
@@ -218,14 +218,19 @@ def _key_hash(entry: CertificateOverride, cert: x509.Certificate | None, path: s
     if not entry.public_key:
         return cert_hash, []
     if not _KEY_HASH.fullmatch(entry.public_key):
-        got = entry.public_key if len(entry.public_key) <= 80 else entry.public_key[:77] + "..."
-        rule = "must be 64 lower-case hex characters (SHA-256 of the public key)"
-        return cert_hash, [f"{path}.public_key: {rule}, got {got!r}"]
+        return cert_hash, key_hash_problems(entry.public_key, f"{path}.public_key")
     if cert_hash and entry.public_key != cert_hash:
         return entry.public_key, [
             f"{path}.public_key: does not match the certificate's public key (hash {cert_hash})"
         ]
     return entry.public_key, []
+
+
+def key_hash_problems(value: str, path: str) -> list[str]:
+    """The public_key rule: a SHA-256 hash of a DER SubjectPublicKeyInfo in lower-case hex."""
+    if _KEY_HASH.fullmatch(value):
+        return []
+    return [f"{path}: must be 64 lower-case hex characters (SHA-256 of the public key), got {quoted(value)}"]
 
 
 def _chain_problems(entry: CertificateOverride, cert: x509.Certificate | None, path: str) -> list[str]:
@@ -251,8 +256,8 @@ def _issuer_problems(
 ) -> list[str]:
     if child.issuer != issuer.subject:
         reason = (
-            f"its subject {issuer.subject.rfc4514_string()!r} is not {child_name}'s issuer "
-            f"{child.issuer.rfc4514_string()!r}"
+            f"its subject {quoted(issuer.subject.rfc4514_string())} is not {child_name}'s issuer "
+            f"{quoted(child.issuer.rfc4514_string())}"
         )
     else:
         try:
