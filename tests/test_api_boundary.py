@@ -12,10 +12,13 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.errors import ValidationError, quoted
 from authsim.cluster.local.launcher import admin_identity
 from authsim.cluster.mtls import NODE_TLS_NAME
 from authsim.cluster.resources.yaml_codec import dump_yaml
@@ -261,3 +264,18 @@ def test_printable_names_in_any_script_are_accepted(cluster: LocalCluster) -> No
         for user in ("Zoë Ångström", "李小龍", "o'brien (ops) [/]", "a" * 64):
             reply = client.call("Sign", pb.SignRequest(type="db_client", user=user, public_key=key))
             assert json.dumps(reply.issuer)  # issued
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.lists(st.text(max_size=5000), min_size=1, max_size=80))
+def test_quoted_input_and_messages_are_one_bounded_line(text: str, problems: list[str]) -> None:
+    """The one helper every message uses for caller input, and ValidationError's summary."""
+    shown = quoted(text)
+    assert len(shown) <= 80 and shown.startswith("'") and shown.endswith("'")
+    assert all(c == " " or c.isprintable() for c in shown)
+    if len(text) <= 78 and all(c == " " or c.isprintable() for c in text):
+        assert shown == f"'{text}'"
+    message = str(ValidationError(problems))
+    assert len(message) <= MAX_MESSAGE and all(c == " " or c.isprintable() for c in message)
+    if len(problems) > 5:
+        assert message.endswith(f"; and {len(problems) - 5} more problem{'s' * (len(problems) > 6)}")

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.cli.watch import watch_overrides
 from authsim.cluster.local.launcher import admin_identity
 from authsim.cluster.local.status import collect_status
 from authsim.cluster.mtls import NODE_TLS_NAME
@@ -312,3 +313,22 @@ def test_an_unreadable_ca_key_is_removed_through_authctl_and_the_node_records_it
     LocalCluster.start(cluster.directory, nodes=1)
     assert active_key(cluster, "windows") == held
     assert call(cluster, "Sign", sign_request("windows")).certificate
+
+
+def test_watch_shows_a_stored_override_with_the_rules_it_breaks(cluster: LocalCluster) -> None:
+    key = override_key("mycluster", "db_client")
+    lines: list[str] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(watch_overrides(cluster.directory, "db_client", lines.append, count=1))
+        while not lines:
+            await asyncio.sleep(0.05)
+        state = cluster.state
+        async with EtcdStore(list(state.etcd.endpoints), tls=state.etcd.tls) as store:
+            await store.update(key, lambda _: b"[1, 2]")
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(run())
+    shape = "a mapping with kind, sub_kind, version, metadata and spec"
+    assert lines[1].splitlines()[1:] == [f"    ! breaks: resource: must be {shape}, got a list"]
+    assert cluster.authctl("rm", "ca_overrides/db_client").exit_code == 0
