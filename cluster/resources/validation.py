@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from cryptography import x509
@@ -91,9 +91,10 @@ def validate_override(
         count = len(new.certificate_overrides)
         return [*problems, f"spec.certificate_overrides: {count} entries, at most {MAX_ENTRIES}"]
     entries: list[_Entry] = []
+    before = _entries_by_key(previous)
     for index, entry in enumerate(new.certificate_overrides):
-        checked, entry_problems = _check_entry(index, entry, ctx.cluster_name)
-        entries.append(replace(checked, before=_previous_entry(previous, checked.key_hash)))
+        checked, entry_problems = _check_entry(index, entry, ctx.cluster_name, before)
+        entries.append(checked)
         problems += list(entry_problems)
     problems += _duplicate_problems(entries)
     if not ctx.force:
@@ -121,11 +122,14 @@ def _resource_problems(new: CertAuthorityOverride, ctx: OverrideContext) -> list
 _ANY_INDEX = "[\0]"  # stands for the entry's index in the cached problems of its content
 
 
-def _check_entry(index: int, entry: CertificateOverride, cluster_name: str) -> tuple[_Entry, tuple[str, ...]]:
-    """The checks of one entry on its own, at position `index`."""
-    checked, problems = _check_entry_content(entry, cluster_name)
+def _check_entry(
+    index: int, entry: CertificateOverride, cluster_name: str, before: Mapping[str, CertificateOverride]
+) -> tuple[_Entry, tuple[str, ...]]:
+    """The checks of one entry on its own, at position `index`; `before`: the previous entries by key."""
+    content, problems = _check_entry_content(entry, cluster_name)
     here = f"[{index}]"
-    return replace(checked, index=index), tuple(p.replace(_ANY_INDEX, here) for p in problems)
+    checked = _Entry(index, entry, content.cert, content.key_hash, before.get(content.key_hash))
+    return checked, tuple(p.replace(_ANY_INDEX, here) if _ANY_INDEX in p else p for p in problems)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -286,9 +290,13 @@ def _duplicate_problems(entries: list[_Entry]) -> list[str]:
 # --- what the write changes, against the CA and the writing node -------------------------------------
 
 
-def _previous_entry(previous: CertAuthorityOverride | None, key_hash: str) -> CertificateOverride | None:
-    found = previous.entry(key_hash) if previous is not None and key_hash else None
-    return None if found is None else found[1]
+def _entries_by_key(previous: CertAuthorityOverride | None) -> dict[str, CertificateOverride]:
+    """The previous resource's entries by the key each targets (the first one for a key, as `entry`)."""
+    found: dict[str, CertificateOverride] = {}
+    for entry in () if previous is None else previous.certificate_overrides:
+        if entry.key_hash:
+            found.setdefault(entry.key_hash, entry)
+    return found
 
 
 def _against_ca_problems(
