@@ -306,6 +306,10 @@ def test_an_unreadable_ca_key_is_removed_through_authctl_and_the_node_records_it
         assert details.endswith(f"; {CA_FIX.format(t='windows')}")
 
     eventually(sign_refused)
+    cluster.stop()
+    LocalCluster.start(cluster.directory, nodes=1)  # a node starts, and serves, beside a broken CA
+    sign_refused()
+    assert call(cluster, "Sign", sign_request("db_client")).certificate
     removed = cluster.authctl("rm", "cas/windows")
     assert removed.exit_code == 0, removed.stderr
     assert etcd(cluster, key) is None
