@@ -12,27 +12,58 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from authsim.auth_node.ca_cert import self_signed_ca_cert
 from authsim.auth_node.config import NodeConfig
-from authsim.cluster.errors import NotFoundError
+from authsim.cluster.errors import AuthSimError, NotFoundError, StoredDataError
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.key_ref import KeyRef
+from authsim.cluster.resources.stored import StoredCertAuthority, read_cert_authority
 from authsim.cluster.resources.x509 import public_key_hash
-from authsim.cluster.store import EtcdStore, UpdateResult, Versioned
+from authsim.cluster.store import DELETE, EtcdStore, UpdateResult, Versioned
 from authsim.cluster.store.keys import cert_authority_key
 from authsim.hsm import KeyStore
 
 log = logging.getLogger(__name__)
 
 
-async def load_cert_authority(store: EtcdStore, cluster_name: str, ca_type: str) -> CertAuthority | None:
+async def read_stored_cert_authority(
+    store: EtcdStore, cluster_name: str, ca_type: str
+) -> StoredCertAuthority | None:
+    """The stored CA of `ca_type` with the rules it breaks; None when absent."""
     found = await store.get(cert_authority_key(cluster_name, ca_type))
-    return None if found is None else CertAuthority.from_json(found.value, found.mod_revision)
+    return (
+        None if found is None else read_cert_authority(found.value, found.mod_revision, cluster_name, ca_type)
+    )
+
+
+async def load_cert_authority(store: EtcdStore, cluster_name: str, ca_type: str) -> CertAuthority | None:
+    """The stored CA of `ca_type` (None when absent); StoredDataError when it breaks a rule."""
+    stored = await read_stored_cert_authority(store, cluster_name, ca_type)
+    return None if stored is None else stored.require()
+
+
+async def delete_invalid_cert_authority(store: EtcdStore, cluster_name: str, ca_type: str) -> UpdateResult:
+    """Remove the stored CA of `ca_type` when it breaks a rule; a sound CA is never removed."""
+
+    def remove(current: Versioned | None) -> bytes:
+        if current is None:
+            raise NotFoundError(f"cert_authority {ca_type} of cluster {cluster_name} not found")
+        if read_cert_authority(current.value, current.mod_revision, cluster_name, ca_type).problems:
+            return DELETE
+        raise AuthSimError(
+            f"cas/{ca_type} passes every rule: only a stored CA that breaks one is removed "
+            "(its keys sign and are trusted downstream)"
+        )
+
+    return await store.update(cert_authority_key(cluster_name, ca_type), remove)
 
 
 async def ensure_ca_keys(store: EtcdStore, keystore: KeyStore, node: NodeConfig) -> None:
     """For each CA type: create the CA with this node's key active, or add the key as additional."""
     for ca_type in CA_TYPES:
-        await _ensure_ca_key(store, keystore, node, ca_type)
+        try:
+            await _ensure_ca_key(store, keystore, node, ca_type)
+        except StoredDataError as e:  # the node serves; issuance under this type refuses with the fix
+            log.error("%s", e)
 
 
 async def _ensure_ca_key(store: EtcdStore, keystore: KeyStore, node: NodeConfig, ca_type: str) -> None:
@@ -44,7 +75,7 @@ async def _ensure_ca_key(store: EtcdStore, keystore: KeyStore, node: NodeConfig,
     def add_own_key(current: Versioned | None) -> bytes | None:
         if current is None:
             return CertAuthority(node.cluster_name, ca_type, active_keys=(pair,)).to_json()
-        ca = CertAuthority.from_json(current.value)
+        ca = read_cert_authority(current.value, 0, node.cluster_name, ca_type).require()
         if ca.keys_of_host(node.host_id):
             return None
         return ca.with_additional_key(pair).to_json()
@@ -98,7 +129,7 @@ async def promote_additional_keys(store: EtcdStore, cluster_name: str, ca_type: 
     def promote(current: Versioned | None) -> bytes | None:
         if current is None:
             raise NotFoundError(f"cert_authority {ca_type} of cluster {cluster_name} not found")
-        ca = CertAuthority.from_json(current.value)
+        ca = read_cert_authority(current.value, current.mod_revision, cluster_name, ca_type).require()
         if not ca.additional_trusted_keys:
             return None
         keys = (*ca.active_keys, *ca.additional_trusted_keys)

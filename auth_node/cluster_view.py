@@ -7,9 +7,15 @@ import contextlib
 import json
 import logging
 
-from authsim.cluster.errors import StoreUnavailableError
+from authsim.cluster.errors import NotFoundError, StoreUnavailableError
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride
+from authsim.cluster.resources.stored import (
+    StoredCertAuthority,
+    StoredOverride,
+    read_cert_authority,
+    read_override,
+)
 from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.addresses import target_address
 from authsim.cluster.store.keys import cluster_prefix
@@ -23,18 +29,21 @@ class ClusterView:
 
     `ready` is set while the copy is current (listed, and the watch running); a broken watch clears
     it, so a node cut off from etcd stops issuing under a state that may have changed meanwhile.
+    Stored values are distrusted: one that breaks a rule is kept with its problems, never used.
     """
 
     def __init__(self, store: EtcdStore, cluster_name: str) -> None:
         self.store = store
+        self.cluster_name = cluster_name
         self.prefix = cluster_prefix(cluster_name)
         self.cert_authorities: dict[str, CertAuthority] = {}
+        self.invalid_cas: dict[str, StoredCertAuthority] = {}  # stored CAs that break a rule
         self.node_names: dict[str, str] = {}  # host id -> node name
         self.targets: dict[str, str] = {}  # target kind -> address
         self.stored_overrides: dict[str, Versioned] = {}  # as stored, to start a CAS without a read
         # likewise for the CAs, which override writes are checked against
         self.stored_cas: dict[str, Versioned] = {}
-        self._decoded: dict[str, CertAuthorityOverride | None] = {}  # decoded on first use
+        self._decoded: dict[str, StoredOverride | None] = {}  # decoded and checked on first use
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -46,6 +55,7 @@ class ClusterView:
                 start = await self.store.ping()  # events after this revision are replayed: harmless
                 listing = await self.store.get_prefix(self.prefix)
                 self.cert_authorities.clear()
+                self.invalid_cas.clear()
                 self.node_names.clear()
                 self.targets.clear()
                 self.stored_overrides.clear()
@@ -75,19 +85,46 @@ class ClusterView:
         except TimeoutError:
             raise StoreUnavailableError("this node has not loaded the cluster's CAs from etcd yet") from None
 
-    def override(self, ca_type: str) -> CertAuthorityOverride | None:
-        """The override resource of `ca_type` in this copy. Decoded on first use, not on every change:
-        with N nodes appending, each change reaches every node, and most nodes never read it."""
+    def stored_override(self, ca_type: str) -> StoredOverride | None:
+        """The override resource of `ca_type` in this copy, with the rules it breaks. Decoded on first
+        use, not on every change: with N nodes appending, each change reaches every node, and most nodes
+        never read it."""
         if ca_type not in self._decoded:
             found = self.stored_overrides.get(ca_type)
             decoded = None
-            try:
-                if found is not None:
-                    decoded = CertAuthorityOverride.from_json(found.value, found.mod_revision)
-            except (ValueError, KeyError, TypeError) as e:
-                log.error("ignoring unreadable value of ca_overrides/%s: %s", ca_type, e)
+            if found is not None:
+                decoded = read_override(found.value, found.mod_revision, self.cluster_name, ca_type)
+                if not decoded.valid:
+                    log.error("%s", decoded.error())
             self._decoded[ca_type] = decoded
         return self._decoded[ca_type]
+
+    def override(self, ca_type: str) -> CertAuthorityOverride | None:
+        """The override resource of `ca_type` to issue under; StoredDataError when it breaks a rule."""
+        stored = self.stored_override(ca_type)
+        if stored is None:
+            return None
+        if not stored.valid:
+            raise stored.error()
+        return stored.resource
+
+    def cert_authority(self, ca_type: str) -> CertAuthority:
+        """The CA of `ca_type`; StoredDataError when its stored value breaks a rule, else NotFoundError."""
+        found = self.cert_authorities.get(ca_type)
+        if found is not None:
+            return found
+        if ca_type in self.invalid_cas:
+            raise self.invalid_cas[ca_type].error()
+        raise NotFoundError(f"cert_authority {ca_type} of cluster {self.cluster_name} not found")
+
+    def problems(self) -> list[str]:
+        """One line for each stored CA or override that breaks a rule, with the fix."""
+        found = [str(stored.error()) for stored in self.invalid_cas.values()]
+        for ca_type in sorted(self.stored_overrides):
+            stored = self.stored_override(ca_type)
+            if stored is not None and not stored.valid:
+                found.append(str(stored.error()))
+        return found
 
     async def caught_up(self, revision: int, timeout: float) -> bool:
         """Wait until this copy reflects `revision` (read-your-writes on this node)."""
@@ -108,9 +145,15 @@ class ClusterView:
         try:
             if kind == "cas":
                 self.cert_authorities.pop(name, None)
+                self.invalid_cas.pop(name, None)
                 self.stored_cas.pop(name, None)
                 if value is not None:
-                    self.cert_authorities[name] = CertAuthority.from_json(value.value, value.mod_revision)
+                    stored = read_cert_authority(value.value, value.mod_revision, self.cluster_name, name)
+                    if stored.cert_authority is not None:
+                        self.cert_authorities[name] = stored.cert_authority
+                    else:
+                        self.invalid_cas[name] = stored
+                        log.error("%s", stored.error())
                     self.stored_cas[name] = value
             elif kind == "ca_overrides":
                 self.stored_overrides.pop(name, None)

@@ -11,9 +11,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from authsim.cluster.errors import NotFoundError, ValidationError
+from authsim.cluster.errors import NotFoundError, ValidationError, cut, quoted
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.subject import with_cluster_name
+from authsim.cluster.resources.validation import key_hash_problems
 from authsim.hsm import KeyStore
 
 MAX_SUBJECT_CHARS = 1024  # far above any real distinguished name; bounds what a request makes us parse
@@ -47,13 +48,13 @@ def csr_subject(ca_cert_subject: x509.Name, cluster_name: str, custom: str = "")
     try:
         name = x509.Name.from_rfc4514_string(custom)
     except ValueError as e:
-        raise ValidationError([f"subject: not an RFC 4514 distinguished name: {e}"]) from None
+        raise ValidationError([f"subject: not an RFC 4514 distinguished name: {cut(str(e), 200)}"]) from None
     for attribute in name:
         if attribute.oid in _PRINTABLE_STRING_OIDS and not _PRINTABLE_STRING.fullmatch(str(attribute.value)):
             raise ValidationError(
                 [
                     f"subject: {attribute.rfc4514_attribute_name} may hold only A-Z a-z 0-9 space and "
-                    f"'()+,-./:=? (a PrintableString), got {str(attribute.value)!r}"
+                    f"'()+,-./:=? (a PrintableString), got {quoted(attribute.value)}"
                 ]
             )
     return with_cluster_name(name, cluster_name)
@@ -67,6 +68,8 @@ async def create_override_csrs(
     public_key_hash: str = "",
 ) -> tuple[list[OverrideCSR], list[str]]:
     """One CSR per key of `ca` in this node's token (active first), and warnings for the keys skipped."""
+    if public_key_hash and (problems := key_hash_problems(public_key_hash, "public_key_hash")):
+        raise ValidationError(problems)
     own = [(role, pair) for role, pair in ca.all_keys() if pair.key.host_id == keystore.host_id]
     others = [(role, pair) for role, pair in ca.all_keys() if pair.key.host_id != keystore.host_id]
     if public_key_hash:

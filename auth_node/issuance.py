@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.auth_node.token_signer import TokenSigner
-from authsim.cluster.errors import KeyAccessError, NotFoundError, ValidationError
+from authsim.cluster.errors import KeyAccessError, ValidationError, control_character
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride
@@ -24,6 +24,13 @@ UPN = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 DEFAULT_TTL = dt.timedelta(hours=1)
 MAX_TTL = dt.timedelta(days=30)
 MAX_USER_BYTES = 64  # the user is the leaf's CN: X.520 allows 64
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192  # bounds the work a caller's key costs
+EC_CURVES = (ec.SECP256R1, ec.SECP384R1)
+KEY_RULE = (
+    f"public_key: must be an RSA key of {MIN_RSA_BITS} to {MAX_RSA_BITS} bits or an EC key on P-256 or P-384"
+)
+USER_RULE = "printable characters only (letters, digits, punctuation, symbols, spaces)"
 
 
 @dataclass(frozen=True)
@@ -120,16 +127,37 @@ class CredentialRequest:
     ttl: dt.timedelta = DEFAULT_TTL
 
     def __post_init__(self) -> None:
-        problems = []
-        user = self.user
-        if not user or len(user.encode()) > MAX_USER_BYTES or any(c in user for c in "\0\n\r"):
-            problems.append(
-                f"user: must be 1 to {MAX_USER_BYTES} bytes of printable UTF-8 (a certificate CN)"
-            )
+        problems = user_problems(self.user) + public_key_problems(self.public_key)
         if not dt.timedelta(0) < self.ttl <= MAX_TTL:
             problems.append(f"ttl: must be between 1 second and {MAX_TTL.days} days")
         if problems:
             raise ValidationError(problems)
+
+
+def user_problems(user: str) -> list[str]:
+    """The user rule: the leaf's CN (and UPN), so short and printable."""
+    if not user:
+        return ["user: required"]
+    size = len(user.encode(errors="surrogatepass"))
+    if size > MAX_USER_BYTES:
+        return [f"user: at most {MAX_USER_BYTES} bytes of UTF-8 (a certificate CN), got {size} bytes"]
+    bad = control_character(user)
+    if bad is not None:
+        return [f"user: {USER_RULE}; no control or formatting characters, got {bad}"]
+    return []
+
+
+def public_key_problems(key: CertificateIssuerPublicKeyTypes) -> list[str]:
+    """The client key rule: RSA of a safe size, or EC on a curve every verifier accepts."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+            return [f"{KEY_RULE}, got RSA {key.key_size} bits"]
+        return []
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, EC_CURVES):
+            return [f"{KEY_RULE}, got EC {key.curve.name}"]
+        return []
+    return [f"{KEY_RULE}, got {type(key).__name__.removeprefix('_')}"]
 
 
 async def issue_credentials(
@@ -197,10 +225,3 @@ def _der_utf8_string(text: str) -> bytes:
         return bytes([0x0C, len(data)]) + data
     length = len(data).to_bytes((len(data).bit_length() + 7) // 8, "big")
     return bytes([0x0C, 0x80 | len(length)]) + length + data
-
-
-def require_ca(cert_authorities: dict[str, CertAuthority], ca_type: str, cluster_name: str) -> CertAuthority:
-    ca = cert_authorities.get(ca_type)
-    if ca is None:
-        raise NotFoundError(f"cert_authority {ca_type} of cluster {cluster_name} not found")
-    return ca

@@ -1,7 +1,8 @@
 """Writes of the `cert_authority_override` resource: whole-resource and per-node entry edits (SPEC §7).
 
 Every write is read → validate → modify → compare-and-swap, retried on conflict with the current
-values from the Txn's failure branch. A rejected write changes nothing.
+values from the Txn's failure branch. A rejected write changes nothing. A stored resource that breaks a
+rule is never a base for an entry edit; a whole-resource write replaces it, checked as a create.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from authsim.auth_node.config import NodeConfig
 from authsim.cluster.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
-from authsim.cluster.resources.validation import OverrideContext, check_override
+from authsim.cluster.resources.stored import StoredOverride, read_cert_authority, read_override
+from authsim.cluster.resources.validation import OverrideContext, check_override, key_hash_problems
 from authsim.cluster.store import DELETE, EtcdStore, Versioned
 from authsim.cluster.store.addresses import node_names
 from authsim.cluster.store.keys import cert_authority_key, override_key, override_prefix
@@ -27,7 +29,7 @@ class Removal(enum.Enum):
 
 
 REMOVE = Removal.REMOVE  # what a change returns to delete the resource
-Change = Callable[[CertAuthorityOverride | None, OverrideContext], CertAuthorityOverride | Removal | None]
+Change = Callable[[StoredOverride | None, OverrideContext], CertAuthorityOverride | Removal | None]
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,19 @@ class WriteResult:
     attempts: int
     changed: bool
     public_key: str = ""
+    problems: tuple[str, ...] = ()  # a check-only write: every problem found (none: it would land)
 
 
-def _decode(found: Versioned | None) -> CertAuthorityOverride | None:
-    return None if found is None else CertAuthorityOverride.from_json(found.value, found.mod_revision)
+def _trusted(stored: StoredOverride | None) -> CertAuthorityOverride | None:
+    """What a replacement of `stored` is checked against: nothing when it breaks a rule."""
+    return stored.resource if stored is not None and stored.valid else None
+
+
+def _base(stored: StoredOverride | None) -> CertAuthorityOverride | None:
+    """The resource an entry edit starts from; StoredDataError when it breaks a rule."""
+    if stored is not None and not stored.valid:
+        raise stored.error()
+    return None if stored is None else stored.resource
 
 
 class Overrides:
@@ -50,15 +61,19 @@ class Overrides:
         self.node = node
         self.view = view
 
-    async def get(self, ca_type: str) -> CertAuthorityOverride:
-        found = _decode(await self.store.get(override_key(self.node.cluster_name, ca_type)))
+    async def get(self, ca_type: str) -> StoredOverride:
+        found = await self.store.get(override_key(self.node.cluster_name, ca_type))
         if found is None:
             raise NotFoundError(f"ca_overrides/{ca_type} not found in cluster {self.node.cluster_name}")
-        return found
+        return self._read(ca_type, found)
 
-    async def list(self) -> list[CertAuthorityOverride]:
-        found = await self.store.get_prefix(override_prefix(self.node.cluster_name))
-        return [o for _, v in found if (o := _decode(v)) is not None]
+    async def list(self) -> list[StoredOverride]:
+        prefix = override_prefix(self.node.cluster_name)
+        found = await self.store.get_prefix(prefix)
+        return [self._read(key[len(prefix) :], value) for key, value in found]
+
+    def _read(self, ca_type: str, found: Versioned) -> StoredOverride:
+        return read_override(found.value, found.mod_revision, self.node.cluster_name, ca_type)
 
     async def _context(self, force: bool) -> OverrideContext:
         """What a write is checked against, but for the CA, which each attempt reads with the resource:
@@ -75,44 +90,55 @@ class Overrides:
             force=force,
         )
 
-    async def create(self, resource: CertAuthorityOverride, force: bool) -> WriteResult:
+    async def create(
+        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False
+    ) -> WriteResult:
         """Create; an existing resource is an error (use upsert or update)."""
 
-        def create(previous: CertAuthorityOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
+        def create(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
             if previous is not None:
                 raise AlreadyExistsError(
-                    f"ca_overrides/{resource.ca_type} already exists (revision {previous.revision}): "
+                    f"ca_overrides/{resource.ca_type} already exists "
+                    f"(revision {previous.resource.revision}): "
                     f"use `authctl create -f` to replace it or `authctl edit ca_overrides/{resource.ca_type}`"
                 )
             return self._checked(resource, None, ctx)
 
-        return await self._update(resource.ca_type, create, force)
+        return await self._update(resource.ca_type, create, force, check_only)
 
-    async def upsert(self, resource: CertAuthorityOverride, force: bool) -> WriteResult:
+    async def upsert(
+        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False
+    ) -> WriteResult:
         """Create or replace, validated against whatever is stored at the moment of the swap."""
-        return await self._update(
-            resource.ca_type, lambda previous, ctx: self._checked(resource, previous, ctx), force
-        )
 
-    async def update(self, resource: CertAuthorityOverride, force: bool) -> WriteResult:
+        def upsert(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
+            return self._checked(resource, _trusted(previous), ctx)
+
+        return await self._update(resource.ca_type, upsert, force, check_only)
+
+    async def update(
+        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False
+    ) -> WriteResult:
         """Replace only if the stored revision is still `resource.revision` (the edit flow)."""
 
-        def update(previous: CertAuthorityOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
+        def update(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
             if previous is None:
                 raise NotFoundError(f"ca_overrides/{resource.ca_type} no longer exists: create it again")
-            if previous.revision != resource.revision:
-                raise _stale(resource, previous.revision)
-            return self._checked(resource, previous, ctx)
+            if previous.resource.revision != resource.revision:
+                raise _stale(resource, previous.resource.revision)
+            return self._checked(resource, _trusted(previous), ctx)
 
-        return await self._update(resource.ca_type, update, force)
+        return await self._update(resource.ca_type, update, force, check_only)
 
     async def delete(self, ca_type: str, force: bool) -> WriteResult:
         """Remove the resource; refused while it holds an enabled override of an active key."""
 
-        def remove(previous: CertAuthorityOverride | None, ctx: OverrideContext) -> Removal:
+        def remove(previous: StoredOverride | None, ctx: OverrideContext) -> Removal:
             if previous is None:
                 raise NotFoundError(f"ca_overrides/{ca_type} not found in cluster {self.node.cluster_name}")
-            check_override(replace(previous, certificate_overrides=()), previous, ctx)
+            trusted = _trusted(previous)
+            if trusted is not None:
+                check_override(replace(trusted, certificate_overrides=()), trusted, ctx)
             return REMOVE
 
         return await self._update(ca_type, remove, force)
@@ -121,10 +147,9 @@ class Overrides:
         """Append this node's entry; an identical entry already present is a no-op success."""
         entry = replace(entry, public_key=entry.key_hash)
 
-        def append(
-            previous: CertAuthorityOverride | None, ctx: OverrideContext
-        ) -> CertAuthorityOverride | None:
-            base = previous or CertAuthorityOverride(self.node.cluster_name, ca_type)
+        def append(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride | None:
+            before = _base(previous)
+            base = before or CertAuthorityOverride(self.node.cluster_name, ca_type)
             found = base.entry(entry.key_hash)
             if found is not None and found[1] == entry:
                 return None
@@ -135,7 +160,7 @@ class Overrides:
                         "exists already: change it with `authctl auth update-override`"
                     ]
                 )
-            return self._checked(base.with_entry(entry), previous, ctx)
+            return self._checked(base.with_entry(entry), before, ctx)
 
         return replace(await self._update(ca_type, append, force), public_key=entry.key_hash)
 
@@ -146,29 +171,31 @@ class Overrides:
         change: Callable[[CertificateOverride], CertificateOverride],
         force: bool,
     ) -> WriteResult:
-        def modify(
-            previous: CertAuthorityOverride | None, ctx: OverrideContext
-        ) -> CertAuthorityOverride | None:
-            index, entry = self._find(previous, ca_type, public_key)
+        def modify(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride | None:
+            before = _base(previous)
+            index, entry = self._find(before, ca_type, public_key)
             updated = change(entry)
             if updated == entry:
                 return None
-            assert previous is not None
-            return self._checked(previous.replacing(index, updated), previous, ctx)
+            assert before is not None
+            return self._checked(before.replacing(index, updated), before, ctx)
 
         return replace(await self._update(ca_type, modify, force), public_key=public_key)
 
     async def delete_entry(self, ca_type: str, public_key: str, force: bool) -> WriteResult:
-        def remove(previous: CertAuthorityOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
-            index, _ = self._find(previous, ca_type, public_key)
-            assert previous is not None
-            return self._checked(previous.without(index), previous, ctx)
+        def remove(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
+            before = _base(previous)
+            index, _ = self._find(before, ca_type, public_key)
+            assert before is not None
+            return self._checked(before.without(index), before, ctx)
 
         return replace(await self._update(ca_type, remove, force), public_key=public_key)
 
     def _find(
         self, resource: CertAuthorityOverride | None, ca_type: str, public_key: str
     ) -> tuple[int, CertificateOverride]:
+        if problems := key_hash_problems(public_key, "public_key"):
+            raise ValidationError(problems)
         found = None if resource is None else resource.entry(public_key)
         if found is None:
             raise NotFoundError(f"ca_overrides/{ca_type} has no entry for public key {public_key}")
@@ -196,19 +223,26 @@ class Overrides:
             raise ValidationError([f"resource: larger than 1 MiB once stored ({len(data)} bytes)"])
         return data
 
-    def _decoded(self, ca_type: str, found: Versioned | None) -> CertAuthorityOverride | None:
-        """`found` as a resource; the view's copy when it is the same revision (no second decode)."""
+    def _decoded(self, ca_type: str, found: Versioned | None) -> StoredOverride | None:
+        """`found` read and checked; the view's copy when it is the same revision (no second decode)."""
+        if found is None:
+            return None
         held = self.view.stored_overrides.get(ca_type)
-        if found is not None and held is not None and held.mod_revision == found.mod_revision:
-            return self.view.override(ca_type)
-        return _decode(found)
+        if held is not None and held.mod_revision == found.mod_revision:
+            return self.view.stored_override(ca_type)
+        return self._read(ca_type, found)
 
-    async def _update(self, ca_type: str, change: Change, force: bool) -> WriteResult:
+    async def _update(
+        self, ca_type: str, change: Change, force: bool, check_only: bool = False
+    ) -> WriteResult:
         """The compare-and-swap loop: `change` maps the stored resource to the new one (None: no-op,
         REMOVE: delete it), checked against the CA as stored at that moment: the Txn compares the CA's
         revision too, so a CA change (a rotation) between the checks and the write sends the write
         round again, never past the checks."""
         base = await self._context(force)
+        cluster = self.node.cluster_name
+        if check_only:
+            return await self._check(ca_type, change, base)
         attempts = 0
 
         def encode(current: Versioned | None, ca: Versioned | None) -> bytes | None:
@@ -223,18 +257,35 @@ class Overrides:
         known = None
         if self.view.ready.is_set():
             known = (self.view.stored_overrides.get(ca_type), self.view.stored_cas.get(ca_type))
-        cluster = self.node.cluster_name
         result = await self.store.update_guarded(
             override_key(cluster, ca_type), cert_authority_key(cluster, ca_type), encode, known=known
         )
         return WriteResult(result.revision, result.attempts, result.changed)
+
+    async def _check(self, ca_type: str, change: Change, base: OverrideContext) -> WriteResult:
+        """Every problem `change` finds with the stored state, nothing written."""
+        cluster = self.node.cluster_name
+        current, ca = await self.store.get_both(
+            override_key(cluster, ca_type), cert_authority_key(cluster, ca_type)
+        )
+        revision = 0 if current is None else current.mod_revision
+        try:
+            change(
+                self._decoded(ca_type, current),
+                replace(base, cert_authority=self._cert_authority(ca_type, ca)),
+            )
+        except ValidationError as e:
+            return WriteResult(revision, 0, False, problems=tuple(e.problems))
+        return WriteResult(revision, 0, False)
 
     def _cert_authority(self, ca_type: str, found: Versioned | None) -> CertAuthority | None:
         """`found` as a CA; the view's copy when it is the same revision (no second decode)."""
         held = self.view.cert_authorities.get(ca_type)
         if found is not None and held is not None and held.revision == found.mod_revision:
             return held
-        return None if found is None else CertAuthority.from_json(found.value, found.mod_revision)
+        if found is None:
+            return None
+        return read_cert_authority(found.value, found.mod_revision, self.node.cluster_name, ca_type).require()
 
 
 def _stale(resource: CertAuthorityOverride, stored: int) -> ConflictError:

@@ -12,10 +12,16 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from authsim.auth_node.ca_keys import load_cert_authority, promote_additional_keys
+from authsim.auth_node.ca_keys import (
+    delete_invalid_cert_authority,
+    load_cert_authority,
+    promote_additional_keys,
+    read_stored_cert_authority,
+)
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.csr import create_override_csrs
@@ -23,18 +29,18 @@ from authsim.auth_node.events import list_events
 from authsim.auth_node.exercise import exercise
 from authsim.auth_node.issuance import (
     DEFAULT_TTL,
+    KEY_RULE,
     Credential,
     CredentialRequest,
     Issuer,
     issue_credentials,
-    require_ca,
     resolve_issuer,
 )
 from authsim.auth_node.overrides import Overrides, WriteResult
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.auth_node.token_signer import TokenSigner
-from authsim.cluster.errors import AuthSimError, NotFoundError, ValidationError
+from authsim.cluster.errors import MAX_MESSAGE_CHARS, AuthSimError, NotFoundError, ValidationError, cut
 from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
@@ -59,13 +65,14 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
         try:
             return await method(self, request, context)
         except AuthSimError as e:
-            await context.abort(status_code_for(e), str(e), trailing_metadata=error_metadata(e))
+            message = cut(str(e), MAX_MESSAGE_CHARS)
+            await context.abort(status_code_for(e), message, trailing_metadata=error_metadata(e))
             raise AssertionError("unreachable") from e
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as e:  # a bug: one line to the caller, the traceback in the node's log
             log.exception("%s failed", method.__name__)
-            message = f"internal error in {method.__name__}: {type(e).__name__}: {e}".splitlines()[0]
+            message = cut(f"internal error in {method.__name__}: {type(e).__name__}: {e}", MAX_MESSAGE_CHARS)
             await context.abort(
                 grpc.StatusCode.INTERNAL, message, trailing_metadata=((ERROR_MARKER, "AuthSimError"),)
             )
@@ -88,7 +95,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def issuer(self, ca_type: str) -> Issuer:
         """This node's active key of `ca_type`, under the override the view holds for it."""
         await self.view.wait_ready(VIEW_TIMEOUT)
-        ca = require_ca(self.view.cert_authorities, ca_type, self.node.cluster_name)
+        ca = self.view.cert_authority(ca_type)
         return resolve_issuer(
             ca, self.view.override(ca_type), self.node.host_id, self.node.name, self.view.node_names
         )
@@ -109,7 +116,26 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def GetCertAuthority(
         self, request: pb.GetCertAuthorityRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CertAuthority:
-        return (await self._cert_authority(request.type)).to_proto()
+        ca_type = resolve_ca_type(request.type).name
+        stored = await read_stored_cert_authority(self.store, self.node.cluster_name, ca_type)
+        if stored is None:
+            raise NotFoundError(f"cert_authority {ca_type} of cluster {self.node.cluster_name} not found")
+        if stored.cert_authority is not None:
+            return stored.cert_authority.to_proto()
+        return pb.CertAuthority(
+            cluster_name=self.node.cluster_name,
+            type=ca_type,
+            revision=stored.revision,
+            problems=stored.problems,
+        )
+
+    @_domain_errors
+    async def DeleteCertAuthority(
+        self, request: pb.DeleteCertAuthorityRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WriteResponse:
+        ca_type = resolve_ca_type(request.type).name
+        result = await delete_invalid_cert_authority(self.store, self.node.cluster_name, ca_type)
+        return await self._written(WriteResult(result.revision, result.attempts, result.changed))
 
     @_domain_errors
     async def GetNodeStatus(
@@ -122,7 +148,10 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             token_label=self.node.token_label,
         )
         for ca_type in CA_TYPES:
-            ca = await load_cert_authority(self.store, self.node.cluster_name, ca_type)
+            stored = await read_stored_cert_authority(self.store, self.node.cluster_name, ca_type)
+            if stored is not None and stored.cert_authority is None:
+                status.problems.append(str(stored.error()))
+            ca = None if stored is None else stored.cert_authority
             for role, pair in [] if ca is None else ca.keys_of_host(self.node.host_id):
                 if await asyncio.to_thread(self.keystore.holds, pair.key):
                     status.keys.append(
@@ -133,6 +162,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
                             key_id=pair.key.key_id,
                         )
                     )
+        status.problems.extend(str(o.error()) for o in await self.overrides.list() if not o.valid)
         return status
 
     @_domain_errors
@@ -160,7 +190,13 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             found = [await self.overrides.get(resolve_ca_type(request.type).name)]
         else:
             found = await self.overrides.list()
-        return pb.ListOverridesResponse(overrides=[o.to_proto() for o in found])
+        replies = []
+        for stored in found:
+            reply = stored.resource.to_proto()
+            if not stored.valid:  # shown with the rules it breaks; issuance under it refuses
+                reply.problems.extend(stored.problems)
+            replies.append(reply)
+        return pb.ListOverridesResponse(overrides=replies)
 
     @_domain_errors
     async def WriteOverrideResource(
@@ -168,12 +204,19 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> pb.WriteResponse:
         resource = CertAuthorityOverride.from_proto(request.resource)
         resource = replace(resource, ca_type=resolve_ca_type(resource.ca_type, "sub_kind").name)
-        write = {
+        writes = {
             pb.CREATE: self.overrides.create,
             pb.UPSERT: self.overrides.upsert,
             pb.UPDATE: self.overrides.update,
-        }[request.mode]
-        return await self._written(await write(resource, request.force))
+        }
+        if request.mode not in writes:
+            known = ", ".join(pb.WriteMode.Name(m) for m in writes)
+            raise ValidationError([f"mode: unknown write mode {request.mode} (known: {known})"])
+        write = writes[request.mode]
+        result = await write(resource, request.force, request.check_only)
+        if request.check_only:
+            return pb.WriteResponse(revision=result.revision, problems=result.problems)
+        return await self._written(result)
 
     @_domain_errors
     async def DeleteOverrideResource(
@@ -302,9 +345,9 @@ def _credential_request(request: pb.SignRequest) -> CredentialRequest:
     """A Sign request decoded and checked: the client's public key, the CA type, the user and ttl."""
     try:
         public_key = load_der_public_key(request.public_key)
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise ValidationError(["public_key: not a DER SubjectPublicKeyInfo"]) from None
     if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-        raise ValidationError(["public_key: must be an RSA or EC key"])
+        raise ValidationError([f"{KEY_RULE}, got {type(public_key).__name__.removeprefix('_')}"])
     ttl = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else DEFAULT_TTL
     return CredentialRequest(resolve_ca_type(request.type).name, request.user, public_key, ttl)

@@ -2,17 +2,67 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+MAX_QUOTED = 80  # characters of caller input an error message quotes
+MAX_PROBLEMS_SHOWN = 5  # problems a ValidationError's message names; the rest are counted
+MAX_PROBLEM_CHARS = 400  # one problem in a message
+MAX_MESSAGE_CHARS = 4000  # a whole error message (gRPC's metadata limit is 8 KB)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: newlines, control, format (bidi) and separator characters escaped."""
+    return "".join(c if c == " " or c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    code = ord(c)
+    if code < 0x100:
+        return repr(c)[1:-1] if c in "\n\r\t" else f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` on one line, at most `limit` characters ending with "…" when cut."""
+    flat = one_line(text)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def quoted(value: object, limit: int = MAX_QUOTED) -> str:
+    """Caller input as an error message quotes it: in quotes, one line, cut to `limit` characters."""
+    return f"'{cut(str(value), limit - 2)}'"
+
+
+def control_character(text: str) -> str | None:
+    """The first character of `text` that is not printable (control, format/bidi, separator), as U+XXXX."""
+    for c in text:
+        if c != " " and not c.isprintable():
+            return f"U+{ord(c):04X} ({unicodedata.name(c, unicodedata.category(c))})"
+    return None
+
 
 class AuthSimError(Exception):
     """Base of every error authsim raises on purpose; its message is one line for the user."""
 
 
 class ValidationError(AuthSimError):
-    """Input breaks a rule; `problems` lists every broken rule as `field.path: rule`."""
+    """Input breaks a rule; `problems` lists every broken rule as `field.path: rule`.
 
-    def __init__(self, problems: list[str]) -> None:
+    The message names the first few (`summary`), or is `message` when given (one a node sent).
+    """
+
+    def __init__(self, problems: list[str], message: str | None = None) -> None:
         self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+        super().__init__(summary(self.problems) if message is None else message)
+
+
+def summary(problems: list[str]) -> str:
+    """The first few problems on one line, each cut, then how many more there are: a few KB at most."""
+    shown = [cut(p, MAX_PROBLEM_CHARS) for p in problems[:MAX_PROBLEMS_SHOWN]]
+    more = len(problems) - len(shown)
+    if more:
+        shown.append(f"and {more} more problem{'s' if more > 1 else ''}")
+    return "; ".join(shown)
 
 
 class ConflictError(AuthSimError):
@@ -43,6 +93,10 @@ class KeyAccessError(AuthSimError):
         self.owner_host_id = owner_host_id
         self.asking_host_id = asking_host_id
         super().__init__(message)
+
+
+class StoredDataError(AuthSimError):
+    """A resource in etcd breaks a rule (written by hand, by an older version, by an intruder): not used."""
 
 
 class UnavailableError(AuthSimError):

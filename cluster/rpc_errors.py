@@ -49,7 +49,7 @@ def error_metadata(error: AuthSimError) -> Metadata:
 def error_from_status(code: grpc.StatusCode, details: str, metadata: Metadata = ()) -> AuthSimError:
     """The domain error a node meant when it answered with `code`, `details` and trailing `metadata`."""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return ValidationError([details])
+        return ValidationError([details], details)
     if code == grpc.StatusCode.PERMISSION_DENIED:
         fields = dict(metadata)
         return KeyAccessError(details, fields.get(OWNER_HOST_ID, ""), fields.get(ASKING_HOST_ID, ""))

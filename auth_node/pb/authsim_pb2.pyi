@@ -35,20 +35,22 @@ class CAKeyPair(_message.Message):
     def __init__(self, cert: _Optional[str] = ..., key: _Optional[_Union[KeyRef, _Mapping]] = ..., public_key_hash: _Optional[str] = ...) -> None: ...
 
 class CertAuthority(_message.Message):
-    __slots__ = ("cluster_name", "type", "revision", "active_keys", "additional_trusted_keys", "rotation_state")
+    __slots__ = ("cluster_name", "type", "revision", "active_keys", "additional_trusted_keys", "rotation_state", "problems")
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_KEYS_FIELD_NUMBER: _ClassVar[int]
     ADDITIONAL_TRUSTED_KEYS_FIELD_NUMBER: _ClassVar[int]
     ROTATION_STATE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     type: str
     revision: int
     active_keys: _containers.RepeatedCompositeFieldContainer[CAKeyPair]
     additional_trusted_keys: _containers.RepeatedCompositeFieldContainer[CAKeyPair]
     rotation_state: str
-    def __init__(self, cluster_name: _Optional[str] = ..., type: _Optional[str] = ..., revision: _Optional[int] = ..., active_keys: _Optional[_Iterable[_Union[CAKeyPair, _Mapping]]] = ..., additional_trusted_keys: _Optional[_Iterable[_Union[CAKeyPair, _Mapping]]] = ..., rotation_state: _Optional[str] = ...) -> None: ...
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cluster_name: _Optional[str] = ..., type: _Optional[str] = ..., revision: _Optional[int] = ..., active_keys: _Optional[_Iterable[_Union[CAKeyPair, _Mapping]]] = ..., additional_trusted_keys: _Optional[_Iterable[_Union[CAKeyPair, _Mapping]]] = ..., rotation_state: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetCertAuthorityRequest(_message.Message):
     __slots__ = ("type",)
@@ -73,18 +75,20 @@ class HeldKey(_message.Message):
     def __init__(self, ca_type: _Optional[str] = ..., role: _Optional[str] = ..., public_key_hash: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_name", "host_id", "cluster_name", "token_label", "keys")
+    __slots__ = ("node_name", "host_id", "cluster_name", "token_label", "keys", "problems")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_LABEL_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     host_id: str
     cluster_name: str
     token_label: str
     keys: _containers.RepeatedCompositeFieldContainer[HeldKey]
-    def __init__(self, node_name: _Optional[str] = ..., host_id: _Optional[str] = ..., cluster_name: _Optional[str] = ..., token_label: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[HeldKey, _Mapping]]] = ...) -> None: ...
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_name: _Optional[str] = ..., host_id: _Optional[str] = ..., cluster_name: _Optional[str] = ..., token_label: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[HeldKey, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CertificateOverride(_message.Message):
     __slots__ = ("certificate", "public_key", "chain", "disabled")
@@ -99,16 +103,18 @@ class CertificateOverride(_message.Message):
     def __init__(self, certificate: _Optional[str] = ..., public_key: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., disabled: _Optional[bool] = ...) -> None: ...
 
 class CertAuthorityOverride(_message.Message):
-    __slots__ = ("cluster_name", "type", "revision", "certificate_overrides")
+    __slots__ = ("cluster_name", "type", "revision", "certificate_overrides", "problems")
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     type: str
     revision: int
     certificate_overrides: _containers.RepeatedCompositeFieldContainer[CertificateOverride]
-    def __init__(self, cluster_name: _Optional[str] = ..., type: _Optional[str] = ..., revision: _Optional[int] = ..., certificate_overrides: _Optional[_Iterable[_Union[CertificateOverride, _Mapping]]] = ...) -> None: ...
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cluster_name: _Optional[str] = ..., type: _Optional[str] = ..., revision: _Optional[int] = ..., certificate_overrides: _Optional[_Iterable[_Union[CertificateOverride, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateOverrideCSRRequest(_message.Message):
     __slots__ = ("type", "subject", "public_key_hash")
@@ -153,14 +159,16 @@ class ListOverridesResponse(_message.Message):
     def __init__(self, overrides: _Optional[_Iterable[_Union[CertAuthorityOverride, _Mapping]]] = ...) -> None: ...
 
 class WriteOverrideRequest(_message.Message):
-    __slots__ = ("resource", "mode", "force")
+    __slots__ = ("resource", "mode", "force", "check_only")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
     resource: CertAuthorityOverride
     mode: WriteMode
     force: bool
-    def __init__(self, resource: _Optional[_Union[CertAuthorityOverride, _Mapping]] = ..., mode: _Optional[_Union[WriteMode, str]] = ..., force: _Optional[bool] = ...) -> None: ...
+    check_only: bool
+    def __init__(self, resource: _Optional[_Union[CertAuthorityOverride, _Mapping]] = ..., mode: _Optional[_Union[WriteMode, str]] = ..., force: _Optional[bool] = ..., check_only: _Optional[bool] = ...) -> None: ...
 
 class DeleteOverrideResourceRequest(_message.Message):
     __slots__ = ("type", "force")
@@ -213,16 +221,18 @@ class DeleteOverrideRequest(_message.Message):
     def __init__(self, type: _Optional[str] = ..., public_key: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("revision", "attempts", "changed", "public_key")
+    __slots__ = ("revision", "attempts", "changed", "public_key", "problems")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     revision: int
     attempts: int
     changed: bool
     public_key: str
-    def __init__(self, revision: _Optional[int] = ..., attempts: _Optional[int] = ..., changed: _Optional[bool] = ..., public_key: _Optional[str] = ...) -> None: ...
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., attempts: _Optional[int] = ..., changed: _Optional[bool] = ..., public_key: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SignRequest(_message.Message):
     __slots__ = ("type", "user", "public_key", "ttl_seconds")
@@ -299,6 +309,12 @@ class ListEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
+    __slots__ = ("type",)
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    def __init__(self, type: _Optional[str] = ...) -> None: ...
+
+class DeleteCertAuthorityRequest(_message.Message):
     __slots__ = ("type",)
     TYPE_FIELD_NUMBER: _ClassVar[int]
     type: str

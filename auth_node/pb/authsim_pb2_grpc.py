@@ -64,6 +64,11 @@ class AuthServiceStub:
                 request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.SerializeToString,
                 response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CertAuthority.FromString,
                 _registered_method=True)
+        self.DeleteCertAuthority = channel.unary_unary(
+                '/authsim.v1.AuthService/DeleteCertAuthority',
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteCertAuthorityRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+                _registered_method=True)
         self.GetNodeStatus = channel.unary_unary(
                 '/authsim.v1.AuthService/GetNodeStatus',
                 request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.NodeStatusRequest.SerializeToString,
@@ -140,6 +145,12 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCertAuthority(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCertAuthority(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +236,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetCertAuthority,
                     request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.FromString,
                     response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CertAuthority.SerializeToString,
+            ),
+            'DeleteCertAuthority': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCertAuthority,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteCertAuthorityRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
             ),
             'GetNodeStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNodeStatus,
@@ -429,6 +445,33 @@ class AuthService:
             '/authsim.v1.AuthService/GetCertAuthority',
             authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.SerializeToString,
             authsim_dot_auth__node_dot_pb_dot_authsim__pb2.CertAuthority.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCertAuthority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/DeleteCertAuthority',
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteCertAuthorityRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,17 +13,19 @@ from pathlib import Path
 
 import click
 from cryptography import x509
+from rich.markup import escape
 from rich.table import Table
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
 from authsim.cluster.cli.common import make_console, run_cli
 from authsim.cluster.cli.node_choice import NodeChoice
-from authsim.cluster.errors import AuthSimError, ValidationError
+from authsim.cluster.errors import AuthSimError, ValidationError, one_line, quoted
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, parse_override_yaml
+from authsim.cluster.resources.stored import cert_authority_fix, override_fix
 from authsim.cluster.resources.yaml_codec import dump_yaml
 
 console = make_console()
@@ -51,7 +53,9 @@ def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
     kind, _, name = resource.partition("/")
     if kind not in kinds or (need_name and not name):
         known = "cas/TYPE, ca_overrides[/TYPE], events"
-        raise ValidationError([f"resource: {resource!r} is not a resource authctl knows (known: {known})"])
+        raise ValidationError(
+            [f"resource: {quoted(resource)} is not a resource authctl knows (known: {known})"]
+        )
     return name
 
 
@@ -71,17 +75,36 @@ def get(nodes: NodeChoice, resource: str, fmt: str) -> None:
             reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
             found = [CertAuthorityOverride.from_proto(o) for o in reply.overrides]
             cas = {o.ca_type: CertAuthority.from_proto(client.get_cert_authority(o.ca_type)) for o in found}
-        _print_overrides(found, cas, nodes.host_names(), fmt, single=bool(name))
+        problems = {o.type: list(o.problems) for o in reply.overrides if o.problems}
+        _print_overrides(found, problems, cas, nodes.host_names(), fmt, single=bool(name))
+        for ca_type, broken in problems.items():
+            _warn_broken(f"ca_overrides/{ca_type}", broken, override_fix(ca_type))
         return
     name = _split(resource, CA_KINDS, need_name=True)
     with nodes.client() as client:
-        ca = CertAuthority.from_proto(client.get_cert_authority(name))
+        reply_ca = client.get_cert_authority(name)
+    ca = CertAuthority.from_proto(reply_ca)
+    data = ca.to_dict()
+    if reply_ca.problems:
+        data = {k: v for k, v in data.items() if k != "spec"} | {
+            "status": {"problems": list(reply_ca.problems)}
+        }
     if fmt == "yaml":
-        click.echo(ca.to_yaml(), nl=False)
+        click.echo(dump_yaml(data), nl=False)
     elif fmt == "json":
-        click.echo(json.dumps(ca.to_dict(), indent=2))
+        click.echo(json.dumps(data, indent=2))
     else:
         print_cert_authority(ca, nodes.host_names())
+    if reply_ca.problems:
+        _warn_broken(f"cas/{ca.ca_type}", list(reply_ca.problems), cert_authority_fix(ca.ca_type))
+
+
+def _warn_broken(name: str, problems: list[str], fix: str) -> None:
+    """One line on stderr: a stored resource breaks rules (listed in its status) and how to fix it."""
+    count = f"{len(problems)} rule{'s' if len(problems) > 1 else ''}"
+    click.echo(
+        f"warning: stored {name} breaks {count} (see status.problems), nothing uses it: {fix}", err=True
+    )
 
 
 def _print_events(events: list[dict[str, object]], fmt: str) -> None:
@@ -109,41 +132,80 @@ def _print_events(events: list[dict[str, object]], fmt: str) -> None:
 
 def _print_overrides(
     found: list[CertAuthorityOverride],
+    problems: dict[str, list[str]],
     cas: dict[str, CertAuthority],
     names: dict[str, str],
     fmt: str,
     single: bool,
 ) -> None:
+    documents = []
+    for o in found:
+        data = o.to_dict()
+        if o.ca_type in problems:
+            data["status"] = {**data["status"], "problems": problems[o.ca_type]}
+        documents.append(data)
     if fmt == "yaml":
-        click.echo("---\n".join(o.to_yaml() for o in found), nl=False)
+        click.echo("---\n".join(dump_yaml(d) for d in documents), nl=False)
     elif fmt == "json":
-        data = [o.to_dict() for o in found]
-        click.echo(json.dumps(data[0] if single else data, indent=2))
+        click.echo(json.dumps(documents[0] if single else documents, indent=2))
     else:
         for resource in found:
             holders = {p.public_key_hash: p.key.host_id for _, p in cas[resource.ca_type].all_keys()}
             console.print(
                 f"cert_authority_override {resource.ca_type}  cluster {resource.cluster_name}  "
-                f"revision {resource.revision}"
+                f"revision {resource.revision}",
+                markup=False,
             )
+            for problem in problems.get(resource.ca_type, []):
+                console.print(f"  breaks: {one_line(problem)}", markup=False)
             table = Table("PUBLIC KEY HASH", "NODE", "SUBJECT", "NOT AFTER", "DISABLED")
             for entry in resource.certificate_overrides:
                 subject, not_after = "-", "-"
                 if entry.certificate:
-                    cert = x509.load_pem_x509_certificate(entry.certificate.encode())
-                    subject, not_after = (
-                        cert.subject.rfc4514_string(),
-                        cert.not_valid_after_utc.strftime("%Y-%m-%d"),
-                    )
+                    try:
+                        cert = x509.load_pem_x509_certificate(entry.certificate.encode())
+                        subject, not_after = (
+                            escape(one_line(cert.subject.rfc4514_string())),
+                            cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+                        )
+                    except ValueError:
+                        subject = "(unreadable certificate)"
                 host = holders.get(entry.key_hash, "")
                 table.add_row(
-                    entry.key_hash[:16],
+                    escape(one_line(entry.key_hash[:16])),
                     names.get(host, host or "not a CA key"),
                     subject,
                     not_after,
                     "yes" if entry.disabled else "no",
                 )
             console.print(table)
+
+
+def _check(nodes: NodeChoice, resource: CertAuthorityOverride, mode: pb.WriteMode, force: bool) -> None:
+    """Every problem the node finds with writing `resource`, one a line; exit status 1 if any."""
+    with nodes.client() as client:
+        request = pb.WriteOverrideRequest(
+            resource=resource.to_proto(), mode=mode, force=force, check_only=True
+        )
+        reply: pb.WriteResponse = client.call("WriteOverrideResource", request)
+    if reply.problems:
+        _print_problems(list(reply.problems))
+        count = len(reply.problems)
+        raise AuthSimError(f"cert_authority_override {resource.ca_type}: {count} problem{'s' * (count > 1)}")
+    click.echo(f"cert_authority_override {resource.ca_type}: no problems (nothing written)")
+
+
+def _print_problems(problems: list[str]) -> None:
+    for problem in problems:
+        click.echo(one_line(problem))
+
+
+def _with_check_hint(error: ValidationError, command: str) -> ValidationError:
+    """`error`, pointing at the full list when its message names only the first problems."""
+    if str(error).endswith("more problems") or str(error).endswith("more problem"):
+        message = f"{error} (every problem: `{command}`)"
+        return ValidationError(error.problems, message)
+    return error
 
 
 def _write(
@@ -178,11 +240,22 @@ def exercise(nodes: NodeChoice, ca_type: str, user: str) -> None:
 @click.option(
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
 )
+@click.option("--check", is_flag=True, help="write nothing: list every problem of the write, one a line")
 @click.pass_obj
-def create(nodes: NodeChoice, file: str, upsert: bool, force: bool) -> None:
+def create(nodes: NodeChoice, file: str, upsert: bool, force: bool, check: bool) -> None:
     text = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
-    resource = parse_override_yaml(text)
-    reply = _write(nodes, resource, pb.UPSERT if upsert else pb.CREATE, force)
+    mode = pb.UPSERT if upsert else pb.CREATE
+    try:
+        resource = parse_override_yaml(text)
+        if check:
+            _check(nodes, resource, mode, force)
+            return
+        reply = _write(nodes, resource, mode, force)
+    except ValidationError as e:
+        if check:
+            _print_problems(e.problems)
+            raise AuthSimError(f"{file}: {len(e.problems)} problem{'s' * (len(e.problems) > 1)}") from None
+        raise _with_check_hint(e, f"authctl create {shlex.quote(file)} --check") from None
     verb = "written" if upsert else "created"
     click.echo(f"cert_authority_override {resource.ca_type} {verb} (revision {reply.revision})")
 
@@ -212,6 +285,8 @@ def edit(nodes: NodeChoice, resource: str, force: bool) -> None:
     try:
         result = _write(nodes, parse_override_yaml(edited, revision_required=True), pb.UPDATE, force)
     except AuthSimError as e:
+        if isinstance(e, ValidationError):
+            e = _with_check_hint(e, "authctl create -f FILE --check")
         raise AuthSimError(f"{e}; your edited text is kept in {_keep(path, name)}") from None
     path.unlink()
     click.echo(f"cert_authority_override {name} updated (revision {result.revision})")
@@ -229,11 +304,20 @@ def _keep(edited: Path, name: str) -> Path:
     return Path(kept)
 
 
-@cli.command(help="Remove ca_overrides/TYPE.")
+@cli.command(help="Remove ca_overrides/TYPE, or a stored cas/TYPE that breaks a rule.")
 @click.argument("resource")
 @click.option("--force", is_flag=True, help="also when it holds an enabled override of an active key")
 @click.pass_obj
 def rm(nodes: NodeChoice, resource: str, force: bool) -> None:
+    if resource.partition("/")[0] in CA_KINDS:
+        name = _split(resource, CA_KINDS, need_name=True)
+        with nodes.client() as client:
+            removed = client.call("DeleteCertAuthority", pb.DeleteCertAuthorityRequest(type=name))
+        click.echo(
+            f"cert_authority {name} removed (revision {removed.revision}): restart the nodes "
+            "(`authsim down && authsim up`) to record their keys again"
+        )
+        return
     name = _split(resource, OVERRIDE_KINDS, need_name=True)
     with nodes.client() as client:
         reply = client.call(
@@ -257,6 +341,7 @@ def status(nodes: NodeChoice, fmt: str) -> None:
             {"ca_type": k.ca_type, "role": k.role, "public_key_hash": k.public_key_hash, "key_id": k.key_id}
             for k in reply.keys
         ],
+        "problems": list(reply.problems),
     }
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
@@ -271,6 +356,8 @@ def status(nodes: NodeChoice, fmt: str) -> None:
         for k in reply.keys:
             table.add_row(k.ca_type, k.role, k.public_key_hash, k.key_id)
         console.print(table)
+        for problem in reply.problems:
+            console.print(f"problem: {one_line(problem)}", markup=False, style="red")
 
 
 def print_cert_authority(ca: CertAuthority, host_names: dict[str, str]) -> None:

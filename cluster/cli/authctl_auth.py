@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
-from authsim.cluster.errors import AuthSimError, ValidationError
+from authsim.cluster.errors import AuthSimError, ValidationError, quoted
 from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.secret_files import name_problems, write_all
 
@@ -196,7 +196,7 @@ def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl:
         unsafe = [u for u in users if not _FILE_SAFE.fullmatch(u)]
         if unsafe:
             raise click.UsageError(
-                f"--user {unsafe[0]!r}: with several users each becomes part of a file name: "
+                f"--user {quoted(unsafe[0])}: with several users each becomes part of a file name: "
                 "use letters, digits, '.', '_', '@' and '-'"
             )
     prefixes = [Path(out if len(users) == 1 else f"{out}-{user}") for user in users]

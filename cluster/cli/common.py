@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from authsim.cluster.errors import AuthSimError
+from authsim.cluster.errors import AuthSimError, one_line
 from authsim.cluster.store import EtcdTLS
 
 dir_option = click.option(
@@ -28,7 +28,7 @@ def run_cli(group: click.Command, argv: Sequence[str] | None, prog_name: str) ->
     try:
         group.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
     except AuthSimError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {one_line(str(e))}", err=True)
         return 1
     except OSError as e:  # a file named on the command line: missing, unreadable, a directory
         where = f": {e.filename}" if e.filename else ""

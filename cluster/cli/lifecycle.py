@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from authsim.cluster.cli.common import dir_option, etcd_tls_from_options, etcd_tls_options, make_console
+from authsim.cluster.errors import one_line
 from authsim.cluster.local import launcher
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.local.status import ClusterStatus, collect_status
@@ -107,3 +108,5 @@ def print_status(report: ClusterStatus) -> None:
         ]
         table.add_row(row.name, row.address, str(row.pid or "-"), row.health, row.host_id or "-", *keys)
     console.print(table)
+    for problem in report.problems:
+        console.print(f"problem: {one_line(problem)}", markup=False, style="red")

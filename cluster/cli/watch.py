@@ -7,11 +7,13 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
+from authsim.cluster.errors import one_line
 from authsim.cluster.local.state import ClusterState, host_names
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
-from authsim.cluster.store import EtcdStore
+from authsim.cluster.resources.stored import read_cert_authority, read_override
+from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.keys import cert_authority_key, override_key
 
 
@@ -52,14 +54,10 @@ async def watch_overrides(
     names = host_names(directory)
     async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
         ca_found = await store.get(cert_authority_key(state.cluster_name, ca_type))
-        hosts = (
-            {}
-            if ca_found is None
-            else {
-                p.public_key_hash: p.key.host_id
-                for _, p in CertAuthority.from_json(ca_found.value).all_keys()
-            }
-        )
+        ca = None
+        if ca_found is not None:
+            ca = read_cert_authority(ca_found.value, ca_found.mod_revision, state.cluster_name, ca_type)
+        hosts = {} if ca is None else _holders(ca.cert_authority)
 
         def holder(key: str) -> str:
             host = hosts.get(key)
@@ -67,7 +65,7 @@ async def watch_overrides(
 
         key = override_key(state.cluster_name, ca_type)
         found = await store.get(key)
-        current = None if found is None else CertAuthorityOverride.from_json(found.value, found.mod_revision)
+        current, broken = _read(found, state.cluster_name, ca_type)
         emit(
             f"ca_overrides/{ca_type}: "
             + (
@@ -75,6 +73,7 @@ async def watch_overrides(
                 if current
                 else "absent"
             )
+            + broken
         )
         start = found.mod_revision + 1 if found else None
         seen = 0
@@ -82,19 +81,30 @@ async def watch_overrides(
             async for changed_key, value, _ in changes:
                 if changed_key != key:
                     continue
-                after = (
-                    None
-                    if value is None
-                    else CertAuthorityOverride.from_json(value.value, value.mod_revision)
-                )
+                after, broken = _read(value, state.cluster_name, ca_type)
                 emit(
                     _headline(after)
+                    + broken
                     + "".join(f"\n    {line}" for line in describe_change(current, after, holder))
                 )
                 current = after
                 seen += 1
                 if count and seen >= count:
                     return
+
+
+def _holders(ca: CertAuthority | None) -> dict[str, str]:
+    return {} if ca is None else {p.public_key_hash: p.key.host_id for _, p in ca.all_keys()}
+
+
+def _read(
+    found: Versioned | None, cluster_name: str, ca_type: str
+) -> tuple[CertAuthorityOverride | None, str]:
+    """The stored override (distrusted: what could be read of it) and a line per rule it breaks."""
+    if found is None:
+        return None, ""
+    stored = read_override(found.value, found.mod_revision, cluster_name, ca_type)
+    return stored.resource, "".join(f"\n    ! breaks: {one_line(p)}" for p in stored.problems)
 
 
 def _headline(resource: CertAuthorityOverride | None) -> str:

@@ -34,12 +34,14 @@ class ClusterStatus:
     state: ClusterState
     etcd_running: bool | None  # None when etcd is external
     nodes: list[NodeRow]
+    problems: list[str] = field(default_factory=list)  # stored resources that break a rule, with the fix
 
 
 def collect_status(directory: Path) -> ClusterStatus:
     state = ClusterState.load(directory)
     identity = admin_identity(directory)
     rows = []
+    problems: list[str] = []
     for entry in state.nodes:
         if not processes.is_running(entry.pid, node_marker(directory, entry.name)):
             rows.append(NodeRow(entry.name, entry.address, None, "STOPPED"))
@@ -52,8 +54,9 @@ def collect_status(directory: Path) -> ClusterStatus:
                 rows.append(NodeRow(entry.name, entry.address, entry.pid, health))
                 continue
         keys = [HeldKeyRow(k.ca_type, k.role, k.public_key_hash) for k in status.keys]
+        problems += [p for p in status.problems if p not in problems]  # every node reads the same etcd
         rows.append(NodeRow(entry.name, entry.address, entry.pid, health, status.host_id, keys))
     etcd_running = (
         processes.is_running(state.etcd.pid, etcd_marker(directory)) if state.etcd.embedded else None
     )
-    return ClusterStatus(state, etcd_running, rows)
+    return ClusterStatus(state, etcd_running, rows, problems)

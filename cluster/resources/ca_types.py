@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from authsim.cluster.errors import ValidationError
+from authsim.cluster.errors import ValidationError, quoted
 
 
 @dataclass(frozen=True)
@@ -51,4 +51,4 @@ def resolve_ca_type(name: str, field: str = "type") -> CAType:
         if name == ca_type.name or name in ca_type.aliases:
             return ca_type
     known = ", ".join(CA_TYPES)
-    raise ValidationError([f"{field}: unknown CA type {name[:64]!r} (known: {known})"])
+    raise ValidationError([f"{field}: unknown CA type {quoted(name)} (known: {known})"])

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from authsim.cluster.errors import ValidationError
+from authsim.cluster.errors import ValidationError, quoted
 
 _HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
 
@@ -23,7 +23,7 @@ class KeyRef:
         if not self.host_id:
             problems.append("host_id: must not be empty")
         if not _HEX.fullmatch(self.key_id):
-            problems.append(f"key_id: must be lower-case hex of the key's CKA_ID, got {self.key_id!r}")
+            problems.append(f"key_id: must be lower-case hex of the key's CKA_ID, got {quoted(self.key_id)}")
         if problems:
             raise ValidationError(problems)
 

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from authsim.auth_node.pb import authsim_pb2 as pb
-from authsim.cluster.errors import ValidationError
+from authsim.cluster.errors import ValidationError, cut, quoted
 from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
 from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.resources.yaml_codec import dump_yaml
@@ -188,7 +188,14 @@ def parse_override_yaml(text: str | bytes, revision_required: bool = False) -> C
 
     The content rules (certificates, keys, ownership) are `override_validation.validate_override`'s.
     """
-    data = _load_yaml(text)
+    return override_from_data(_load_yaml(text), revision_required)
+
+
+def override_from_data(
+    data: Any, revision_required: bool = False, revision: int = 0
+) -> CertAuthorityOverride:
+    """The resource in decoded YAML/JSON `data`, after structural checks; every problem in one
+    ValidationError. `revision` when `data` carries none (a stored value: etcd's revision)."""
     if not isinstance(data, dict):
         shape = "a mapping with kind, sub_kind, version, metadata and spec"
         raise ValidationError([f"resource: must be {shape}, got {_type_of(data)}"])
@@ -197,7 +204,7 @@ def parse_override_yaml(text: str | bytes, revision_required: bool = False) -> C
         raise ValidationError(problems)
     data.pop("status", None)  # system-managed: the node writes it, whatever a user put there is ignored
     data["sub_kind"] = resolve_ca_type(data["sub_kind"], "sub_kind").name
-    return CertAuthorityOverride.from_dict(data, data["metadata"].get("revision", 0))
+    return CertAuthorityOverride.from_dict(data, data["metadata"].get("revision") or revision)
 
 
 class _LimitedLoader(yaml.SafeLoader):
@@ -397,15 +404,15 @@ def _unknown_fields(data: dict[Any, Any], known: tuple[str, ...], prefix: str) -
 def _field_name(key: Any) -> str:
     """A user's field name for a path: as is when plain, else quoted (one line, never read as a path)."""
     text = str(key)
-    return text if len(text) <= 64 and _PLAIN_FIELD.fullmatch(text) else _short(repr(text))
+    return text if len(text) <= 64 and _PLAIN_FIELD.fullmatch(text) else quoted(text)
 
 
 def _got(value: Any) -> str:
     """A user value for a message: a string quoted and shortened, a number as is, anything else by type."""
     if isinstance(value, str):
-        return repr(_short(value))
+        return quoted(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _short(repr(value))
+        return cut(repr(value), 64)
     return _type_of(value)
 
 
@@ -421,7 +428,3 @@ def _type_of(value: Any) -> str:
         dict: "a mapping",
     }
     return names.get(type(value), f"a {type(value).__name__}")
-
-
-def _short(text: str, limit: int = 64) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,7 +7,7 @@ import enum
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from authsim.cluster.errors import ValidationError
+from authsim.cluster.errors import ValidationError, quoted
 
 CLUSTER_NAME_OID = x509.ObjectIdentifier("1.3.9999.4.1")
 
@@ -42,7 +42,7 @@ def with_cluster_name(subject: x509.Name, cluster_name: str) -> x509.Name:
     naming, other = _naming(subject, cluster_name)
     if naming is _Naming.OTHER_OID:
         raise ValidationError(
-            [f"subject: OID 1.3.9999.4.1 is {other!r}, not the cluster name {cluster_name!r}"]
+            [f"subject: OID 1.3.9999.4.1 is {quoted(other)}, not the cluster name {quoted(cluster_name)}"]
         )
     if naming is _Naming.NAMED:
         return subject
@@ -54,9 +54,9 @@ def cluster_name_problems(subject: x509.Name, cluster_name: str) -> list[str]:
     """Why a certificate's `subject` does not name the cluster (SPEC §7); empty when it does."""
     naming, other = _naming(subject, cluster_name)
     if naming is _Naming.OTHER_OID:
-        return [f"subject OID 1.3.9999.4.1 is {other!r}, not the cluster name {cluster_name!r}"]
+        return [f"subject OID 1.3.9999.4.1 is {quoted(other)}, not the cluster name {quoted(cluster_name)}"]
     if naming is _Naming.NO_NAME:
-        return [f"subject has no O or OID 1.3.9999.4.1 naming the cluster {cluster_name!r}"]
+        return [f"subject has no O or OID 1.3.9999.4.1 naming the cluster {quoted(cluster_name)}"]
     if naming is _Naming.OTHER_O:
-        return [f"subject's first O is {other!r}, not the cluster name {cluster_name!r}"]
+        return [f"subject's first O is {quoted(other)}, not the cluster name {quoted(cluster_name)}"]
     return []

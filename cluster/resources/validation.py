@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from authsim.cluster.errors import ValidationError
+from authsim.cluster.errors import ValidationError, cut, quoted
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import MAX_ENTRIES, CertAuthorityOverride, CertificateOverride
@@ -91,9 +91,10 @@ def validate_override(
         count = len(new.certificate_overrides)
         return [*problems, f"spec.certificate_overrides: {count} entries, at most {MAX_ENTRIES}"]
     entries: list[_Entry] = []
+    before = _entries_by_key(previous)
     for index, entry in enumerate(new.certificate_overrides):
-        checked, entry_problems = _check_entry(index, entry, ctx.cluster_name)
-        entries.append(replace(checked, before=_previous_entry(previous, checked.key_hash)))
+        checked, entry_problems = _check_entry(index, entry, ctx.cluster_name, before)
+        entries.append(checked)
         problems += list(entry_problems)
     problems += _duplicate_problems(entries)
     if not ctx.force:
@@ -110,7 +111,7 @@ def _resource_problems(new: CertAuthorityOverride, ctx: OverrideContext) -> list
     problems = []
     if new.cluster_name != ctx.cluster_name:
         expected, got = ctx.cluster_name, new.cluster_name
-        problems.append(f"metadata.name: must be the cluster name {expected!r}, got {got!r}")
+        problems.append(f"metadata.name: must be the cluster name {quoted(expected)}, got {quoted(got)}")
     try:
         resolve_ca_type(new.ca_type, "sub_kind")
     except ValidationError as e:
@@ -121,11 +122,14 @@ def _resource_problems(new: CertAuthorityOverride, ctx: OverrideContext) -> list
 _ANY_INDEX = "[\0]"  # stands for the entry's index in the cached problems of its content
 
 
-def _check_entry(index: int, entry: CertificateOverride, cluster_name: str) -> tuple[_Entry, tuple[str, ...]]:
-    """The checks of one entry on its own, at position `index`."""
-    checked, problems = _check_entry_content(entry, cluster_name)
+def _check_entry(
+    index: int, entry: CertificateOverride, cluster_name: str, before: Mapping[str, CertificateOverride]
+) -> tuple[_Entry, tuple[str, ...]]:
+    """The checks of one entry on its own, at position `index`; `before`: the previous entries by key."""
+    content, problems = _check_entry_content(entry, cluster_name)
     here = f"[{index}]"
-    return replace(checked, index=index), tuple(p.replace(_ANY_INDEX, here) for p in problems)
+    checked = _Entry(index, entry, content.cert, content.key_hash, before.get(content.key_hash))
+    return checked, tuple(p.replace(_ANY_INDEX, here) if _ANY_INDEX in p else p for p in problems)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -175,7 +179,7 @@ def _load_pem_certificate(text: str, path: str) -> tuple[x509.Certificate | None
         # parsed lazily: a malformed name, extension or key is a malformed certificate
         _ = cert.subject, cert.issuer, cert.extensions, cert.public_key()
     except (ValueError, UnsupportedAlgorithm) as e:
-        return None, [f"{path}: not a valid X.509 certificate: {e}"]
+        return None, [f"{path}: not a valid X.509 certificate: {cut(str(e), 200)}"]
     return cert, []
 
 
@@ -218,14 +222,19 @@ def _key_hash(entry: CertificateOverride, cert: x509.Certificate | None, path: s
     if not entry.public_key:
         return cert_hash, []
     if not _KEY_HASH.fullmatch(entry.public_key):
-        got = entry.public_key if len(entry.public_key) <= 80 else entry.public_key[:77] + "..."
-        rule = "must be 64 lower-case hex characters (SHA-256 of the public key)"
-        return cert_hash, [f"{path}.public_key: {rule}, got {got!r}"]
+        return cert_hash, key_hash_problems(entry.public_key, f"{path}.public_key")
     if cert_hash and entry.public_key != cert_hash:
         return entry.public_key, [
             f"{path}.public_key: does not match the certificate's public key (hash {cert_hash})"
         ]
     return entry.public_key, []
+
+
+def key_hash_problems(value: str, path: str) -> list[str]:
+    """The public_key rule: a SHA-256 hash of a DER SubjectPublicKeyInfo in lower-case hex."""
+    if _KEY_HASH.fullmatch(value):
+        return []
+    return [f"{path}: must be 64 lower-case hex characters (SHA-256 of the public key), got {quoted(value)}"]
 
 
 def _chain_problems(entry: CertificateOverride, cert: x509.Certificate | None, path: str) -> list[str]:
@@ -251,8 +260,8 @@ def _issuer_problems(
 ) -> list[str]:
     if child.issuer != issuer.subject:
         reason = (
-            f"its subject {issuer.subject.rfc4514_string()!r} is not {child_name}'s issuer "
-            f"{child.issuer.rfc4514_string()!r}"
+            f"its subject {quoted(issuer.subject.rfc4514_string())} is not {child_name}'s issuer "
+            f"{quoted(child.issuer.rfc4514_string())}"
         )
     else:
         try:
@@ -281,9 +290,13 @@ def _duplicate_problems(entries: list[_Entry]) -> list[str]:
 # --- what the write changes, against the CA and the writing node -------------------------------------
 
 
-def _previous_entry(previous: CertAuthorityOverride | None, key_hash: str) -> CertificateOverride | None:
-    found = previous.entry(key_hash) if previous is not None and key_hash else None
-    return None if found is None else found[1]
+def _entries_by_key(previous: CertAuthorityOverride | None) -> dict[str, CertificateOverride]:
+    """The previous resource's entries by the key each targets (the first one for a key, as `entry`)."""
+    found: dict[str, CertificateOverride] = {}
+    for entry in () if previous is None else previous.certificate_overrides:
+        if entry.key_hash:
+            found.setdefault(entry.key_hash, entry)
+    return found
 
 
 def _against_ca_problems(
