@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
+from authsim.cluster.cli.safe_text import escaped
 from authsim.cluster.errors import AuthSimError, ValidationError
 from authsim.cluster.mtls import write_private
 from authsim.cluster.resources.x509 import public_key_hash
@@ -58,7 +59,7 @@ def create_override_csr(
         csrs.extend(reply.csrs)
         if not all_nodes:  # with --all-nodes each skipped key is another node's own CSR
             for warning in reply.warnings:
-                click.echo(f"warning: {warning}", err=True)
+                click.echo(f"warning: {escaped(warning)}", err=True)
     if not out:
         for csr in csrs:
             click.echo(csr.pem, nl=False)
@@ -249,7 +250,9 @@ def write_credential(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> No
         Path(f"{prefix}{suffix}").write_bytes(data)
         click.echo(f"Wrote {prefix}{suffix}")
     state = "active" if reply.ca_override.active else "not active (self-signed CA)"
-    click.echo(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
+    click.echo(
+        escaped(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
+    )
 
 
 @auth.command(
