@@ -37,12 +37,15 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.cli.authsim import main as authsim_main
 from authsim.cluster.cli.events import since_unix_ns
+from authsim.cluster.cli.lifecycle import print_status
 from authsim.cluster.cli.runner import run_in_process
 from authsim.cluster.cli.safe_text import cell, escaped
 from authsim.cluster.cli.watch import describe_change
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.local.state import ClusterState, EtcdEntry
+from authsim.cluster.local.status import ClusterStatus, HeldKeyRow, NodeRow
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.keys import events_prefix
@@ -233,6 +236,17 @@ def test_watch_lines_escape_what_etcd_holds() -> None:
     assert line.startswith("+ \\x1b[2J") and "node\\x07[/]" in line
 
 
+def test_status_table_escapes_names_from_the_cluster_files(capsys: pytest.CaptureFixture[str]) -> None:
+    state = ClusterState("[/]c\x1b[2J", EtcdEntry(endpoints=["127.0.0.1:2379"], embedded=False))
+    row = NodeRow(
+        "[bold]n\x07", "127.0.0.1:1", None, "SERVING", "h\u202e", [HeldKeyRow("windows", "active", "ab" * 32)]
+    )
+    print_status(ClusterStatus(state, None, [row]))
+    out = capsys.readouterr().out
+    assert "[/]c\\x1b[2J" in out and "[bold]n\\x07" in out and "h\\u202e" in out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+
+
 def test_since_takes_a_time_or_an_age() -> None:
     assert since_unix_ns("2026-12-02T11:00:00Z") == 1_796_209_200 * 10**9
     assert since_unix_ns("2026-12-02T11:00:00") == 1_796_209_200 * 10**9  # no zone: UTC
@@ -333,6 +347,12 @@ def test_a_history_past_4_mib_is_listed_in_pages_newest_last(
     with cluster.client("node1") as client:  # one reply is a page, far below gRPC's 4 MiB
         reply = client.call("ListEvents", pb.ListEventsRequest())
         assert reply.next and reply.ByteSize() < 2 * 1024 * 1024
+        small = client.call("ListEvents", pb.ListEventsRequest(page_size=100, limit=150))
+        assert [json.loads(e)["user"] for e in small.events] == [
+            f"user{i:05d}" for i in range(11_850, 11_950)
+        ]
+        rest = client.call("ListEvents", pb.ListEventsRequest(after=small.next, revision=small.revision))
+        assert len(rest.events) == 50 and not rest.next
 
 
 def test_concurrent_exercises_on_two_nodes_keep_exactly_the_newest(
