@@ -59,10 +59,16 @@ def stop(pid: int | None, marker: str, timeout: float = 5.0) -> bool:
     return True
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status when `pid` is our child, so it does not linger as a zombie."""
+def _reap(pid: int, timeout: float = 2.0) -> None:
+    """Collect the exit status when `pid` is our child, so it does not linger as a zombie.
+
+    `is_running` says a process is gone once its main thread has exited; its other threads (gRPC's,
+    the token's) may take a moment longer, and only then can it be collected: wait up to `timeout`.
+    """
+    deadline = time.monotonic() + timeout
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+        while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def tail(path: Path, lines: int = 8) -> str:
