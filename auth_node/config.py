@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from authsim.auth_node.events import DEFAULT_RETENTION
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import NodeLayout
 from authsim.cluster.store import EtcdTLS
@@ -27,6 +28,7 @@ class NodeConfig:
     pkcs11_module: str
     token_label: str
     etcd_tls: EtcdTLS | None = None  # client TLS to etcd; absent from node.yaml files written before it
+    event_retention: int = DEFAULT_RETENTION  # session-start events the cluster keeps (the newest)
 
     @property
     def layout(self) -> NodeLayout:
@@ -58,6 +60,11 @@ class NodeConfig:
         data["node_dir"] = Path(data["node_dir"])
         data["etcd_endpoints"] = tuple(data["etcd_endpoints"])
         data["etcd_tls"] = EtcdTLS.from_dict(data.get("etcd_tls"))
+        retention = data.get("event_retention", DEFAULT_RETENTION)
+        if type(retention) is not int or retention < 1:
+            raise ClusterError(
+                f"node config {path}: event_retention must be a whole number >= 1, not {retention!r}"
+            )
         return cls(**data)
 
 

@@ -46,7 +46,7 @@ async def exercise(
         result.resource_name,
         node.name,
     )
-    await record_event(store, node.cluster_name, event)
+    await record_event(store, node.cluster_name, event, node.event_retention)
     return event
 
 

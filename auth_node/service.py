@@ -7,7 +7,7 @@ import datetime as dt
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from authsim.auth_node.ca_keys import (
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.csr import create_override_csrs
-from authsim.auth_node.events import list_events
+from authsim.auth_node.events import EventQuery, follow_events, list_events
 from authsim.auth_node.exercise import exercise
 from authsim.auth_node.issuance import (
     DEFAULT_TTL,
@@ -318,7 +318,23 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListEventsResponse:
-        return pb.ListEventsResponse(events=await list_events(self.store, self.node.cluster_name))
+        query = EventQuery(request.since_unix_ns, request.limit, request.after, request.revision)
+        page = await list_events(self.store, self.node.cluster_name, query, request.page_size)
+        return pb.ListEventsResponse(events=page.events, next=page.next, revision=page.revision)
+
+    async def FollowEvents(
+        self, request: pb.FollowEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ListEventsResponse]:
+        """Each event as it is recorded, one per reply, until the caller cancels."""
+        try:
+            if request.after_revision < 0:
+                raise ValidationError([f"after_revision: must not be negative, got {request.after_revision}"])
+            async for event, revision in follow_events(
+                self.store, self.node.cluster_name, request.after_revision
+            ):
+                yield pb.ListEventsResponse(events=[event], revision=revision)
+        except AuthSimError as e:
+            await context.abort(status_code_for(e), str(e), trailing_metadata=error_metadata(e))
 
     @_domain_errors
     async def RotateCertAuthority(

@@ -25,6 +25,7 @@ from rich.table import Table
 from authsim.cluster.api.local_cluster import local_cluster
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.launcher import UpOptions, down, up
+from bench.events import record_cost
 from bench.issuance import issuance_rate, propagation, raw_sign_rate
 from bench.override_appends import raw_cas_latency, simultaneous_appends
 
@@ -80,6 +81,7 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
         raw_ms = statistics.median(raw) * 1000
         sizes = (1, 2, 4, 8) if quick else (1, 2, 4, 8, 16)
         appends = [simultaneous_appends(n, rounds, etcd, tmp) for n in sizes]
+        result["events"] = asyncio.run(record_cost(etcd.endpoint, 100 if quick else 300))
     finally:
         etcd.stop()
     for row in appends:
@@ -117,6 +119,14 @@ def report(result: dict[str, Any]) -> None:
             f"{row['ratio_to_n_raw_txn']:.1f}",
             "<= 2",
         )
+    events = result["events"]
+    table.add_row(
+        f"record an event, {events['retention']} kept (create + trim)",
+        f"{events['record_ms_median']:.2f} ms",
+        f"{events['create_ms_median']:.2f} ms (bare create)",
+        f"{events['record_ms_median'] / events['create_ms_median']:.1f}",
+        "",
+    )
     for row in result["up"]:
         table.add_row(
             f"authsim up, {row['nodes']} nodes (fresh)",

@@ -299,14 +299,34 @@ class ExerciseResponse(_message.Message):
     def __init__(self, event: _Optional[str] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("since_unix_ns", "limit", "after", "revision", "page_size")
+    SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    since_unix_ns: int
+    limit: int
+    after: str
+    revision: int
+    page_size: int
+    def __init__(self, since_unix_ns: _Optional[int] = ..., limit: _Optional[int] = ..., after: _Optional[str] = ..., revision: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
 
 class ListEventsResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "next", "revision")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, events: _Optional[_Iterable[str]] = ...) -> None: ...
+    next: str
+    revision: int
+    def __init__(self, events: _Optional[_Iterable[str]] = ..., next: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class FollowEventsRequest(_message.Message):
+    __slots__ = ("after_revision",)
+    AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    after_revision: int
+    def __init__(self, after_revision: _Optional[int] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
     __slots__ = ("type",)

@@ -59,6 +59,11 @@ class AuthServiceStub:
                 request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.FollowEvents = channel.unary_stream(
+                '/authsim.v1.AuthService/FollowEvents',
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.FollowEventsRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
         self.GetCertAuthority = channel.unary_unary(
                 '/authsim.v1.AuthService/GetCertAuthority',
                 request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.GetCertAuthorityRequest.SerializeToString,
@@ -140,6 +145,13 @@ class AuthServiceServicer:
 
     def ListEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowEvents(self, request, context):
+        """until the caller cancels
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -230,6 +242,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
             'ListEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvents,
                     request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'FollowEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowEvents,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.FollowEventsRequest.FromString,
                     response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.SerializeToString,
             ),
             'GetCertAuthority': grpc.unary_unary_rpc_method_handler(
@@ -417,6 +434,33 @@ class AuthService:
             target,
             '/authsim.v1.AuthService/ListEvents',
             authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/authsim.v1.AuthService/FollowEvents',
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.FollowEventsRequest.SerializeToString,
             authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,

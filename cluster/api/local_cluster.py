@@ -36,8 +36,11 @@ class LocalCluster:
         cluster_name: str = "mycluster",
         etcd_endpoints: list[str] | None = None,
         etcd_tls: EtcdTLS | None = None,
+        event_retention: int | None = None,
     ) -> LocalCluster:
-        options = launcher.UpOptions(nodes, cluster_name, etcd_endpoints, etcd_tls=etcd_tls)
+        options = launcher.UpOptions(
+            nodes, cluster_name, etcd_endpoints, etcd_tls=etcd_tls, event_retention=event_retention
+        )
         launcher.up(directory, options)
         return cls(directory)
 
@@ -108,9 +111,10 @@ def local_cluster(
     cluster_name: str = "mycluster",
     etcd_endpoints: list[str] | None = None,
     etcd_tls: EtcdTLS | None = None,
+    event_retention: int | None = None,
 ) -> Iterator[LocalCluster]:
     """Start a cluster, yield it, and stop every process it started, also when the body fails."""
-    cluster = LocalCluster.start(directory, nodes, cluster_name, etcd_endpoints, etcd_tls)
+    cluster = LocalCluster.start(directory, nodes, cluster_name, etcd_endpoints, etcd_tls, event_retention)
     try:
         yield cluster
     finally:

@@ -19,7 +19,9 @@ from rich.table import Table
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
 from authsim.cluster.cli.common import make_console, run_cli
+from authsim.cluster.cli.events import show_events
 from authsim.cluster.cli.node_choice import NodeChoice
+from authsim.cluster.cli.safe_text import cell
 from authsim.cluster.errors import AuthSimError, ValidationError, one_line, quoted
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.resources.ca_types import resolve_ca_type
@@ -62,13 +64,33 @@ def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
 @cli.command(help="Show a resource: cas/TYPE, ca_overrides[/TYPE] or events.")
 @click.argument("resource")
 @click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="events: only the newest N")
+@click.option(
+    "--since",
+    default=None,
+    help="events: only those recorded at or after TIME, ISO 8601 (UTC unless it names a zone) "
+    "or an age: 90s, 15m, 2h, 1d",
+)
+@click.option("--follow", is_flag=True, help="events: then print each new event as it is recorded")
+@click.option("--count", type=click.IntRange(1), default=None, help="events: with --follow, stop after N new")
 @click.pass_obj
-def get(nodes: NodeChoice, resource: str, fmt: str) -> None:
+def get(
+    nodes: NodeChoice,
+    resource: str,
+    fmt: str,
+    limit: int | None,
+    since: str | None,
+    follow: bool,
+    count: int | None,
+) -> None:
     if resource == "events":
+        if count and not follow:
+            raise click.UsageError("--count goes with --follow")
         with nodes.client() as client:
-            events = [json.loads(e) for e in client.call("ListEvents", pb.ListEventsRequest()).events]
-        _print_events(events, fmt)
+            show_events(client, console, fmt, since, limit or 0, follow, count or 0)
         return
+    if limit or since or follow or count:
+        raise click.UsageError("--limit, --since, --follow and --count are options of `get events`")
     if resource.partition("/")[0] in OVERRIDE_KINDS:
         name = _split(resource, OVERRIDE_KINDS, need_name=False)
         with nodes.client() as client:
@@ -107,29 +129,6 @@ def _warn_broken(name: str, problems: list[str], fix: str) -> None:
     )
 
 
-def _print_events(events: list[dict[str, object]], fmt: str) -> None:
-    if fmt == "json":
-        click.echo(json.dumps(events, indent=2, sort_keys=True))
-    elif fmt == "yaml":
-        click.echo(dump_yaml(events), nl=False)
-    else:
-        table = Table("TIME", "EVENT", "CODE", "USER", "SUCCESS", "CA OVERRIDE", "NODE")
-        for e in events:
-            override = e["ca_override"]
-            assert isinstance(override, dict)
-            shown = f"active {str(override['public_key_hash'])[:16]}" if override["active"] else "not active"
-            table.add_row(
-                str(e["time"]),
-                str(e["event"]),
-                str(e["code"]),
-                str(e["user"]),
-                "yes" if e["success"] else f"no: {e.get('error')}",
-                shown,
-                str(e.get("authsim.auth_node")),
-            )
-        console.print(table)
-
-
 def _print_overrides(
     found: list[CertAuthorityOverride],
     problems: dict[str, list[str]],
@@ -152,9 +151,10 @@ def _print_overrides(
         for resource in found:
             holders = {p.public_key_hash: p.key.host_id for _, p in cas[resource.ca_type].all_keys()}
             console.print(
-                f"cert_authority_override {resource.ca_type}  cluster {resource.cluster_name}  "
-                f"revision {resource.revision}",
-                markup=False,
+                cell(
+                    f"cert_authority_override {resource.ca_type}  cluster {resource.cluster_name}  "
+                    f"revision {resource.revision}"
+                )
             )
             for problem in problems.get(resource.ca_type, []):
                 console.print(f"  breaks: {one_line(problem)}", markup=False)
@@ -172,11 +172,11 @@ def _print_overrides(
                         subject = "(unreadable certificate)"
                 host = holders.get(entry.key_hash, "")
                 table.add_row(
-                    escape(one_line(entry.key_hash[:16])),
-                    names.get(host, host or "not a CA key"),
-                    subject,
-                    not_after,
-                    "yes" if entry.disabled else "no",
+                    cell(entry.key_hash[:16]),
+                    cell(names.get(host, host or "not a CA key")),
+                    cell(subject),
+                    cell(not_after),
+                    cell("yes" if entry.disabled else "no"),
                 )
             console.print(table)
 
@@ -349,12 +349,14 @@ def status(nodes: NodeChoice, fmt: str) -> None:
         click.echo(dump_yaml(data), nl=False)
     else:
         console.print(
-            f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
-            f"token {reply.token_label}"
+            cell(
+                f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
+                f"token {reply.token_label}"
+            )
         )
         table = Table("CA TYPE", "ROLE", "PUBLIC KEY HASH", "KEY ID")
         for k in reply.keys:
-            table.add_row(k.ca_type, k.role, k.public_key_hash, k.key_id)
+            table.add_row(cell(k.ca_type), cell(k.role), cell(k.public_key_hash), cell(k.key_id))
         console.print(table)
         for problem in reply.problems:
             console.print(f"problem: {one_line(problem)}", markup=False, style="red")
@@ -362,18 +364,20 @@ def status(nodes: NodeChoice, fmt: str) -> None:
 
 def print_cert_authority(ca: CertAuthority, host_names: dict[str, str]) -> None:
     console.print(
-        f"cert_authority {ca.ca_type}  cluster {ca.cluster_name}  revision {ca.revision}  "
-        f"rotation {ca.rotation_state}"
+        cell(
+            f"cert_authority {ca.ca_type}  cluster {ca.cluster_name}  revision {ca.revision}  "
+            f"rotation {ca.rotation_state}"
+        )
     )
     table = Table("ROLE", "PUBLIC KEY HASH", "HOST ID", "NODE", "NOT AFTER")
     for role, pair in ca.all_keys():
         cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
         table.add_row(
-            role,
-            pair.public_key_hash[:16],
-            pair.key.host_id,
-            host_names.get(pair.key.host_id, "?"),
-            cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+            cell(role),
+            cell(pair.public_key_hash[:16]),
+            cell(pair.key.host_id),
+            cell(host_names.get(pair.key.host_id, "?")),
+            cell(cert.not_valid_after_utc.strftime("%Y-%m-%d")),
         )
     console.print(table)
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
+from authsim.cluster.cli.safe_text import escaped
 from authsim.cluster.errors import AuthSimError, ValidationError, quoted
 from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.secret_files import name_problems, write_all
@@ -59,7 +60,7 @@ def create_override_csr(
         csrs.extend(reply.csrs)
         if not all_nodes:  # with --all-nodes each skipped key is another node's own CSR
             for warning in reply.warnings:
-                click.echo(f"warning: {warning}", err=True)
+                click.echo(f"warning: {escaped(warning)}", err=True)
     if not out:
         for csr in csrs:
             click.echo(csr.pem, nl=False)
@@ -223,7 +224,9 @@ def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl:
     write_outputs(files, public=[p for p in files if not p.name.endswith(".key")])
     for reply in replies:
         state = "active" if reply.ca_override.active else "not active (self-signed CA)"
-        click.echo(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
+        click.echo(
+            escaped(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
+        )
 
 
 CREDENTIAL_SUFFIXES = (".key", ".crt", ".chain.pem", ".json")

@@ -13,6 +13,7 @@ from authsim.cluster.cli.demo import run_demo
 from authsim.cluster.cli.external_ca import external_ca
 from authsim.cluster.cli.lifecycle import down, status, up
 from authsim.cluster.cli.provision import provision
+from authsim.cluster.cli.safe_text import cell_lines
 from authsim.cluster.cli.trust import trust
 from authsim.cluster.cli.watch import run_watch
 from authsim.cluster.local.state import cluster_dir
@@ -49,9 +50,7 @@ def watch(resource: str, directory: str | None, count: int) -> None:
     kind, _, name = resource.partition("/")
     if kind != "ca_overrides" or not name:
         raise click.UsageError("watch takes ca_overrides/TYPE")
-    run_watch(
-        cluster_dir(directory), name, lambda line: console.print(line, markup=False, highlight=False), count
-    )
+    run_watch(cluster_dir(directory), name, lambda line: console.print(cell_lines(line)), count)
 
 
 cli.add_command(up)

@@ -10,8 +10,10 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from authsim.cluster.cli.common import dir_option, etcd_tls_from_options, etcd_tls_options, make_console
+from authsim.cluster.cli.safe_text import cell, escaped
 from authsim.cluster.errors import one_line
 from authsim.cluster.local import launcher
 from authsim.cluster.local.state import cluster_dir
@@ -28,6 +30,12 @@ console = make_console()
 @click.option("--etcd", "etcd", default=None, help="existing etcd endpoints host:port[,host:port...]")
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="first node gRPC port")
 @etcd_tls_options
+@click.option(
+    "--event-retention",
+    type=click.IntRange(1),
+    default=None,
+    help="session-start events the cluster keeps, the newest (default 10000, or as at the last up)",
+)
 @click.option("--detach", is_flag=True, help="return once the cluster is up (stop it with `authsim down`)")
 def up(
     directory: str | None,
@@ -38,12 +46,18 @@ def up(
     etcd_cacert: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    event_retention: int | None,
     detach: bool,
 ) -> None:
     path = cluster_dir(directory)
     endpoints = [e.strip() for e in etcd.split(",") if e.strip()] if etcd else None
     options = launcher.UpOptions(
-        nodes, cluster_name, endpoints, base_port, etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
+        nodes,
+        cluster_name,
+        endpoints,
+        base_port,
+        etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key),
+        event_retention,
     )
     with Progress(
         TextColumn("{task.description}"),
@@ -93,20 +107,20 @@ def print_status(report: ClusterStatus) -> None:
     state = report.state
     etcd = ", ".join(state.etcd.endpoints)
     if report.etcd_running is None:
-        tls = ", TLS" if state.etcd.tls else ""
-        console.print(f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (external{tls})")
+        where = f"(external{', TLS' if state.etcd.tls else ''})"
     else:
-        console.print(
-            f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (embedded, "
-            f"{'running' if report.etcd_running else 'stopped'})"
-        )
+        where = f"(embedded, {'running' if report.etcd_running else 'stopped'})"
+    console.print(
+        Text.assemble("cluster ", (escaped(state.cluster_name), "bold"), f"  etcd {escaped(etcd)} {where}")
+    )
     table = Table("NODE", "ADDRESS", "PID", "HEALTH", "HOST ID", *(t.upper() for t in CA_TYPES))
     for row in report.nodes:
         keys = [
             ", ".join(f"{k.role} {k.public_key_hash[:12]}" for k in row.keys if k.ca_type == ca) or "-"
             for ca in CA_TYPES
         ]
-        table.add_row(row.name, row.address, str(row.pid or "-"), row.health, row.host_id or "-", *keys)
+        cells = [row.name, row.address, str(row.pid or "-"), row.health, row.host_id or "-", *keys]
+        table.add_row(*(cell(c) for c in cells))
     console.print(table)
     for problem in report.problems:
         console.print(f"problem: {one_line(problem)}", markup=False, style="red")

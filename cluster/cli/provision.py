@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from authsim.auth_node.config import NodeConfig, ensure_host_id
+from authsim.auth_node.events import DEFAULT_RETENTION
 from authsim.cluster.cli.common import etcd_tls_from_options, etcd_tls_options, run_cli
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout, NodeLayout
@@ -140,6 +141,13 @@ def pki(
 @click.option("--etcd", callback=_endpoints, required=True, help="etcd endpoints host:port[,host:port...]")
 @etcd_tls_options
 @click.option("--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2)")
+@click.option(
+    "--event-retention",
+    type=click.IntRange(1),
+    default=DEFAULT_RETENTION,
+    show_default=True,
+    help="session-start events the cluster keeps, the newest (give every node the same)",
+)
 def node(
     directory: Path,
     pki_dir: Path,
@@ -151,6 +159,7 @@ def node(
     etcd_cert: Path | None,
     etcd_key: Path | None,
     pkcs11_module: str | None,
+    event_retention: int,
 ) -> None:
     if not etcd:
         raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
@@ -177,6 +186,7 @@ def node(
         pkcs11_module=token.module_path,
         token_label=token.label,
         etcd_tls=tls,
+        event_retention=event_retention,
     )
     click.echo(f"Wrote {config.save()}")
 

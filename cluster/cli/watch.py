@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
+from authsim.cluster.cli.safe_text import escaped
 from authsim.cluster.errors import one_line
 from authsim.cluster.local.state import ClusterState, host_names
 from authsim.cluster.resources.ca_types import resolve_ca_type
@@ -25,12 +26,12 @@ def describe_change(
     new = {e.key_hash: e for e in (after.certificate_overrides if after else ())}
     lines = []
     for key, entry in new.items():
-        label = f"{key[:16]} ({holder(key)})"
+        label = escaped(f"{key[:16]} ({holder(key)})")
         if key not in old:
             lines.append(f"+ {label} {'disabled' if entry.disabled else 'enabled'}")
         elif entry != old[key]:
             lines.append(f"~ {label} {', '.join(_fields_changed(old[key], entry))}")
-    lines += [f"- {key[:16]} ({holder(key)})" for key in old if key not in new]
+    lines += [escaped(f"- {key[:16]} ({holder(key)})") for key in old if key not in new]
     return lines
 
 
@@ -112,7 +113,7 @@ def _headline(resource: CertAuthorityOverride | None) -> str:
         return "removed"
     write = resource.last_write or {}
     attempts = write.get("attempts", "?")
-    return (
+    return escaped(
         f"revision {resource.revision}  by {write.get('node', '?')}  "
         f"CAS attempts {attempts}  at {write.get('time', '?')}  "
         f"({len(resource.certificate_overrides)} entries)"

@@ -46,6 +46,7 @@ class UpOptions:
     etcd_endpoints: list[str] | None = None
     base_port: int | None = None
     etcd_tls: EtcdTLS | None = None  # client TLS to the `etcd_endpoints`; the embedded etcd has none
+    event_retention: int | None = None  # events the cluster keeps (default: as before, else 10,000)
 
 
 def _checked(options: UpOptions) -> UpOptions:
@@ -210,6 +211,10 @@ def _plan(
             endpoints=options.etcd_endpoints or [], embedded=not options.etcd_endpoints, tls=options.etcd_tls
         )
         state = ClusterState(cluster_name=name, etcd=etcd)
+    if options.event_retention is not None:
+        if options.event_retention < 1:
+            raise ClusterError(f"event retention must be >= 1, not {options.event_retention}")
+        state.event_retention = options.event_retention
     wanted = options.nodes or len(state.nodes) or 3
     if wanted < len(state.nodes):
         raise ClusterError(
@@ -253,6 +258,7 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
         pkcs11_module=token.module_path,
         token_label=token.label,
         etcd_tls=state.etcd.tls,
+        event_retention=state.event_retention,
     )
     config.save()
     return config

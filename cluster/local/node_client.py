@@ -77,6 +77,16 @@ class NodeClient:
             return getattr(self._stub, method)(request, timeout=self.timeout)
         raise AssertionError("unreachable")
 
+    def stream(self, method: str, request: Any) -> Iterator[Any]:
+        """Call the server-streaming AuthService.`method` without a deadline (it runs until the caller
+        stops iterating, which cancels it) and yield its replies; failures come back as domain errors."""
+        with self._errors():
+            replies = getattr(self._stub, method)(request)
+            try:
+                yield from replies
+            finally:
+                replies.cancel()
+
     def get_cert_authority(self, ca_type: str) -> pb.CertAuthority:
         reply: pb.CertAuthority = self.call("GetCertAuthority", pb.GetCertAuthorityRequest(type=ca_type))
         return reply

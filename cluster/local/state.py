@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from authsim.auth_node.events import DEFAULT_RETENTION
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.store import EtcdTLS
@@ -57,6 +58,7 @@ class ClusterState:
     etcd: EtcdEntry
     nodes: list[NodeEntry] = field(default_factory=list)
     targets: dict[str, TargetEntry] = field(default_factory=dict)
+    event_retention: int = DEFAULT_RETENTION  # `up --event-retention`; every node's config gets it
 
     @staticmethod
     def path(directory: Path) -> Path:
@@ -83,6 +85,7 @@ class ClusterState:
             etcd=EtcdEntry(**{**data["etcd"], "tls": EtcdTLS.from_dict(data["etcd"].get("tls"))}),
             nodes=[NodeEntry(**n) for n in data["nodes"]],
             targets={k: TargetEntry(**v) for k, v in (data.get("targets") or {}).items()},
+            event_retention=data.get("event_retention", DEFAULT_RETENTION),
         )
 
     def node(self, name: str) -> NodeEntry:

@@ -4,6 +4,6 @@
 the nodes' and targets' addresses there.
 """
 
-from authsim.cluster.store.etcd import DELETE, CasResult, EtcdStore, EtcdTLS, UpdateResult, Versioned
+from authsim.cluster.store.etcd import DELETE, CasResult, EtcdStore, EtcdTLS, Page, UpdateResult, Versioned
 
-__all__ = ["DELETE", "CasResult", "EtcdStore", "EtcdTLS", "UpdateResult", "Versioned"]
+__all__ = ["DELETE", "CasResult", "EtcdStore", "EtcdTLS", "Page", "UpdateResult", "Versioned"]

@@ -49,6 +49,7 @@ _BACKOFF_BASE = 0.0005
 _BACKOFF_CAP = 0.002
 DELETE = b"\0authsim: delete this key\0"  # what an `update` fn returns to remove the key; never stored
 _UNAVAILABLE_PAUSE = 0.1  # seconds before reading again after etcd did not answer
+_TRIM_PROBE = 64  # keys `trim_prefix` reads with its count: the cutoff of a small excess needs no 2nd read
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,15 @@ class Versioned:
     value: bytes
     mod_revision: int
     create_revision: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a prefix read: (key, value) in key order, whether more keys follow, the revision read."""
+
+    items: list[tuple[str, Versioned]]
+    more: bool
+    revision: int
 
 
 @dataclass(frozen=True)
@@ -208,6 +218,60 @@ class EtcdStore:
         key, range_end = _prefix_range(prefix)
         response = await self._call("Range", rpc.RangeRequest(key=key, range_end=range_end))
         return sorted((kv.key.decode(), _versioned(kv)) for kv in response.kvs)
+
+    async def get_page(self, prefix: str, start: str = "", limit: int = 0, revision: int = 0) -> Page:
+        """Keys under `prefix` from the full key `start` on (inclusive; "" = the first), in key order, at
+        most `limit` of them (0: all), read at `revision` (0: the current one, which the page names)."""
+        key, range_end = _prefix_range(prefix)
+        request = rpc.RangeRequest(
+            key=max(key, start.encode()), range_end=range_end, limit=limit, revision=revision
+        )
+        response = await self._call("Range", request)
+        items = [(kv.key.decode(), _versioned(kv)) for kv in response.kvs]
+        # etcd's header names the current revision, also for a read at an older one
+        return Page(items, bool(response.more), revision or int(response.header.revision))
+
+    async def last_keys(self, prefix: str, count: int, start: str = "", revision: int = 0) -> list[str]:
+        """The last `count` keys under `prefix` from `start` on (inclusive), newest first; keys only."""
+        key, range_end = _prefix_range(prefix)
+        request = rpc.RangeRequest(
+            key=max(key, start.encode()),
+            range_end=range_end,
+            limit=count,
+            revision=revision,
+            keys_only=True,
+            sort_order=rpc.RangeRequest.DESCEND,
+            sort_target=rpc.RangeRequest.KEY,
+        )
+        response = await self._call("Range", request)
+        return [kv.key.decode() for kv in response.kvs]
+
+    async def trim_prefix(self, prefix: str, keep: int) -> int:
+        """Delete the first keys under `prefix` (key order) so that `keep` remain; the number deleted.
+
+        Cheap when nothing is over: one Range of the first `_TRIM_PROBE` keys (keys only) that also
+        counts them all; when over, the cutoff key is found at that Range's revision and everything up
+        to it goes in one DeleteRange. Safe with several trimmers at once: each deletes only keys that
+        had `keep` keys after them at the revision it counted, so together they never leave fewer than
+        `keep`, and the trim after the last write leaves exactly `keep`.
+        """
+        if keep < 0:
+            raise ValueError(f"trim_prefix keeps >= 0 keys, not {keep}")
+        key, range_end = _prefix_range(prefix)
+        probe = rpc.RangeRequest(key=key, range_end=range_end, limit=_TRIM_PROBE, keys_only=True)
+        response = await self._call("Range", probe)
+        excess = int(response.count) - keep
+        if excess <= 0:
+            return 0
+        if excess <= len(response.kvs):
+            cutoff = bytes(response.kvs[excess - 1].key)
+        else:
+            oldest = rpc.RangeRequest(
+                key=key, range_end=range_end, limit=excess, keys_only=True, revision=response.header.revision
+            )
+            cutoff = bytes((await self._call("Range", oldest)).kvs[-1].key)
+        deleted = await self._call("DeleteRange", rpc.DeleteRangeRequest(key=key, range_end=cutoff + b"\0"))
+        return int(deleted.deleted)
 
     async def compare_and_swap(
         self, key: str, expected_revision: int, value: bytes, guard: Guard | None = None
