@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 from cryptography import x509
-from rich.markup import escape
 from rich.table import Table
 
 from authsim.auth_node.pb import authsim_pb2 as pb
@@ -165,7 +164,7 @@ def _print_overrides(
                     try:
                         cert = x509.load_pem_x509_certificate(entry.certificate.encode())
                         subject, not_after = (
-                            escape(one_line(cert.subject.rfc4514_string())),
+                            one_line(cert.subject.rfc4514_string()),
                             cert.not_valid_after_utc.strftime("%Y-%m-%d"),
                         )
                     except ValueError:
