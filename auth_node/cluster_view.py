@@ -43,7 +43,9 @@ class ClusterView:
         """List, then watch from the listing's revision; on any failure, list and watch again."""
         while True:
             try:
-                start = await self.store.ping()  # events after this revision are replayed: harmless
+                start = await self.store.ping(
+                    self.prefix
+                )  # events after this revision are replayed: harmless
                 listing = await self.store.get_prefix(self.prefix)
                 self.cert_authorities.clear()
                 self.node_names.clear()

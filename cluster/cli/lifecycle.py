@@ -96,7 +96,7 @@ def print_status(report: ClusterStatus) -> None:
         console.print(f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (external{tls})")
     else:
         console.print(
-            f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (embedded, "
+            f"cluster [bold]{state.cluster_name}[/]  etcd {etcd} (embedded, TLS, "
             f"{'running' if report.etcd_running else 'stopped'})"
         )
     table = Table("NODE", "ADDRESS", "PID", "HEALTH", "HOST ID", *(t.upper() for t in CA_TYPES))
