@@ -1,5 +1,5 @@
 """Benchmark parts: raw etcd compare-and-swap latency, and N nodes appending their own override entry
-at the same moment. Run through scripts/bench (bench/run.py)."""
+at the same moment, on a plain or a TLS etcd. Run through scripts/bench (bench/run.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import local_cluster
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.external_ca import init
-from authsim.cluster.store import EtcdStore
+from authsim.cluster.store import EtcdStore, EtcdTLS
 
 
-async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:
+async def raw_cas_latency(
+    endpoint: str, count: int = 300, tls: EtcdTLS | None = None, key: str = "/bench/raw"
+) -> list[float]:
     """Sequential successful CAS Txns on one key with the store's own client: seconds each."""
     samples = []
-    async with EtcdStore([endpoint]) as store:
-        revision = 0
+    async with EtcdStore([endpoint], tls=tls) as store:
+        revision = found.mod_revision if (found := await store.get(key)) else 0
         for i in range(count):
             started = time.perf_counter()
-            result = await store.compare_and_swap("/bench/raw", revision, f"value {i}".encode() * 20)
+            result = await store.compare_and_swap(key, revision, f"value {i}".encode() * 20)
             samples.append(time.perf_counter() - started)
             revision = result.revision
     return samples
@@ -36,13 +38,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def simultaneous_appends(nodes: int, rounds: int, etcd: EtcdServer, tmp: Path) -> dict[str, float]:
+def simultaneous_appends(
+    nodes: int, rounds: int, etcd: EtcdServer, tmp: Path, tls: EtcdTLS | None = None
+) -> dict[str, float]:
     """N nodes append their own entry at the same moment, `rounds` times: time until all landed, the
-    attempts taken, and how many cores all processes kept busy meanwhile (etcd, nodes, this client)."""
+    attempts taken, and how many cores all processes kept busy meanwhile (etcd, nodes, this client).
+    With `tls`, etcd serves TLS and the nodes present that client identity."""
     endpoint = etcd.endpoint
-    ca = init(tmp / f"extca{nodes}")
-    name = f"bench{nodes}"
-    with local_cluster(tmp / name, nodes=nodes, cluster_name=name, etcd_endpoints=[endpoint]) as cluster:
+    name = f"bench{nodes}{'tls' if tls else ''}"
+    ca = init(tmp / f"extca-{name}")
+    with local_cluster(
+        tmp / name, nodes=nodes, cluster_name=name, etcd_endpoints=[endpoint], etcd_tls=tls
+    ) as cluster:
         certs = cluster.override_certs(ca, "windows")
         clients = {n: cluster.client(n) for n in cluster.node_names}
         pids = [p for p in [etcd.pid, *(cluster.state.node(n).pid for n in cluster.node_names)] if p]

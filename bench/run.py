@@ -25,6 +25,10 @@ from rich.table import Table
 from authsim.cluster.api.local_cluster import local_cluster
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.launcher import UpOptions, down, up
+from authsim.cluster.mtls import ADMIN_CN, ensure_etcd_client_identity, ensure_etcd_member_identity
+from authsim.cluster.store import EtcdStore, EtcdTLS
+from authsim.cluster.store.keys import cluster_prefix
+from authsim.cluster.store.rbac import grant_cluster_access
 from bench.issuance import issuance_rate, propagation, raw_sign_rate
 from bench.override_appends import raw_cas_latency, simultaneous_appends
 
@@ -85,8 +89,45 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
     for row in appends:
         row["ratio_to_n_raw_txn"] = row["all_landed_ms_median"] / (row["nodes"] * raw_ms)
     result["etcd"] = {"raw_cas_ms_median": raw_ms, "raw_cas_per_s": 1000 / raw_ms, "appends": appends}
+    result["etcd_tls"] = tls_cost(tmp, 100 if quick else 300, rounds, raw_ms, appends[0])
     result["up"] = [up_time(tmp, n) for n in ((3,) if quick else (3, 16))]
     return result
+
+
+def tls_cost(
+    tmp: Path, count: int, rounds: int, plain_raw_ms: float, plain_append: dict[str, float]
+) -> dict[str, float]:
+    """What TLS to etcd costs: raw CAS and a one-node append on a TLS etcd (client certificates, as the
+    embedded etcd serves), then raw CAS as a node user once etcd RBAC is on; beside the plain figures."""
+    pki = tmp / "etcd-pki"
+    member = ensure_etcd_member_identity(pki, "bench")
+    admin = ensure_etcd_client_identity(pki, "bench", pki / "admin", ADMIN_CN)
+    node = ensure_etcd_client_identity(pki, "bench", pki / "node1", "node1")
+    etcd = EtcdServer.start(tmp / "etcd-tls" / "data", tls=member)
+    try:
+        raw = statistics.median(asyncio.run(raw_cas_latency(etcd.endpoint, count, admin))) * 1000
+        append = simultaneous_appends(1, rounds, etcd, tmp, admin)["all_landed_ms_median"]
+        asyncio.run(_enable_rbac(etcd.endpoint, admin))
+        key = cluster_prefix("bench") + "raw"
+        rbac = statistics.median(asyncio.run(raw_cas_latency(etcd.endpoint, count, node, key))) * 1000
+    finally:
+        etcd.stop()
+    plain_append_ms = plain_append["all_landed_ms_median"]
+    return {
+        "raw_cas_ms_plain": plain_raw_ms,
+        "raw_cas_ms_tls": raw,
+        "raw_cas_ms_tls_rbac": rbac,
+        "append_1_node_ms_plain": plain_append_ms,
+        "append_1_node_ms_tls": append,
+        "raw_cas_tls_ratio": raw / plain_raw_ms,
+        "raw_cas_tls_rbac_ratio": rbac / plain_raw_ms,
+        "append_tls_ratio": append / plain_append_ms,
+    }
+
+
+async def _enable_rbac(endpoint: str, admin: EtcdTLS) -> None:
+    async with EtcdStore([endpoint], tls=admin) as store:
+        await grant_cluster_access(store, "bench", ADMIN_CN, ["node1"])
 
 
 def report(result: dict[str, Any]) -> None:
@@ -117,6 +158,28 @@ def report(result: dict[str, Any]) -> None:
             f"{row['ratio_to_n_raw_txn']:.1f}",
             "<= 2",
         )
+    tls = result["etcd_tls"]
+    table.add_row(
+        "raw etcd CAS Txn over TLS (client cert)",
+        f"{tls['raw_cas_ms_tls']:.2f} ms",
+        f"{tls['raw_cas_ms_plain']:.2f} ms (plain)",
+        f"{tls['raw_cas_tls_ratio']:.2f}",
+        "TLS cost",
+    )
+    table.add_row(
+        "raw etcd CAS Txn over TLS + RBAC (node user)",
+        f"{tls['raw_cas_ms_tls_rbac']:.2f} ms",
+        f"{tls['raw_cas_ms_plain']:.2f} ms (plain)",
+        f"{tls['raw_cas_tls_rbac_ratio']:.2f}",
+        "TLS cost",
+    )
+    table.add_row(
+        "append by 1 node, etcd over TLS",
+        f"{tls['append_1_node_ms_tls']:.1f} ms",
+        f"{tls['append_1_node_ms_plain']:.1f} ms (plain etcd)",
+        f"{tls['append_tls_ratio']:.2f}",
+        "TLS cost",
+    )
     for row in result["up"]:
         table.add_row(
             f"authsim up, {row['nodes']} nodes (fresh)",
