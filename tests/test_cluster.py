@@ -333,6 +333,7 @@ def test_console_scripts_run_as_installed(cluster: LocalCluster) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("SERVING") == 3
+    assert "(embedded, TLS, running)" in done.stdout
 
 
 def test_generated_grpc_code_is_fresh() -> None:

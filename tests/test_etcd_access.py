@@ -152,6 +152,8 @@ def test_control_the_attack_writes_and_reads_a_plain_etcd(attacker_dir: Path, tm
         put = grpc_attack.grpc_put()
         assert put.returncode == 0 and b"grpc-status: 0" in put.stdout, put
         assert asyncio.run(_read(plain.endpoint, None, grpc_attack.key)) == GARBAGE.encode()
+        members = as_attacker("curl", "-sS", f"http://127.0.0.1:{plain.peer_port}/members")
+        assert members.returncode == 0 and b'"peerURLs"' in members.stdout, members
     finally:
         plain.stop()
 
@@ -185,6 +187,14 @@ def test_nobody_can_neither_write_nor_read_the_embedded_etcd(
     with log.open("rb") as f:  # etcd says why it refused the handshake
         f.seek(seen)
         assert b"certificate signed by unknown authority" in f.read()
+
+    # The peer port (raft, member list) asks for a certificate from the etcd CA too.
+    assert state.etcd.peer_port
+    for tls in ([], ["-k"], ["-k", *foreign]):
+        scheme = "https" if tls else "http"
+        url = f"{scheme}://127.0.0.1:{state.etcd.peer_port}/members"
+        done = as_attacker("curl", "-sS", "--max-time", "5", *tls, url)
+        assert done.returncode != 0 and done.stdout == b"", done
 
     assert asyncio.run(_read(endpoint, state.etcd.tls, attack.key)) is None  # nothing written
     assert asyncio.run(_read(endpoint, state.etcd.tls, ca_key)) == before
