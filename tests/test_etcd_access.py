@@ -280,3 +280,25 @@ async def test_a_node_identity_stays_in_its_cluster_prefixes(cluster: LocalClust
     async with EtcdStore([endpoint], tls=member, timeout=2.0) as leaked:
         with pytest.raises(StoreAccessError, match=r"user etcd-member"):
             await leaked.get(cert_authority_key(NAME, "windows"))
+
+
+def test_a_node_added_later_gets_its_own_etcd_user(tmp_path: Path) -> None:
+    """`up --nodes 2` on a running one-node cluster (auth already on): node2 serves, confined alike."""
+    directory = tmp_path / "grow"
+    with local_cluster(directory, nodes=1, cluster_name="grow") as cluster:
+        LocalCluster.start(directory, nodes=2, cluster_name="grow")
+        assert cluster.node_names == ["node1", "node2"]
+        with cluster.client("node2") as client:
+            assert client.health() == "SERVING"
+        node2 = NodeConfig.load(ClusterLayout(directory).node("node2").config).etcd_tls
+        assert asyncio.run(_write_as(cluster.state.etcd.endpoints[0], node2, "/authsim/mycluster/x"))
+
+
+async def _write_as(endpoint: str, tls: EtcdTLS | None, key: str) -> bool:
+    """Whether etcd refuses `tls`'s user a create of `key` (True: refused)."""
+    async with EtcdStore([endpoint], tls=tls) as store:
+        try:
+            await store.create(key, b"x")
+        except StoreAccessError:
+            return True
+    return False
