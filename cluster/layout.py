@@ -46,6 +46,10 @@ class EtcdClientLayout:
         """The cluster's etcd CA certificate, to check the etcd members with."""
         return self.directory / "etcd-ca.pem"
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.cert, self.key, self.etcd_ca)
+
 
 @dataclass(frozen=True)
 class NodeLayout(ServerTLSLayout):

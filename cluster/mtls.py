@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from authsim.cluster.layout import ClusterLayout, EtcdClientLayout, NodeLayout, ServerTLSLayout
+from authsim.cluster.layout import ClusterLayout, EtcdClientLayout, EtcdLayout, NodeLayout, ServerTLSLayout
 from authsim.cluster.resources.x509 import ca_certificate_builder
 from authsim.cluster.store import EtcdTLS
 
@@ -194,21 +195,28 @@ def _etcd_ca(cluster_dir: Path, cluster_name: str) -> tuple[x509.Certificate, ec
     return _ensure_ca(pki.etcd_ca_cert, pki.etcd_ca_key, "etcd-ca", cluster_name)
 
 
-def ensure_etcd_member_identity(cluster_dir: Path, cluster_name: str) -> EtcdTLS:
-    """The embedded etcd's member identity in `etcd/`, made once: a certificate for 127.0.0.1 and
-    localhost that serves clients and peers and is a client to the other members (and its health
-    check), and the etcd CA as the only CA it trusts."""
+def ensure_etcd_member_identity(
+    cluster_dir: Path, cluster_name: str, directory: Path | None = None, hosts: Sequence[str] = ()
+) -> EtcdTLS:
+    """An etcd member identity in `directory` (default the embedded etcd's `etcd/`), made once: a
+    certificate for `hosts` (names or IP addresses), localhost and 127.0.0.1 that serves clients and
+    peers and is a client to the other members (and to its health check), and the etcd CA as the only
+    CA it trusts. Members of one cluster share it, so it names every member's host."""
     ca = _etcd_ca(cluster_dir, cluster_name)
-    etcd = ClusterLayout(cluster_dir).etcd
+    etcd = EtcdLayout(directory) if directory else ClusterLayout(cluster_dir).etcd
     etcd.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    sans: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
+    sans = [_san(host) for host in dict.fromkeys([*hosts, "localhost", "127.0.0.1"])]
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     _issue(ca, ETCD_MEMBER_CN, cluster_name, usages, sans, etcd.tls_cert, etcd.tls_key)
     etcd.etcd_ca.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
     return EtcdTLS(etcd.etcd_ca, etcd.tls_cert, etcd.tls_key)
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def ensure_etcd_client_identity(cluster_dir: Path, cluster_name: str, directory: Path, cn: str) -> EtcdTLS:
