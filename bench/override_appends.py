@@ -17,18 +17,44 @@ from authsim.cluster.local.external_ca import init
 from authsim.cluster.store import EtcdStore, EtcdTLS
 
 
-async def raw_cas_latency(
-    endpoint: str, count: int = 300, tls: EtcdTLS | None = None, key: str = "/bench/raw"
-) -> list[float]:
+async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:
     """Sequential successful CAS Txns on one key with the store's own client: seconds each."""
     samples = []
-    async with EtcdStore([endpoint], tls=tls) as store:
-        revision = found.mod_revision if (found := await store.get(key)) else 0
+    async with EtcdStore([endpoint]) as store:
+        revision = 0
         for i in range(count):
             started = time.perf_counter()
-            result = await store.compare_and_swap(key, revision, f"value {i}".encode() * 20)
+            result = await store.compare_and_swap("/bench/raw", revision, f"value {i}".encode() * 20)
             samples.append(time.perf_counter() - started)
             revision = result.revision
+    return samples
+
+
+async def interleaved_cas_latency(
+    clients: dict[str, tuple[str, EtcdTLS | None, str]], count: int
+) -> dict[str, list[float]]:
+    """Successful CAS Txns, one per client in turn, `count` each: seconds each, by client name.
+
+    A client is (endpoint, TLS or None, key); each keeps one connection, opened before timing starts.
+    """
+    stores = {name: EtcdStore([endpoint], tls=tls) for name, (endpoint, tls, _) in clients.items()}
+    samples: dict[str, list[float]] = {name: [] for name in clients}
+    revisions = dict.fromkeys(clients, 0)
+    try:
+        for name, store in stores.items():
+            await store.connect()
+            await store.ping(clients[name][2])  # the connection (and TLS handshake) before any timing
+        for i in range(count):
+            for name, store in stores.items():
+                started = time.perf_counter()
+                result = await store.compare_and_swap(
+                    clients[name][2], revisions[name], f"value {i}".encode() * 20
+                )
+                samples[name].append(time.perf_counter() - started)
+                revisions[name] = result.revision
+    finally:
+        for store in stores.values():
+            await store.close()
     return samples
 
 
