@@ -59,10 +59,13 @@ def stop(pid: int | None, marker: str, timeout: float = 5.0) -> bool:
     return True
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status when `pid` is our child, so it does not linger as a zombie."""
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    """Collect the exit status when `pid` is our child, so it does not linger as a zombie. An exiting
+    process loses its command line before it becomes a zombie: wait (bounded) until it is one."""
+    deadline = time.monotonic() + timeout
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+        while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def tail(path: Path, lines: int = 8) -> str:
