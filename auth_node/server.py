@@ -19,6 +19,7 @@ from authsim.cluster.errors import AuthSimError, StoreUnavailableError
 from authsim.cluster.mtls import TLSIdentity
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import register_node
+from authsim.cluster.store.keys import cluster_prefix
 from authsim.hsm import KeyStore
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ async def keep_healthy(
                 await register_node(store, node.cluster_name, node.host_id, node.name, node.listen)
                 ready = True
             else:
-                await store.ping()
+                await store.ping(cluster_prefix(node.cluster_name))
             status = SERVING
         except StoreUnavailableError as e:
             status = NOT_SERVING

@@ -1,5 +1,5 @@
 """Benchmark parts: raw etcd compare-and-swap latency, and N nodes appending their own override entry
-at the same moment. Run through scripts/bench (bench/run.py)."""
+at the same moment, on a plain or a TLS etcd. Run through scripts/bench (bench/run.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import local_cluster
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.external_ca import init
-from authsim.cluster.store import EtcdStore
+from authsim.cluster.store import EtcdStore, EtcdTLS
 
 
 async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:
@@ -30,19 +30,52 @@ async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:
     return samples
 
 
+async def interleaved_cas_latency(
+    clients: dict[str, tuple[str, EtcdTLS | None, str]], count: int
+) -> dict[str, list[float]]:
+    """Successful CAS Txns, one per client in turn, `count` each: seconds each, by client name.
+
+    A client is (endpoint, TLS or None, key); each keeps one connection, opened before timing starts.
+    """
+    stores = {name: EtcdStore([endpoint], tls=tls) for name, (endpoint, tls, _) in clients.items()}
+    samples: dict[str, list[float]] = {name: [] for name in clients}
+    revisions = dict.fromkeys(clients, 0)
+    try:
+        for name, store in stores.items():
+            await store.connect()
+            await store.ping(clients[name][2])  # the connection (and TLS handshake) before any timing
+        for i in range(count):
+            for name, store in stores.items():
+                started = time.perf_counter()
+                result = await store.compare_and_swap(
+                    clients[name][2], revisions[name], f"value {i}".encode() * 20
+                )
+                samples[name].append(time.perf_counter() - started)
+                revisions[name] = result.revision
+    finally:
+        for store in stores.values():
+            await store.close()
+    return samples
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def simultaneous_appends(nodes: int, rounds: int, etcd: EtcdServer, tmp: Path) -> dict[str, float]:
+def simultaneous_appends(
+    nodes: int, rounds: int, etcd: EtcdServer, tmp: Path, tls: EtcdTLS | None = None
+) -> dict[str, float]:
     """N nodes append their own entry at the same moment, `rounds` times: time until all landed, the
-    attempts taken, and how many cores all processes kept busy meanwhile (etcd, nodes, this client)."""
+    attempts taken, and how many cores all processes kept busy meanwhile (etcd, nodes, this client).
+    With `tls`, etcd serves TLS and the nodes present that client identity."""
     endpoint = etcd.endpoint
-    ca = init(tmp / f"extca{nodes}")
-    name = f"bench{nodes}"
-    with local_cluster(tmp / name, nodes=nodes, cluster_name=name, etcd_endpoints=[endpoint]) as cluster:
+    name = f"bench{nodes}{'tls' if tls else ''}"
+    ca = init(tmp / f"extca-{name}")
+    with local_cluster(
+        tmp / name, nodes=nodes, cluster_name=name, etcd_endpoints=[endpoint], etcd_tls=tls
+    ) as cluster:
         certs = cluster.override_certs(ca, "windows")
         clients = {n: cluster.client(n) for n in cluster.node_names}
         pids = [p for p in [etcd.pid, *(cluster.state.node(n).pid for n in cluster.node_names)] if p]

@@ -25,9 +25,13 @@ from rich.table import Table
 from authsim.cluster.api.local_cluster import local_cluster
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.launcher import UpOptions, down, up
+from authsim.cluster.mtls import ADMIN_CN, ensure_etcd_client_identity, ensure_etcd_member_identity
+from authsim.cluster.store import EtcdStore, EtcdTLS
+from authsim.cluster.store.keys import cluster_prefix
+from authsim.cluster.store.rbac import grant_cluster_access
 from bench.events import record_cost
 from bench.issuance import issuance_rate, propagation, raw_sign_rate
-from bench.override_appends import raw_cas_latency, simultaneous_appends
+from bench.override_appends import interleaved_cas_latency, raw_cas_latency, simultaneous_appends
 
 HERE = Path(__file__).parent
 BATCH = 32  # requests per SignBatch call
@@ -87,8 +91,54 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
     for row in appends:
         row["ratio_to_n_raw_txn"] = row["all_landed_ms_median"] / (row["nodes"] * raw_ms)
     result["etcd"] = {"raw_cas_ms_median": raw_ms, "raw_cas_per_s": 1000 / raw_ms, "appends": appends}
+    result["etcd_tls"] = tls_cost(tmp, 100 if quick else 300, rounds)
     result["up"] = [up_time(tmp, n) for n in ((3,) if quick else (3, 16))]
     return result
+
+
+def tls_cost(tmp: Path, count: int, rounds: int) -> dict[str, float]:
+    """What TLS to etcd costs, on three fresh etcds side by side: plain; TLS with client certificates
+    (as the embedded etcd serves); TLS with RBAC on, used by a node user. Raw CAS Txns go to the three
+    in turn (so a busy moment of the machine hits all alike), then one node appends on plain and TLS."""
+    pki = tmp / "etcd-pki"
+    member = ensure_etcd_member_identity(pki, "bench")
+    admin = ensure_etcd_client_identity(pki, "bench", pki / "admin", ADMIN_CN)
+    node = ensure_etcd_client_identity(pki, "bench", pki / "node1", "node1")
+    servers: list[EtcdServer] = []
+    try:
+        for name, tls in (("plain", None), ("tls", member), ("rbac", member)):
+            servers.append(EtcdServer.start(tmp / f"etcd-{name}" / "data", tls=tls))
+        plain, tls_etcd, rbac_etcd = servers
+        asyncio.run(_enable_rbac(rbac_etcd.endpoint, admin))
+        clients = {
+            "plain": (plain.endpoint, None, "/bench/raw"),
+            "tls": (tls_etcd.endpoint, admin, "/bench/raw"),
+            "tls_rbac": (rbac_etcd.endpoint, node, cluster_prefix("bench") + "raw"),
+        }
+        samples = asyncio.run(interleaved_cas_latency(clients, count))
+        raw = {name: statistics.median(times) * 1000 for name, times in samples.items()}
+        own = tmp / "tls-cost"  # cluster dirs apart from the other append rows
+        own.mkdir()
+        append_plain = simultaneous_appends(1, rounds, plain, own)["all_landed_ms_median"]
+        append_tls = simultaneous_appends(1, rounds, tls_etcd, own, admin)["all_landed_ms_median"]
+    finally:
+        for server in servers:
+            server.stop()
+    return {
+        "raw_cas_ms_plain": raw["plain"],
+        "raw_cas_ms_tls": raw["tls"],
+        "raw_cas_ms_tls_rbac": raw["tls_rbac"],
+        "append_1_node_ms_plain": append_plain,
+        "append_1_node_ms_tls": append_tls,
+        "raw_cas_tls_ratio": raw["tls"] / raw["plain"],
+        "raw_cas_tls_rbac_ratio": raw["tls_rbac"] / raw["plain"],
+        "append_tls_ratio": append_tls / append_plain,
+    }
+
+
+async def _enable_rbac(endpoint: str, admin: EtcdTLS) -> None:
+    async with EtcdStore([endpoint], tls=admin) as store:
+        await grant_cluster_access(store, "bench", ADMIN_CN, ["node1"])
 
 
 def report(result: dict[str, Any]) -> None:
@@ -126,6 +176,28 @@ def report(result: dict[str, Any]) -> None:
         f"{events['create_ms_median']:.2f} ms (bare create)",
         f"{events['record_ms_median'] / events['create_ms_median']:.1f}",
         "",
+    )
+    tls = result["etcd_tls"]
+    table.add_row(
+        "raw etcd CAS Txn over TLS (client cert)",
+        f"{tls['raw_cas_ms_tls']:.2f} ms",
+        f"{tls['raw_cas_ms_plain']:.2f} ms (plain)",
+        f"{tls['raw_cas_tls_ratio']:.2f}",
+        "TLS cost",
+    )
+    table.add_row(
+        "raw etcd CAS Txn over TLS + RBAC (node user)",
+        f"{tls['raw_cas_ms_tls_rbac']:.2f} ms",
+        f"{tls['raw_cas_ms_plain']:.2f} ms (plain)",
+        f"{tls['raw_cas_tls_rbac_ratio']:.2f}",
+        "TLS cost",
+    )
+    table.add_row(
+        "append by 1 node, etcd over TLS",
+        f"{tls['append_1_node_ms_tls']:.1f} ms",
+        f"{tls['append_1_node_ms_plain']:.1f} ms (plain etcd)",
+        f"{tls['append_tls_ratio']:.2f}",
+        "TLS cost",
     )
     for row in result["up"]:
         table.add_row(

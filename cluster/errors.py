@@ -111,5 +111,9 @@ class NodeUnavailableError(UnavailableError):
     """An Auth node cannot be reached or did not answer in time."""
 
 
+class StoreAccessError(AuthSimError):
+    """etcd refused this client identity the key it asked for (etcd RBAC: outside its role's prefixes)."""
+
+
 class ClusterError(AuthSimError):
     """The local cluster cannot be set up, started or stopped (missing binary, port, state dir)."""

@@ -27,6 +27,31 @@ class ServerTLSLayout:
 
 
 @dataclass(frozen=True)
+class EtcdClientLayout:
+    """An etcd client identity in a dir (a node's or the admin's): certificate, key, the etcd CA."""
+
+    directory: Path
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "etcd-client.pem"
+
+    @property
+    def key(self) -> Path:
+        """The client key (mode 0600)."""
+        return self.directory / "etcd-client.key"
+
+    @property
+    def etcd_ca(self) -> Path:
+        """The cluster's etcd CA certificate, to check the etcd members with."""
+        return self.directory / "etcd-ca.pem"
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.cert, self.key, self.etcd_ca)
+
+
+@dataclass(frozen=True)
 class NodeLayout(ServerTLSLayout):
     """A node's state dir: `nodes/<name>/` of a cluster dir, or a bare dir (`authsim provision node`)."""
 
@@ -66,6 +91,11 @@ class NodeLayout(ServerTLSLayout):
     def admin_ca(self) -> Path:
         """The admin CA certificate: the only CA the node accepts client certificates from."""
         return self.directory / "admin-ca.pem"
+
+    @property
+    def etcd_client(self) -> EtcdClientLayout:
+        """The node's own etcd client identity (CN = node name), for the embedded etcd."""
+        return EtcdClientLayout(self.directory)
 
     @property
     def ca_keys(self) -> Path:
@@ -121,13 +151,18 @@ class AdminLayout:
         return self.directory / "server-ca.pem"
 
     @property
+    def etcd_client(self) -> EtcdClientLayout:
+        """The admin's etcd client identity (CN = admin), for the embedded etcd."""
+        return EtcdClientLayout(self.directory)
+
+    @property
     def files(self) -> tuple[Path, ...]:
         return (self.cert, self.key, self.server_ca)
 
 
 @dataclass(frozen=True)
 class PkiLayout:
-    """`pki/` (mode 0700): the cluster's two TLS CAs, certificates and private keys."""
+    """`pki/` (mode 0700): the cluster's three TLS CAs (server, admin, etcd), certificates and keys."""
 
     directory: Path
 
@@ -147,12 +182,35 @@ class PkiLayout:
     def admin_ca_key(self) -> Path:
         return self.directory / "admin-ca.key"
 
+    @property
+    def etcd_ca_cert(self) -> Path:
+        """The CA of the embedded etcd's member and client certificates."""
+        return self.directory / "etcd-ca.pem"
+
+    @property
+    def etcd_ca_key(self) -> Path:
+        return self.directory / "etcd-ca.key"
+
 
 @dataclass(frozen=True)
 class EtcdLayout:
-    """An etcd member's dir (`etcd/` of a cluster dir): its data dir and its log."""
+    """An etcd member's dir (`etcd/` of a cluster dir): its data dir, its log and its TLS identity."""
 
     directory: Path
+
+    @property
+    def tls_cert(self) -> Path:
+        """The member certificate: serves clients and peers, is a client to the other members."""
+        return self.directory / "tls.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.directory / "tls.key"
+
+    @property
+    def etcd_ca(self) -> Path:
+        """The etcd CA: the only CA whose client (and peer) certificates the member accepts."""
+        return self.directory / "etcd-ca.pem"
 
     @property
     def data(self) -> Path:

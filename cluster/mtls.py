@@ -1,14 +1,17 @@
-"""The cluster-internal TLS identities: a server CA for node certificates, an admin CA for authctl.
+"""The cluster-internal TLS identities: a server CA for node certificates, an admin CA for authctl,
+an etcd CA for the embedded etcd's member and its clients (each node and the admin).
 
-These are software keys (grpcio needs PEM keys for TLS); CA keys in tokens never serve TLS. Two CAs
-keep the roles apart: a node accepts only client certificates from the admin CA, so a node's own
-server certificate can never act as an admin identity.
+These are software keys (grpcio needs PEM keys for TLS); CA keys in tokens never serve TLS. Separate
+CAs keep the roles apart: a node accepts only client certificates from the admin CA, so a node's own
+server certificate can never act as an admin identity, and the embedded etcd accepts only certificates
+from the etcd CA, whose client certificates name their holder in the CN (etcd's user name for RBAC).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from authsim.cluster.layout import ClusterLayout, NodeLayout, ServerTLSLayout
+from authsim.cluster.layout import ClusterLayout, EtcdClientLayout, EtcdLayout, NodeLayout, ServerTLSLayout
 from authsim.cluster.resources.x509 import ca_certificate_builder
 from authsim.cluster.secret_files import write_all
+from authsim.cluster.store import EtcdTLS
 
 NODE_TLS_NAME = "authsim-node"  # DNS SAN every node certificate carries; clients verify against it
 ADMIN_CN = "admin"
+ETCD_MEMBER_CN = "etcd-member"  # no etcd user has this name: the member certificate grants no KV access
 _VALIDITY = dt.timedelta(days=3650)
 
 
@@ -100,7 +105,7 @@ def _issue(
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     cn: str,
     cluster_name: str,
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
     sans: list[x509.GeneralName],
     cert_path: Path,
     key_path: Path,
@@ -115,7 +120,7 @@ def _issue(
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -178,3 +183,45 @@ def ensure_server_identity(
     )
     server.server_ca.write_bytes(server_ca[0].public_bytes(serialization.Encoding.PEM))
     return TLSIdentity(server.tls_cert, server.tls_key, server.server_ca)
+
+
+def _etcd_ca(cluster_dir: Path, cluster_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA of the embedded etcd's member and client certificates, made once."""
+    pki = ClusterLayout(cluster_dir).pki
+    pki.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return _ensure_ca(pki.etcd_ca_cert, pki.etcd_ca_key, "etcd-ca", cluster_name)
+
+
+def ensure_etcd_member_identity(
+    cluster_dir: Path, cluster_name: str, directory: Path | None = None, hosts: Sequence[str] = ()
+) -> EtcdTLS:
+    """An etcd member identity in `directory` (default the embedded etcd's `etcd/`), made once: a
+    certificate for `hosts` (names or IP addresses), localhost and 127.0.0.1 that serves clients and
+    peers and is a client to the other members (and to its health check), and the etcd CA as the only
+    CA it trusts. Members of one cluster share it, so it names every member's host."""
+    ca = _etcd_ca(cluster_dir, cluster_name)
+    etcd = EtcdLayout(directory) if directory else ClusterLayout(cluster_dir).etcd
+    etcd.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sans = [_san(host) for host in dict.fromkeys([*hosts, "localhost", "127.0.0.1"])]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    _issue(ca, ETCD_MEMBER_CN, cluster_name, usages, sans, etcd.tls_cert, etcd.tls_key)
+    etcd.etcd_ca.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    return EtcdTLS(etcd.etcd_ca, etcd.tls_cert, etcd.tls_key)
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def ensure_etcd_client_identity(cluster_dir: Path, cluster_name: str, directory: Path, cn: str) -> EtcdTLS:
+    """An etcd client identity in `directory` (a node's dir, `admin/`), made once: a client
+    certificate from the etcd CA with CN = `cn` (etcd's user name for it), and the etcd CA."""
+    ca = _etcd_ca(cluster_dir, cluster_name)
+    files = EtcdClientLayout(directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _issue(ca, cn, cluster_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], files.cert, files.key)
+    files.etcd_ca.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    return EtcdTLS(files.etcd_ca, files.cert, files.key)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real etcd on free loopback ports, an EtcdStore per test, async test functions."""
+"""Shared fixtures: a real etcd on free loopback ports (TLS only, client certificates required), an
+EtcdStore per test, async test functions."""
 
 from __future__ import annotations
 
@@ -10,13 +11,26 @@ from collections.abc import Iterator
 import pytest
 
 from authsim.cluster.local.etcd_server import EtcdServer
-from authsim.cluster.store import EtcdStore
+from authsim.cluster.store import EtcdStore, EtcdTLS
+from tests.etcd_pki import EtcdPKI, etcd_pki
 
 
 @pytest.fixture(scope="session")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    """One real etcd for the session; a missing binary fails the tests (ClusterError), never skips."""
-    server = EtcdServer.start(tmp_path_factory.mktemp("etcd") / "data")
+def session_etcd_pki(tmp_path_factory: pytest.TempPathFactory) -> EtcdPKI:
+    return etcd_pki(tmp_path_factory.mktemp("etcd-pki"))
+
+
+@pytest.fixture(scope="session")
+def etcd_tls(session_etcd_pki: EtcdPKI) -> EtcdTLS:
+    """A client identity the session etcd accepts (CN admin, from its etcd CA)."""
+    return session_etcd_pki.client
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory, session_etcd_pki: EtcdPKI) -> Iterator[EtcdServer]:
+    """One real etcd for the session, TLS only with client certificates (`etcd_tls`); a missing binary
+    fails the tests (ClusterError), never skips."""
+    server = EtcdServer.start(tmp_path_factory.mktemp("etcd") / "data", tls=session_etcd_pki.member)
     try:
         yield server
     finally:
@@ -39,10 +53,10 @@ def key_prefix() -> str:
 
 @pytest.fixture
 def store(
-    etcd_server: EtcdServer, key_prefix: str, event_loop: asyncio.AbstractEventLoop
+    etcd_server: EtcdServer, etcd_tls: EtcdTLS, key_prefix: str, event_loop: asyncio.AbstractEventLoop
 ) -> Iterator[EtcdStore]:
     """A connected EtcdStore on the session etcd; everything under `key_prefix` is deleted after."""
-    etcd_store = EtcdStore([etcd_server.endpoint])
+    etcd_store = EtcdStore([etcd_server.endpoint], tls=etcd_tls)
     event_loop.run_until_complete(etcd_store.connect())
     yield etcd_store
     event_loop.run_until_complete(etcd_store.delete_prefix(key_prefix))

@@ -26,7 +26,9 @@ from authsim.cluster.local.launcher import admin_identity
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import free_port
 from authsim.cluster.mtls import NODE_TLS_NAME, ensure_admin_identity
+from authsim.cluster.store import EtcdTLS
 from tests.certs import openssl_key_hash
+from tests.etcd_pki import etcd_pki
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -200,12 +202,18 @@ def test_down_and_up_keep_host_ids_keys_and_resources(tmp_path: Path) -> None:
     assert not directory.exists()
 
 
-def test_simultaneous_start_creates_each_ca_once(etcd_server: EtcdServer, tmp_path: Path) -> None:
+def test_simultaneous_start_creates_each_ca_once(
+    etcd_server: EtcdServer, etcd_tls: EtcdTLS, tmp_path: Path
+) -> None:
     """Three nodes racing on an empty etcd, ten times: one CA per type, exactly one key per node."""
     for round_no in range(10):
         name = f"race{round_no}"
         with local_cluster(
-            tmp_path / name, nodes=3, cluster_name=name, etcd_endpoints=[etcd_server.endpoint]
+            tmp_path / name,
+            nodes=3,
+            cluster_name=name,
+            etcd_endpoints=[etcd_server.endpoint],
+            etcd_tls=etcd_tls,
         ) as cluster:
             hosts = sorted(cluster.host_id(n) for n in cluster.node_names)
             for ca_type in ("windows", "db_client"):
@@ -218,16 +226,19 @@ def test_simultaneous_start_creates_each_ca_once(etcd_server: EtcdServer, tmp_pa
 
 
 def test_node_reports_not_serving_while_etcd_is_down(tmp_path: Path) -> None:
-    etcd = EtcdServer.start(tmp_path / "etcd" / "data")
+    pki = etcd_pki(tmp_path / "etcd-pki")
+    etcd = EtcdServer.start(tmp_path / "etcd" / "data", tls=pki.member)
     try:
         with (
-            local_cluster(tmp_path / "c", nodes=1, etcd_endpoints=[etcd.endpoint]) as cluster,
+            local_cluster(
+                tmp_path / "c", nodes=1, etcd_endpoints=[etcd.endpoint], etcd_tls=pki.client
+            ) as cluster,
             cluster.client("node1") as client,
         ):
             pid = cluster.state.node("node1").pid
             etcd.stop()
             assert _wait_for(lambda: client.health() == "NOT_SERVING", 15)
-            etcd = EtcdServer.start(etcd.data_dir, etcd.client_port, etcd.peer_port)
+            etcd = EtcdServer.start(etcd.data_dir, etcd.client_port, etcd.peer_port, tls=pki.member)
             assert _wait_for(lambda: client.health() == "SERVING", 20)
             assert cluster.state.node("node1").pid == pid
             assert client.node_status().node_name == "node1"
@@ -322,6 +333,7 @@ def test_console_scripts_run_as_installed(cluster: LocalCluster) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("SERVING") == 3
+    assert "(embedded, TLS, running)" in done.stdout
 
 
 def test_generated_grpc_code_is_fresh() -> None:

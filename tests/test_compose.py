@@ -32,7 +32,7 @@ from authsim.cluster.cli.provision import main as provision_main
 from authsim.cluster.cli.provision import provision
 from authsim.cluster.cli.targets_provision import main as targets_provision_main
 from authsim.cluster.cli.targets_provision import targets as targets_provision
-from authsim.cluster.layout import NodeLayout
+from authsim.cluster.layout import ClusterLayout, EtcdLayout, NodeLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.launcher import admin_identity
@@ -41,6 +41,7 @@ from authsim.cluster.local.ports import free_port
 from authsim.cluster.local.state import ClusterState
 from authsim.cluster.local.target_process import start_target, target_marker
 from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.store import EtcdTLS
 from authsim.cluster.targets._tls import KINDS
 from authsim.cluster.targets.trust import read_trust
 
@@ -183,18 +184,34 @@ def test_validator_rejects_a_broken_file(
 
 
 def test_three_etcd_members_with_one_initial_cluster(services: dict[str, Service]) -> None:
+    """TLS only for clients and peers, with the member identity init's `provision pki --etcd-ca` writes
+    to the pki volume (read-only here); each member starts once init is done."""
     members = _etcd_services(services)
     assert len(members) == 3
+    init_pki = _params(_init_lines(services)[0], ["authsim", "provision", "pki"])
+    assert init_pki["etcd_ca"] and init_pki["etcd"] == [f"{m}:{ETCD_CLIENT_PORT}" for m in members]
+    pki_volume, _ = _volume_at(services["init"], str(init_pki["directory"]))
+    etcd_dir = EtcdLayout(Path(str(init_pki["directory"])) / "etcd")
     data_volumes = set()
     for name, service in members.items():
         flags = _flags(service["command"])
         assert flags["name"] == name
         initial = dict(member.split("=", 1) for member in flags["initial-cluster"].split(","))
-        assert initial == {member: f"http://{member}:2380" for member in members}
+        assert initial == {member: f"https://{member}:2380" for member in members}
         assert flags["initial-cluster-state"] == "new"
-        assert flags["advertise-client-urls"] == f"http://{name}:{ETCD_CLIENT_PORT}"
+        assert flags["advertise-client-urls"] == f"https://{name}:{ETCD_CLIENT_PORT}"
+        assert flags["listen-client-urls"].startswith("https://")
+        assert flags["listen-peer-urls"].startswith("https://")
+        for side in ("", "peer-"):
+            assert flags[f"{side}cert-file"] == str(etcd_dir.tls_cert)
+            assert flags[f"{side}key-file"] == str(etcd_dir.tls_key)
+            assert flags[f"{side}trusted-ca-file"] == str(etcd_dir.etcd_ca)
+            assert f"--{side}client-cert-auth" in service["command"]
+        assert _volume_at(service, str(init_pki["directory"])) == (pki_volume, True)
+        assert service["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
         data_volumes.add(_volume_at(service, flags["data-dir"])[0])
-        assert "healthcheck" in service
+        check = service["healthcheck"]["test"]
+        assert f"--cert={etcd_dir.tls_cert}" in check and "--endpoints=https://127.0.0.1:2379" in check
     assert len(data_volumes) == 3
 
 
@@ -328,18 +345,35 @@ def test_compose_commands_serve_nodes_and_targets(
     services: dict[str, Service], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The compose commands outside Docker: init's two steps, `provision node` x2, two node processes,
-    targets-trust, desktop and db (with their healthcheck), then `authctl exercise` for each CA type."""
-    etcd = EtcdServer.start(tmp_path / "etcd" / "data")
+    targets-trust, desktop and db (with their healthcheck), then `authctl exercise` for each CA type.
+    etcd serves TLS only, with the member identity `provision pki --etcd-ca` made (as the compose etcd
+    members do); each node presents its own etcd client certificate, authctl's cluster.yaml the admin's."""
+    client_port = free_port()
+    etcd: EtcdServer | None = None
     started: list[tuple[subprocess.Popen[bytes], NodeConfig]] = []
     targets: list[tuple[subprocess.Popen[bytes], str]] = []
     try:
         pki_dir, ca_dir, admin_dir = tmp_path / "pki", tmp_path / "ca", tmp_path / "cluster"
         targets_dir = tmp_path / "targets"
         pki_args = [f"--dir={pki_dir}", f"--ca-dir={ca_dir}", f"--admin-dir={admin_dir}"]
-        common = ["--cluster-name=composetest", f"--etcd={etcd.endpoint}"]
-        assert provision_main(["pki", *pki_args, *common, "--nodes=node1,node2"]) == 0
-        assert sorted(p.name for p in pki_dir.rglob("*.key")) == ["tls.key", "tls.key"]  # no CA key
+        common = ["--cluster-name=composetest", f"--etcd=127.0.0.1:{client_port}"]
+        assert provision_main(["pki", *pki_args, *common, "--nodes=node1,node2", "--etcd-ca"]) == 0
+        keys = sorted(p.relative_to(pki_dir).as_posix() for p in pki_dir.rglob("*.key"))
+        assert keys == [  # no CA key
+            "etcd/tls.key",
+            "nodes/node1/etcd-client.key",
+            "nodes/node1/tls.key",
+            "nodes/node2/etcd-client.key",
+            "nodes/node2/tls.key",
+        ]
         assert [n.name for n in ClusterState.load(admin_dir).nodes] == ["node1", "node2"]
+        admin_etcd = ClusterLayout(admin_dir).admin.etcd_client
+        assert ClusterState.load(admin_dir).etcd.tls == EtcdTLS(
+            admin_etcd.etcd_ca, admin_etcd.cert, admin_etcd.key
+        )
+        member = EtcdLayout(pki_dir / "etcd")
+        member_tls = EtcdTLS(member.etcd_ca, member.tls_cert, member.tls_key)
+        etcd = EtcdServer.start(tmp_path / "etcd" / "data", client_port=client_port, tls=member_tls)
         # Container paths and service addresses become this machine's: the targets listen on loopback.
         ports = {name: free_port() for name in _target_services(services)}
         local = {"/ca": str(ca_dir), "/cluster": str(admin_dir), "/targets": str(targets_dir)}
@@ -370,6 +404,8 @@ def test_compose_commands_serve_nodes_and_targets(
             config = NodeConfig.load(state.config)
             assert _mode(state.tokens) == 0o700
             assert _mode(state.pin) == 0o600 and _mode(state.tls_key) == 0o600
+            own = state.etcd_client  # its own etcd identity, copied from the pki volume
+            assert config.etcd_tls == EtcdTLS(own.etcd_ca, own.cert, own.key) and _mode(own.key) == 0o600
             configs.append(config)
         for config in configs:
             argv = [sys.executable, "-m", "authsim.auth_node", "--config", str(config.layout.config)]
@@ -435,4 +471,17 @@ def test_compose_commands_serve_nodes_and_targets(
             processes.stop(process.pid, marker)
         for process, config in started:
             processes.stop(process.pid, str(config.layout.config))
-        etcd.stop()
+        if etcd is not None:
+            etcd.stop()
+
+
+def test_provision_pki_etcd_ca_needs_etcd_and_excludes_given_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["pki", f"--dir={tmp_path / 'pki'}", "--nodes=node1", "--etcd-ca"]
+    assert provision_main(args) == 2
+    assert "--etcd-ca makes certificates for --etcd: give --etcd too" in capsys.readouterr().err
+    given = [f"--etcd-{flag}={tmp_path / flag}" for flag in ("cacert", "cert", "key")]
+    assert provision_main([*args, "--etcd=127.0.0.1:2379", *given]) == 2
+    assert "leave out --etcd-cacert/--etcd-cert/--etcd-key" in capsys.readouterr().err
+    assert not (tmp_path / "pki").exists()  # refused before anything was written

@@ -24,12 +24,15 @@ from authsim.cluster.local.external_ca import init
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride
 from authsim.cluster.resources.validation import OverrideContext, validate_override
+from tests.etcd_pki import etcd_pki
 
 
 def leader(servers: list[EtcdServer]) -> EtcdServer:
+    """The member that leads, asked over https with the member certificate (the members serve TLS only)."""
     for server in servers:
-        request = urllib.request.Request(f"http://{server.endpoint}/v3/maintenance/status", data=b"{}")
-        with urllib.request.urlopen(request, timeout=2) as reply:
+        assert server.tls is not None
+        request = urllib.request.Request(f"https://{server.endpoint}/v3/maintenance/status", data=b"{}")
+        with urllib.request.urlopen(request, timeout=2, context=server.tls.ssl_context()) as reply:
             status = json.load(reply)
         if status["header"]["member_id"] == status["leader"]:
             return server
@@ -106,7 +109,8 @@ def prepared(cluster: LocalCluster, tmp: Path) -> Appenders:
 
 @pytest.fixture
 def etcd_members(tmp_path: Path) -> Iterator[list[EtcdServer]]:
-    servers = EtcdServer.start_cluster(tmp_path / "etcd", 3)
+    """Three members, TLS only for clients and peers (certificates from `etcd_pki`'s etcd CA)."""
+    servers = EtcdServer.start_cluster(tmp_path / "etcd", 3, tls=etcd_pki(tmp_path / "etcd-pki").member)
     try:
         yield servers
     finally:
@@ -116,7 +120,8 @@ def etcd_members(tmp_path: Path) -> Iterator[list[EtcdServer]]:
 
 def test_etcd_leader_killed_during_eight_appends(etcd_members: list[EtcdServer], tmp_path: Path) -> None:
     endpoints = [s.endpoint for s in etcd_members]
-    with local_cluster(tmp_path / "c", nodes=8, etcd_endpoints=endpoints) as cluster:
+    client = etcd_pki(tmp_path / "etcd-pki").client
+    with local_cluster(tmp_path / "c", nodes=8, etcd_endpoints=endpoints, etcd_tls=client) as cluster:
         appenders = prepared(cluster, tmp_path)
         for round_no in range(3):
             cluster.authctl("rm", "ca_overrides/windows", "--force")

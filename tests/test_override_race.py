@@ -15,7 +15,7 @@ from authsim.cluster.errors import ValidationError
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
-from authsim.cluster.store import EtcdStore, Versioned
+from authsim.cluster.store import EtcdStore, EtcdTLS, Versioned
 from authsim.cluster.store.keys import cert_authority_key, cluster_prefix, override_key
 from tests.certs import ca_key_pair, cluster_ca, external_ca, override_cert, rsa_key
 
@@ -41,7 +41,7 @@ class RotatingStore(EtcdStore):
 
 
 async def test_disable_checked_against_a_ca_rotated_meanwhile_is_refused(
-    etcd_server: EtcdServer, key_prefix: str, tmp_path: Path
+    etcd_server: EtcdServer, etcd_tls: EtcdTLS, key_prefix: str, tmp_path: Path
 ) -> None:
     """Host B's key is additional, so staging a disable of its enabled override is allowed; a rotation
     lands between the read of the CA and the write and makes that key active: the write must not land
@@ -59,7 +59,7 @@ async def test_disable_checked_against_a_ca_rotated_meanwhile_is_refused(
     entry = replace(entry, public_key=entry.key_hash)
     resource = CertAuthorityOverride(cluster, "windows", certificate_overrides=(entry,))
     node = NodeConfig("node1", cluster, HOST_A, "127.0.0.1:1", (etcd_server.endpoint,), tmp_path, "", "")
-    store = RotatingStore([etcd_server.endpoint])
+    store = RotatingStore([etcd_server.endpoint], tls=etcd_tls)
     await store.connect()
     try:
         await store.create(cert_authority_key(cluster, "windows"), ca.to_json())

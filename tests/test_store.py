@@ -24,7 +24,8 @@ from authsim.cluster.errors import (
     ValidationError,
 )
 from authsim.cluster.local.etcd_server import EtcdServer, find_etcd_binary
-from authsim.cluster.store import DELETE, EtcdStore, UpdateResult, Versioned
+from authsim.cluster.store import DELETE, EtcdStore, EtcdTLS, UpdateResult, Versioned
+from tests.etcd_pki import EtcdPKI, etcd_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,13 +132,13 @@ async def test_update_where_fn_raises_writes_nothing(store: EtcdStore, key_prefi
 
 
 async def test_update_gives_up_when_every_attempt_conflicts(
-    store: EtcdStore, key_prefix: str, etcd_server: EtcdServer
+    store: EtcdStore, key_prefix: str, etcd_server: EtcdServer, etcd_tls: EtcdTLS
 ) -> None:
     key = key_prefix + "busy"
     await store.create(key, b"0")
 
     async def other_writer_put() -> None:
-        async with EtcdStore([etcd_server.endpoint]) as other:
+        async with EtcdStore([etcd_server.endpoint], tls=etcd_tls) as other:
             await other.update(key, lambda current: str(int(current.value) + 1).encode() if current else b"1")
 
     def change_behind_our_back(current: Versioned | None) -> bytes:
@@ -169,11 +170,13 @@ async def test_watch_prefix_yields_puts_and_deletes(store: EtcdStore, key_prefix
     ]
 
 
-def test_update_from_separate_processes_loses_nothing(etcd_server: EtcdServer, key_prefix: str) -> None:
+def test_update_from_separate_processes_loses_nothing(
+    etcd_server: EtcdServer, etcd_tls: EtcdTLS, key_prefix: str
+) -> None:
     key, writers, count = key_prefix + "list", 4, 50
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.test_store", etcd_server.endpoint, key, f"p{n}", str(count)],
+            [*WORKER, etcd_server.endpoint, *_tls_args(etcd_tls), key, f"p{n}", str(count)],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -195,14 +198,21 @@ def test_update_from_separate_processes_loses_nothing(etcd_server: EtcdServer, k
     assert all(proc.returncode == 0 for proc in procs)
 
     acked = [item for report in reports for item in report["acked"]]
-    final = asyncio.run(_read_list(etcd_server.endpoint, key))
+    final = asyncio.run(_read_list(etcd_server.endpoint, etcd_tls, key))
     assert sorted(final) == sorted(acked)
     assert len(acked) == writers * count
     assert max(attempts for report in reports for attempts in report["attempts"]) > 1
 
 
-async def _read_list(endpoint: str, key: str) -> list[str]:
-    async with EtcdStore([endpoint]) as store:
+WORKER = [sys.executable, "-m", "tests.test_store"]
+
+
+def _tls_args(tls: EtcdTLS) -> list[str]:
+    return [str(tls.cacert), str(tls.cert), str(tls.key)]
+
+
+async def _read_list(endpoint: str, tls: EtcdTLS, key: str) -> list[str]:
+    async with EtcdStore([endpoint], tls=tls) as store:
         current = await store.get(key)
         await store.delete_prefix(key)
     assert current is not None
@@ -210,10 +220,10 @@ async def _read_list(endpoint: str, key: str) -> list[str]:
     return items
 
 
-async def _append_worker(endpoint: str, key: str, writer: str, count: int) -> None:
+async def _append_worker(endpoint: str, tls: EtcdTLS, key: str, writer: str, count: int) -> None:
     """One writer process: connect, say ready, wait for go, append `count` items, report as JSON."""
     acked, attempts = [], []
-    async with EtcdStore([endpoint]) as store:
+    async with EtcdStore([endpoint], tls=tls) as store:
         await store.ping()
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
@@ -228,16 +238,17 @@ async def _append_worker(endpoint: str, key: str, writer: str, count: int) -> No
 
 
 def test_store_unavailable_while_etcd_down_then_recovers(tmp_path: Path) -> None:
-    server = EtcdServer.start(tmp_path / "etcd" / "data")
+    pki = etcd_pki(tmp_path / "etcd-pki")
+    server = EtcdServer.start(tmp_path / "etcd" / "data", tls=pki.member)
     try:
-        asyncio.run(_down_and_up(server))
+        asyncio.run(_down_and_up(server, pki))
     finally:
         server.stop()
 
 
-async def _down_and_up(server: EtcdServer) -> None:
+async def _down_and_up(server: EtcdServer, pki: EtcdPKI) -> None:
     timeout = 2.0
-    async with EtcdStore([server.endpoint], timeout=timeout) as store:
+    async with EtcdStore([server.endpoint], timeout=timeout, tls=pki.client) as store:
         revision = await store.create("/kept", b"survives a restart")
         server.stop()
         # The health probe fails at once; reads and writes wait for etcd, at most the timeout.
@@ -249,13 +260,14 @@ async def _down_and_up(server: EtcdServer) -> None:
         for call, limit in calls:
             started = time.monotonic()
             with pytest.raises(
-                StoreUnavailableError, match=f"etcd at {server.endpoint} (unreachable|did not answer in time)"
+                StoreUnavailableError,
+                match=rf"etcd at {server.endpoint} \(TLS\) (unreachable|did not answer in time)",
             ) as raised:
                 await call
             assert time.monotonic() - started < limit
             assert "\n" not in str(raised.value)
 
-        restarted = EtcdServer.start(server.data_dir, server.client_port, server.peer_port)
+        restarted = EtcdServer.start(server.data_dir, server.client_port, server.peer_port, tls=pki.member)
         try:
             assert await store.get("/kept") == Versioned(b"survives a restart", revision, revision)
             assert (await store.compare_and_swap("/kept", revision, b"after")).succeeded
@@ -283,8 +295,9 @@ def test_start_on_a_busy_port_fails_clearly(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    endpoint, key, writer, count = sys.argv[1:]
-    asyncio.run(_append_worker(endpoint, key, writer, int(count)))
+    endpoint, cacert, cert, key_file, key, writer, count = sys.argv[1:]
+    tls = EtcdTLS(Path(cacert), Path(cert), Path(key_file))
+    asyncio.run(_append_worker(endpoint, tls, key, writer, int(count)))
 
 
 async def test_update_can_delete_with_the_same_conflict_handling(store: EtcdStore, key_prefix: str) -> None:

@@ -109,7 +109,7 @@ def print_status(report: ClusterStatus) -> None:
     if report.etcd_running is None:
         where = f"(external{', TLS' if state.etcd.tls else ''})"
     else:
-        where = f"(embedded, {'running' if report.etcd_running else 'stopped'})"
+        where = f"(embedded, TLS, {'running' if report.etcd_running else 'stopped'})"
     console.print(
         Text.assemble("cluster ", (escaped(state.cluster_name), "bold"), f"  etcd {escaped(etcd)} {where}")
     )

@@ -20,8 +20,15 @@ from authsim.cluster.cli.common import etcd_tls_from_options, etcd_tls_options, 
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry
-from authsim.cluster.mtls import ensure_admin_identity, ensure_node_identity
+from authsim.cluster.mtls import (
+    ADMIN_CN,
+    ensure_admin_identity,
+    ensure_etcd_client_identity,
+    ensure_etcd_member_identity,
+    ensure_node_identity,
+)
 from authsim.cluster.secret_files import write_private
+from authsim.cluster.store import EtcdTLS
 from authsim.hsm import provision_token
 
 NODE_PORT = 3025
@@ -92,6 +99,13 @@ def provision() -> None:
     "--etcd", callback=_endpoints, default="", help="etcd endpoints host:port,..., recorded in cluster.yaml"
 )
 @etcd_tls_options
+@click.option(
+    "--etcd-ca",
+    is_flag=True,
+    help="make an etcd CA (kept in CA_DIR): a member certificate for the --etcd hosts in DIR/etcd/, "
+    "each node's etcd client certificate (CN = its name) in DIR/nodes/NAME/, the admin's in "
+    "ADMIN_DIR/admin/; the etcd members serve TLS with them (docker-compose)",
+)
 def pki(
     directory: Path,
     ca_dir: Path | None,
@@ -103,13 +117,21 @@ def pki(
     etcd_cacert: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    etcd_ca: bool,
 ) -> None:
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
+    if (tls is not None or etcd_ca) and not etcd:
+        what = (
+            "--etcd-ca makes certificates for"
+            if etcd_ca
+            else "--etcd-cacert, --etcd-cert and --etcd-key are TLS to"
+        )
+        raise click.UsageError(f"{what} --etcd: give --etcd too")
+    if tls is not None and etcd_ca:
+        raise click.UsageError(
+            "--etcd-ca makes the etcd client certificates: leave out --etcd-cacert/--etcd-cert/--etcd-key"
+        )
     if tls is not None:
-        if not etcd:
-            raise click.UsageError(
-                "--etcd-cacert, --etcd-cert and --etcd-key are TLS to --etcd: give --etcd too"
-            )
         tls = tls.checked()
     ca_dir, admin_dir = (ca_dir or directory).absolute(), (admin_dir or directory).absolute()
     state_path = ClusterState.path(admin_dir)
@@ -121,15 +143,32 @@ def pki(
     for name in nodes:
         node_dir = ClusterLayout(directory.absolute()).node(name).directory
         ensure_node_identity(ca_dir, cluster_name, node_dir, name)
+    if etcd_ca:
+        tls = _etcd_pki(directory.absolute(), ca_dir, admin_dir, cluster_name, nodes, etcd)
     entries = [NodeEntry(name, f"{name}:{port}") for name in nodes]
     ClusterState(cluster_name, EtcdEntry(etcd, embedded=False, tls=tls), entries).save(admin_dir)
     click.echo(f"PKI of cluster {cluster_name} for {', '.join(nodes)} in {directory}")
 
 
+def _etcd_pki(
+    directory: Path, ca_dir: Path, admin_dir: Path, cluster_name: str, nodes: list[str], etcd: list[str]
+) -> EtcdTLS:
+    """The etcd member identity (naming every endpoint's host), each node's etcd client identity and
+    the admin's; returns the admin's."""
+    hosts = [endpoint.rpartition(":")[0] for endpoint in etcd]
+    ensure_etcd_member_identity(ca_dir, cluster_name, ClusterLayout(directory).etcd.directory, hosts)
+    for name in nodes:
+        ensure_etcd_client_identity(ca_dir, cluster_name, ClusterLayout(directory).node(name).directory, name)
+    return ensure_etcd_client_identity(
+        ca_dir, cluster_name, ClusterLayout(admin_dir).admin.directory, ADMIN_CN
+    )
+
+
 @provision.command(
     "node",
     help="Provision a node's state dir: its SoftHSM2 token (tokens/ 0700, PIN 0600), host id, "
-    "TLS files copied from PKI/nodes/NAME/, and node.yaml for `python -m authsim.auth_node --config`.",
+    "TLS files copied from PKI/nodes/NAME/ (with its etcd client identity when `provision pki "
+    "--etcd-ca` made one), and node.yaml for `python -m authsim.auth_node --config`.",
 )
 @click.option(
     "--dir", "directory", type=dir_type, required=True, help="the node's own state dir (its volume)"
@@ -176,6 +215,10 @@ def node(
     directory.mkdir(parents=True, exist_ok=True)
     token = provision_token(directory, f"authsim-{name}", pkcs11_module)
     _copy(issued.tls_files, NodeLayout(directory).tls_files)
+    if tls is None and issued.etcd_client.cert.exists():  # made by `provision pki --etcd-ca`
+        own = NodeLayout(directory).etcd_client
+        _copy(issued.etcd_client.files, own.files)
+        tls = EtcdTLS(own.etcd_ca, own.cert, own.key)
     config = NodeConfig(
         name=name,
         cluster_name=cluster_name,

@@ -20,10 +20,18 @@ from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import free_port, port_is_free
 from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry, TargetEntry
 from authsim.cluster.local.target_process import start_target, target_marker, wait_listening
-from authsim.cluster.mtls import TLSIdentity, ensure_admin_identity, ensure_node_identity
+from authsim.cluster.mtls import (
+    ADMIN_CN,
+    TLSIdentity,
+    ensure_admin_identity,
+    ensure_etcd_client_identity,
+    ensure_etcd_member_identity,
+    ensure_node_identity,
+)
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.store import EtcdStore, EtcdTLS
 from authsim.cluster.store.addresses import register_targets
+from authsim.cluster.store.rbac import grant_cluster_access
 from authsim.cluster.targets.trust import set_default_trust
 from authsim.hsm import provision_token
 
@@ -45,7 +53,7 @@ class UpOptions:
     cluster_name: str | None = None
     etcd_endpoints: list[str] | None = None
     base_port: int | None = None
-    etcd_tls: EtcdTLS | None = None  # client TLS to the `etcd_endpoints`; the embedded etcd has none
+    etcd_tls: EtcdTLS | None = None  # client TLS to the `etcd_endpoints` (the embedded etcd has its own)
     event_retention: int | None = None  # events the cluster keeps (default: as before, else 10,000)
 
 
@@ -56,7 +64,7 @@ def _checked(options: UpOptions) -> UpOptions:
     if not options.etcd_endpoints:
         raise ClusterError(
             "etcd TLS (--etcd-cacert/--etcd-cert/--etcd-key) needs the endpoints of an existing etcd "
-            "(--etcd host:port,...): the embedded etcd serves plain http on loopback"
+            "(--etcd host:port,...): the embedded etcd uses certificates from the cluster's own etcd CA"
         )
     return replace(options, etcd_tls=options.etcd_tls.checked())
 
@@ -80,12 +88,17 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
         )
     _make_cluster_dir(directory)
     state = _plan(directory, existing, options, running)
+    if state.etcd.embedded:
+        admin_dir = ClusterLayout(directory).admin.directory
+        state.etcd.tls = ensure_etcd_client_identity(directory, state.cluster_name, admin_dir, ADMIN_CN)
     state.save(directory)
     try:
-        if state.etcd.embedded and "etcd" not in running:
-            progress("starting etcd", 0, len(state.nodes))
-            _start_etcd(directory, state)
-            state.save(directory)
+        if state.etcd.embedded:
+            if "etcd" not in running:
+                progress("starting etcd", 0, len(state.nodes))
+                _start_etcd(directory, state)
+                state.save(directory)
+            _grant_etcd_access(state)
         ensure_admin_identity(directory, state.cluster_name)
         started: dict[str, subprocess.Popen[bytes]] = {}
         for entry in state.nodes:
@@ -232,15 +245,27 @@ def _plan(
 
 
 def _start_etcd(directory: Path, state: ClusterState) -> None:
+    """The embedded etcd: TLS only, clients and peers need a certificate from the cluster's etcd CA."""
     etcd = EtcdServer.start(
         ClusterLayout(directory).etcd.data,
         client_port=_pick_port(state.etcd.client_port),
         peer_port=_pick_port(state.etcd.peer_port),
         detach=True,
+        tls=ensure_etcd_member_identity(directory, state.cluster_name),
     )
     state.etcd.client_port, state.etcd.peer_port = etcd.client_port, etcd.peer_port
     state.etcd.endpoints = [etcd.endpoint]
     state.etcd.pid = etcd.process.pid if etcd.process else None
+
+
+def _grant_etcd_access(state: ClusterState) -> None:
+    """etcd RBAC on the embedded etcd: the admin is root, each node may use only this cluster's keys."""
+
+    async def grant() -> None:
+        async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
+            await grant_cluster_access(store, state.cluster_name, ADMIN_CN, [n.name for n in state.nodes])
+
+    asyncio.run(grant())
 
 
 def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> NodeConfig:
@@ -248,6 +273,9 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
     node_dir.mkdir(parents=True, exist_ok=True)
     token = provision_token(node_dir, f"authsim-{entry.name}")
     ensure_node_identity(directory, state.cluster_name, node_dir, entry.name)
+    etcd_tls = state.etcd.tls  # an external etcd: the client identity given to `up`
+    if state.etcd.embedded:  # the node's own identity, its CN the node's etcd user
+        etcd_tls = ensure_etcd_client_identity(directory, state.cluster_name, node_dir, entry.name)
     config = NodeConfig(
         name=entry.name,
         cluster_name=state.cluster_name,
@@ -257,7 +285,7 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
         node_dir=node_dir,
         pkcs11_module=token.module_path,
         token_label=token.label,
-        etcd_tls=state.etcd.tls,
+        etcd_tls=etcd_tls,
         event_retention=state.event_retention,
     )
     config.save()

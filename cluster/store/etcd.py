@@ -17,8 +17,16 @@ import aetcd.exceptions
 import aetcd.watcher
 import grpc
 from aetcd import rpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
-from authsim.cluster.errors import AlreadyExistsError, ClusterError, ConflictError, StoreUnavailableError
+from authsim.cluster.errors import (
+    AlreadyExistsError,
+    ClusterError,
+    ConflictError,
+    StoreAccessError,
+    StoreUnavailableError,
+)
 
 # gRPC status codes that mean "etcd cannot serve us now", with the words the one-line error uses.
 _UNAVAILABLE: dict[grpc.StatusCode, str] = {
@@ -26,6 +34,8 @@ _UNAVAILABLE: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer in time",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "refused the request",
 }
+# gRPC status codes with which etcd's RBAC refuses a client identity (its certificate's CN).
+_REFUSED = (grpc.StatusCode.PERMISSION_DENIED,)
 # aetcd errors raised without a gRPC cause, by the status code they stand for.
 _AETCD_CODES: dict[type[Exception], grpc.StatusCode] = {
     aetcd.exceptions.ConnectionFailedError: grpc.StatusCode.UNAVAILABLE,
@@ -428,10 +438,21 @@ class EtcdStore:
             finally:
                 await watch.cancel()
 
-    async def ping(self) -> int:
-        """One linearizable read (needs a leader and quorum); returns the store revision."""
-        response = await self._call("Range", rpc.RangeRequest(key=b"\0", count_only=True), wait=False)
+    async def ping(self, key: str = "\0") -> int:
+        """One linearizable read (needs a leader and quorum); returns the store revision.
+
+        It counts `key`: under etcd RBAC, pass a key this client may read (e.g. its cluster prefix).
+        """
+        response = await self._call("Range", rpc.RangeRequest(key=key.encode(), count_only=True), wait=False)
         return int(response.header.revision)
+
+    async def auth(self, method: str, request: Any) -> Any:
+        """One call of etcd's Auth service (`UserAdd`, `RoleGrantPermission`, `AuthEnable`, ...),
+        within the timeout, errors mapped; for `cluster.store.rbac`."""
+        client = self._connected()
+        stub = rpc.AuthStub(client.channel)
+        with self._map_errors():
+            return await getattr(stub, method)(request, timeout=self.timeout, metadata=client.metadata)
 
     async def _guarded(
         self, key: str, expected_revision: int, op: Any, guard: Guard | None = None
@@ -518,14 +539,29 @@ class EtcdStore:
             yield
         except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, TimeoutError, OSError) as exc:
             status = _status(exc)
-            if status is None or status[0] not in _UNAVAILABLE:
+            if status is None or (status[0] not in _UNAVAILABLE and status[0] not in _REFUSED):
                 raise
             code, details = status
             where, details = ",".join(self.endpoints), " ".join(details.split())
             where += " (TLS)" if self.tls else ""
+            if code in _REFUSED:
+                raise StoreAccessError(
+                    f"etcd at {where} refused this client ({self._identity()}): {details}"
+                ) from exc
             raise StoreUnavailableError(
                 f"etcd at {where} {_UNAVAILABLE[code]} (timeout {self.timeout:g}s): {details}"
             ) from exc
+
+    def _identity(self) -> str:
+        """The client certificate's CN (etcd's user name for it), for error messages."""
+        if self.tls is None:
+            return "no client certificate"
+        try:
+            cert = x509.load_pem_x509_certificate(self.tls.cert.read_bytes())
+            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        except (OSError, ValueError):
+            return f"certificate {self.tls.cert}"
+        return f"user {names[0].value!s}" if names else f"certificate {self.tls.cert}"
 
 
 class _TLSClient(aetcd.Client):  # type: ignore[misc]
