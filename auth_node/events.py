@@ -108,7 +108,7 @@ async def list_events(
     else:
         start = f"{prefix}{query.since_ns:020d}" if query.since_ns else ""
         if query.last:
-            revision = revision or await store.ping()
+            revision = revision or await store.ping(prefix)
             newest = await store.last_keys(prefix, query.last, start, revision)
             if len(newest) == query.last:
                 start = newest[-1]

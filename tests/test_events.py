@@ -47,7 +47,7 @@ from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.state import ClusterState, EtcdEntry
 from authsim.cluster.local.status import ClusterStatus, HeldKeyRow, NodeRow
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
-from authsim.cluster.store import EtcdStore
+from authsim.cluster.store import EtcdStore, EtcdTLS
 from authsim.cluster.store.keys import events_prefix
 
 RETENTION = 4  # the test cluster keeps this many events
@@ -103,12 +103,12 @@ async def all_pages(store: EtcdStore, cluster: str, query: EventQuery, page_even
 
 
 async def test_concurrent_recorders_leave_exactly_the_newest_retention(
-    etcd_server: EtcdServer, key_prefix: str, store: EtcdStore
+    etcd_server: EtcdServer, etcd_tls: EtcdTLS, key_prefix: str, store: EtcdStore
 ) -> None:
     """Four clients (as four nodes) record 120 events at once with retention 7: exactly 7 remain,
     the 7 newest keys; the trims that overlapped deleted nothing newer."""
     cluster = key_prefix.strip("/").replace("/", "-")
-    recorders = [EtcdStore([etcd_server.endpoint]) for _ in range(4)]
+    recorders = [EtcdStore([etcd_server.endpoint], tls=etcd_tls) for _ in range(4)]
     for recorder in recorders:
         await recorder.connect()
     try:
@@ -333,6 +333,7 @@ def test_a_history_past_4_mib_is_listed_in_pages_newest_last(
     assert users == [f"user{i:05d}" for i in range(12_000)]
 
     newest = cluster.authctl("get", "events", "--format", "json", "--limit", "3", node="node2")
+    assert newest.exit_code == 0, newest.stderr
     assert [e["user"] for e in json.loads(newest.stdout)] == ["user11997", "user11998", "user11999"]
 
     since = dt.datetime.fromtimestamp((base + 11_990 * 10**6) / 1e9, dt.timezone.utc).isoformat()
