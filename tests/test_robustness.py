@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -125,3 +126,58 @@ def test_a_partial_down_keeps_the_pid_of_the_etcd_it_did_not_stop(tmp_path: Path
         assert etcd_pid is not None and processes.is_running(etcd_pid, etcd_marker(directory))
         assert "etcd" in cluster.stop(purge=True)  # stopped by the PID kept, then deleted
     assert not directory.exists() and not processes.is_running(etcd_pid, etcd_marker(directory))
+
+
+def _processes_of(directory: Path) -> list[int]:
+    """PIDs whose command line names `directory` (etcd, nodes and targets all do)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if str(directory) in cmdline and state != "Z" and "authsim up" not in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+def test_up_interrupted_at_any_moment_leaves_nothing_running_and_up_works_again(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    state_file = ClusterLayout(directory).state_file
+
+    def saved() -> int:
+        return state_file.stat().st_mtime_ns if state_file.exists() else 0
+
+    interrupted = 0
+    for delay in (0.0, 0.4, 1.0, 2.0, 3.0):
+        before = saved()
+        up = subprocess.Popen(
+            [BIN / "authsim", "up", "--dir", str(directory), "--nodes", "2", "--detach"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while saved() == before and up.poll() is None:  # `up` is past its imports: it saved its plan
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(delay)
+            up.send_signal(signal.SIGINT)
+            _, err = up.communicate(timeout=60)
+        finally:
+            up.kill()
+            up.wait()
+        assert "Traceback" not in err, err
+        if up.returncode == 0:  # finished before the signal: a cluster that is up, stopped here
+            down(directory)
+        else:
+            assert (up.returncode, err.splitlines()[-1:]) == (130, ["aborted"])
+            interrupted += 1
+        assert _processes_of(directory) == [], f"interrupted after {delay}s, left running: {err}"
+    assert interrupted >= 3
+    with local_cluster(directory, nodes=2) as cluster:  # and up works again, on the same dir
+        assert cluster.exercise("db_client", "alice")["success"]
+    assert _processes_of(directory) == []

@@ -133,7 +133,11 @@ class EtcdServer:
     def restart(self) -> None:
         """Start this member's process (again, after stop or a kill) on the same ports and data."""
         self._spawn()
-        self._wait_healthy(READY_TIMEOUT)
+        try:
+            self._wait_healthy(READY_TIMEOUT)
+        except BaseException:  # not healthy in time, or interrupted: leave no process behind
+            self.stop()
+            raise
 
     def _spawn(self) -> None:
         binary = find_etcd_binary()

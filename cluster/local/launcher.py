@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -110,9 +113,24 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
         progress("starting the downstream targets", len(state.nodes), len(state.nodes))
         _start_targets(directory, state, running)
     except BaseException:
-        down(directory, only=_parts(state) - running)
+        with _no_interrupt():  # a second Ctrl-C must not cut the clean-up short
+            state.save(directory)  # every PID this `up` holds in memory, so `down` finds them all
+            down(directory, only=_parts(state) - running)
         raise
     return state
+
+
+@contextlib.contextmanager
+def _no_interrupt() -> Iterator[None]:
+    """Ignore SIGINT for the block (main thread only; elsewhere Python delivers no signals anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> list[str]:
