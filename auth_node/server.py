@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from authsim.auth_node.ca_keys import ensure_ca_keys
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.listeners import local_socket, raise_fd_limit, server_options
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.auth_node.service import AuthService
 from authsim.cluster.errors import AuthSimError, StoreUnavailableError
@@ -41,9 +43,10 @@ def create_server(
     keystore: KeyStore,
     view: ClusterView,
     health_servicer: health.aio.HealthServicer,
-) -> tuple[grpc.aio.Server, int]:
-    """A gRPC server for `node` that accepts only clients with a certificate from the admin CA."""
-    server = grpc.aio.server()
+) -> tuple[grpc.aio.Server, int, Path | None]:
+    """A gRPC server for `node` that accepts only clients with a certificate from the admin CA, on its
+    TCP address and on its local socket (when the path fits); returns the server, its port, the socket."""
+    server = grpc.aio.server(options=server_options(raise_fd_limit()))
     authsim_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(node, store, keystore, view), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -52,7 +55,10 @@ def create_server(
         [(key, cert)], root_certificates=admin_ca, require_client_auth=True
     )
     port = server.add_secure_port(node.listen, credentials)
-    return server, port
+    socket = local_socket(node.layout)
+    if socket is not None:
+        server.add_secure_port(f"unix:{socket}", credentials)
+    return server, port, socket
 
 
 async def _set_health(health_servicer: health.aio.HealthServicer, status: int) -> None:
@@ -95,9 +101,9 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
     await _set_health(health_servicer, NOT_SERVING)
     async with EtcdStore(list(node.etcd_endpoints), tls=node.etcd_tls) as store:
         view = ClusterView(store, node.cluster_name)
-        server, port = create_server(node, store, keystore, view, health_servicer)
+        server, port, socket = create_server(node, store, keystore, view, health_servicer)
         await server.start()
-        log.info("node %s (host %s) listening on port %d", node.name, node.host_id, port)
+        log.info("node %s (host %s) listening on port %d and %s", node.name, node.host_id, port, socket)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +116,8 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
             task.add_done_callback(lambda _: stop.set())
         await stop.wait()
         await server.stop(grace=1.0)
+        if socket is not None:
+            socket.unlink(missing_ok=True)
         for task in tasks:
             task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -88,6 +88,16 @@ class NodeLayout(ServerTLSLayout):
         return self.directory / "so-pin"
 
     @property
+    def local_socket_dir(self) -> Path:
+        """The folder (mode 0700, owned by the cluster's OS user) holding the node's local socket."""
+        return self.directory / "sock"
+
+    @property
+    def local_socket(self) -> Path:
+        """The node's Unix domain socket (same mTLS as its TCP port), for admin tools on this machine."""
+        return self.local_socket_dir / "node.sock"
+
+    @property
     def admin_ca(self) -> Path:
         """The admin CA certificate: the only CA the node accepts client certificates from."""
         return self.directory / "admin-ca.pem"

@@ -18,7 +18,7 @@ from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import launcher
 from authsim.cluster.local.external_ca import ExternalCA
 from authsim.cluster.local.node_client import NodeClient
-from authsim.cluster.local.state import ClusterState
+from authsim.cluster.local.state import ClusterState, admin_address
 from authsim.cluster.store import EtcdTLS
 
 
@@ -54,7 +54,8 @@ class LocalCluster:
 
     def client(self, node: str) -> NodeClient:
         entry = self.state.node(node)
-        return NodeClient(entry.address, launcher.admin_identity(self.directory), entry.name)
+        address = admin_address(self.directory, entry)
+        return NodeClient(address, launcher.admin_identity(self.directory), entry.name)
 
     def host_id(self, node: str) -> str:
         return ClusterLayout(self.directory).node(node).host_id.read_text().strip()

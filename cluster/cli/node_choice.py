@@ -8,7 +8,7 @@ from pathlib import Path
 from authsim.cluster.errors import AuthSimError, ClusterError
 from authsim.cluster.local.launcher import admin_identity
 from authsim.cluster.local.node_client import NodeClient
-from authsim.cluster.local.state import ClusterState, host_names
+from authsim.cluster.local.state import ClusterState, admin_address, host_names
 
 
 @dataclass
@@ -33,9 +33,9 @@ class NodeChoice:
         state = ClusterState.load(self.directory)
         if self.node:
             entry = state.node(self.node)
-            return NodeClient(entry.address, identity, entry.name)
+            return NodeClient(admin_address(self.directory, entry), identity, entry.name)
         for entry in state.nodes:
-            client = NodeClient(entry.address, identity, entry.name)
+            client = NodeClient(admin_address(self.directory, entry), identity, entry.name)
             if client.health() == "SERVING":
                 return client
             client.close()
@@ -47,7 +47,10 @@ class NodeChoice:
     def all_clients(self) -> list[NodeClient]:
         """A client for every node of the cluster dir (for --all-nodes)."""
         identity = admin_identity(self.directory)
-        return [NodeClient(e.address, identity, e.name) for e in ClusterState.load(self.directory).nodes]
+        return [
+            NodeClient(admin_address(self.directory, e), identity, e.name)
+            for e in ClusterState.load(self.directory).nodes
+        ]
 
     def signer_client(self, ca_type: str) -> NodeClient:
         """The chosen node, or by default the node holding the active key of `ca_type` (it can sign)."""
@@ -67,7 +70,7 @@ class NodeChoice:
         identity = admin_identity(self.directory)
         for entry in ClusterState.load(self.directory).nodes:
             try:
-                with NodeClient(entry.address, identity, entry.name) as client:
+                with NodeClient(admin_address(self.directory, entry), identity, entry.name) as client:
                     if client.node_status().host_id in host_ids:
                         return entry.name
             except AuthSimError:

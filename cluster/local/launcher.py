@@ -21,7 +21,7 @@ from authsim.cluster.local import processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import free_port, port_is_free
-from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry, TargetEntry
+from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry, TargetEntry, admin_address
 from authsim.cluster.local.target_process import start_target, target_marker, wait_listening
 from authsim.cluster.mtls import (
     ADMIN_CN,
@@ -321,7 +321,7 @@ def write_default_trust(directory: Path, state: ClusterState, targets_dir: Path 
     """The targets' trust files under `targets_dir` (default `directory`) that do not exist yet, trusting
     the cluster's self-signed CAs as its first node reports them (with `directory`'s admin identity)."""
     entry = state.nodes[0]
-    with NodeClient(entry.address, admin_identity(directory), entry.name) as client:
+    with NodeClient(admin_address(directory, entry), admin_identity(directory), entry.name) as client:
         cas = {ca_type: client.get_cert_authority(ca_type) for ca_type in CA_TYPES}
     ca_pems = {
         t: [pair.cert for pair in (*ca.active_keys, *ca.additional_trusted_keys)] for t, ca in cas.items()

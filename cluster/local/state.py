@@ -34,6 +34,13 @@ class NodeEntry:
     pid: int | None = None
 
 
+def admin_address(directory: Path, entry: NodeEntry) -> str:
+    """Where the admin tools reach `entry`: its local socket (`unix:PATH`) when the node's dir is in
+    `directory` and the socket exists, which a flood on its TCP port cannot fill; else its TCP address."""
+    socket = ClusterLayout(directory).node(entry.name).local_socket
+    return f"unix:{socket}" if socket.is_socket() else entry.address
+
+
 @dataclass
 class EtcdEntry:
     endpoints: list[str]

@@ -9,7 +9,7 @@ from authsim.cluster.errors import AuthSimError
 from authsim.cluster.local import processes
 from authsim.cluster.local.launcher import admin_identity, etcd_marker, node_marker
 from authsim.cluster.local.node_client import NodeClient
-from authsim.cluster.local.state import ClusterState
+from authsim.cluster.local.state import ClusterState, admin_address
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def collect_status(directory: Path) -> ClusterStatus:
         if not processes.is_running(entry.pid, node_marker(directory, entry.name)):
             rows.append(NodeRow(entry.name, entry.address, None, "STOPPED"))
             continue
-        with NodeClient(entry.address, identity, entry.name, timeout=3.0) as client:
+        with NodeClient(admin_address(directory, entry), identity, entry.name, timeout=3.0) as client:
             health = client.health()
             try:
                 status = client.node_status()
