@@ -212,16 +212,22 @@ def test_another_nodes_key_is_refused_and_staging_disabled_is_allowed(tmp_path: 
         assert cluster.authctl("auth", "pub-key-hash", "--cert", str(cert)).stdout.strip() == key
 
 
-def test_stale_edit_is_refused_and_the_text_kept(
-    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def fresh_empty_db_client_override(cluster: LocalCluster, directory: Path) -> Path:
+    """Replace ca_overrides/db_client with an empty one; the path of its YAML file."""
     cluster.authctl("rm", "ca_overrides/db_client", "--force")
-    empty = tmp_path / "empty.yaml"
+    empty = directory / "empty.yaml"
     empty.write_text(
         "kind: cert_authority_override\nsub_kind: db_client\nversion: v1\n"
         "metadata:\n  name: mycluster\nspec: {}\n"
     )
     assert cluster.authctl("create", str(empty)).exit_code == 0
+    return empty
+
+
+def test_stale_edit_is_refused_and_the_text_kept(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = fresh_empty_db_client_override(cluster, tmp_path)
     # The "editor" lets another admin write first (create -f), then saves its own change.
     editor = tmp_path / "editor.py"
     editor.write_text(
@@ -249,13 +255,7 @@ def test_a_failed_edit_keeps_the_text_under_a_name_of_its_own_and_success_leaves
     cwd.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where edit makes its working copy
     monkeypatch.chdir(cwd)
-    cluster.authctl("rm", "ca_overrides/db_client", "--force")
-    empty = tmp_path / "empty.yaml"
-    empty.write_text(
-        "kind: cert_authority_override\nsub_kind: db_client\nversion: v1\n"
-        "metadata:\n  name: mycluster\nspec: {}\n"
-    )
-    assert cluster.authctl("create", str(empty)).exit_code == 0
+    fresh_empty_db_client_override(cluster, tmp_path)
     editor = tmp_path / "editor.py"
     editor.write_text(
         "import sys\n"
