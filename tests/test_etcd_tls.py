@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import io
-import ipaddress
 import subprocess
 import sys
 import threading
@@ -18,10 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.pb import authsim_pb2 as pb
@@ -36,69 +30,10 @@ from authsim.cluster.local.external_ca import init
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import free_port
 from authsim.cluster.local.state import ClusterState, EtcdEntry
-from authsim.cluster.secret_files import write_private
 from authsim.cluster.store import EtcdStore, EtcdTLS
+from tests.etcd_pki import etcd_pki
 
 AUTHSIM = [sys.executable, "-m", "authsim.cluster.cli.authsim"]
-
-
-@dataclass(frozen=True)
-class _Issuer:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-
-def _make_ca(directory: Path, name: str) -> tuple[_Issuer, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        _builder(subject, subject, key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return _Issuer(cert, key), path
-
-
-def _issue(
-    directory: Path, issuer: _Issuer, name: str, usages: list[x509.ObjectIdentifier], server: bool
-) -> tuple[Path, Path]:
-    """A leaf signed by `issuer` with the given extended key usages; for a server, loopback SANs."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = _builder(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), issuer.cert.subject, key.public_key()
-    ).add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    if server:
-        sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-    cert_path.write_bytes(builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-    write_private(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
-    return cert_path, key_path
-
-
-def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
-) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.timezone.utc)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-    )
 
 
 @dataclass(frozen=True)
@@ -110,19 +45,13 @@ class EtcdPKI:
 
 
 def make_etcd_pki(directory: Path) -> EtcdPKI:
-    directory.mkdir(parents=True, exist_ok=True)
-    ca, ca_path = _make_ca(directory, "etcd-ca")
-    other, other_path = _make_ca(directory, "other-ca")
-    both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    client_only = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    member = _issue(directory, ca, "etcd-member", both, server=True)
-    client = _issue(directory, ca, "etcd-client", client_only, server=False)
-    foreign = _issue(directory, other, "foreign-client", client_only, server=False)
+    """The etcd CA's identities (as the product makes them), and a client from a second, foreign CA."""
+    ours, other = etcd_pki(directory / "etcd"), etcd_pki(directory / "other")
     return EtcdPKI(
-        member=EtcdTLS(ca_path, *member),
-        client=EtcdTLS(ca_path, *client),
-        foreign_client=EtcdTLS(ca_path, *foreign),
-        foreign_trust=EtcdTLS(other_path, *client),
+        member=ours.member,
+        client=ours.client,
+        foreign_client=dataclasses.replace(other.client, cacert=ours.client.cacert),
+        foreign_trust=dataclasses.replace(ours.client, cacert=other.client.cacert),
     )
 
 
