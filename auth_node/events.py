@@ -51,7 +51,7 @@ def session_start_event(
         "success": success,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         "user": user,
-        "authsim.auth_node": node_name,
+        "auth_node": node_name,
     }
     if not success:
         record["error"] = reason

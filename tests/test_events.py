@@ -70,7 +70,7 @@ def event_at(when_ns: int, user: str = "alice", node: str = "node1", pad: str = 
         "success": True,
         "time": time_text,
         "user": user,
-        "authsim.auth_node": node,
+        "auth_node": node,
     }
     if pad:
         event["error"] = pad
@@ -379,7 +379,7 @@ def test_concurrent_exercises_on_two_nodes_keep_exactly_the_newest(
     for thread in threads:
         thread.join()
     assert not failures, failures
-    assert len(replies) == 12 and {e["authsim.auth_node"] for e in replies} == {"node1", "node2"}
+    assert len(replies) == 12 and {e["auth_node"] for e in replies} == {"node1", "node2"}
 
     kept = cluster.events()
     assert len(kept) == RETENTION

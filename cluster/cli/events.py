@@ -97,7 +97,7 @@ def event_row(event: dict[str, Any]) -> list[str]:
         *(str(event.get(f, "-")) for f in fields),
         success,
         shown,
-        str(event.get("authsim.auth_node", "-")),
+        str(event.get("auth_node", "-")),
     ]
 
 
