@@ -75,7 +75,7 @@ async def _ensure_ca_key(store: EtcdStore, keystore: KeyStore, node: NodeConfig,
     def add_own_key(current: Versioned | None) -> bytes | None:
         if current is None:
             return CertAuthority(node.cluster_name, ca_type, active_keys=(pair,)).to_json()
-        ca = read_cert_authority(current.value, 0, node.cluster_name, ca_type).require()
+        ca = read_cert_authority(current.value, current.mod_revision, node.cluster_name, ca_type).require()
         if ca.keys_of_host(node.host_id):
             return None
         return ca.with_additional_key(pair).to_json()

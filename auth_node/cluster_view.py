@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 from authsim.cluster.errors import NotFoundError, StoreUnavailableError
@@ -17,7 +16,7 @@ from authsim.cluster.resources.stored import (
     read_override,
 )
 from authsim.cluster.store import EtcdStore, Versioned
-from authsim.cluster.store.addresses import target_address
+from authsim.cluster.store.addresses import node_name, target_address
 from authsim.cluster.store.keys import cluster_prefix
 
 log = logging.getLogger(__name__)
@@ -118,15 +117,6 @@ class ClusterView:
             raise self.invalid_cas[ca_type].error()
         raise NotFoundError(f"cert_authority {ca_type} of cluster {self.cluster_name} not found")
 
-    def problems(self) -> list[str]:
-        """One line for each stored CA or override that breaks a rule, with the fix."""
-        found = [str(stored.error()) for stored in self.invalid_cas.values()]
-        for ca_type in sorted(self.stored_overrides):
-            stored = self.stored_override(ca_type)
-            if stored is not None and not stored.valid:
-                found.append(str(stored.error()))
-        return found
-
     async def caught_up(self, revision: int, timeout: float) -> bool:
         """Wait until this copy reflects `revision` (read-your-writes on this node)."""
         async with self._changed:
@@ -163,8 +153,9 @@ class ClusterView:
                     self.stored_overrides[name] = value
             elif kind == "nodes":
                 self.node_names.pop(name, None)
-                if value is not None:
-                    self.node_names[name] = str(json.loads(value.value)["name"])
+                found = node_name(value.value) if value is not None else None
+                if found is not None:
+                    self.node_names[name] = found
             elif kind == "targets":
                 self.targets.pop(name, None)
                 if value is not None:

@@ -102,7 +102,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
 
     async def issue(self, requests: Sequence[CredentialRequest]) -> list[Credential]:
         """Credentials from this node's active keys, one issuer lookup per CA type."""
-        issuers = {r.ca_type: await self.issuer(r.ca_type) for r in requests}
+        issuers = {t: await self.issuer(t) for t in dict.fromkeys(r.ca_type for r in requests)}
         return await issue_credentials(self.signer, [(issuers[r.ca_type], r) for r in requests])
 
     async def _cert_authority(self, type_name: str) -> CertAuthority:

@@ -12,13 +12,21 @@ MAX_MESSAGE_CHARS = 4000  # a whole error message (gRPC's metadata limit is 8 KB
 
 def one_line(text: str) -> str:
     """`text` on one line: newlines, control, format (bidi) and separator characters escaped."""
-    return "".join(c if c == " " or c.isprintable() else _escaped(c) for c in text)
+    return escape_unprintable(text, named_whitespace=True)
 
 
-def _escaped(c: str) -> str:
+def escape_unprintable(text: str, named_whitespace: bool = False) -> str:
+    """`text` with every character Python calls unprintable written as a visible escape (`\\x1b`,
+    `\\u202e`); with `named_whitespace`, newline, return and tab as `\\n`, `\\r`, `\\t`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escaped(c, named_whitespace) for c in text)
+
+
+def _escaped(c: str, named_whitespace: bool) -> str:
     code = ord(c)
     if code < 0x100:
-        return repr(c)[1:-1] if c in "\n\r\t" else f"\\x{code:02x}"
+        return repr(c)[1:-1] if named_whitespace and c in "\n\r\t" else f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.cluster.layout import ClusterLayout, EtcdClientLayout, EtcdLayout, NodeLayout, ServerTLSLayout
-from authsim.cluster.resources.x509 import ca_certificate_builder
+from authsim.cluster.resources.x509 import ca_certificate_builder, key_usage
 from authsim.cluster.secret_files import write_all
 from authsim.cluster.store import EtcdTLS
 
@@ -74,6 +74,7 @@ def _builder(
 def _ensure_ca(
     cert_path: Path, key_path: Path, name: str, cluster_name: str
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # pki/: private from the first CA
     if cert_path.exists() and key_path.exists():
         key = serialization.load_pem_private_key(key_path.read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -117,9 +118,7 @@ def _issue(
     builder = (
         _builder(_name(cn, cluster_name), ca_cert.subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
-        )
+        .add_extension(key_usage(["digital_signature"]), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
@@ -142,7 +141,6 @@ def _write_pair(
 def ensure_admin_identity(cluster_dir: Path, cluster_name: str) -> TLSIdentity:
     """The admin identity authctl presents (client cert from the admin CA), made once."""
     layout = ClusterLayout(cluster_dir)
-    layout.pki.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     server_ca, _ = _server_ca(cluster_dir, cluster_name)
     admin_ca = _admin_ca(cluster_dir, cluster_name)
     admin = layout.admin
@@ -188,7 +186,6 @@ def ensure_server_identity(
 def _etcd_ca(cluster_dir: Path, cluster_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The CA of the embedded etcd's member and client certificates, made once."""
     pki = ClusterLayout(cluster_dir).pki
-    pki.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     return _ensure_ca(pki.etcd_ca_cert, pki.etcd_ca_key, "etcd-ca", cluster_name)
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from authsim.cluster.errors import ClusterError, KeyAccessError
 from authsim.cluster.layout import NodeLayout
-from authsim.cluster.secret_files import write_private
 from authsim.hsm import init_token
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -103,13 +102,22 @@ def provision_token(node_dir: Path, label: str, module_path: str | None = None) 
 
 
 def _read_or_create_secret(path: Path) -> str:
-    """Read a PIN file, or create it with a fresh random PIN (a new 0600 file, see `write_private`)."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ClusterError(f"{path}: not a regular file; a PIN file is never read through a link")
-    if path.exists():
-        return path.read_text().strip()
+    """Read a PIN file, or create it with a fresh random PIN: created exclusively (two provisions at
+    once never both write one), 0600 from the first byte, never through a link."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(16)
-    write_private(path, (secret + "\n").encode())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        if path.is_symlink() or not path.is_file():
+            raise ClusterError(
+                f"{path}: not a regular file; a PIN file is never read through a link"
+            ) from None
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     return secret
 
 

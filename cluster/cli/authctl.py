@@ -17,7 +17,7 @@ from rich.table import Table
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
-from authsim.cluster.cli.common import make_console, run_cli
+from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.events import show_events
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.safe_text import cell
@@ -34,9 +34,7 @@ FORMATS = click.Choice(["yaml", "json", "text"])
 
 
 @click.group(help="Administer an authsim cluster through one of its Auth nodes.")
-@click.option(
-    "--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)"
-)
+@dir_option
 @click.option("--node", default=None, help="node to talk to, by name (default: the first healthy node)")
 @click.option("--auth-server", default=None, help="node address host:port instead of --node")
 @click.pass_context

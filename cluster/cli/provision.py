@@ -27,7 +27,7 @@ from authsim.cluster.mtls import (
     ensure_etcd_member_identity,
     ensure_node_identity,
 )
-from authsim.cluster.secret_files import write_private
+from authsim.cluster.secret_files import write_all
 from authsim.cluster.store import EtcdTLS
 from authsim.hsm import provision_token
 
@@ -62,14 +62,9 @@ def _endpoints(ctx: click.Context, param: click.Parameter, value: str) -> list[s
 
 
 def _copy(sources: tuple[Path, ...], targets: tuple[Path, ...]) -> None:
-    """Copy each source file to the target at the same place; `*.key` files are written 0600."""
-    for source, target in zip(sources, targets, strict=True):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = source.read_bytes()
-        if target.suffix == ".key":
-            write_private(target, data)
-        else:
-            target.write_bytes(data)
+    """Copy each source file to the target at the same place, all or none; `*.key` files are 0600."""
+    files = {target: source.read_bytes() for source, target in zip(sources, targets, strict=True)}
+    write_all(files, public={t for t in targets if t.suffix != ".key"})
 
 
 @click.group(help="Provision the cluster PKI and node state dirs one step at a time (docker-compose).")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from authsim.cluster.errors import escape_unprintable
+
 
 def escaped(value: object) -> str:
     """`str(value)` with every character Python calls unprintable (C0/C1 controls such as ESC and BEL,
     DEL, line separators, bidirectional overrides and other format characters, lone surrogates) written
     as a visible escape: `\\x1b`, `\\x07`, `\\u202e`. Printable text, spaces and `[` stay as they are."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+    return escape_unprintable(str(value))
 
 
 def cell(value: object) -> Text:
@@ -24,12 +23,3 @@ def cell(value: object) -> Text:
 def cell_lines(text: str) -> Text:
     """Lines we put together (`authsim watch`): each line `escaped`, the line breaks between them kept."""
     return Text("\n".join(escaped(line) for line in text.split("\n")))
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from authsim.cluster.cli.common import dir_option
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local.state import cluster_dir
@@ -19,9 +20,7 @@ _FILE = click.Path(exists=True, dir_okay=False)
     "windows: NTAuth needs the override CA certificate itself, --ca the external root and intermediates. "
     "db_client: the database needs only the external root (and intermediates) in --ca."
 )
-@click.option(
-    "--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)"
-)
+@dir_option
 @click.option("--target", type=click.Choice(["desktop", "db"]), required=True, help="which target")
 @click.option("--ntauth", "ntauth_files", multiple=True, type=_FILE, help="PEM file for NTAuth (desktop)")
 @click.option("--ca", "ca_files", multiple=True, type=_FILE, help="PEM file of roots/intermediates")

@@ -39,7 +39,6 @@ from authsim.cluster.targets.trust import set_default_trust
 from authsim.hsm import provision_token
 
 NODE_MARKER = "authsim.auth_node"
-ETCD_MARKER = "etcd"
 START_TIMEOUT = 60.0  # seconds for every node to report SERVING
 
 Progress = Callable[[str, int, int], None]  # (message, nodes ready, nodes in all)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from cryptography import x509
@@ -135,10 +136,15 @@ def read_cert_authority(raw: bytes, revision: int, cluster_name: str, ca_type: s
 def _key_pair_problems(pair: CAKeyPair, path: str) -> list[str]:
     problems = key_hash_problems(pair.public_key_hash, f"{path}.public_key_hash")
     try:
-        cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
-        cert_hash = public_key_hash(cert.public_key())
+        cert_hash = _certificate_key_hash(pair.cert_pem)
     except (ValueError, UnsupportedAlgorithm) as e:
         return [*problems, f"{path}.cert: not a PEM X.509 certificate: {cut(str(e), 120)}"]
     if not problems and cert_hash != pair.public_key_hash:
         problems.append(f"{path}.public_key_hash: does not match the certificate's public key ({cert_hash})")
     return problems
+
+
+@lru_cache(maxsize=1024)
+def _certificate_key_hash(cert_pem: str) -> str:
+    """The key hash of a CA key's certificate, parsed once: every node re-reads each CA on each change."""
+    return public_key_hash(x509.load_pem_x509_certificate(cert_pem.encode()).public_key())

@@ -20,11 +20,11 @@ async def register_node(store: EtcdStore, cluster_name: str, host_id: str, name:
 async def node_names(store: EtcdStore, cluster_name: str) -> dict[str, str]:
     """host id → node name, for every registered node of the cluster whose record is readable."""
     prefix = nodes_prefix(cluster_name)
-    found = {key[len(prefix) :]: _name(v.value) for key, v in await store.get_prefix(prefix)}
+    found = {key[len(prefix) :]: node_name(v.value) for key, v in await store.get_prefix(prefix)}
     return {host: name for host, name in found.items() if name is not None}
 
 
-def _name(value: bytes) -> str | None:
+def node_name(value: bytes) -> str | None:
     """The node name in a node record; None when the stored record is not one (it is distrusted)."""
     try:
         name = json.loads(value)["name"]
