@@ -35,8 +35,8 @@ from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.local.launcher import admin_identity
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.state import admin_address
+from tests import attacker
 
-ATTACKER = "nobody"
 WORKER = Path(__file__).with_name("_flood_worker.py")
 FLOOD_PROCESSES = 2
 CONNECTIONS_EACH = 10_000  # 20,000 in all: the per-process file limit is 20,000 here
@@ -69,11 +69,8 @@ def _start_flood(port: int) -> list[subprocess.Popen[str]]:
     argv = ["/usr/bin/python3", str(WORKER), str(port), str(CONNECTIONS_EACH), str(watch)]
     return [
         subprocess.Popen(
-            argv,
-            user=ATTACKER,
-            group="nogroup",
-            extra_groups=[],
-            env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+            attacker.as_attacker(*argv),
+            env=attacker.ENV,
             cwd="/",
             stdout=subprocess.PIPE,
             text=True,
@@ -182,11 +179,8 @@ def test_the_local_socket_folder_is_private(cluster: LocalCluster) -> None:
         f"socket.socket(socket.AF_UNIX).connect({str(folder / 'node.sock')!r})"
     )
     attempt = subprocess.run(
-        ["/usr/bin/python3", "-c", connect],
-        user=ATTACKER,
-        group="nogroup",
-        extra_groups=[],
-        env={"PATH": "/usr/bin:/bin"},
+        attacker.as_attacker("/usr/bin/python3", "-c", connect),
+        env=attacker.ENV,
         cwd="/",
         capture_output=True,
         text=True,

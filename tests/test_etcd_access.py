@@ -30,9 +30,9 @@ from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.store import EtcdStore, EtcdTLS
 from authsim.cluster.store.keys import cert_authority_key, events_prefix, override_key
+from tests import attacker
 
 NAME = "guarded"
-ATTACKER = "nobody"
 GARBAGE = "attacker was here"
 
 
@@ -48,7 +48,7 @@ def attacker_dir() -> Iterator[Path]:
     """A dir `nobody` owns, for its own files (a foreign CA, request bodies)."""
     directory = Path(tempfile.mkdtemp(prefix="attacker-"))
     os.chmod(directory, 0o755)
-    shutil.chown(directory, ATTACKER, "nogroup")
+    shutil.chown(directory, attacker.ATTACKER, "nogroup")
     try:
         yield directory
     finally:
@@ -58,11 +58,8 @@ def attacker_dir() -> Iterator[Path]:
 def as_attacker(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run `argv` as the local user `nobody`, in a clean environment."""
     return subprocess.run(
-        list(argv),
-        user=ATTACKER,
-        group="nogroup",
-        extra_groups=[],
-        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+        attacker.as_attacker(*argv),
+        env=attacker.ENV,
         cwd=cwd or "/",
         capture_output=True,
         timeout=30,

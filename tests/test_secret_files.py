@@ -31,8 +31,8 @@ from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.secret_files import write_all, write_private
 from authsim.hsm import provision_token
+from tests import attacker
 
-NOBODY = "nobody"
 NOBODY_UID = 65534
 
 
@@ -94,7 +94,9 @@ def shared() -> Iterator[Path]:
 
 
 def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, user=NOBODY, capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        attacker.as_attacker(*argv), env=attacker.ENV, capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 def leftovers(directory: Path) -> list[str]:
