@@ -41,7 +41,7 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.auth_node.token_signer import TokenSigner
 from authsim.cluster.errors import MAX_MESSAGE_CHARS, AuthSimError, NotFoundError, ValidationError, cut
-from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
+from authsim.cluster.resources.ca_types import CA_TYPES, desktop_domain, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
 from authsim.cluster.rpc_errors import ERROR_MARKER, error_metadata, status_code_for
@@ -91,6 +91,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.view = view
         self.overrides = Overrides(store, node, view)
         self.signer = TokenSigner(keystore)
+        self.domain = desktop_domain(node.cluster_name)  # windows leaves' UPN suffix
 
     async def issuer(self, ca_type: str) -> Issuer:
         """This node's active key of `ca_type`, under the override the view holds for it."""
@@ -103,7 +104,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def issue(self, requests: Sequence[CredentialRequest]) -> list[Credential]:
         """Credentials from this node's active keys, one issuer lookup per CA type."""
         issuers = {t: await self.issuer(t) for t in dict.fromkeys(r.ca_type for r in requests)}
-        return await issue_credentials(self.signer, [(issuers[r.ca_type], r) for r in requests])
+        return await issue_credentials(self.signer, [(issuers[r.ca_type], r) for r in requests], self.domain)
 
     async def _cert_authority(self, type_name: str) -> CertAuthority:
         ca_type = resolve_ca_type(type_name).name

@@ -27,6 +27,7 @@ from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, parse_override_yaml
 from authsim.cluster.resources.stored import cert_authority_fix, override_fix
+from authsim.cluster.resources.x509 import display_name
 from authsim.cluster.resources.yaml_codec import dump_yaml
 
 console = make_console()
@@ -162,7 +163,7 @@ def _print_overrides(
                     try:
                         cert = x509.load_pem_x509_certificate(entry.certificate.encode())
                         subject, not_after = (
-                            one_line(cert.subject.rfc4514_string()),
+                            one_line(display_name(cert.subject)),
                             cert.not_valid_after_utc.strftime("%Y-%m-%d"),
                         )
                     except ValueError:
