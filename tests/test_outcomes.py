@@ -94,7 +94,7 @@ class Authctl:
         argv = [str(AUTHCTL), "--dir", str(rig.cluster.directory), "--node", "node1", *args]
         env = {**os.environ, **({"EDITOR": editor} if editor else {})}
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=rig.directory
         )
 
     def result(self) -> CliResult:
