@@ -44,7 +44,7 @@ Change = Callable[[StoredOverride | None, OverrideContext], CertAuthorityOverrid
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
-def checked_request_id(sent: str) -> str:
+def _request_id_or_new(sent: str) -> str:
     """The caller's request id once it passes the rule, or a new one (uuid4 hex) when none was sent."""
     if not sent:
         return uuid.uuid4().hex
@@ -280,7 +280,7 @@ class Overrides:
         revision too, so a CA change (a rotation) between the checks and the write sends the write
         round again, never past the checks. A write whose answer etcd lost succeeds when the stored
         resource carries its `request_id` (made here when empty); else its outcome is unknown."""
-        request_id = checked_request_id(request_id)
+        request_id = _request_id_or_new(request_id)
         base = await self._context(force)
         cluster = self.node.cluster_name
         if check_only:
