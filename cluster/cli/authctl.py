@@ -21,7 +21,7 @@ from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.events import show_events
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.safe_text import cell
-from authsim.cluster.errors import AuthSimError, ValidationError, one_line, quoted
+from authsim.cluster.errors import AuthSimError, OutcomeUnknownError, ValidationError, one_line, quoted
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
@@ -285,7 +285,10 @@ def edit(nodes: NodeChoice, resource: str, force: bool) -> None:
     except AuthSimError as e:
         if isinstance(e, ValidationError):
             e = _with_check_hint(e, "authctl create -f FILE --check")
-        raise AuthSimError(f"{e}; your edited text is kept in {_keep(path, name)}") from None
+        message = f"{e}; your edited text is kept in {_keep(path, name)}"
+        if isinstance(e, OutcomeUnknownError):
+            raise OutcomeUnknownError(message, e.request_id) from None
+        raise AuthSimError(message) from None
     path.unlink()
     click.echo(f"cert_authority_override {name} updated (revision {result.revision})")
 
