@@ -236,7 +236,7 @@ def exercise(nodes: NodeChoice, ca_type: str, user: str) -> None:
     "looked at). With -f a document that carries metadata.revision (a copy saved from `authctl get`) "
     "replaces the resource only while it is still at that revision, else it is refused as changed "
     "meanwhile; --overwrite replaces whatever is stored, and a document without metadata.revision "
-    "always does. --force is not needed for that: it only skips the checks against the CA. Several "
+    "always does. --force does not do that: it only skips the checks against the CA. Several "
     "documents are all checked first and none is written if one is refused; then they are written one "
     "by one, and if one is refused at that point (a write in between), those written before it stay."
 )

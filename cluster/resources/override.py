@@ -345,7 +345,7 @@ def _compose_and_construct(text: str | bytes) -> list[Any]:
     loader = _LimitedLoader(text)
     try:
         documents = []
-        while loader.check_data():
+        while loader.check_node():  # what check_data() asks, typed
             documents.append(loader.get_data())
         return documents
     finally:
