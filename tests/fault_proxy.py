@@ -30,6 +30,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._dropping = False
+        self.dropped = 0  # bytes of the upstream's replies thrown away so far
         self._closed = threading.Event()
         self._acceptor = threading.Thread(target=self._accept, name=f"proxy {self.endpoint}", daemon=True)
         self._acceptor.start()
@@ -86,6 +87,7 @@ class FaultProxy:
             if not data:
                 break
             if link.cut or (replies and self._dropping):
+                self.dropped += len(data) if replies else 0
                 continue
             try:
                 target.sendall(data)

@@ -324,3 +324,59 @@ async def test_delete_whose_answer_is_lost_and_key_gone_is_outcome_unknown(
         proxy.reset()
         with pytest.raises(OutcomeUnknownError, match="the key is now absent: the write may or may not"):
             await removal
+
+
+async def test_lost_answer_of_a_write_changed_since_is_found_in_history_not_applied_again(
+    proxy: FaultProxy, store: EtcdStore, etcd_tls: EtcdTLS, key_prefix: str
+) -> None:
+    key = key_prefix + "k"
+    await store.create(key, b"before")
+    before = await store.get(key)
+    writes = []
+
+    def append(current: Versioned | None) -> bytes | None:
+        writes.append(current)
+        return None if current is not None and current.value == b"mine" else b"mine"
+
+    async with EtcdStore([proxy.endpoint], timeout=5.0, tls=etcd_tls) as through:
+        await through.ping()
+        proxy.drop_replies()
+        update = asyncio.ensure_future(
+            through.update(key, append, known=(before,), mine=lambda v: v.value == b"mine")
+        )
+        while (landed := await store.get(key)) is None or landed.value != b"mine":
+            await asyncio.sleep(0.02)
+        await store.compare_and_swap(key, landed.mod_revision, b"theirs")  # another writer, after ours
+        proxy.reset()
+        result = await update
+    assert (result.changed, result.revision) == (True, landed.mod_revision)  # ours, where it landed
+    assert len(writes) == 1  # judged once: never written again over "theirs"
+    assert (await store.get(key)).value == b"theirs"  # type: ignore[union-attr]
+
+
+async def test_lost_answer_of_a_write_that_did_not_land_gives_the_plain_refusal(
+    proxy: FaultProxy, store: EtcdStore, etcd_tls: EtcdTLS, key_prefix: str
+) -> None:
+    key = key_prefix + "k"
+    await store.create(key, b"v1")
+    stale = await store.get(key)
+    assert stale is not None
+    await store.compare_and_swap(key, stale.mod_revision, b"v2")  # the cached copy is now stale
+
+    def change(current: Versioned | None) -> bytes:
+        if current is not None and current.value == b"v2":
+            raise NotFoundError("v2 is not what this change works on")
+        return b"mine"
+
+    async with EtcdStore([proxy.endpoint], timeout=5.0, tls=etcd_tls) as through:
+        await through.ping()
+        proxy.drop_replies()
+        update = asyncio.ensure_future(
+            through.update(key, change, known=(stale,), mine=lambda v: v.value == b"mine")
+        )
+        while proxy.dropped == 0:  # the compare against the stale copy failed; its answer is lost
+            await asyncio.sleep(0.02)
+        proxy.reset()
+        with pytest.raises(NotFoundError, match="v2 is not what"):  # history shows ours never landed
+            await update
+    assert (await store.get(key)).value == b"v2"  # type: ignore[union-attr]

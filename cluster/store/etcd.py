@@ -346,7 +346,9 @@ class EtcdStore:
 
         A write whose answer is lost (etcd did not answer its Txn) may or may not have landed. The read
         after it first asks `mine(value)`, when given: is the stored value that write (it carries the
-        caller's request id)? Then the update succeeded. Else `fn` judges the value as usual; but an
+        caller's request id)? Then the update succeeded. Else etcd's history says whether it landed and
+        was changed since (the first change after the revision it compared is it: success) or did not
+        land (then the loop goes on as after a conflict). Else `fn` judges the value as usual; but an
         AuthSimError from it (a refusal that may be about our own write, overwritten since) becomes
         OutcomeUnknownError, and so does reaching the deadline or `max_attempts` with the write unsettled.
         """
@@ -382,6 +384,8 @@ class EtcdStore:
         fresh = known is not None  # whether the values are worth a compare (false after an unknown outcome)
         confirmed = False  # whether they came from etcd itself, not from the caller's cache
         lost: StoreUnavailableError | None = None  # why the answer to a write we sent never came
+        lost_since = 0  # the revision that write compared the key against (0: absent, or a delete)
+        unsure = False  # whether history could not settle a lost write (it stays in doubt)
         unanswered: StoreUnavailableError | None = None  # the last call etcd did not answer
         attempt = expected = 0
         while True:
@@ -393,8 +397,15 @@ class EtcdStore:
                     else:
                         current = await self.get(key)
                     fresh = confirmed = True
-                if lost is not None and mine is not None and current is not None and mine(current):
-                    return UpdateResult(current.mod_revision, attempt, True)  # the lost answer's write
+                if lost is not None and mine is not None:
+                    if current is not None and mine(current):
+                        return UpdateResult(current.mod_revision, attempt, True)  # the lost answer's write
+                    landed = await self._landed(key, lost_since, current, mine) if lost_since else None
+                    if landed:
+                        return UpdateResult(landed, attempt, True)  # it landed; changed since
+                    if landed == 0 and not unsure:
+                        lost = None  # another change came first, or none: ours did not land
+                    unsure = unsure or landed is None  # an earlier lost write stays in doubt
                 try:
                     new_value = fn(current, guard)
                 except Exception as e:
@@ -413,6 +424,7 @@ class EtcdStore:
                     return UpdateResult(expected, attempt, False)
                 guarded = (guard_key, guard.mod_revision if guard else 0) if guard_key else None
                 writing = True
+                lost_since = expected if new_value is not DELETE else 0
                 if new_value is DELETE:
                     result = await self.delete(key, expected, guarded)
                 else:
@@ -447,6 +459,27 @@ class EtcdStore:
                     actual_revision=current.mod_revision if current else 0,
                 )
             await asyncio.sleep(delay)
+
+    async def _landed(
+        self, key: str, since: int, current: Versioned | None, mine: Callable[[Versioned], bool]
+    ) -> int | None:
+        """Where a write compared against revision `since` of `key`, whose answer was lost, landed: its
+        revision, read from etcd's history (it can only have been the first change after `since`); 0
+        when it did not land; None when history cannot say (etcd did not answer, or compacted it).
+        `current` is the key's value now."""
+        if current is not None and current.mod_revision == since:
+            return 0  # no change since `since`: nothing landed
+        try:
+            with self._map_errors():
+                watch = await self._connected().watch(key.encode(), start_revision=since + 1)
+                try:
+                    event = await asyncio.wait_for(anext(aiter(watch)), self.timeout)
+                finally:
+                    await watch.cancel()
+        except (StoreUnavailableError, aetcd.exceptions.ClientError, StopAsyncIteration):
+            return None
+        first = None if event.kind == aetcd.rtypes.EventKind.DELETE else _versioned(event.kv)
+        return first.mod_revision if first is not None and mine(first) else 0
 
     async def watch_prefix(
         self, prefix: str, start_revision: int | None = None
