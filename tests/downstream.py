@@ -13,10 +13,11 @@ from cryptography import x509
 
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.local.external_ca import ExternalCA, init
+from authsim.cluster.resources.ca_types import desktop_domain
 from tests.certs import openssl_key_hash
 
 CLUSTER = "mycluster"
-DOMAIN = f"{CLUSTER}.test"  # the desktop domain: windows UPNs are user@DOMAIN, the realm DOMAIN in capitals
+DOMAIN = desktop_domain(CLUSTER)  # windows UPNs are user@DOMAIN; the realm is DOMAIN in capitals
 
 
 @dataclass(frozen=True)

@@ -208,11 +208,14 @@ def test_names_the_kdc_cannot_take_and_a_busy_port_are_refused(lab: Lab, tmp_pat
         lab.kdc.add_user("alice smith")
     with pytest.raises(ValidationError, match=r"^domain: a DNS name"):
         Kdc.setup(tmp_path, "lab", "lab test", [lab.root.cert])
+    kdc = Kdc.setup(tmp_path, "lab", "lab.test", [lab.root.cert])
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        kdc = Kdc.setup(tmp_path, "lab", "lab.test", [lab.root.cert])
         kdc.port = taken.getsockname()[1]
-        with pytest.raises(ClusterError, match=r"(?s)krb5kdc did not start on .*Address already in use"):
-            kdc.start()
-    assert not kdc.running()
+        try:
+            with pytest.raises(ClusterError, match=r"(?s)krb5kdc did not start on .*Address already in use"):
+                kdc.start()
+            assert not kdc.running()
+        finally:
+            kdc.stop()
