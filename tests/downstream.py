@@ -52,8 +52,10 @@ class Overridden:
     def sign(self, user: str) -> Credential:
         prefix = self.out / f"{self.ca_type}-{user}-{len(list(self.out.glob('*.json')))}"
         info = self.cluster.sign(self.ca_type, user, prefix, node="node1")
-        files = [Path(f"{prefix}{suffix}").read_bytes() for suffix in (".crt", ".chain.pem", ".key")]
-        return Credential(*files, override_active=info["ca_override"]["active"])
+        cert, chain, key = (
+            Path(f"{prefix}{suffix}").read_bytes() for suffix in (".crt", ".chain.pem", ".key")
+        )
+        return Credential(cert, chain, key, override_active=info["ca_override"]["active"])
 
     def set_disabled(self, disabled: bool) -> None:
         key = openssl_key_hash(self.override_file)
