@@ -121,7 +121,11 @@ def test_the_data_dir_is_made_once_and_roles_survive_a_restart(flow: Overridden,
     assert login(pg, flow.sign("alice"), "alice").ok
 
 
-def test_role_names_postgres_cannot_take_are_refused(pg: Postgres) -> None:
+def test_what_postgres_cannot_take_is_refused_and_changes_nothing(pg: Postgres) -> None:
     for user in ("", "a" * 64, "nul\0"):
         with pytest.raises(ValidationError, match=r"^user: a role name of 1 to 63 bytes without NUL"):
             pg.create_role(user)
+    bundle = pg.layout.client_ca.read_bytes()
+    with pytest.raises(ValidationError, match=r"^client_cas: at least one CA certificate"):
+        pg.reload_client_cas([])  # PostgreSQL would keep its old bundle and then not start again
+    assert pg.layout.client_ca.read_bytes() == bundle

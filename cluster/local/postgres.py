@@ -55,6 +55,7 @@ COMMAND_TIMEOUT = 30.0
 PORT_ATTEMPTS = 3
 SERVER_LOG_WAIT = 0.5  # seconds a refused login waits for the server's log line (written after the alert)
 _POSTGRES_ACCOUNT = "postgres"  # the name the cluster's root is seen as inside the server's namespace
+_SSL_NOT_RELOADED = "SSL configuration was not reloaded"
 _MAX_ROLE_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 # A server log line: `2026-01-01 12:00:00.000 UTC [123] FATAL:  message`
 _LOG_LINE = re.compile(r"^\S+ \S+ \S+ \[\d+\] (?P<level>LOG|FATAL|DETAIL|ERROR):\s+(?P<message>.*)$")
@@ -124,7 +125,7 @@ class Postgres:
         for _ in range(1 if fixed else PORT_ATTEMPTS):
             port = self.port or free_port(HOST)
             offset = end_of(self.layout.log)
-            process = processes.spawn(self._server_argv(port), self.layout.log)
+            process = processes.spawn(self._server_argv(port), self.layout.log, _server_env())
             if self._ready(process, timeout):
                 self.port, self.process = port, process
                 return
@@ -166,6 +167,7 @@ class Postgres:
         if pid is None or not processes.is_running(pid, self.marker):
             return
         before = self._superuser_sql("SELECT pg_conf_load_time();\n")
+        offset = end_of(self.layout.log)
         os.kill(pid, signal.SIGHUP)
         deadline = time.monotonic() + READY_TIMEOUT
         while self._superuser_sql("SELECT pg_conf_load_time();\n") == before:
@@ -174,6 +176,10 @@ class Postgres:
                     f"postgres did not reload in {READY_TIMEOUT:g}s: {processes.tail(self.layout.log, 2)}"
                 )
             time.sleep(0.02)
+        if _SSL_NOT_RELOADED in (said := since(self.layout.log, offset)):
+            raise ClusterError(
+                f"postgres kept its previous TLS settings: {last_line(said.split(_SSL_NOT_RELOADED)[0])}"
+            )
 
     def login(self, credential: bytes, key: bytes, user: str) -> LoginResult:
         """Log in as role `user` over TLS (sslmode=verify-full against the cluster's server CA) with
@@ -247,7 +253,6 @@ class Postgres:
             "ssl_cert_file": str(layout.tls_cert),
             "ssl_key_file": str(layout.tls_key),
             "ssl_ca_file": str(layout.client_ca),
-            "max_connections": "20",
         }
         options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
         return [*_unprivileged(), find_binary("postgres"), "-D", str(layout.data), *options]
@@ -261,7 +266,7 @@ class Postgres:
         argv += ["--auth=reject", "--encoding=UTF8", "--locale=C", "--no-instructions"]
         with self.layout.log.open("ab") as log:
             done = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=False
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_server_env(), check=False
             )
         if done.returncode != 0:
             raise ClusterError(
@@ -283,6 +288,10 @@ class Postgres:
         )
 
     def _write_client_cas(self, client_cas: Sequence[x509.Certificate]) -> None:
+        if not client_cas:
+            raise ValidationError(
+                ["client_cas: at least one CA certificate (PostgreSQL takes no empty ssl_ca_file)"]
+            )
         write_all({self.layout.client_ca: b"".join(c.public_bytes(Encoding.PEM) for c in client_cas)})
 
     def _superuser_sql(self, script: str, **variables: str) -> str:
@@ -325,6 +334,12 @@ def _unprivileged() -> list[str]:
             f"no {_POSTGRES_ACCOUNT!r} account to run PostgreSQL as: install the Debian package postgresql"
         ) from None
     return ["unshare", "--user", f"--map-user={account.pw_uid}", f"--map-group={account.pw_gid}", "--"]
+
+
+def _server_env() -> dict[str, str]:
+    """initdb's and the server's environment: no PG* variables of the caller, messages in English (the
+    refusals are read from the log)."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
 
 
 def _role_problems(user: str) -> list[str]:
