@@ -65,7 +65,7 @@ _DOMAIN = re.compile(
 )
 _SERVING = "commencing operation"  # what krb5kdc logs once its sockets are bound
 # A refusal in the KDC's log: `AS_REQ (…) 127.0.0.1: PREAUTH_FAILED: client for server, reason`
-_REFUSAL = re.compile(r"AS_REQ \(.*?\) [^ ]*: (?P<status>[A-Z_]+): (?P<client>.+?) for \S+, (?P<reason>.+)$")
+_REFUSAL = re.compile(r"AS_REQ \(.*?\) [^ ]*: (?P<status>[A-Z_]+): .+? for \S+, (?P<reason>.+)$")
 
 
 class LogonResult(NamedTuple):
@@ -168,18 +168,22 @@ class Kdc:
 
     def stop(self) -> bool:
         """Stop the KDC by PID (only when that PID is still this KDC); False when it was not running."""
-        pid = self.pid
-        if pid is None and self.layout.pid_file.exists():
-            with contextlib.suppress(ValueError):
-                pid = int(self.layout.pid_file.read_text().strip())
-        stopped = processes.stop(pid, self.marker)
+        stopped = processes.stop(self._running_pid(), self.marker)
         if self.process is not None:
             self.process.poll()
         self.process = None
         return stopped
 
     def running(self) -> bool:
-        return processes.is_running(self.pid, self.marker)
+        return processes.is_running(self._running_pid(), self.marker)
+
+    def _running_pid(self) -> int | None:
+        """The PID of the process this object started, else the one in krb5kdc's PID file."""
+        if self.pid is not None:
+            return self.pid
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.layout.pid_file.read_text().strip())
+        return None
 
     def principal(self, user: str) -> str:
         """The principal of `user`: the enterprise principal of their UPN, `user\\@domain@REALM`."""
@@ -234,7 +238,7 @@ class Kdc:
             if done.returncode == 0:
                 return LogonResult(True, "")
             refusal = _refusal(since(self.layout.log, offset))
-            return LogonResult(False, refusal or f"kinit: {last_line(done.stderr).removeprefix('kinit: ')}")
+            return LogonResult(False, refusal or last_line(done.stderr))  # `kinit: …`
 
     def _client_config(self, directory: Path, store: Sequence[x509.Certificate]) -> Path:
         """A workstation's krb5.conf in `directory`: this realm's KDC, and PKINIT anchors and pool."""

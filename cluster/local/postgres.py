@@ -13,8 +13,9 @@ own postgresql.conf stays initdb's. PostgreSQL re-reads `ssl_ca_file` on reload 
 
 Who the server runs as. PostgreSQL refuses to run as root. When the cluster runs as root, initdb and
 postgres run in a user namespace of their own (`unshare --user --map-user=<postgres>`) in which the
-cluster's user is seen as the unprivileged `postgres` account: without capabilities, with the files
-it makes owned on disk by the cluster's user (data dir 0700, like the nodes' token dirs). So, as when
+cluster's user is seen as the unprivileged `postgres` account: without capabilities, and towards the
+file system the cluster's user, like every other process of the cluster, so the files it makes are
+owned by the cluster's user (data dir 0700, like the nodes' token dirs). So, as when
 the cluster runs as another user (then the server simply runs as that user), only the cluster's own
 user can read the data dir: not the `postgres` account, not any other local user (SPEC §12). Running
 as the `postgres` account instead would make the data dir that account's, and it could not even reach
