@@ -143,6 +143,102 @@ class TargetLayout(ServerTLSLayout):
 
 
 @dataclass(frozen=True)
+class KdcLayout:
+    """The desktop's MIT Kerberos KDC (`targets/desktop/kdc/`): private config, database, PKINIT files."""
+
+    directory: Path
+
+    @property
+    def krb5_conf(self) -> Path:
+        """The KDC's and kadmin.local's KRB5_CONFIG (no client PKINIT settings: the KDC reads it too)."""
+        return self.directory / "krb5.conf"
+
+    @property
+    def kdc_conf(self) -> Path:
+        """KRB5_KDC_PROFILE: the realm's database, listening port and PKINIT settings."""
+        return self.directory / "kdc.conf"
+
+    @property
+    def database_dir(self) -> Path:
+        """The principal database and its master key stash (mode 0700)."""
+        return self.directory / "db"
+
+    @property
+    def database(self) -> Path:
+        return self.database_dir / "principal"
+
+    @property
+    def stash(self) -> Path:
+        """The database master key (kdb5_util's stash file, mode 0600)."""
+        return self.database_dir / "stash"
+
+    @property
+    def cert(self) -> Path:
+        """The KDC's PKINIT certificate (EKU id-pkinit-KPKdc, SAN krbtgt/REALM@REALM)."""
+        return self.directory / "kdc.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "kdc.key"
+
+    @property
+    def kdc_ca(self) -> Path:
+        """The CA of the KDC's certificate: the KDC checks its own chain, and clients check the KDC."""
+        return self.directory / "kdc-ca.pem"
+
+    @property
+    def anchors(self) -> Path:
+        """The PKINIT trust anchors for client certificates (`pkinit_anchors`), rewritten on reload."""
+        return self.directory / "anchors.pem"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "krb5kdc.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "kdc.log"
+
+    @property
+    def logon_lock(self) -> Path:
+        """Held during a logon, so the KDC's log lines of that logon are told apart from others'."""
+        return self.directory / "logon.lock"
+
+
+@dataclass(frozen=True)
+class PostgresLayout(ServerTLSLayout):
+    """The database's PostgreSQL server (`targets/db/postgres/`): data dir, TLS identity, trust, log."""
+
+    @property
+    def data(self) -> Path:
+        """The data dir made by initdb (mode 0700), holding the Unix socket dir."""
+        return self.directory / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data / "sock"
+
+    @property
+    def hba(self) -> Path:
+        """pg_hba.conf: certificate logins over TLS on loopback, the superuser over the socket."""
+        return self.directory / "pg_hba.conf"
+
+    @property
+    def client_ca(self) -> Path:
+        """`ssl_ca_file`: the CAs client certificates must chain to, rewritten on reload."""
+        return self.directory / "client-ca.pem"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "postgres.log"
+
+    @property
+    def login_lock(self) -> Path:
+        """Held during a client login, so the server's log lines of that login are told apart."""
+        return self.directory / "login.lock"
+
+
+@dataclass(frozen=True)
 class AdminLayout:
     """`admin/`: the admin mTLS identity authctl presents, and the server CA it checks nodes with."""
 
@@ -200,6 +296,15 @@ class PkiLayout:
     @property
     def etcd_ca_key(self) -> Path:
         return self.directory / "etcd-ca.key"
+
+    @property
+    def kdc_ca_cert(self) -> Path:
+        """The CA of the KDC's PKINIT certificate, and of nothing else (a PKINIT trust anchor)."""
+        return self.directory / "kdc-ca.pem"
+
+    @property
+    def kdc_ca_key(self) -> Path:
+        return self.directory / "kdc-ca.key"
 
 
 @dataclass(frozen=True)
@@ -278,6 +383,16 @@ class ClusterLayout:
 
     def target(self, kind: str) -> TargetLayout:
         return TargetLayout(self.targets_dir / kind)
+
+    @property
+    def kdc(self) -> KdcLayout:
+        """The desktop target's KDC."""
+        return KdcLayout(self.target("desktop").directory / "kdc")
+
+    @property
+    def postgres(self) -> PostgresLayout:
+        """The database target's PostgreSQL server."""
+        return PostgresLayout(self.target("db").directory / "postgres")
 
     @property
     def demo_dir(self) -> Path:

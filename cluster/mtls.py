@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from authsim.cluster.layout import ClusterLayout, EtcdClientLayout, EtcdLayout, NodeLayout, ServerTLSLayout
+from authsim.cluster.layout import (
+    ClusterLayout,
+    EtcdClientLayout,
+    EtcdLayout,
+    KdcLayout,
+    NodeLayout,
+    ServerTLSLayout,
+)
 from authsim.cluster.resources.x509 import ca_certificate_builder, key_usage
 from authsim.cluster.secret_files import write_all
 from authsim.cluster.store import EtcdTLS
@@ -28,6 +35,9 @@ from authsim.cluster.store import EtcdTLS
 NODE_TLS_NAME = "authsim-node"  # DNS SAN every node certificate carries; clients verify against it
 ADMIN_CN = "admin"
 ETCD_MEMBER_CN = "etcd-member"  # no etcd user has this name: the member certificate grants no KV access
+PKINIT_KDC = x509.ObjectIdentifier("1.3.6.1.5.2.3.5")  # EKU id-pkinit-KPKdc (RFC 4556)
+PKINIT_SAN = x509.ObjectIdentifier("1.3.6.1.5.2.2")  # otherName id-pkinit-san: a KRB5PrincipalName
+_NT_SRV_INST = 2  # Kerberos name type of a service instance such as krbtgt/REALM
 _VALIDITY = dt.timedelta(days=3650)
 
 
@@ -222,3 +232,39 @@ def ensure_etcd_client_identity(cluster_dir: Path, cluster_name: str, directory:
     _issue(ca, cn, cluster_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], files.cert, files.key)
     files.etcd_ca.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
     return EtcdTLS(files.etcd_ca, files.cert, files.key)
+
+
+def _kdc_ca(cluster_dir: Path, cluster_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA of the KDC's PKINIT certificate, made once. The KDC needs its own issuer among its trust
+    anchors, and a CA that signs nothing else adds no client it would accept."""
+    pki = ClusterLayout(cluster_dir).pki
+    return _ensure_ca(pki.kdc_ca_cert, pki.kdc_ca_key, "kdc-ca", cluster_name)
+
+
+def ensure_kdc_identity(cluster_dir: Path, cluster_name: str, kdc: KdcLayout, realm: str) -> TLSIdentity:
+    """The KDC's PKINIT certificate for `realm` (EKU id-pkinit-KPKdc, SAN krbtgt/REALM@REALM), made once,
+    and its CA beside it: PKINIT clients check the KDC against that CA."""
+    ca = _kdc_ca(cluster_dir, cluster_name)
+    kdc.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    san = x509.OtherName(PKINIT_SAN, krb5_principal_name(realm, ["krbtgt", realm], _NT_SRV_INST))
+    _issue(ca, "kdc", cluster_name, PKINIT_KDC, [san], kdc.cert, kdc.key)
+    kdc.kdc_ca.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    return TLSIdentity(kdc.cert, kdc.key, kdc.kdc_ca)
+
+
+def krb5_principal_name(realm: str, components: Sequence[str], name_type: int) -> bytes:
+    """DER of a KRB5PrincipalName (RFC 4556 §3.2.2), the value of an id-pkinit-san otherName:
+    SEQUENCE { [0] realm GeneralString, [1] SEQUENCE { [0] name-type INTEGER, [1] SEQUENCE OF
+    GeneralString } }, every tag explicit."""
+    strings = b"".join(_der(0x1B, c.encode()) for c in components)
+    name = _der(0x30, _der(0xA0, _der(0x02, name_type.to_bytes(1, "big"))) + _der(0xA1, _der(0x30, strings)))
+    return _der(0x30, _der(0xA0, _der(0x1B, realm.encode())) + _der(0xA1, name))
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    """One DER element: tag, definite length (short or long form), content."""
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + content
