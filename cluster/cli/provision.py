@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,10 +28,10 @@ from authsim.cluster.mtls import (
 )
 from authsim.cluster.secret_files import write_all
 from authsim.cluster.store import EtcdTLS
+from authsim.cluster.store.keys import DNS_LABEL, checked_cluster_name
 from authsim.hsm import provision_token
 
 NODE_PORT = 3025
-_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 dir_type = click.Path(file_okay=False, path_type=Path)
 
@@ -43,7 +42,7 @@ def _names(value: str) -> list[str]:
 
 def _node_names(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
     names = _names(value)
-    bad = [name for name in names if not _DNS_LABEL.fullmatch(name)]
+    bad = [name for name in names if not DNS_LABEL.fullmatch(name)]
     if not names or bad or len(set(names)) != len(names):
         raise click.BadParameter(
             "give distinct node names, each a lower-case DNS label (it is the node's TLS name), "
@@ -114,6 +113,7 @@ def pki(
     etcd_key: Path | None,
     etcd_ca: bool,
 ) -> None:
+    checked_cluster_name(cluster_name)
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
     if (tls is not None or etcd_ca) and not etcd:
         what = (
@@ -195,6 +195,7 @@ def node(
     pkcs11_module: str | None,
     event_retention: int,
 ) -> None:
+    checked_cluster_name(cluster_name)
     if not etcd:
         raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
