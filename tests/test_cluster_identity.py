@@ -144,7 +144,7 @@ def test_the_embedded_etcd_keeps_the_cluster_id_too(name: str, cluster_dir: Call
 
 
 def test_join_takes_the_stored_id_and_leaves_the_first_dirs_targets(
-    name: str, cluster_dir: Callable[[str], Path], etcd_args: list[str]
+    name: str, cluster_dir: Callable[[str], Path], etcd_args: list[str], etcd_tls: EtcdTLS
 ) -> None:
     first_dir, joined_dir = cluster_dir("first"), cluster_dir("joined")
     first = started(first_dir, name, etcd_args)
@@ -160,6 +160,14 @@ def test_join_takes_the_stored_id_and_leaves_the_first_dirs_targets(
     assert LocalCluster(first_dir).exercise("db_client", "alice")["success"] is True
     launcher.down(joined_dir)
     assert started(joined_dir, name, etcd_args).cluster_id == first.cluster_id  # no --join needed again
+    keys = etcd_count([etcd_args[1]], etcd_tls, name)
+    refused = authsim("down", "--dir", str(joined_dir), "--purge", "--purge-etcd")
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"error: {joined_dir} joined cluster '{name}', made by '{first_dir}': --purge-etcd deletes only a "
+        "cluster this dir made (`authsim forget` deletes any, once no dir runs it)\n"
+    )
+    assert joined_dir.exists() and etcd_count([etcd_args[1]], etcd_tls, name) == keys
 
 
 def test_join_needs_a_cluster_to_join(

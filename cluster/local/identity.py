@@ -69,25 +69,45 @@ async def _claim(directory: Path, state: ClusterState, join: bool, new: bool) ->
     if state.cluster_id is None:
         raise ClusterError(
             f"etcd at {where} already holds cluster {name!r} (id {stored.cluster_id}, made by "
-            f"{_made_by(stored)}): `authsim up --join` adds this dir's nodes to it, another "
+            f"{_origin(stored)}): `authsim up --join` adds this dir's nodes to it, another "
             "--cluster-name makes a cluster of its own"
         )
     raise ClusterError(
         f"{directory} belongs to cluster {name!r} id {state.cluster_id}, but etcd at {where} holds "
-        f"cluster {name!r} id {stored.cluster_id} (made by {_made_by(stored)}): not starting a dir "
+        f"cluster {name!r} id {stored.cluster_id} (made by {_origin(stored)}): not starting a dir "
         "in another cluster"
     )
 
 
 def require_id(etcd: EtcdEntry, cluster_name: str, seen: StoredCluster, cluster_id: str | None) -> None:
     """ClusterError naming both ids unless the cluster `seen` on `etcd` has the id `cluster_id` (None:
-    the data has no id, written before cluster ids)."""
+    the data has no id, written before cluster ids) or has no key at all."""
     found = seen.identity.cluster_id if seen.identity else None
-    if found != cluster_id:
+    if seen.keys and found != cluster_id:
         raise ClusterError(
             f"etcd at {_where(etcd)} holds cluster {cluster_name!r} {describe(seen)}, not id "
             f"{cluster_id or NO_ID}: nothing deleted"
         )
+
+
+def purgeable(directory: Path, state: ClusterState) -> StoredCluster:
+    """What the external etcd of `state` holds of its cluster, when `directory` may delete it there:
+    the stored id is the dir's (or nothing is stored) and this dir made the cluster, not joined it.
+    ClusterError otherwise; nothing is deleted."""
+    seen = stored(state.etcd, state.cluster_name)
+    require_id(state.etcd, state.cluster_name, seen, state.cluster_id)
+    if seen.identity is not None and not made_here(directory, seen.identity):
+        raise ClusterError(
+            f"{directory} joined cluster {state.cluster_name!r}, made by "
+            f"{quoted(seen.identity.directory, 300)}: --purge-etcd deletes only a cluster this dir made "
+            "(`authsim forget` deletes any, once no dir runs it)"
+        )
+    return seen
+
+
+def made_here(directory: Path, made: ClusterIdentity) -> bool:
+    """Whether `directory` made the cluster whose identity is `made` (else it joined it)."""
+    return made.directory == str(directory.absolute())
 
 
 def forget(etcd: EtcdEntry, cluster_name: str, seen: StoredCluster) -> int:
@@ -115,10 +135,11 @@ def describe(seen: StoredCluster) -> str:
     """`id X (made by DIR at TIME), N keys`, or `without a cluster id (...)` for data from before ids."""
     if seen.identity is None:
         return f"without a cluster id (written before cluster ids), {seen.keys} keys"
-    return f"id {seen.identity.cluster_id} (made by {_made_by(seen.identity)}), {seen.keys} keys"
+    return f"id {seen.identity.cluster_id} (made by {_origin(seen.identity)}), {seen.keys} keys"
 
 
-def _made_by(identity: ClusterIdentity) -> str:
+def _origin(identity: ClusterIdentity) -> str:
+    """`'DIR' at TIME`: where and when the cluster was made."""
     return f"{quoted(identity.directory, 300)} at {identity.created}"
 
 

@@ -34,7 +34,6 @@ from authsim.cluster.mtls import (
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.store import EtcdStore, EtcdTLS
 from authsim.cluster.store.addresses import register_targets
-from authsim.cluster.store.identity import ClusterIdentity
 from authsim.cluster.store.keys import checked_cluster_name
 from authsim.cluster.store.rbac import grant_cluster_access
 from authsim.cluster.targets.trust import set_default_trust
@@ -97,7 +96,9 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
     state = _plan(directory, existing, options, running)
     owner = True  # whether this dir made the cluster (a joined dir starts no targets)
     if not state.etcd.embedded:  # before anything is written: a refused dir stays as it was
-        owner = _is_owner(directory, identity.claim(directory, state, options.join, existing is None))
+        owner = identity.made_here(
+            directory, identity.claim(directory, state, options.join, existing is None)
+        )
     _make_cluster_dir(directory)
     if state.etcd.embedded:
         admin_dir = ClusterLayout(directory).admin.directory
@@ -192,10 +193,7 @@ def purge(directory: Path, purge_etcd: bool = False) -> Purged:
     _check_purgeable(directory)
     state = _load_existing(directory)
     external = state if state is not None and not state.etcd.embedded else None
-    seen = None
-    if external is not None and purge_etcd:
-        seen = identity.stored(external.etcd, external.cluster_name)
-        identity.require_id(external.etcd, external.cluster_name, seen, external.cluster_id)
+    seen = identity.purgeable(directory, external) if external is not None and purge_etcd else None
     stopped = down(directory)
     deleted = None
     if external is not None and seen is not None:
@@ -303,11 +301,6 @@ def _plan(
         host, preferred = entry.address.rsplit(":", 1)
         entry.address = f"{host}:{_pick_port(int(preferred))}"
     return state
-
-
-def _is_owner(directory: Path, made: ClusterIdentity) -> bool:
-    """Whether `directory` made the cluster whose identity is `made` (else it joined it)."""
-    return made.directory == str(directory.absolute())
 
 
 def _start_etcd(directory: Path, state: ClusterState) -> None:
