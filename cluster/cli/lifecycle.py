@@ -13,7 +13,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from authsim.cluster.cli.common import dir_option, etcd_tls_from_options, etcd_tls_options, make_console
+from authsim.cluster.cli.common import (
+    dir_option,
+    etcd_endpoints,
+    etcd_tls_from_options,
+    etcd_tls_options,
+    make_console,
+)
 from authsim.cluster.cli.safe_text import cell, escaped
 from authsim.cluster.errors import ClusterError, one_line
 from authsim.cluster.local import identity, launcher
@@ -34,7 +40,13 @@ console = make_console()
     help="cluster name: 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit "
     "(default mycluster)",
 )
-@click.option("--etcd", "etcd", default=None, help="existing etcd endpoints host:port[,host:port...]")
+@click.option(
+    "--etcd",
+    "etcd",
+    callback=etcd_endpoints,
+    default=None,
+    help="existing etcd endpoints host:port[,host:port...]",
+)
 @click.option(
     "--join",
     is_flag=True,
@@ -53,7 +65,7 @@ def up(
     directory: str | None,
     nodes: int | None,
     cluster_name: str | None,
-    etcd: str | None,
+    etcd: list[str],
     join: bool,
     base_port: int | None,
     etcd_cacert: Path | None,
@@ -66,7 +78,7 @@ def up(
     options = launcher.UpOptions(
         nodes,
         cluster_name,
-        _endpoints(etcd) if etcd else None,
+        etcd or None,
         base_port,
         etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key),
         event_retention,
@@ -153,7 +165,9 @@ def forget_command(etcd: EtcdEntry, cluster_name: str, cluster_id: str | None) -
     "gone. Stop its nodes first: etcd does not show whether they still run. Without --cluster-id it "
     "shows the cluster's id and key count and deletes nothing; the id typed back confirms."
 )
-@click.option("--etcd", "etcd", required=True, help="etcd endpoints host:port[,host:port...]")
+@click.option(
+    "--etcd", "etcd", callback=etcd_endpoints, required=True, help="etcd endpoints host:port[,host:port...]"
+)
 @click.option("--cluster-name", required=True, help="the cluster's name")
 @click.option(
     "--cluster-id",
@@ -163,7 +177,7 @@ def forget_command(etcd: EtcdEntry, cluster_name: str, cluster_id: str | None) -
 )
 @etcd_tls_options
 def forget(
-    etcd: str,
+    etcd: list[str],
     cluster_name: str,
     cluster_id: str | None,
     etcd_cacert: Path | None,
@@ -171,7 +185,9 @@ def forget(
     etcd_key: Path | None,
 ) -> None:
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
-    entry = EtcdEntry(_endpoints(etcd), embedded=False, tls=tls.checked() if tls else None)
+    if not etcd:
+        raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
+    entry = EtcdEntry(etcd, embedded=False, tls=tls.checked() if tls else None)
     name = checked_cluster_name(cluster_name)
     where = ",".join(entry.endpoints)
     seen = identity.stored(entry, name)
@@ -187,10 +203,6 @@ def forget(
     identity.require_id(entry, name, seen, None if cluster_id == identity.NO_ID else cluster_id)
     deleted = identity.forget(entry, name, seen)
     console.print(f"deleted {deleted} keys of cluster {name} from etcd at {where}", markup=False)
-
-
-def _endpoints(value: str) -> list[str]:
-    return [e.strip() for e in value.split(",") if e.strip()]
 
 
 def print_status(report: ClusterStatus) -> None:

@@ -15,7 +15,7 @@ import click
 
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.auth_node.events import DEFAULT_RETENTION
-from authsim.cluster.cli.common import etcd_tls_from_options, etcd_tls_options, run_cli
+from authsim.cluster.cli.common import etcd_endpoints, etcd_tls_from_options, etcd_tls_options, run_cli
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry
@@ -51,15 +51,6 @@ def _node_names(ctx: click.Context, param: click.Parameter, value: str) -> list[
     return names
 
 
-def _endpoints(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
-    endpoints = _names(value)
-    for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit():
-            raise click.BadParameter(f"etcd endpoint {endpoint!r} is not host:port")
-    return endpoints
-
-
 def _copy(sources: tuple[Path, ...], targets: tuple[Path, ...]) -> None:
     """Copy each source file to the target at the same place, all or none; `*.key` files are 0600."""
     files = {target: source.read_bytes() for source, target in zip(sources, targets, strict=True)}
@@ -90,7 +81,10 @@ def provision() -> None:
     "--port", type=click.IntRange(1, 65535), default=NODE_PORT, show_default=True, help="node gRPC port"
 )
 @click.option(
-    "--etcd", callback=_endpoints, default="", help="etcd endpoints host:port,..., recorded in cluster.yaml"
+    "--etcd",
+    callback=etcd_endpoints,
+    default="",
+    help="etcd endpoints host:port,..., recorded in cluster.yaml",
 )
 @etcd_tls_options
 @click.option(
@@ -172,7 +166,9 @@ def _etcd_pki(
 @click.option("--name", required=True, help="node name, as given to `provision pki --nodes`")
 @click.option("--cluster-name", default="mycluster", show_default=True)
 @click.option("--listen", default=f"0.0.0.0:{NODE_PORT}", show_default=True, help="gRPC listen host:port")
-@click.option("--etcd", callback=_endpoints, required=True, help="etcd endpoints host:port[,host:port...]")
+@click.option(
+    "--etcd", callback=etcd_endpoints, required=True, help="etcd endpoints host:port[,host:port...]"
+)
 @etcd_tls_options
 @click.option("--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2)")
 @click.option(
