@@ -18,10 +18,12 @@ from authsim.cluster.errors import KeyAccessError, ValidationError, control_char
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride
+from authsim.cluster.resources.x509 import display_name
 
 SMARTCARD_LOGON = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.2")
 UPN = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 DEFAULT_TTL = dt.timedelta(hours=1)
+BACKDATE = dt.timedelta(minutes=1)  # a leaf is valid from a little before now: clients' clocks lag
 MAX_TTL = dt.timedelta(days=30)
 MAX_USER_BYTES = 64  # the user is the leaf's CN: X.520 allows 64
 MIN_RSA_BITS = 2048
@@ -98,7 +100,7 @@ def resolve_issuer(
 
 @functools.lru_cache(maxsize=256)
 def _subject(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string()
+    return display_name(cert.subject)
 
 
 @functools.lru_cache(maxsize=256)
@@ -161,39 +163,68 @@ def public_key_problems(key: CertificateIssuerPublicKeyTypes) -> list[str]:
 
 
 async def issue_credentials(
-    signer: TokenSigner, work: Sequence[tuple[Issuer, CredentialRequest]]
+    signer: TokenSigner, work: Sequence[tuple[Issuer, CredentialRequest]], domain: str
 ) -> list[Credential]:
-    """Client certificates, each signed inside the token under its issuer, in the order asked.
+    """Client certificates, each signed inside the token under its issuer, in the order asked; a
+    windows leaf's UPN is `user@<domain>`.
 
     The certificates are built here, on the event loop, and signed on the token's thread in one hand-over
     with whatever other requests are waiting for it.
     """
-    builders = [(i.key.key, _leaf_builder(i, r.ca_type, r.user, r.public_key, r.ttl)) for i, r in work]
+    builders = [(i.key.key, _leaf_builder(_issuing(i.certificate), r, domain)) for i, r in work]
     certificates = await signer.sign(builders)
     return [Credential(c, issuer) for c, (issuer, _) in zip(certificates, work, strict=True)]
 
 
-def _leaf_builder(
-    issuer: Issuer, ca_type: str, user: str, public_key: CertificateIssuerPublicKeyTypes, ttl: dt.timedelta
-) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.timezone.utc)
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    smartcard = CA_TYPES[ca_type].smartcard_logon
-    if smartcard:
-        usages.append(SMARTCARD_LOGON)
+@dataclass(frozen=True)
+class _IssuingCertificate:
+    """What a leaf takes from the certificate it chains to."""
+
+    subject: x509.Name
+    authority_key_id: x509.AuthorityKeyIdentifier  # the issuing certificate's SKI
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+@functools.lru_cache(maxsize=256)
+def _issuing(cert: x509.Certificate) -> _IssuingCertificate:
+    """Read once per issuing certificate, not once per leaf."""
     try:
-        ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.certificate.public_key())  # type: ignore[arg-type]
-    builder = (
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(cert.public_key())  # type: ignore[arg-type]
+    return _IssuingCertificate(cert.subject, aki, cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def _leaf_builder(
+    issuer: _IssuingCertificate, request: CredentialRequest, domain: str
+) -> x509.CertificateBuilder:
+    """The leaf RFC 5280 client verifiers accept: CN = user and a SAN naming the user, SKI and AKI,
+    valid within its issuer's validity."""
+    now = dt.datetime.now(dt.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.user)])
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    smartcard = CA_TYPES[request.ca_type].smartcard_logon
+    if smartcard:
+        usages.append(SMARTCARD_LOGON)
+    public_key = request.public_key
+    # The SAN names the user: for windows the UPN `user@<domain>` (what a domain controller and a PKINIT
+    # KDC map), else the subject again as a directoryName: the user has no DNS name, e-mail address or
+    # URI, and the DN is what PostgreSQL's cert auth maps.
+    san = (
+        x509.OtherName(UPN, _der_utf8_string(f"{request.user}@{domain}"))
+        if smartcard
+        else x509.DirectoryName(subject)
+    )
+    return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
-        .issuer_name(issuer.certificate.subject)
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(min(now + ttl, issuer.certificate.not_valid_after_utc))
+        .not_valid_before(max(now - BACKDATE, issuer.not_before))
+        .not_valid_after(min(now + request.ttl, issuer.not_after))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -210,12 +241,10 @@ def _leaf_builder(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(aki, critical=False)
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(issuer.authority_key_id, critical=False)
     )
-    if smartcard:
-        upn = x509.OtherName(UPN, _der_utf8_string(user))
-        builder = builder.add_extension(x509.SubjectAlternativeName([upn]), critical=False)
-    return builder
 
 
 def _der_utf8_string(text: str) -> bytes:

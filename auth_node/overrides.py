@@ -3,18 +3,29 @@
 Every write is read → validate → modify → compare-and-swap, retried on conflict with the current
 values from the Txn's failure branch. A rejected write changes nothing. A stored resource that breaks a
 rule is never a base for an entry edit; a whole-resource write replaces it, checked as a create.
+Each write carries a request id, stored in status.last_write: when etcd's answer to a write is lost,
+finding that id stored is how the write knows it landed (else its outcome is reported unknown).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
-from authsim.cluster.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
+from authsim.cluster.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    NotFoundError,
+    OutcomeUnknownError,
+    ValidationError,
+    quoted,
+)
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
 from authsim.cluster.resources.stored import StoredOverride, read_cert_authority, read_override
@@ -30,6 +41,18 @@ class Removal(enum.Enum):
 
 REMOVE = Removal.REMOVE  # what a change returns to delete the resource
 Change = Callable[[StoredOverride | None, OverrideContext], CertAuthorityOverride | Removal | None]
+_REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+def _request_id_or_new(sent: str) -> str:
+    """The caller's request id once it passes the rule, or a new one (uuid4 hex) when none was sent."""
+    if not sent:
+        return uuid.uuid4().hex
+    if not _REQUEST_ID.fullmatch(sent):
+        raise ValidationError(
+            [f"request_id: must be 1 to 64 letters, digits, '-' or '_', got {quoted(sent)}"]
+        )
+    return sent
 
 
 @dataclass(frozen=True)
@@ -39,6 +62,7 @@ class WriteResult:
     changed: bool
     public_key: str = ""
     problems: tuple[str, ...] = ()  # a check-only write: every problem found (none: it would land)
+    request_id: str = ""  # the write's id, in status.last_write where it landed
 
 
 def _trusted(stored: StoredOverride | None) -> CertAuthorityOverride | None:
@@ -91,7 +115,7 @@ class Overrides:
         )
 
     async def create(
-        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False
+        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False, request_id: str = ""
     ) -> WriteResult:
         """Create; an existing resource is an error (use upsert or update)."""
 
@@ -104,20 +128,20 @@ class Overrides:
                 )
             return self._checked(resource, None, ctx)
 
-        return await self._update(resource.ca_type, create, force, check_only)
+        return await self._update(resource.ca_type, create, force, check_only, request_id)
 
     async def upsert(
-        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False
+        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False, request_id: str = ""
     ) -> WriteResult:
         """Create or replace, validated against whatever is stored at the moment of the swap."""
 
         def upsert(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
             return self._checked(resource, _trusted(previous), ctx)
 
-        return await self._update(resource.ca_type, upsert, force, check_only)
+        return await self._update(resource.ca_type, upsert, force, check_only, request_id)
 
     async def update(
-        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False
+        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False, request_id: str = ""
     ) -> WriteResult:
         """Replace only if the stored revision is still `resource.revision` (the edit flow)."""
 
@@ -128,9 +152,9 @@ class Overrides:
                 raise _stale(resource, previous.resource.revision)
             return self._checked(resource, _trusted(previous), ctx)
 
-        return await self._update(resource.ca_type, update, force, check_only)
+        return await self._update(resource.ca_type, update, force, check_only, request_id)
 
-    async def delete(self, ca_type: str, force: bool) -> WriteResult:
+    async def delete(self, ca_type: str, force: bool, request_id: str = "") -> WriteResult:
         """Remove the resource; refused while it holds an enabled override of an active key."""
 
         def remove(previous: StoredOverride | None, ctx: OverrideContext) -> Removal:
@@ -141,9 +165,11 @@ class Overrides:
                 check_override(replace(trusted, certificate_overrides=()), trusted, ctx)
             return REMOVE
 
-        return await self._update(ca_type, remove, force)
+        return await self._update(ca_type, remove, force, request_id=request_id)
 
-    async def create_entry(self, ca_type: str, entry: CertificateOverride, force: bool) -> WriteResult:
+    async def create_entry(
+        self, ca_type: str, entry: CertificateOverride, force: bool, request_id: str = ""
+    ) -> WriteResult:
         """Append this node's entry; an identical entry already present is a no-op success."""
         entry = replace(entry, public_key=entry.key_hash)
 
@@ -162,7 +188,8 @@ class Overrides:
                 )
             return self._checked(base.with_entry(entry), before, ctx)
 
-        return replace(await self._update(ca_type, append, force), public_key=entry.key_hash)
+        written = await self._update(ca_type, append, force, request_id=request_id)
+        return replace(written, public_key=entry.key_hash)
 
     async def update_entry(
         self,
@@ -170,6 +197,7 @@ class Overrides:
         public_key: str,
         change: Callable[[CertificateOverride], CertificateOverride],
         force: bool,
+        request_id: str = "",
     ) -> WriteResult:
         def modify(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride | None:
             before = _base(previous)
@@ -180,16 +208,22 @@ class Overrides:
             assert before is not None
             return self._checked(before.replacing(index, updated), before, ctx)
 
-        return replace(await self._update(ca_type, modify, force), public_key=public_key)
+        return replace(
+            await self._update(ca_type, modify, force, request_id=request_id), public_key=public_key
+        )
 
-    async def delete_entry(self, ca_type: str, public_key: str, force: bool) -> WriteResult:
+    async def delete_entry(
+        self, ca_type: str, public_key: str, force: bool, request_id: str = ""
+    ) -> WriteResult:
         def remove(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
             before = _base(previous)
             index, _ = self._find(before, ca_type, public_key)
             assert before is not None
             return self._checked(before.without(index), before, ctx)
 
-        return replace(await self._update(ca_type, remove, force), public_key=public_key)
+        return replace(
+            await self._update(ca_type, remove, force, request_id=request_id), public_key=public_key
+        )
 
     def _find(
         self, resource: CertAuthorityOverride | None, ca_type: str, public_key: str
@@ -213,11 +247,17 @@ class Overrides:
         )
         return replace(new, certificate_overrides=entries)
 
-    def _encoded(self, resource: CertAuthorityOverride, attempts: int) -> bytes:
+    def _encoded(self, resource: CertAuthorityOverride, attempts: int, request_id: str) -> bytes:
         """The stored form of a checked `resource`, with status.last_write: which node wrote it, when,
-        and the attempt that landed; refused past the size limit."""
+        the attempt that landed and the request's id; refused past the size limit."""
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-        record = {"node": self.node.name, "host_id": self.node.host_id, "attempts": attempts, "time": now}
+        record = {
+            "node": self.node.name,
+            "host_id": self.node.host_id,
+            "attempts": attempts,
+            "time": now,
+            "request_id": request_id,
+        }
         data = replace(resource, last_write=record).to_json()
         if len(data) > MAX_RESOURCE_BYTES:
             raise ValidationError([f"resource: larger than 1 MiB once stored ({len(data)} bytes)"])
@@ -233,34 +273,51 @@ class Overrides:
         return self._read(ca_type, found)
 
     async def _update(
-        self, ca_type: str, change: Change, force: bool, check_only: bool = False
+        self, ca_type: str, change: Change, force: bool, check_only: bool = False, request_id: str = ""
     ) -> WriteResult:
         """The compare-and-swap loop: `change` maps the stored resource to the new one (None: no-op,
         REMOVE: delete it), checked against the CA as stored at that moment: the Txn compares the CA's
         revision too, so a CA change (a rotation) between the checks and the write sends the write
-        round again, never past the checks."""
+        round again, never past the checks. A write whose answer etcd lost succeeds when the stored
+        resource carries its `request_id` (made here when empty); else its outcome is unknown."""
+        request_id = _request_id_or_new(request_id)
         base = await self._context(force)
         cluster = self.node.cluster_name
         if check_only:
             return await self._check(ca_type, change, base)
         attempts = 0
+        removing = False
 
         def encode(current: Versioned | None, ca: Versioned | None) -> bytes | None:
-            nonlocal attempts
+            nonlocal attempts, removing
             ctx = replace(base, cert_authority=self._cert_authority(ca_type, ca))
             new = change(self._decoded(ca_type, current), ctx)
+            removing = new is REMOVE
             if new is None or new is REMOVE:
                 return DELETE if new is REMOVE else None
             attempts += 1  # the Txn this value goes out in
-            return self._encoded(new, attempts)
+            return self._encoded(new, attempts, request_id)
+
+        def mine(found: Versioned) -> bool:
+            stored = self._decoded(ca_type, found)
+            return stored is not None and (stored.resource.last_write or {}).get("request_id") == request_id
 
         known = None
         if self.view.ready.is_set():
             known = (self.view.stored_overrides.get(ca_type), self.view.stored_cas.get(ca_type))
-        result = await self.store.update_guarded(
-            override_key(cluster, ca_type), cert_authority_key(cluster, ca_type), encode, known=known
-        )
-        return WriteResult(result.revision, result.attempts, result.changed)
+        try:
+            result = await self.store.update_guarded(
+                override_key(cluster, ca_type),
+                cert_authority_key(cluster, ca_type),
+                encode,
+                known=known,
+                mine=mine,
+            )
+        except OutcomeUnknownError as e:
+            raise OutcomeUnknownError(
+                f"{e}; {_how_to_check(ca_type, request_id, removing)}", request_id
+            ) from e
+        return WriteResult(result.revision, result.attempts, result.changed, request_id=request_id)
 
     async def _check(self, ca_type: str, change: Change, base: OverrideContext) -> WriteResult:
         """Every problem `change` finds with the stored state, nothing written."""
@@ -286,6 +343,17 @@ class Overrides:
         if found is None:
             return None
         return read_cert_authority(found.value, found.mod_revision, self.node.cluster_name, ca_type).require()
+
+
+def _how_to_check(ca_type: str, request_id: str, removing: bool) -> str:
+    """What an admin checks to learn whether a write whose outcome is unknown landed."""
+    get = f"`authctl get ca_overrides/{ca_type}`"
+    if removing:  # nothing stored carries the id of a removal
+        return f"check {get}: not found means it is removed (by this request, {request_id}, or another)"
+    return (
+        f"check {get}: status.last_write.request_id {request_id} there means this write landed "
+        "and nothing changed the resource since"
+    )
 
 
 def _stale(resource: CertAuthorityOverride, stored: int) -> ConflictError:

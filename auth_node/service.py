@@ -41,10 +41,10 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.auth_node.token_signer import TokenSigner
 from authsim.cluster.errors import MAX_MESSAGE_CHARS, AuthSimError, NotFoundError, ValidationError, cut
-from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
+from authsim.cluster.resources.ca_types import CA_TYPES, desktop_domain, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
-from authsim.cluster.rpc_errors import ERROR_MARKER, error_metadata, status_code_for
+from authsim.cluster.rpc_errors import ERROR_MARKER, REQUEST_ID, error_metadata, status_code_for
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import node_names
 from authsim.hsm import KeyStore
@@ -91,6 +91,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.view = view
         self.overrides = Overrides(store, node, view)
         self.signer = TokenSigner(keystore)
+        self.domain = desktop_domain(node.cluster_name)  # windows leaves' UPN suffix
 
     async def issuer(self, ca_type: str) -> Issuer:
         """This node's active key of `ca_type`, under the override the view holds for it."""
@@ -103,7 +104,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def issue(self, requests: Sequence[CredentialRequest]) -> list[Credential]:
         """Credentials from this node's active keys, one issuer lookup per CA type."""
         issuers = {t: await self.issuer(t) for t in dict.fromkeys(r.ca_type for r in requests)}
-        return await issue_credentials(self.signer, [(issuers[r.ca_type], r) for r in requests])
+        return await issue_credentials(self.signer, [(issuers[r.ca_type], r) for r in requests], self.domain)
 
     async def _cert_authority(self, type_name: str) -> CertAuthority:
         ca_type = resolve_ca_type(type_name).name
@@ -213,7 +214,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             known = ", ".join(pb.WriteMode.Name(m) for m in writes)
             raise ValidationError([f"mode: unknown write mode {request.mode} (known: {known})"])
         write = writes[request.mode]
-        result = await write(resource, request.force, request.check_only)
+        result = await write(resource, request.force, request.check_only, _request_id(context))
         if request.check_only:
             return pb.WriteResponse(revision=result.revision, problems=result.problems)
         return await self._written(result)
@@ -223,7 +224,9 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: pb.DeleteOverrideResourceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.WriteResponse:
         return await self._written(
-            await self.overrides.delete(resolve_ca_type(request.type).name, request.force)
+            await self.overrides.delete(
+                resolve_ca_type(request.type).name, request.force, _request_id(context)
+            )
         )
 
     @_domain_errors
@@ -236,7 +239,9 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             disabled=request.disabled,
         )
         ca_type = resolve_ca_type(request.type).name
-        return await self._written(await self.overrides.create_entry(ca_type, entry, request.force))
+        return await self._written(
+            await self.overrides.create_entry(ca_type, entry, request.force, _request_id(context))
+        )
 
     @_domain_errors
     async def UpdateOverride(
@@ -253,7 +258,9 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
 
         ca_type = resolve_ca_type(request.type).name
         return await self._written(
-            await self.overrides.update_entry(ca_type, request.public_key, change, request.force)
+            await self.overrides.update_entry(
+                ca_type, request.public_key, change, request.force, _request_id(context)
+            )
         )
 
     @_domain_errors
@@ -262,7 +269,9 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> pb.WriteResponse:
         ca_type = resolve_ca_type(request.type).name
         return await self._written(
-            await self.overrides.delete_entry(ca_type, request.public_key, request.force)
+            await self.overrides.delete_entry(
+                ca_type, request.public_key, request.force, _request_id(context)
+            )
         )
 
     @_domain_errors
@@ -354,7 +363,13 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             attempts=result.attempts,
             changed=result.changed,
             public_key=result.public_key,
+            request_id=result.request_id,
         )
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The request id the caller sent in its metadata ("" when none: the write makes one)."""
+    return next((value for key, value in context.invocation_metadata() or () if key == REQUEST_ID), "")
 
 
 def _credential_request(request: pb.SignRequest) -> CredentialRequest:

@@ -82,6 +82,15 @@ class ConflictError(AuthSimError):
         super().__init__(message)
 
 
+class OutcomeUnknownError(AuthSimError):
+    """A write was sent and etcd's answer never came (a timeout, a lost connection): it may or may not
+    have landed. `request_id` names the write (status.last_write.request_id where it is stored)."""
+
+    def __init__(self, message: str, request_id: str = "") -> None:
+        self.request_id = request_id
+        super().__init__(message)
+
+
 class AlreadyExistsError(AuthSimError):
     """A create found the resource already there."""
 

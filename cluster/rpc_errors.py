@@ -10,6 +10,7 @@ from authsim.cluster.errors import (
     ConflictError,
     KeyAccessError,
     NotFoundError,
+    OutcomeUnknownError,
     UnavailableError,
     ValidationError,
 )
@@ -17,6 +18,9 @@ from authsim.cluster.errors import (
 ERROR_MARKER = "authsim-error"  # trailing metadata key: the status came from a domain error
 OWNER_HOST_ID = "authsim-owner-host-id"  # KeyAccessError's fields, as trailing metadata
 ASKING_HOST_ID = "authsim-asking-host-id"
+REQUEST_ID = (
+    "authsim-request-id"  # a write's id: request metadata from the client, OutcomeUnknownError's field
+)
 Metadata = tuple[tuple[str, str], ...]
 
 STATUS_CODES: dict[type[AuthSimError], grpc.StatusCode] = {
@@ -26,6 +30,8 @@ STATUS_CODES: dict[type[AuthSimError], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
     KeyAccessError: grpc.StatusCode.PERMISSION_DENIED,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    # gRPC's own words: "may be returned even if the operation has completed successfully"
+    OutcomeUnknownError: grpc.StatusCode.DEADLINE_EXCEEDED,
     AuthSimError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
@@ -43,6 +49,8 @@ def error_metadata(error: AuthSimError) -> Metadata:
     fields: Metadata = ((ERROR_MARKER, type(error).__name__),)
     if isinstance(error, KeyAccessError) and error.owner_host_id:
         fields += ((OWNER_HOST_ID, error.owner_host_id), (ASKING_HOST_ID, error.asking_host_id))
+    if isinstance(error, OutcomeUnknownError) and error.request_id:
+        fields += ((REQUEST_ID, error.request_id),)
     return fields
 
 
@@ -53,6 +61,8 @@ def error_from_status(code: grpc.StatusCode, details: str, metadata: Metadata = 
     if code == grpc.StatusCode.PERMISSION_DENIED:
         fields = dict(metadata)
         return KeyAccessError(details, fields.get(OWNER_HOST_ID, ""), fields.get(ASKING_HOST_ID, ""))
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return OutcomeUnknownError(details, dict(metadata).get(REQUEST_ID, ""))
     for cls, mapped in STATUS_CODES.items():
         if mapped == code:
             return cls(details)

@@ -182,7 +182,7 @@ def test_many_invalid_entries_give_a_bounded_message_and_the_full_list_on_reques
     result = cluster.authctl("create", "-f", str(path))
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
-    hint = f"and 123 more problems (every problem: `authctl create {path} --check`)"
+    hint = f"and 123 more problems (every problem: `authctl create {path} -f --check`)"
     assert result.stderr.rstrip().endswith(hint)
     listed = cluster.authctl("create", "-f", str(path), "--check")
     assert listed.exit_code == 1

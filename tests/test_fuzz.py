@@ -818,7 +818,7 @@ def _issue(user: str, ca_type: str) -> tuple[Credential | ValidationError, int]:
     try:
         request = CredentialRequest(ca_type, user, public_key, dt.timedelta(hours=1))
         signer = TokenSigner(cast(Pkcs11KeyStore, keystore))
-        [credential] = asyncio.run(issue_credentials(signer, [(issuer, request)]))
+        [credential] = asyncio.run(issue_credentials(signer, [(issuer, request)], "mycluster.test"))
     except ValidationError as e:
         return e, keystore.calls
     return credential, keystore.calls

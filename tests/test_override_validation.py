@@ -219,7 +219,13 @@ BAD_DOCUMENTS = [
     ),
     Case("oversize", lambda w: "#" + "x" * (1 << 20), f"resource: larger than 1 MiB ({(1 << 20) + 1} bytes)"),
     Case("not-a-mapping", lambda w: "- kind\n", f"{MUST_BE_MAPPING} a list"),
-    Case("empty-document", lambda w: "", f"{MUST_BE_MAPPING} null"),
+    Case("empty-document", lambda w: "", "resource: the input holds no document"),
+    Case("null-document", lambda w: "---\n", f"{MUST_BE_MAPPING} null"),
+    Case(
+        "two-documents",
+        lambda w: "{}\n---\n{}\n",
+        "resource: 2 YAML documents (`---` between them), expected one",
+    ),
     Case(
         "wrong-kind",
         lambda w: doc(kind="cert_authority"),

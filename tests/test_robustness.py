@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -183,4 +184,50 @@ def test_up_interrupted_at_any_moment_leaves_nothing_running_and_up_works_again(
         down(directory)  # whatever a failed assertion left running
     with local_cluster(directory, nodes=2) as cluster:  # and up works again, on the same dir
         assert cluster.exercise("db_client", "alice")["success"]
+    assert _processes_of(directory) == []
+
+
+SITE_PACKAGES = sysconfig.get_paths()["platlib"]
+
+
+def _interrupted(argv: list[str], delay: float) -> tuple[int, str]:
+    """Run `argv`, send SIGINT `delay` seconds after it loads its first compiled module from
+    site-packages (Python's own start-up is over, the CLI's imports are under way); its exit status
+    and stderr. Stopped by PID whatever happens."""
+    run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        maps = Path(f"/proc/{run.pid}/maps")
+        deadline = time.monotonic() + 30
+        while not any(SITE_PACKAGES in line and ".so" in line for line in maps.read_text().splitlines()):
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1]
+            time.sleep(0.002)
+        time.sleep(delay)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.wait()
+    return run.returncode, err
+
+
+def test_ctrl_c_while_the_clis_load_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C while Python imports the CLI's modules (before any handler of the CLI exists) printed a
+    KeyboardInterrupt traceback; now `aborted` and status 130; a later one meets `up`'s own handling."""
+    directory = tmp_path / "c"
+    try:
+        for delay in (0.0, 0.1, 0.3):
+            code, err = _interrupted(
+                [str(BIN / "authsim"), "up", "--dir", str(directory), "--nodes", "1", "--detach"], delay
+            )
+            assert "Traceback" not in err, (delay, err)
+            if delay == 0.0:  # still importing: up never began
+                assert not directory.exists()
+            if _processes_of(directory):  # the signal came once the cluster was up: all of it is up
+                assert len(down(directory)) == 4, f"after {delay}s only part of the cluster runs: {err}"
+            else:
+                assert (code, err.splitlines()[-1:]) == (130, ["aborted"]), (delay, err)
+        code, err = _interrupted([str(BIN / "authctl"), "--dir", str(directory), "get", "ca_overrides"], 0.0)
+        assert (code, err) == (130, "aborted\n")
+    finally:
+        down(directory)  # whatever a failed assertion left running
     assert _processes_of(directory) == []

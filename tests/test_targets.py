@@ -33,6 +33,7 @@ from authsim.cluster.targets.trust import Trust, add_trust, read_trust, set_defa
 from tests.certs import CertKey, cluster_ca, external_ca, issue_cert, override_cert, rsa_key
 
 CLUSTER = "mycluster"
+DOMAIN = "mycluster.test"  # the desktop target's domain: <cluster name>.test
 WINDOWS_EKUS = (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SMARTCARD_LOGON)
 TIMEOUT = 10.0
 
@@ -64,10 +65,10 @@ def leaf(
     not_before: dt.datetime | None = None,
     days: int = 1,
 ) -> CertKey:
-    """A client credential for `user` issued by `issuer`: UPN `user@example.com` unless `upn` given."""
+    """A client credential for `user` issued by `issuer`: UPN `user@DOMAIN` unless `upn` given."""
     key = rsa_key(50)
     start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    upn_value = (upn if upn is not None else f"{user}@example.com").encode()
+    upn_value = (upn if upn is not None else f"{user}@{DOMAIN}").encode()
     other_name = x509.OtherName(UPN_OID, bytes([0x0C, len(upn_value)]) + upn_value)
     builder = (
         x509.CertificateBuilder()
@@ -112,6 +113,7 @@ def verify(
         credential.cert,
         [c.cert for c in chain],
         user,
+        DOMAIN,
         [c.cert for c in ntauth],
         [c.cert for c in roots],
         dt.datetime.now(dt.timezone.utc),
@@ -124,8 +126,13 @@ def test_desktop_rules_accept_a_credential_whose_issuer_is_in_ntauth(pki: PKI) -
     assert verify(leaf(pki.override), [pki.override], [pki.root], chain=[pki.intermediate]) is None
     # a self-signed CA in NTAuth is a trusted root by itself (the default trust)
     assert verify(leaf(pki.self_signed), [pki.self_signed], []) is None
-    # the UPN may be the bare user name
-    assert verify(leaf(pki.self_signed, upn="alice"), [pki.self_signed], []) is None
+    # Active Directory compares UPN suffixes without case (the KDC's realm is the domain in capitals)
+    assert verify(leaf(pki.self_signed, upn="alice@MYCLUSTER.TEST"), [pki.self_signed], []) is None
+    # a user name may hold an @ itself: the domain is after the last one
+    assert (
+        verify(leaf(pki.self_signed, "bob@example.com"), [pki.self_signed], [], user="bob@example.com")
+        is None
+    )
 
 
 def test_desktop_rules_refuse_bad_leaves(pki: PKI) -> None:
@@ -138,9 +145,18 @@ def test_desktop_rules_refuse_bad_leaves(pki: PKI) -> None:
             pki.override, ekus=[ExtendedKeyUsageOID.SERVER_AUTH]
         ),
         "no UPN SAN (otherName 1.3.6.1.4.1.311.20.2.3)": leaf(pki.override, upn=""),
-        "UPN SAN 'bob@example.com' does not match user 'alice'": leaf(pki.override, "bob"),
-        "UPN SAN 'alice2@example.com' does not match user 'alice'": leaf(
-            pki.override, upn="alice2@example.com"
+        "UPN SAN 'bob@mycluster.test' does not name user 'alice' in domain 'mycluster.test'": leaf(
+            pki.override, "bob"
+        ),
+        "UPN SAN 'alice2@mycluster.test' does not name user 'alice'": leaf(
+            pki.override, upn="alice2@mycluster.test"
+        ),
+        "UPN SAN 'alice' does not name user 'alice' in domain 'mycluster.test'": leaf(
+            pki.override, upn="alice"
+        ),
+        "UPN SAN 'alice@example.com' does not name user 'alice'": leaf(pki.override, upn="alice@example.com"),
+        "UPN SAN 'alice@mycluster.test.evil' does not name user": leaf(
+            pki.override, upn="alice@mycluster.test.evil"
         ),
     }
     for reason, credential in cases.items():
@@ -327,7 +343,7 @@ async def test_desktop_refuses_bad_credentials(desktop: Target, pki: PKI) -> Non
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
     cases = {
         "missing EKU smartcardLogon": leaf(pki.self_signed, ekus=[ExtendedKeyUsageOID.CLIENT_AUTH]),
-        "UPN SAN 'bob@example.com' does not match user 'alice'": leaf(pki.self_signed, "bob"),
+        "UPN SAN 'bob@mycluster.test' does not name user 'alice'": leaf(pki.self_signed, "bob"),
         "certificate expired at ": leaf(pki.self_signed, not_before=past),
     }
     for reason, credential in cases.items():

@@ -221,18 +221,20 @@ class DeleteOverrideRequest(_message.Message):
     def __init__(self, type: _Optional[str] = ..., public_key: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("revision", "attempts", "changed", "public_key", "problems")
+    __slots__ = ("revision", "attempts", "changed", "public_key", "problems", "request_id")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     revision: int
     attempts: int
     changed: bool
     public_key: str
     problems: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, revision: _Optional[int] = ..., attempts: _Optional[int] = ..., changed: _Optional[bool] = ..., public_key: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, revision: _Optional[int] = ..., attempts: _Optional[int] = ..., changed: _Optional[bool] = ..., public_key: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SignRequest(_message.Message):
     __slots__ = ("type", "user", "public_key", "ttl_seconds")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -21,12 +22,26 @@ from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.events import show_events
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.safe_text import cell
-from authsim.cluster.errors import AuthSimError, ValidationError, one_line, quoted
+from authsim.cluster.errors import (
+    AuthSimError,
+    ConflictError,
+    NotFoundError,
+    OutcomeUnknownError,
+    UnavailableError,
+    ValidationError,
+    one_line,
+    quoted,
+)
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
-from authsim.cluster.resources.override import CertAuthorityOverride, parse_override_yaml
+from authsim.cluster.resources.override import (
+    CertAuthorityOverride,
+    parse_override_documents,
+    parse_override_yaml,
+)
 from authsim.cluster.resources.stored import cert_authority_fix, override_fix
+from authsim.cluster.resources.x509 import display_name
 from authsim.cluster.resources.yaml_codec import dump_yaml
 
 console = make_console()
@@ -162,7 +177,7 @@ def _print_overrides(
                     try:
                         cert = x509.load_pem_x509_certificate(entry.certificate.encode())
                         subject, not_after = (
-                            one_line(cert.subject.rfc4514_string()),
+                            one_line(display_name(cert.subject)),
                             cert.not_valid_after_utc.strftime("%Y-%m-%d"),
                         )
                     except ValueError:
@@ -176,20 +191,6 @@ def _print_overrides(
                     cell("yes" if entry.disabled else "no"),
                 )
             console.print(table)
-
-
-def _check(nodes: NodeChoice, resource: CertAuthorityOverride, mode: pb.WriteMode, force: bool) -> None:
-    """Every problem the node finds with writing `resource`, one a line; exit status 1 if any."""
-    with nodes.client() as client:
-        request = pb.WriteOverrideRequest(
-            resource=resource.to_proto(), mode=mode, force=force, check_only=True
-        )
-        reply: pb.WriteResponse = client.call("WriteOverrideResource", request)
-    if reply.problems:
-        _print_problems(list(reply.problems))
-        count = len(reply.problems)
-        raise AuthSimError(f"cert_authority_override {resource.ca_type}: {count} problem{'s' * (count > 1)}")
-    click.echo(f"cert_authority_override {resource.ca_type}: no problems (nothing written)")
 
 
 def _print_problems(problems: list[str]) -> None:
@@ -231,30 +232,171 @@ def exercise(nodes: NodeChoice, ca_type: str, user: str) -> None:
         )
 
 
-@cli.command(help="Create a resource from a YAML file (the seed's cert_authority_override).")
+@cli.command(
+    help="Create the resources in a YAML or JSON file: one document, or several as `authctl get "
+    "ca_overrides` prints them. Without -f an existing resource is refused (metadata.revision is not "
+    "looked at). With -f a document that carries metadata.revision (a copy saved from `authctl get`) "
+    "replaces the resource only while it is still at that revision, else it is refused as changed "
+    "meanwhile; --overwrite replaces whatever is stored, and a document without metadata.revision "
+    "always does. --force does not do that: it only skips the checks against the CA. Several "
+    "documents are all checked first and none is written if one is refused; then they are written one "
+    "by one, and if one is refused at that point (a write in between), those written before it stay."
+)
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-f", "upsert", is_flag=True, help="replace the resource when it exists")
+@click.option(
+    "-f",
+    "replace",
+    is_flag=True,
+    help="replace the resource when it exists; with metadata.revision, only if still at that revision",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="with -f: replace whatever revision is stored (metadata.revision is not compared)",
+)
 @click.option(
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
 )
 @click.option("--check", is_flag=True, help="write nothing: list every problem of the write, one a line")
 @click.pass_obj
-def create(nodes: NodeChoice, file: str, upsert: bool, force: bool, check: bool) -> None:
+def create(nodes: NodeChoice, file: str, replace: bool, overwrite: bool, force: bool, check: bool) -> None:
+    if overwrite and not replace:
+        raise click.UsageError("--overwrite goes with -f")
     text = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
-    mode = pb.UPSERT if upsert else pb.CREATE
+    flags = [
+        flag for flag, given in (("-f", replace), ("--overwrite", overwrite), ("--force", force)) if given
+    ]
+    again = " ".join(["authctl create", shlex.quote(file), *flags])  # this command, in a hint
     try:
-        resource = parse_override_yaml(text)
-        if check:
-            _check(nodes, resource, mode, force)
-            return
-        reply = _write(nodes, resource, mode, force)
+        resources = parse_override_documents(text)
     except ValidationError as e:
         if check:
             _print_problems(e.problems)
             raise AuthSimError(f"{file}: {len(e.problems)} problem{'s' * (len(e.problems) > 1)}") from None
-        raise _with_check_hint(e, f"authctl create {shlex.quote(file)} --check") from None
-    verb = "written" if upsert else "created"
-    click.echo(f"cert_authority_override {resource.ca_type} {verb} (revision {reply.revision})")
+        raise _with_check_hint(e, f"{again} --check") from None
+    writes = [Write(r, _write_mode(r, replace, overwrite), force) for r in resources]
+    if check:
+        _check_all(nodes, writes, file, again)
+    elif len(writes) == 1:
+        _report(writes[0], _write_one(nodes, writes[0], again))
+    else:
+        _write_all(nodes, writes, file, again)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One document of `authctl create`, and how it is written."""
+
+    resource: CertAuthorityOverride
+    mode: pb.WriteMode
+    force: bool
+
+    @property
+    def name(self) -> str:
+        return f"ca_overrides/{self.resource.ca_type}"
+
+
+_VERBS = {pb.CREATE: "created", pb.UPSERT: "written", pb.UPDATE: "updated"}
+
+
+def _write_mode(resource: CertAuthorityOverride, replace: bool, overwrite: bool) -> pb.WriteMode:
+    """CREATE without -f; with -f UPDATE (only at the document's revision) when it names one, else UPSERT."""
+    if not replace:
+        return pb.CREATE
+    return pb.UPDATE if resource.revision and not overwrite else pb.UPSERT
+
+
+def _request(write: Write, check_only: bool = False) -> pb.WriteOverrideRequest:
+    return pb.WriteOverrideRequest(
+        resource=write.resource.to_proto(), mode=write.mode, force=write.force, check_only=check_only
+    )
+
+
+def _write_one(nodes: NodeChoice, write: Write, again: str) -> pb.WriteResponse:
+    """Write one document; a refusal says how to see every problem, or how to replace a newer revision."""
+    try:
+        with nodes.client() as client:
+            reply: pb.WriteResponse = client.call("WriteOverrideResource", _request(write))
+            return reply
+    except ValidationError as e:
+        raise _with_check_hint(e, f"{again} --check") from None
+    except AuthSimError as e:
+        raise _with_overwrite_hint(e, write, again) from None
+
+
+def _with_overwrite_hint(error: AuthSimError, write: Write, again: str) -> AuthSimError:
+    """A guarded replace refused for its revision: `error`, and how to replace the stored one anyway."""
+    if write.mode != pb.UPDATE or not isinstance(error, (ConflictError, NotFoundError)):
+        return error
+    return type(error)(f"{error}; to write your copy over whatever is stored: `{again} --overwrite`")
+
+
+def _report(write: Write, reply: pb.WriteResponse) -> None:
+    click.echo(
+        f"cert_authority_override {write.resource.ca_type} {_VERBS[write.mode]} (revision {reply.revision})"
+    )
+
+
+def _problems(nodes: NodeChoice, write: Write, again: str) -> list[str]:
+    """Every problem the node finds with `write`, nothing written; a refusal that is no rule's (the
+    resource exists, a newer revision) is its one problem. A node that cannot answer is an error."""
+    try:
+        with nodes.client() as client:
+            reply: pb.WriteResponse = client.call("WriteOverrideResource", _request(write, check_only=True))
+    except UnavailableError:
+        raise
+    except AuthSimError as e:
+        return [str(_with_overwrite_hint(e, write, again))]
+    return list(reply.problems)
+
+
+def _check_all(nodes: NodeChoice, writes: list[Write], file: str, again: str) -> None:
+    """`--check`: every problem of every document, one a line (with several, each names its resource);
+    exit status 1 if any."""
+    several = len(writes) > 1
+    found = {w.name: _problems(nodes, w, again) for w in writes}
+    for write in writes:
+        label = f"cert_authority_override {write.resource.ca_type}"
+        if not found[write.name]:
+            click.echo(f"{label}: no problems (nothing written)")
+        _print_problems([f"{label}: {p}" if several else p for p in found[write.name]])
+    count = sum(len(p) for p in found.values())
+    if count and not several:
+        raise AuthSimError(f"cert_authority_override {writes[0].resource.ca_type}: {_problem_count(count)}")
+    if count:
+        refused = sum(1 for p in found.values() if p)
+        raise AuthSimError(f"{file}: {_problem_count(count)} in {refused} of {len(writes)} documents")
+
+
+def _problem_count(count: int) -> str:
+    return f"{count} problem{'s' * (count > 1)}"
+
+
+def _write_all(nodes: NodeChoice, writes: list[Write], file: str, again: str) -> None:
+    """Several documents: each checked first, none written if one is refused; then each written in
+    turn. A refusal at that point (a write in between) keeps what is written; the error says which."""
+    refused = []
+    for write in writes:
+        problems = _problems(nodes, write, again)
+        if problems:
+            more = f" (and {_problem_count(len(problems) - 1)} more)" if len(problems) > 1 else ""
+            refused.append(f"{write.name}: {problems[0]}{more}")
+    if refused:
+        raise AuthSimError(
+            f"{file}: nothing written, {len(refused)} of {len(writes)} documents refused: "
+            + "; ".join(refused)
+            + f" (every problem: `{again} --check`)"
+        )
+    for index, write in enumerate(writes):
+        try:
+            reply = _write_one(nodes, write, again)
+        except AuthSimError as e:
+            written = ", ".join(w.name for w in writes[:index]) or "none"
+            missed = ", ".join(w.name for w in writes[index:])
+            raise AuthSimError(
+                f"{write.name}: {e}; written before it, and kept: {written}; not written: {missed}"
+            ) from None
+        _report(write, reply)
 
 
 @cli.command(help="Edit ca_overrides/TYPE in $EDITOR; saved only if nobody changed it meanwhile.")
@@ -284,7 +426,10 @@ def edit(nodes: NodeChoice, resource: str, force: bool) -> None:
     except AuthSimError as e:
         if isinstance(e, ValidationError):
             e = _with_check_hint(e, "authctl create -f FILE --check")
-        raise AuthSimError(f"{e}; your edited text is kept in {_keep(path, name)}") from None
+        message = f"{e}; your edited text is kept in {_keep(path, name)}"
+        if isinstance(e, OutcomeUnknownError):
+            raise OutcomeUnknownError(message, e.request_id) from None
+        raise AuthSimError(message) from None
     path.unlink()
     click.echo(f"cert_authority_override {name} updated (revision {result.revision})")
 

@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from authsim.cluster.errors import AuthSimError, one_line
+from authsim.cluster.errors import AuthSimError, OutcomeUnknownError, one_line
 from authsim.cluster.store import EtcdTLS
+
+OUTCOME_UNKNOWN_EXIT = 3  # a write was sent but its answer lost: it may or may not have landed
 
 dir_option = click.option(
     "--dir", "directory", default=None, help="cluster state dir (default $AUTHSIM_DIR or ./.authsim)"
@@ -34,9 +36,13 @@ def make_console() -> Console:
 
 
 def run_cli(group: click.Command, argv: Sequence[str] | None, prog_name: str) -> int:
-    """Run a click group; a domain error prints `error: ...` on stderr and exits 1."""
+    """Run a click group; a domain error prints `error: ...` on stderr and exits 1 (3: a write's outcome
+    is unknown)."""
     try:
         group.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
+    except OutcomeUnknownError as e:
+        click.echo(f"error: {one_line(str(e))}", err=True)
+        return OUTCOME_UNKNOWN_EXIT
     except AuthSimError as e:
         click.echo(f"error: {one_line(str(e))}", err=True)
         return 1

@@ -10,6 +10,7 @@ from authsim.cluster.cli.common import dir_option
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local.state import cluster_dir
+from authsim.cluster.resources.x509 import display_name
 from authsim.cluster.targets.trust import TargetKind, add_trust, parse_certificates, read_trust
 
 _FILE = click.Path(exists=True, dir_okay=False)
@@ -44,7 +45,7 @@ def trust(
         for label, certs in [*stores, ("CA bundle", current.ca)]:
             click.echo(f"{target} {label}: {len(certs)} certificate(s)")
             for cert in certs:
-                click.echo(f"  {cert.subject.rfc4514_string()}")
+                click.echo(f"  {display_name(cert.subject)}")
         return
     ntauth, ca = _read_all(ntauth_files), _read_all(ca_files)
     for line in add_trust(path, kind, ntauth=ntauth, ca=ca, replace=replace):

@@ -87,11 +87,13 @@ class ExternalCA:
         *,
         days: int = 365,
         defects: frozenset[str] = frozenset(),
+        not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> x509.Certificate:
         """A CA certificate for the CSR's subject and key, signed by the intermediate.
 
-        Extensions as in OPENSSL_EXTFILE, valid from a minute ago for `days` (or until `not_after`).
+        Extensions as in OPENSSL_EXTFILE, valid from a minute ago (or from `not_before`) for `days` (or
+        until `not_after`).
         `defects` (keys of DEFECTS) break chosen rules on purpose; 'expired' and 'outlive' set the
         validity themselves. Every problem with the arguments is reported in one ValidationError.
         """
@@ -113,7 +115,8 @@ class ExternalCA:
             raise ValidationError(problems)
 
         now = dt.datetime.now(dt.timezone.utc)
-        not_before, not_after = now - dt.timedelta(minutes=1), not_after or now + dt.timedelta(days=days)
+        not_before = not_before or now - dt.timedelta(minutes=1)
+        not_after = not_after or now + dt.timedelta(days=days)
         if "expired" in defects:
             not_before, not_after = now - dt.timedelta(days=30), now - dt.timedelta(days=1)
         if "outlive" in defects:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,7 +14,7 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.cluster.errors import ClusterError, NodeUnavailableError
 from authsim.cluster.mtls import NODE_TLS_NAME, TLSIdentity
-from authsim.cluster.rpc_errors import ERROR_MARKER, error_from_status
+from authsim.cluster.rpc_errors import ERROR_MARKER, REQUEST_ID, error_from_status
 
 DEFAULT_TIMEOUT = 20.0  # seconds; every RPC has a deadline, longer than a node's own etcd retries
 
@@ -52,16 +53,16 @@ class NodeClient:
         except grpc.RpcError as e:
             code: grpc.StatusCode = e.code()
             details: str = e.details() or ""
+            if _from_node(e):
+                raise error_from_status(code, details, tuple(e.trailing_metadata() or ())) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise NodeUnavailableError(
                     f"node {self.name} at {self.address} did not answer within {self.timeout:g}s; "
                     "if this was a write, its outcome is unknown: check with `authctl get`"
                 ) from None
-            if not _from_node(e):
-                unavailable = code == grpc.StatusCode.UNAVAILABLE
-                error = NodeUnavailableError if unavailable else ClusterError
-                raise error(f"node {self.name} at {self.address}: {code.name}: {details}") from None
-            raise error_from_status(code, details, tuple(e.trailing_metadata() or ())) from None
+            unavailable = code == grpc.StatusCode.UNAVAILABLE
+            error = NodeUnavailableError if unavailable else ClusterError
+            raise error(f"node {self.name} at {self.address}: {code.name}: {details}") from None
 
     def health(self) -> str:
         """SERVING, NOT_SERVING or UNREACHABLE."""
@@ -71,10 +72,12 @@ class NodeClient:
             return "UNREACHABLE"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
-    def call(self, method: str, request: Any) -> Any:
-        """Call AuthService.`method` with the deadline; failures come back as domain errors."""
+    def call(self, method: str, request: Any, request_id: str = "") -> Any:
+        """Call AuthService.`method` with the deadline and a request id (a write records it in the
+        resource's status.last_write; "" sends a fresh one); failures come back as domain errors."""
+        metadata = ((REQUEST_ID, request_id or uuid.uuid4().hex),)
         with self._errors():
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
         raise AssertionError("unreachable")
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:

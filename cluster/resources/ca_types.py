@@ -45,6 +45,12 @@ CA_TYPES: dict[str, CAType] = {
 }
 
 
+def desktop_domain(cluster_name: str) -> str:
+    """The Windows domain of the cluster's desktop target: windows leaves carry the UPN
+    `user@<domain>` (Active Directory UPNs carry a suffix); its Kerberos realm is the domain in capitals."""
+    return f"{cluster_name}.test"
+
+
 def resolve_ca_type(name: str, field: str = "type") -> CAType:
     """Return the CA type called `name` (or one of its aliases); unknown names are a ValidationError."""
     for ca_type in CA_TYPES.values():

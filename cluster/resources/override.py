@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Callable, Hashable
@@ -188,7 +189,39 @@ def parse_override_yaml(text: str | bytes, revision_required: bool = False) -> C
 
     The content rules (certificates, keys, ownership) are `override_validation.validate_override`'s.
     """
-    return override_from_data(_load_yaml(text), revision_required)
+    documents = _load_yaml(text)
+    if len(documents) > 1:
+        raise ValidationError(
+            [f"resource: {len(documents)} YAML documents (`---` between them), expected one"]
+        )
+    if not documents:
+        raise _no_document()
+    return override_from_data(documents[0], revision_required)
+
+
+def parse_override_documents(text: str | bytes) -> list[CertAuthorityOverride]:
+    """Every resource in `text`, as `authctl get ca_overrides` prints them: YAML documents with `---`
+    between them, a JSON list of them (`--format json`), or one; structural checks as
+    `parse_override_yaml`, every problem of every document in one ValidationError (with several
+    documents, each problem names its document). At most one document per CA type."""
+    documents = []
+    for data in _load_yaml(text):
+        documents.extend(data if isinstance(data, list) else [] if data is None else [data])
+    if not documents:
+        raise _no_document()
+    if len(documents) == 1:
+        return [override_from_data(documents[0])]
+    parsed: list[tuple[int, CertAuthorityOverride]] = []
+    problems: list[str] = []
+    for number, data in enumerate(documents, 1):
+        try:
+            parsed.append((number, override_from_data(data)))
+        except ValidationError as e:
+            problems += [f"document {number}: {problem}" for problem in e.problems]
+    problems += _repeated_type_problems(parsed)
+    if problems:
+        raise ValidationError(problems)
+    return [resource for _, resource in parsed]
 
 
 def override_from_data(
@@ -205,6 +238,25 @@ def override_from_data(
     data.pop("status", None)  # system-managed: the node writes it, whatever a user put there is ignored
     data["sub_kind"] = resolve_ca_type(data["sub_kind"], "sub_kind").name
     return CertAuthorityOverride.from_dict(data, data["metadata"].get("revision") or revision)
+
+
+def _no_document() -> ValidationError:
+    return ValidationError(
+        ["resource: the input holds no document (expected a cert_authority_override: YAML or JSON, UTF-8)"]
+    )
+
+
+def _repeated_type_problems(parsed: list[tuple[int, CertAuthorityOverride]]) -> list[str]:
+    first: dict[str, int] = {}
+    problems = []
+    for number, resource in parsed:
+        if resource.ca_type in first:
+            problems.append(
+                f"document {number}: sub_kind: {resource.ca_type} again (document {first[resource.ca_type]} "
+                "is one too): one document per CA type"
+            )
+        first.setdefault(resource.ca_type, number)
+    return problems
 
 
 class _LimitedLoader(yaml.SafeLoader):
@@ -271,31 +323,57 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _load_yaml(text: str | bytes) -> Any:
+def _load_yaml(text: str | bytes) -> list[Any]:
+    """Every document in `text` (`---` between them); every failure one ValidationError."""
     raw = text.encode(errors="surrogatepass") if isinstance(text, str) else text  # stdin may carry surrogates
     if len(raw) > MAX_RESOURCE_BYTES:
         raise ValidationError([f"resource: larger than 1 MiB ({len(raw)} bytes)"])
+    _refuse_nul(raw)
     try:
         return _compose_and_construct(text)
-    except yaml.reader.ReaderError as e:  # bytes that are not UTF-8 (or UTF-16 with a byte-order mark)
-        what = f"byte 0x{e.character:02x}" if isinstance(e.character, int) else f"character {e.character!r}"
-        raise ValidationError(
-            [f"resource: not UTF-8 text (or UTF-16 with a byte-order mark): {what} at offset {e.position}"]
-        ) from None
+    except yaml.reader.ReaderError as e:
+        raise ValidationError([_reader_problem(e)]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise ValidationError([f"resource: malformed YAML: {e.problem or e.context}{where}"]) from None
-    except (yaml.YAMLError, ValueError) as e:  # undecodable bytes, an int or a date out of range
+    except (yaml.YAMLError, ValueError) as e:  # an int or a date out of range
         raise ValidationError([f"resource: malformed YAML: {' '.join(str(e).split())}"]) from None
 
 
-def _compose_and_construct(text: str | bytes) -> Any:
+def _compose_and_construct(text: str | bytes) -> list[Any]:
     loader = _LimitedLoader(text)
     try:
-        return loader.get_single_data()
+        documents = []
+        while loader.check_node():  # what check_data() asks, typed
+            documents.append(loader.get_data())
+        return documents
     finally:
         loader.dispose()
+
+
+_NOT_UTF8 = "resource: not UTF-8 text (or UTF-16 with a byte-order mark)"
+
+
+def _refuse_nul(raw: bytes) -> None:
+    """A NUL byte outside UTF-16 is never text: most often UTF-16 without its byte-order mark (where
+    the decoder would stop at some later byte instead, naming a byte that is not the problem)."""
+    nul = raw.find(b"\0")
+    if nul >= 0 and not raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ValidationError(
+            [f"{_NOT_UTF8}: a NUL byte at offset {nul} (UTF-16 without a byte-order mark?)"]
+        )
+
+
+def _reader_problem(error: yaml.reader.ReaderError) -> str:
+    """Bytes the reader cannot decode, or a decoded character YAML does not allow (a control character)."""
+    code = error.character if isinstance(error.character, int) else ord(error.character)
+    if error.encoding == "unicode" and code:  # decoded fine: YAML refuses the character itself
+        return (
+            f"resource: character U+{code:04X} at offset {error.position}: YAML allows no control characters"
+        )
+    what = "a NUL character" if code == 0 else f"byte 0x{code:02x}"
+    return f"{_NOT_UTF8}: {what} at offset {error.position}"
 
 
 def _document_problems(data: dict[Any, Any], revision_required: bool) -> list[str]:

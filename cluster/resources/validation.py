@@ -22,7 +22,7 @@ from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import MAX_ENTRIES, CertAuthorityOverride, CertificateOverride
 from authsim.cluster.resources.subject import cluster_name_problems
-from authsim.cluster.resources.x509 import public_key_hash
+from authsim.cluster.resources.x509 import display_name, public_key_hash
 
 MAX_CHAIN = 10
 _KEY_HASH = re.compile(r"[0-9a-f]{64}")
@@ -260,8 +260,8 @@ def _issuer_problems(
 ) -> list[str]:
     if child.issuer != issuer.subject:
         reason = (
-            f"its subject {quoted(issuer.subject.rfc4514_string())} is not {child_name}'s issuer "
-            f"{quoted(child.issuer.rfc4514_string())}"
+            f"its subject {quoted(display_name(issuer.subject))} is not {child_name}'s issuer "
+            f"{quoted(display_name(child.issuer))}"
         )
     else:
         try:

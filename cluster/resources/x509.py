@@ -1,4 +1,5 @@
-"""X.509 helpers shared by the product and the tests: the one public-key hash (SPEC §5), CA certificates."""
+"""X.509 helpers shared by the product and the tests: the one public-key hash (SPEC §5), CA certificates,
+names as people read them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Collection
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
 
 CA_KEY_USAGE = ("key_cert_sign", "crl_sign")
 _KEY_USAGE_FLAGS = (
@@ -20,6 +22,14 @@ _KEY_USAGE_FLAGS = (
     "key_cert_sign",
     "crl_sign",
 )
+
+# Attribute names RFC 4514 leaves out (it would print their dotted OIDs) that authsim's subjects use.
+_NAME_LABELS = {NameOID.SERIAL_NUMBER: "serialNumber"}
+
+
+def display_name(name: x509.Name) -> str:
+    """`name` as RFC 4514 text for people: serialNumber by its name, not as `2.5.4.5=`."""
+    return name.rfc4514_string(_NAME_LABELS)
 
 
 def public_key_hash(public_key: CertificatePublicKeyTypes) -> str:

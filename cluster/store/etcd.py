@@ -22,8 +22,10 @@ from cryptography.x509.oid import NameOID
 
 from authsim.cluster.errors import (
     AlreadyExistsError,
+    AuthSimError,
     ClusterError,
     ConflictError,
+    OutcomeUnknownError,
     StoreAccessError,
     StoreUnavailableError,
 )
@@ -389,6 +391,7 @@ class EtcdStore:
         max_attempts: int = 128,
         deadline: float = 10.0,
         known: tuple[Versioned | None] | None = None,
+        mine: Callable[[Versioned], bool] | None = None,
     ) -> UpdateResult:
         """Read, `fn(current)`, compare-and-swap; on conflict retry `fn` on the value the Txn returned.
 
@@ -402,7 +405,13 @@ class EtcdStore:
         "nothing to do" from `fn` on a cached value is not trusted: the key is read and `fn` asked again.
         `fn` must return None when its change is already there: when etcd does not answer (a member
         down, a leader change), the loop reads again and calls `fn` on what it finds, until the
-        deadline; only then does StoreUnavailableError reach the caller.
+        deadline; only then does StoreUnavailableError reach the caller, saying nothing was written.
+
+        A write whose answer is lost (etcd did not answer its Txn) may or may not have landed. The read
+        after it first asks `mine(value)`, when given: is the stored value that write (it carries the
+        caller's request id)? Then the update succeeded. Else `fn` judges the value as usual; but an
+        AuthSimError from it (a refusal that may be about our own write, overwritten since) becomes
+        OutcomeUnknownError, and so does reaching the deadline or `max_attempts` with the write unsettled.
         """
         return await self.update_guarded(
             key,
@@ -411,6 +420,7 @@ class EtcdStore:
             max_attempts=max_attempts,
             deadline=deadline,
             known=None if known is None else (known[0], None),
+            mine=mine,
         )
 
     async def update_guarded(
@@ -422,19 +432,23 @@ class EtcdStore:
         max_attempts: int = 128,
         deadline: float = 10.0,
         known: tuple[Versioned | None, Versioned | None] | None = None,
+        mine: Callable[[Versioned], bool] | None = None,
     ) -> UpdateResult:
         """`update`, where `fn(current, guard)` also sees the value of `guard_key` and the write lands
         only if that key is still as `fn` saw it (both compared in the one Txn; both re-read by its
         failure branch): a write checked against another key cannot slip past a change to it.
-        `known=(value, guard value)` as for `update`.
+        `known=(value, guard value)` and `mine` as for `update`.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
         current, guard = known if known else (None, None)
         fresh = known is not None  # whether the values are worth a compare (false after an unknown outcome)
         confirmed = False  # whether they came from etcd itself, not from the caller's cache
+        lost: StoreUnavailableError | None = None  # why the answer to a write we sent never came
+        unanswered: StoreUnavailableError | None = None  # the last call etcd did not answer
         attempt = expected = 0
         while True:
+            writing = False
             try:
                 if not fresh:
                     if guard_key:
@@ -442,13 +456,17 @@ class EtcdStore:
                     else:
                         current = await self.get(key)
                     fresh = confirmed = True
+                if lost is not None and mine is not None and current is not None and mine(current):
+                    return UpdateResult(current.mod_revision, attempt, True)  # the lost answer's write
                 try:
                     new_value = fn(current, guard)
-                except Exception:
-                    if confirmed:
-                        raise
-                    fresh = False  # judged on a cached value: judge again on what etcd holds
-                    continue
+                except Exception as e:
+                    if not confirmed:
+                        fresh = False  # judged on a cached value: judge again on what etcd holds
+                        continue
+                    if lost is not None and isinstance(e, AuthSimError):
+                        raise _refused_in_doubt(key, lost, current) from e
+                    raise
                 if new_value is None and not confirmed:  # "nothing to do" from a cache may be stale
                     fresh = False
                     continue
@@ -457,6 +475,7 @@ class EtcdStore:
                 if new_value is None:
                     return UpdateResult(expected, attempt, False)
                 guarded = (guard_key, guard.mod_revision if guard else 0) if guard_key else None
+                writing = True
                 if new_value is DELETE:
                     result = await self.delete(key, expected, guarded)
                 else:
@@ -464,16 +483,26 @@ class EtcdStore:
                 if result.succeeded:
                     return UpdateResult(result.revision, attempt, True)
                 current, guard, confirmed = result.current, result.guard, True
-            except StoreUnavailableError:
-                # Outcome unknown (etcd down, leader changed): read again and let `fn` decide.
+            except StoreUnavailableError as e:
+                # etcd down, leader changed: read again and let `mine`, then `fn`, decide.
                 fresh = False
-                if loop.time() - started > deadline:
-                    raise
+                unanswered = e
+                if writing:
+                    lost = e
             delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** max(attempt - 1, 0)))
             if not fresh:
                 delay = max(delay, _UNAVAILABLE_PAUSE)
             elapsed = loop.time() - started
             if attempt >= max_attempts or elapsed + delay > deadline:
+                if lost is not None:
+                    why = "etcd still did not answer" if not fresh else "other writers kept changing it"
+                    raise OutcomeUnknownError(
+                        f"outcome unknown: etcd's answer to a write of {key} was lost ({lost}), then {why} "
+                        f"until the limit ({attempt} attempts in {elapsed:.2f}s): the write may or may not "
+                        "have landed"
+                    ) from unanswered
+                if not fresh and unanswered is not None:
+                    raise StoreUnavailableError(f"{unanswered}; nothing was written") from unanswered
                 raise ConflictError(
                     f"gave up updating {key} after {attempt} attempts in {elapsed:.2f}s "
                     f"(limits: {max_attempts} attempts, {deadline:g}s): other writers kept changing it",
@@ -667,6 +696,18 @@ def _compare(key: str, expected_revision: int) -> Any:
         )
     return rpc.Compare(
         key=key.encode(), target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_revision
+    )
+
+
+def _refused_in_doubt(
+    key: str, lost: StoreUnavailableError, current: Versioned | None
+) -> OutcomeUnknownError:
+    """A write's answer was lost and the change is refused on the value now stored: maybe because of
+    that very write (overwritten since, or a delete), maybe not."""
+    now = "absent" if current is None else f"at revision {current.mod_revision}"
+    return OutcomeUnknownError(
+        f"outcome unknown: etcd's answer to a write of {key} was lost ({lost}) and the key is now {now}: "
+        "the write may or may not have landed"
     )
 
 

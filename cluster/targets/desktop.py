@@ -2,9 +2,9 @@
 
 A TLS server (no client certificate) reading one JSON line `{"user", "certificate", "chain"}` and
 answering one JSON line `{"success", "reason", "desktop_name"}`. It accepts a windows credential as
-a domain controller would: EKU clientAuth and smartcardLogon, a UPN SAN naming the user, within its
-validity, its issuing CA certificate in the NTAuth store, and a chain from that CA to a trusted root.
-The trust files are re-read on every connection.
+a domain controller would: EKU clientAuth and smartcardLogon, a UPN SAN `user@<domain>` (the
+cluster's `ca_types.desktop_domain`), within its validity, its issuing CA certificate in the NTAuth
+store, and a chain from that CA to a trusted root. The trust files are re-read on every connection.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from authsim.cluster.mtls import TLSIdentity
+from authsim.cluster.resources.x509 import display_name
 from authsim.cluster.targets._tls import server_context
 from authsim.cluster.targets.trust import read_trust
 
@@ -44,13 +45,15 @@ def verify_desktop_credential(
     leaf: x509.Certificate,
     chain: Sequence[x509.Certificate],
     user: str,
+    domain: str,
     ntauth: Sequence[x509.Certificate],
     roots: Sequence[x509.Certificate],
     now: dt.datetime,
 ) -> str | None:
     """None when the credential logs `user` on, else the first broken rule as one line.
 
-    The UPN must be `user` or `user@<any domain>` (the stand-in domain has no name to check).
+    The UPN must be `user@<domain>`, the domain in any case (Active Directory compares UPN suffixes
+    without case; the Kerberos realm is the domain in capitals).
     The chain is built from the NTAuth issuer through `chain`, `roots` and `ntauth` (a CA may sit in
     either) up to a self-signed certificate in `roots` or `ntauth`; every certificate on it must be a
     CA within its validity.
@@ -66,17 +69,17 @@ def verify_desktop_credential(
     upns = _upns(leaf)
     if not upns:
         return f"no UPN SAN (otherName {UPN_OID.dotted_string})"
-    if not any(upn == user or upn.startswith(f"{user}@") for upn in upns):
-        return f"UPN SAN {upns[0]!r} does not match user {user!r}"
+    if not any(_names(upn, user, domain) for upn in upns):
+        return f"UPN SAN {upns[0]!r} does not name user {user!r} in domain {domain!r}"
     issuer = next((ca for ca in ntauth if _issued_by(leaf, ca)), None)
     if issuer is None:
-        return f"issuing CA '{leaf.issuer.rfc4514_string()}' is not in the NTAuth store"
+        return f"issuing CA '{display_name(leaf.issuer)}' is not in the NTAuth store"
     anchors = [c for c in (*roots, *ntauth) if _issued_by(c, c)]
     pool = [*chain, *roots, *ntauth]
     current, path = issuer, [issuer]
     while len(path) <= _MAX_CHAIN:
         if not (_is_ca(current) and current.not_valid_before_utc <= now <= current.not_valid_after_utc):
-            return f"chain certificate '{current.subject.rfc4514_string()}' is not a CA valid now"
+            return f"chain certificate '{display_name(current.subject)}' is not a CA valid now"
         if _issued_by(current, current):
             return None if current in anchors else "chain does not reach a trusted root"
         parent = next((c for c in pool if c not in path and _issued_by(current, c)), None)
@@ -87,13 +90,16 @@ def verify_desktop_credential(
     return "chain does not reach a trusted root"
 
 
-async def start_desktop(cluster_dir: Path, identity: TLSIdentity, host: str, port: int) -> asyncio.Server:
-    """Listen on `host:port` (0 = any free port) with the target's server certificate."""
+async def start_desktop(
+    cluster_dir: Path, identity: TLSIdentity, host: str, port: int, domain: str
+) -> asyncio.Server:
+    """Listen on `host:port` (0 = any free port) with the target's server certificate, logging users of
+    `domain` on."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), _READ_TIMEOUT)
-            reply = _answer(cluster_dir, line)
+            reply = _answer(cluster_dir, domain, line)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (OSError, ValueError, asyncio.TimeoutError) as e:  # ValueError: line over the limit
@@ -104,7 +110,7 @@ async def start_desktop(cluster_dir: Path, identity: TLSIdentity, host: str, por
     return await asyncio.start_server(handle, host, port, ssl=server_context(identity), limit=_MAX_REQUEST)
 
 
-def _answer(cluster_dir: Path, line: bytes) -> dict[str, Any]:
+def _answer(cluster_dir: Path, domain: str, line: bytes) -> dict[str, Any]:
     """The reply to one request line; the verdict is logged."""
     user = ""
     try:
@@ -119,7 +125,7 @@ def _answer(cluster_dir: Path, line: bytes) -> dict[str, Any]:
     else:
         trust = read_trust(cluster_dir, "desktop")
         now = dt.datetime.now(dt.timezone.utc)
-        reason = verify_desktop_credential(leaf, chain, user, trust.ntauth, trust.ca, now)
+        reason = verify_desktop_credential(leaf, chain, user, domain, trust.ntauth, trust.ca, now)
     log.info("logon user=%r success=%s%s", user, reason is None, f" reason={reason!r}" if reason else "")
     return {"success": reason is None, "reason": reason or "", "desktop_name": DESKTOP_NAME}
 
@@ -143,6 +149,12 @@ def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
+
+
+def _names(upn: str, user: str, domain: str) -> bool:
+    """True when `upn` is `user@<domain>`; the user may hold an @ itself, the domain is after the last."""
+    name, at, suffix = upn.rpartition("@")
+    return bool(at) and name == user and suffix.lower() == domain.lower()
 
 
 def _upns(cert: x509.Certificate) -> list[str]:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from authsim.cluster.errors import ValidationError
 from authsim.cluster.layout import ClusterLayout, TargetLayout
+from authsim.cluster.resources.x509 import display_name
 
 TargetKind = Literal["desktop", "db"]
 Store = Literal["ntauth", "ca"]
@@ -56,7 +57,7 @@ def parse_certificates(blob: bytes, label: str) -> list[x509.Certificate]:
     except ValueError:
         raise ValidationError([f"{label}: no valid PEM certificate"]) from None
     problems = [
-        f"{label}: '{c.subject.rfc4514_string()}' is not a CA certificate (BasicConstraints CA:TRUE)"
+        f"{label}: '{display_name(c.subject)}' is not a CA certificate (BasicConstraints CA:TRUE)"
         for c in certs
         if not _is_ca(c)
     ]
@@ -136,7 +137,7 @@ def add_trust(
 
 
 def _describe(cert: x509.Certificate) -> str:
-    return f"'{cert.subject.rfc4514_string()}'"
+    return f"'{display_name(cert.subject)}'"
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
