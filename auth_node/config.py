@@ -9,9 +9,10 @@ from pathlib import Path
 import yaml
 
 from authsim.auth_node.events import DEFAULT_RETENTION
-from authsim.cluster.errors import ClusterError
+from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import NodeLayout
 from authsim.cluster.store import EtcdTLS
+from authsim.cluster.store.keys import checked_cluster_name
 from authsim.hsm import TokenConfig, load_token_config
 
 
@@ -60,6 +61,10 @@ class NodeConfig:
         data["node_dir"] = Path(data["node_dir"])
         data["etcd_endpoints"] = tuple(data["etcd_endpoints"])
         data["etcd_tls"] = EtcdTLS.from_dict(data.get("etcd_tls"))
+        try:
+            checked_cluster_name(data["cluster_name"])
+        except ValidationError as e:
+            raise ClusterError(f"node config {path}: {e}") from None
         retention = data.get("event_retention", DEFAULT_RETENTION)
         if type(retention) is not int or retention < 1:
             raise ClusterError(

@@ -20,6 +20,16 @@ dir_option = click.option(
 )
 
 
+def etcd_endpoints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    """An `--etcd` value `host:port[,host:port...]` as a list ([] when not given)."""
+    endpoints = [part.strip() for part in (value or "").split(",") if part.strip()]
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise click.BadParameter(f"etcd endpoint {endpoint!r} is not host:port")
+    return endpoints
+
+
 def make_console() -> Console:
     """A console for tables: the terminal's width, or 160 columns when output is a pipe or a file."""
     return Console(width=None if sys.stdout.isatty() else 160)

@@ -1,8 +1,9 @@
-"""`authsim up`, `status` and `down`: start, inspect and stop a local cluster (SPEC §9)."""
+"""`authsim up`, `status`, `down` and `forget`: start, inspect, stop a local cluster; clear one from etcd."""
 
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import threading
 from pathlib import Path
@@ -12,13 +13,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from authsim.cluster.cli.common import dir_option, etcd_tls_from_options, etcd_tls_options, make_console
+from authsim.cluster.cli.common import (
+    dir_option,
+    etcd_endpoints,
+    etcd_tls_from_options,
+    etcd_tls_options,
+    make_console,
+)
 from authsim.cluster.cli.safe_text import cell, escaped
-from authsim.cluster.errors import one_line
-from authsim.cluster.local import launcher
-from authsim.cluster.local.state import cluster_dir
+from authsim.cluster.errors import ClusterError, one_line
+from authsim.cluster.local import identity, launcher
+from authsim.cluster.local.state import EtcdEntry, cluster_dir
 from authsim.cluster.local.status import ClusterStatus, collect_status
 from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.store.keys import checked_cluster_name
 
 console = make_console()
 
@@ -26,8 +34,24 @@ console = make_console()
 @click.command(help="Start etcd (unless --etcd), the nodes, and wait until every node is SERVING.")
 @dir_option
 @click.option("--nodes", type=click.IntRange(1, 64), default=None, help="number of Auth nodes (default 3)")
-@click.option("--cluster-name", default=None, help="cluster name (default mycluster)")
-@click.option("--etcd", "etcd", default=None, help="existing etcd endpoints host:port[,host:port...]")
+@click.option(
+    "--cluster-name",
+    default=None,
+    help="cluster name: 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit "
+    "(default mycluster)",
+)
+@click.option(
+    "--etcd",
+    "etcd",
+    callback=etcd_endpoints,
+    default=None,
+    help="existing etcd endpoints host:port[,host:port...]",
+)
+@click.option(
+    "--join",
+    is_flag=True,
+    help="with --etcd: add this dir's nodes to the cluster of that name already on the etcd (else refused)",
+)
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="first node gRPC port")
 @etcd_tls_options
 @click.option(
@@ -41,7 +65,8 @@ def up(
     directory: str | None,
     nodes: int | None,
     cluster_name: str | None,
-    etcd: str | None,
+    etcd: list[str],
+    join: bool,
     base_port: int | None,
     etcd_cacert: Path | None,
     etcd_cert: Path | None,
@@ -50,14 +75,14 @@ def up(
     detach: bool,
 ) -> None:
     path = cluster_dir(directory)
-    endpoints = [e.strip() for e in etcd.split(",") if e.strip()] if etcd else None
     options = launcher.UpOptions(
         nodes,
         cluster_name,
-        endpoints,
+        etcd or None,
         base_port,
         etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key),
         event_retention,
+        join,
     )
     with Progress(
         TextColumn("{task.description}"),
@@ -94,13 +119,90 @@ def status(directory: str | None) -> None:
 
 @click.command(help="Stop the cluster's processes; tokens, keys and etcd data stay unless --purge.")
 @dir_option
-@click.option("--purge", is_flag=True, help="also delete the cluster dir (tokens, keys, etcd data)")
-def down(directory: str | None, purge: bool) -> None:
+@click.option("--purge", is_flag=True, help="also delete the cluster dir (tokens, keys, embedded etcd data)")
+@click.option(
+    "--purge-etcd",
+    is_flag=True,
+    help="with --purge, on an external etcd: also delete the cluster's keys there (only while they are "
+    "this dir's cluster's)",
+)
+def down(directory: str | None, purge: bool, purge_etcd: bool) -> None:
     path = cluster_dir(directory)
-    stopped = launcher.down(path, purge=purge)
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-    if purge:
-        console.print(f"deleted {path}")
+    if purge_etcd and not purge:
+        raise click.UsageError("--purge-etcd goes with --purge")
+    if not purge:
+        stopped = launcher.down(path)
+        console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return
+    purged = launcher.purge(path, purge_etcd)
+    console.print(f"stopped: {', '.join(purged.stopped) or 'nothing was running'}")
+    console.print(f"deleted {escaped(str(path))}")
+    state = purged.kept_in_etcd
+    if purged.etcd_keys_deleted is not None:
+        console.print(f"deleted {purged.etcd_keys_deleted} keys of the cluster from etcd", markup=False)
+    elif state is not None:
+        where = ", ".join(state.etcd.endpoints)
+        command = forget_command(state.etcd, state.cluster_name, state.cluster_id)
+        console.print(
+            f"the cluster's data stays in etcd at {where}; remove it with: {command}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def forget_command(etcd: EtcdEntry, cluster_name: str, cluster_id: str | None) -> str:
+    """The `authsim forget` command line that deletes the cluster's keys from `etcd`."""
+    words = ["authsim", "forget", "--etcd", ",".join(etcd.endpoints), "--cluster-name", cluster_name]
+    words += ["--cluster-id", cluster_id or identity.NO_ID]
+    if etcd.tls is not None:
+        words += ["--etcd-cacert", str(etcd.tls.cacert), "--etcd-cert", str(etcd.tls.cert)]
+        words += ["--etcd-key", str(etcd.tls.key)]
+    return shlex.join(words)
+
+
+@click.command(
+    help="Delete a cluster's keys (resources, node records, events) from an etcd, e.g. one whose dir is "
+    "gone. Stop its nodes first: etcd does not show whether they still run. Without --cluster-id it "
+    "shows the cluster's id and key count and deletes nothing; the id typed back confirms."
+)
+@click.option(
+    "--etcd", "etcd", callback=etcd_endpoints, required=True, help="etcd endpoints host:port[,host:port...]"
+)
+@click.option("--cluster-name", required=True, help="the cluster's name")
+@click.option(
+    "--cluster-id",
+    default=None,
+    help=f"the cluster's id, as `authsim status` or this command shows it ('{identity.NO_ID}': data written "
+    "before clusters had ids)",
+)
+@etcd_tls_options
+def forget(
+    etcd: list[str],
+    cluster_name: str,
+    cluster_id: str | None,
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+) -> None:
+    tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
+    if not etcd:
+        raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
+    entry = EtcdEntry(etcd, embedded=False, tls=tls.checked() if tls else None)
+    name = checked_cluster_name(cluster_name)
+    where = ",".join(entry.endpoints)
+    seen = identity.stored(entry, name)
+    if not seen.keys:
+        console.print(f"etcd at {where} holds no key of cluster {name}: nothing to delete", markup=False)
+        return
+    if cluster_id is None:
+        found = seen.identity.cluster_id if seen.identity else identity.NO_ID
+        raise ClusterError(
+            f"etcd at {where} holds cluster {name!r} {identity.describe(seen)}; nothing deleted: stop its "
+            f"nodes, then give --cluster-id {found} to delete them"
+        )
+    identity.require_id(entry, name, seen, None if cluster_id == identity.NO_ID else cluster_id)
+    deleted = identity.forget(entry, name, seen)
+    console.print(f"deleted {deleted} keys of cluster {name} from etcd at {where}", markup=False)
 
 
 def print_status(report: ClusterStatus) -> None:
@@ -111,7 +213,11 @@ def print_status(report: ClusterStatus) -> None:
     else:
         where = f"(embedded, TLS, {'running' if report.etcd_running else 'stopped'})"
     console.print(
-        Text.assemble("cluster ", (escaped(state.cluster_name), "bold"), f"  etcd {escaped(etcd)} {where}")
+        Text.assemble(
+            "cluster ",
+            (escaped(state.cluster_name), "bold"),
+            f"  id {escaped(state.cluster_id or '-')}  etcd {escaped(etcd)} {where}",
+        )
     )
     table = Table("NODE", "ADDRESS", "PID", "HEALTH", "HOST ID", *(t.upper() for t in CA_TYPES))
     for row in report.nodes:

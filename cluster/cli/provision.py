@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ import click
 
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.auth_node.events import DEFAULT_RETENTION
-from authsim.cluster.cli.common import etcd_tls_from_options, etcd_tls_options, run_cli
+from authsim.cluster.cli.common import etcd_endpoints, etcd_tls_from_options, etcd_tls_options, run_cli
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry
@@ -29,10 +28,10 @@ from authsim.cluster.mtls import (
 )
 from authsim.cluster.secret_files import write_all
 from authsim.cluster.store import EtcdTLS
+from authsim.cluster.store.keys import DNS_LABEL, checked_cluster_name
 from authsim.hsm import provision_token
 
 NODE_PORT = 3025
-_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 dir_type = click.Path(file_okay=False, path_type=Path)
 
@@ -43,22 +42,13 @@ def _names(value: str) -> list[str]:
 
 def _node_names(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
     names = _names(value)
-    bad = [name for name in names if not _DNS_LABEL.fullmatch(name)]
+    bad = [name for name in names if not DNS_LABEL.fullmatch(name)]
     if not names or bad or len(set(names)) != len(names):
         raise click.BadParameter(
             "give distinct node names, each a lower-case DNS label (it is the node's TLS name), "
             f"comma-separated; got {value!r}"
         )
     return names
-
-
-def _endpoints(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
-    endpoints = _names(value)
-    for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit():
-            raise click.BadParameter(f"etcd endpoint {endpoint!r} is not host:port")
-    return endpoints
 
 
 def _copy(sources: tuple[Path, ...], targets: tuple[Path, ...]) -> None:
@@ -91,7 +81,10 @@ def provision() -> None:
     "--port", type=click.IntRange(1, 65535), default=NODE_PORT, show_default=True, help="node gRPC port"
 )
 @click.option(
-    "--etcd", callback=_endpoints, default="", help="etcd endpoints host:port,..., recorded in cluster.yaml"
+    "--etcd",
+    callback=etcd_endpoints,
+    default="",
+    help="etcd endpoints host:port,..., recorded in cluster.yaml",
 )
 @etcd_tls_options
 @click.option(
@@ -114,6 +107,7 @@ def pki(
     etcd_key: Path | None,
     etcd_ca: bool,
 ) -> None:
+    checked_cluster_name(cluster_name)
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
     if (tls is not None or etcd_ca) and not etcd:
         what = (
@@ -172,7 +166,9 @@ def _etcd_pki(
 @click.option("--name", required=True, help="node name, as given to `provision pki --nodes`")
 @click.option("--cluster-name", default="mycluster", show_default=True)
 @click.option("--listen", default=f"0.0.0.0:{NODE_PORT}", show_default=True, help="gRPC listen host:port")
-@click.option("--etcd", callback=_endpoints, required=True, help="etcd endpoints host:port[,host:port...]")
+@click.option(
+    "--etcd", callback=etcd_endpoints, required=True, help="etcd endpoints host:port[,host:port...]"
+)
 @etcd_tls_options
 @click.option("--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2)")
 @click.option(
@@ -195,6 +191,7 @@ def node(
     pkcs11_module: str | None,
     event_retention: int,
 ) -> None:
+    checked_cluster_name(cluster_name)
     if not etcd:
         raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)

@@ -25,6 +25,7 @@ from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local.launcher import register_target_addresses, wait_serving, write_default_trust
 from authsim.cluster.local.state import ClusterState, TargetEntry
 from authsim.cluster.mtls import ensure_server_identity
+from authsim.cluster.store.keys import checked_cluster_name
 from authsim.cluster.targets._tls import KINDS
 
 
@@ -62,6 +63,7 @@ def targets() -> None:
 @click.option("--desktop", callback=_address, required=True, help="host:port nodes reach the desktop at")
 @click.option("--db", callback=_address, required=True, help="host:port nodes reach the database at")
 def pki(directory: Path, ca_dir: Path, admin_dir: Path, cluster_name: str, desktop: str, db: str) -> None:
+    checked_cluster_name(cluster_name)
     directory, ca_dir, admin_dir = directory.absolute(), ca_dir.absolute(), admin_dir.absolute()
     state = _cluster_state(admin_dir)
     if state.cluster_name != cluster_name:

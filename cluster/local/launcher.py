@@ -17,7 +17,7 @@ from pathlib import Path
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout
-from authsim.cluster.local import processes
+from authsim.cluster.local import identity, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import free_port, port_is_free
@@ -34,6 +34,7 @@ from authsim.cluster.mtls import (
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.store import EtcdStore, EtcdTLS
 from authsim.cluster.store.addresses import register_targets
+from authsim.cluster.store.keys import checked_cluster_name
 from authsim.cluster.store.rbac import grant_cluster_access
 from authsim.cluster.targets.trust import set_default_trust
 from authsim.hsm import provision_token
@@ -57,10 +58,14 @@ class UpOptions:
     base_port: int | None = None
     etcd_tls: EtcdTLS | None = None  # client TLS to the `etcd_endpoints` (the embedded etcd has its own)
     event_retention: int | None = None  # events the cluster keeps (default: as before, else 10,000)
+    join: bool = False  # a dir without a cluster id takes the id of the cluster already on the etcd
 
 
 def _checked(options: UpOptions) -> UpOptions:
-    """The options with absolute TLS paths; ClusterError for TLS without endpoints or a missing file."""
+    """The options with absolute TLS paths; ClusterError for TLS without endpoints or a missing file,
+    ValidationError for a cluster name that breaks the rule."""
+    if options.cluster_name is not None:
+        checked_cluster_name(options.cluster_name)
     if options.etcd_tls is None:
         return options
     if not options.etcd_endpoints:
@@ -88,8 +93,13 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
         raise ClusterError(
             f"the cluster in {directory} is already running: `authsim down --dir {directory}` first"
         )
-    _make_cluster_dir(directory)
     state = _plan(directory, existing, options, running)
+    owner = True  # whether this dir made the cluster (a joined dir starts no targets)
+    if not state.etcd.embedded:  # before anything is written: a refused dir stays as it was
+        owner = identity.made_here(
+            directory, identity.claim(directory, state, options.join, existing is None)
+        )
+    _make_cluster_dir(directory)
     if state.etcd.embedded:
         admin_dir = ClusterLayout(directory).admin.directory
         state.etcd.tls = ensure_etcd_client_identity(directory, state.cluster_name, admin_dir, ADMIN_CN)
@@ -101,6 +111,8 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
                 _start_etcd(directory, state)
                 state.save(directory)
             _grant_etcd_access(state)
+            identity.claim(directory, state, options.join, existing is None)
+            state.save(directory)
         ensure_admin_identity(directory, state.cluster_name)
         started: dict[str, subprocess.Popen[bytes]] = {}
         for entry in state.nodes:
@@ -109,8 +121,9 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
                 entry.pid = started[entry.name].pid
                 state.save(directory)  # recorded at once, so `down` can stop it whatever happens next
         wait_serving(directory, state, started, progress)
-        progress("starting the downstream targets", len(state.nodes), len(state.nodes))
-        _start_targets(directory, state, running)
+        if owner:
+            progress("starting the downstream targets", len(state.nodes), len(state.nodes))
+            _start_targets(directory, state, running)
     except BaseException:
         with _no_interrupt():  # a second Ctrl-C must not cut the clean-up short
             state.save(directory)  # every PID this `up` holds in memory, so `down` finds them all
@@ -161,6 +174,32 @@ def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> 
     if purge and directory.exists():
         shutil.rmtree(directory)
     return stopped
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What `purge` did: the processes stopped, the keys deleted from an external etcd (None: none
+    deleted, they stay), and the state of the cluster whose keys stay on an external etcd."""
+
+    stopped: list[str]
+    etcd_keys_deleted: int | None
+    kept_in_etcd: ClusterState | None
+
+
+def purge(directory: Path, purge_etcd: bool = False) -> Purged:
+    """`down --purge`: stop the cluster and delete its dir; with `purge_etcd`, also its keys on an
+    external etcd (the embedded one goes with the dir), only while that etcd holds this dir's cluster
+    id: checked before anything stops, so a refusal changes nothing."""
+    _check_purgeable(directory)
+    state = _load_existing(directory)
+    external = state if state is not None and not state.etcd.embedded else None
+    seen = identity.purgeable(directory, external) if external is not None and purge_etcd else None
+    stopped = down(directory)
+    deleted = None
+    if external is not None and seen is not None:
+        deleted = identity.forget(external.etcd, external.cluster_name, seen)
+    down(directory, purge=True)
+    return Purged(stopped, deleted, external if not purge_etcd else None)
 
 
 def _make_cluster_dir(directory: Path) -> None:
@@ -225,6 +264,7 @@ def _plan(
     directory: Path, existing: ClusterState | None, options: UpOptions, running: set[str]
 ) -> ClusterState:
     if existing is not None:
+        checked_cluster_name(existing.cluster_name)  # a dir made before names had a rule
         if options.cluster_name and options.cluster_name != existing.cluster_name:
             raise ClusterError(
                 f"{directory} holds cluster {existing.cluster_name!r}, not {options.cluster_name!r}: "
@@ -241,6 +281,8 @@ def _plan(
             endpoints=options.etcd_endpoints or [], embedded=not options.etcd_endpoints, tls=options.etcd_tls
         )
         state = ClusterState(cluster_name=name, etcd=etcd)
+    if options.join and state.etcd.embedded:
+        raise ClusterError("--join joins a cluster on an existing etcd: give its endpoints with --etcd")
     if options.event_retention is not None:
         if options.event_retention < 1:
             raise ClusterError(f"event retention must be >= 1, not {options.event_retention}")

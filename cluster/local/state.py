@@ -1,4 +1,4 @@
-"""The cluster's state file `cluster.yaml`: name, etcd endpoints and the node processes."""
+"""The cluster's state file `cluster.yaml`: name and id, etcd endpoints and the node processes."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ class ClusterState:
     nodes: list[NodeEntry] = field(default_factory=list)
     targets: dict[str, TargetEntry] = field(default_factory=dict)
     event_retention: int = DEFAULT_RETENTION  # `up --event-retention`; every node's config gets it
+    cluster_id: str | None = None  # made by the first `up` and kept in etcd too; None before that
 
     @staticmethod
     def path(directory: Path) -> Path:
@@ -93,6 +94,7 @@ class ClusterState:
             nodes=[NodeEntry(**n) for n in data["nodes"]],
             targets={k: TargetEntry(**v) for k, v in (data.get("targets") or {}).items()},
             event_retention=data.get("event_retention", DEFAULT_RETENTION),
+            cluster_id=data.get("cluster_id"),
         )
 
     def node(self, name: str) -> NodeEntry:

@@ -1,7 +1,7 @@
 """Storage: the etcd store with its compare-and-swap primitive, and where each record lives in etcd.
 
-`EtcdStore` (`etcd`) is the only code that talks to etcd; `keys` names the keys; `addresses` keeps
-the nodes' and targets' addresses there.
+`EtcdStore` (`etcd`) is the only code that talks to etcd; `keys` names the keys (and holds the
+cluster-name rule); `addresses` keeps the nodes' and targets' addresses there; `identity` a cluster's id.
 """
 
 from authsim.cluster.store.etcd import DELETE, CasResult, EtcdStore, EtcdTLS, Page, UpdateResult, Versioned

@@ -131,6 +131,16 @@ class Page:
 
 
 @dataclass(frozen=True)
+class Vacancy:
+    """The outcome of `create_if_empty`: whether it created the key; if not, the key's value then
+    (None when absent) and how many keys the prefixes held."""
+
+    created: bool
+    current: Versioned | None
+    keys: int
+
+
+@dataclass(frozen=True)
 class CasResult:
     """The outcome of one compare-and-swap (or conditional delete) Txn.
 
@@ -319,6 +329,59 @@ class EtcdStore:
         key, range_end = _prefix_range(prefix)
         response = await self._call("DeleteRange", rpc.DeleteRangeRequest(key=key, range_end=range_end))
         return int(response.deleted)
+
+    async def create_if_empty(self, key: str, value: bytes, prefixes: list[str]) -> Vacancy:
+        """Create `key` = `value` if no key starts with any of the non-empty `prefixes`; one Txn, whose
+        failure branch reads `key` and counts the keys under the prefixes."""
+        if not prefixes or not all(prefixes):
+            raise ValueError("create_if_empty needs non-empty prefixes")
+        ranges = [_prefix_range(prefix) for prefix in prefixes]
+        empty = [
+            rpc.Compare(
+                key=k, range_end=end, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+            )
+            for k, end in ranges
+        ]
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
+        reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode()))]
+        reads += [
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=k, range_end=end, count_only=True))
+            for k, end in ranges
+        ]
+        response = await self._call("Txn", rpc.TxnRequest(compare=empty, success=[put], failure=reads))
+        if response.succeeded:
+            return Vacancy(True, None, 0)
+        found, *counts = (r.response_range for r in response.responses)
+        return Vacancy(
+            False, _versioned(found.kvs[0]) if found.kvs else None, sum(int(c.count) for c in counts)
+        )
+
+    async def count_prefix(self, prefix: str) -> int:
+        """How many keys start with a non-empty `prefix` (a count, no values read)."""
+        if not prefix:
+            raise ValueError("count_prefix needs a non-empty prefix")
+        key, range_end = _prefix_range(prefix)
+        response = await self._call("Range", rpc.RangeRequest(key=key, range_end=range_end, count_only=True))
+        return int(response.count)
+
+    async def delete_prefixes(self, prefixes: list[str], guard: Guard) -> int:
+        """Delete every key under each non-empty prefix in one Txn, only if the guard key is still at
+        its revision (0: absent); the count deleted. ConflictError, with nothing deleted, otherwise."""
+        if not all(prefixes):
+            raise ValueError("delete_prefixes needs non-empty prefixes")
+        guard_key, expected = guard
+        deletes = [
+            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=range_end))
+            for key, range_end in map(_prefix_range, prefixes)
+        ]
+        response = await self._call(
+            "Txn", rpc.TxnRequest(compare=[_compare(guard_key, expected)], success=deletes)
+        )
+        if not response.succeeded:
+            raise ConflictError(
+                f"{guard_key} changed since it was read (revision {expected}): nothing deleted"
+            )
+        return sum(int(r.response_delete_range.deleted) for r in response.responses)
 
     async def update(
         self,
@@ -524,20 +587,8 @@ class EtcdStore:
         for k, expected in [(key, expected_revision), *([guard] if guard else [])]:
             if expected < 0:
                 raise ValueError(f"expected revision of {k} must be >= 0, not {expected}")
-            kb = k.encode()
-            if expected == 0:
-                compares.append(
-                    rpc.Compare(
-                        key=kb, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
-                    )
-                )
-            else:
-                compares.append(
-                    rpc.Compare(
-                        key=kb, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected
-                    )
-                )
-            reads.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=kb)))
+            compares.append(_compare(k, expected))
+            reads.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())))
         response = await self._call("Txn", rpc.TxnRequest(compare=compares, success=[op], failure=reads))
         revision = int(response.header.revision)
         if response.succeeded:
@@ -668,6 +719,17 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, OSError):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     return None
+
+
+def _compare(key: str, expected_revision: int) -> Any:
+    """The Txn compare "`key` is at `expected_revision`" (0: the key is absent)."""
+    if expected_revision == 0:
+        return rpc.Compare(
+            key=key.encode(), target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+        )
+    return rpc.Compare(
+        key=key.encode(), target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=expected_revision
+    )
 
 
 def _refused_in_doubt(

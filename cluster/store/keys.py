@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import re
+
+from authsim.cluster.errors import ValidationError, quoted
+
 ROOT = "/authsim"
+DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # a cluster name; a node name too
+CLUSTER_NAME_RULE = "use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+
+
+def checked_cluster_name(name: object) -> str:
+    """`name` when it is a DNS-label-like cluster name (a segment of every key path, so never a '/');
+    ValidationError stating the rule otherwise."""
+    if not isinstance(name, str) or not DNS_LABEL.fullmatch(name):
+        raise ValidationError([f"cluster name {quoted(name)}: {CLUSTER_NAME_RULE}"])
+    return name
 
 
 def cluster_prefix(cluster_name: str) -> str:
     return f"{ROOT}/{cluster_name}/"
+
+
+def identity_key(cluster_name: str) -> str:
+    """The cluster's identity (its id, the dir that made it, when), written once by the first `up`."""
+    return f"{ROOT}/{cluster_name}/identity"
 
 
 def cert_authority_key(cluster_name: str, ca_type: str) -> str:

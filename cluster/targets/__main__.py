@@ -12,6 +12,7 @@ from pathlib import Path
 from authsim.cluster.errors import AuthSimError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.resources.ca_types import desktop_domain
+from authsim.cluster.store.keys import checked_cluster_name
 from authsim.cluster.targets._tls import KINDS, target_identity
 from authsim.cluster.targets.database import start_database
 from authsim.cluster.targets.desktop import start_desktop
@@ -21,7 +22,7 @@ log = logging.getLogger("target")
 
 async def serve(cluster_dir: Path, kind: str, host: str, port: int, cluster_name: str) -> None:
     """Run the target until SIGTERM or SIGINT, then stop listening and return."""
-    identity = target_identity(cluster_dir, cluster_name, kind)
+    identity = target_identity(cluster_dir, checked_cluster_name(cluster_name), kind)
     if kind == "desktop":
         server = await start_desktop(cluster_dir, identity, host, port, desktop_domain(cluster_name))
     else:
