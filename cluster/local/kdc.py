@@ -28,65 +28,42 @@ How MIT krb5 1.20 decides (checked against its source and by hand):
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import ClusterLayout, KdcLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.ports import free_port
-from authsim.cluster.local.server_log import end_of, last_line, since, taking_turns
 from authsim.cluster.mtls import ensure_kdc_identity
-from authsim.cluster.secret_files import write_all, write_private
+from authsim.cluster.secret_files import write_private
+from authsim.cluster.targets import kerberos
+from authsim.cluster.targets.kerberos import (
+    LIBDEFAULTS,
+    LogonResult,
+    find_binary,
+    kdc_env,
+    pem,
+    realm_of,
+    run_tool,
+)
+from authsim.cluster.targets.server_log import end_of, last_line, since
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 10.0
-COMMAND_TIMEOUT = 30.0
 PORT_ATTEMPTS = 3
-PACKAGES = "krb5-kdc krb5-pkinit krb5-user krb5-admin-server"
-_SBIN = "/usr/sbin:/sbin"
-# Names the KDC takes: kadmin's command parser and Kerberos' own escapes stay out of the way.
-_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DOMAIN = re.compile(
     r"(?=.{1,200}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
 _SERVING = "commencing operation"  # what krb5kdc logs once its sockets are bound
-# A refusal in the KDC's log: `AS_REQ (…) 127.0.0.1: PREAUTH_FAILED: client for server, reason`
-_REFUSAL = re.compile(r"AS_REQ \(.*?\) [^ ]*: (?P<status>[A-Z_]+): .+? for \S+, (?P<reason>.+)$")
-
-
-class LogonResult(NamedTuple):
-    """A PKINIT logon: whether the KDC issued a TGT, and otherwise the refusal (the KDC's own words
-    from its log when the KDC refused, kinit's when the client gave up before asking)."""
-
-    ok: bool
-    reason: str
-
-
-def realm_of(domain: str) -> str:
-    """The Kerberos realm of a Windows domain: the domain in capitals."""
-    return domain.upper()
-
-
-def find_binary(name: str) -> str:
-    """The path of an MIT krb5 program (also in /usr/sbin), or a ClusterError saying how to install it."""
-    path = shutil.which(name, path=f"{os.environ.get('PATH', '')}:{_SBIN}")
-    if path is None:
-        raise ClusterError(f"{name} not found: install the Debian packages {PACKAGES} (./scripts/setup)")
-    return path
 
 
 @dataclass
@@ -186,21 +163,13 @@ class Kdc:
         return None
 
     def principal(self, user: str) -> str:
-        """The principal of `user`: the enterprise principal of their UPN, `user\\@domain@REALM`."""
-        _check_user(user)
-        return f"{user}\\@{self.domain}@{self.realm}"
+        return kerberos.principal(user, self.domain)
 
     def upn(self, user: str) -> str:
-        """The UPN a windows credential of `user` carries, and the enterprise name a logon asks for."""
-        _check_user(user)
-        return f"{user}@{self.domain}"
+        return kerberos.upn(user, self.domain)
 
     def add_user(self, user: str) -> None:
-        """Create `user`'s principal unless it exists: no keys (PKINIT only), pre-authentication required."""
-        principal = self.principal(user)
-        done = self._kadmin(f"addprinc -nokey +requires_preauth {principal}")
-        if f'Principal "{principal}" created.' not in done and "already exists" not in done:
-            raise ClusterError(f"kadmin.local did not create {principal}: {last_line(done)}")
+        kerberos.add_user(self.layout, self.domain, user)
 
     def reload_anchors(self, anchors: Sequence[x509.Certificate]) -> None:
         """Trust exactly `anchors` for client certificates from now on. The KDC reads its anchors only
@@ -213,54 +182,16 @@ class Kdc:
     def logon(
         self, credential: bytes, key: bytes, user: str, store: Sequence[x509.Certificate]
     ) -> LogonResult:
-        """A PKINIT logon of `user` with `credential` (PEM, the leaf first) and its `key` (PEM), asking
-        for a TGT as the enterprise name `user@domain`, the way a Windows workstation does.
-
-        `store` is the workstation's certificate store: the MIT client checks its own chain before
-        sending it, to the self-signed certificates in `store` (and the KDC's CA, to check the KDC),
-        through the others (the issuing CA that NTAuth knows, intermediates). Run with a private
-        config and credentials cache in a temp dir; logons against one KDC take turns, so the refusal
-        read from the KDC's log is this logon's."""
-        upn = self.upn(user)
+        """A PKINIT logon of `user` at this KDC (`kerberos.logon`)."""
         if self.port is None:
             raise ClusterError("the KDC has no port: start it first")
-        with (
-            tempfile.TemporaryDirectory(prefix="authsim-kinit-") as temp,
-            taking_turns(self.layout.logon_lock),
-        ):
-            client = Path(temp)
-            conf = self._client_config(client, store)
-            write_all({client / "cert.pem": credential, client / "key.pem": key})
-            argv = [find_binary("kinit"), "-E", "-c", f"FILE:{client / 'ccache'}"]
-            argv += ["-X", f"X509_user_identity=FILE:{client / 'cert.pem'},{client / 'key.pem'}", upn]
-            offset = end_of(self.layout.log)
-            done = _run(argv, {"KRB5_CONFIG": str(conf), "HOME": temp})
-            if done.returncode == 0:
-                return LogonResult(True, "")
-            refusal = _refusal(since(self.layout.log, offset))
-            return LogonResult(False, refusal or last_line(done.stderr))  # `kinit: …`
-
-    def _client_config(self, directory: Path, store: Sequence[x509.Certificate]) -> Path:
-        """A workstation's krb5.conf in `directory`: this realm's KDC, and PKINIT anchors and pool."""
-        anchors = [c for c in store if c.issuer == c.subject]
-        pool = [c for c in store if c.issuer != c.subject]
-        (directory / "anchors.pem").write_bytes(self.layout.kdc_ca.read_bytes() + _pem(anchors))
-        (directory / "pool.pem").write_bytes(_pem(pool))
-        conf = directory / "krb5.conf"
-        conf.write_text(
-            f"[libdefaults]\n    default_realm = {self.realm}\n{_LIBDEFAULTS}"
-            "    udp_preference_limit = 1\n"
-            f"[realms]\n    {self.realm} = {{\n        kdc = {self.address}\n"
-            f"        pkinit_anchors = FILE:{directory / 'anchors.pem'}\n"
-            f"        pkinit_pool = FILE:{directory / 'pool.pem'}\n    }}\n"
-        )
-        return conf
+        return kerberos.logon(self.layout, self.address, self.domain, credential, key, user, store)
 
     def _write_config(self, port: int | None = None) -> None:
         """The KDC's krb5.conf (no PKINIT settings) and kdc.conf (listening on `port` when given)."""
         layout, realm = self.layout, self.realm
         listen = f"    kdc_listen = {HOST}:{port}\n    kdc_tcp_listen = {HOST}:{port}\n" if port else ""
-        layout.krb5_conf.write_text(f"[libdefaults]\n    default_realm = {realm}\n{_LIBDEFAULTS}{_PLUGINS}")
+        layout.krb5_conf.write_text(f"[libdefaults]\n    default_realm = {realm}\n{LIBDEFAULTS}{_PLUGINS}")
         layout.kdc_conf.write_text(
             f"[kdcdefaults]\n{listen}"
             f"[realms]\n    {realm} = {{\n"
@@ -282,7 +213,7 @@ class Kdc:
             return
         self.layout.database_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         password = secrets.token_urlsafe(32)
-        done = _run(
+        done = run_tool(
             [find_binary("kdb5_util"), "-r", self.realm, "create", "-s"],
             self._env(),
             stdin=f"{password}\n{password}\n".encode(),
@@ -291,57 +222,14 @@ class Kdc:
             raise ClusterError(f"kdb5_util could not create the KDC database: {last_line(done.stderr)}")
 
     def _write_anchors(self, anchors: Sequence[x509.Certificate]) -> None:
-        write_private(self.layout.anchors, _pem(anchors))
-
-    def _kadmin(self, query: str) -> str:
-        done = _run([find_binary("kadmin.local"), "-r", self.realm, "-q", query], self._env())
-        if done.returncode != 0:
-            raise ClusterError(f"kadmin.local failed ({query.split()[0]}): {last_line(done.stderr)}")
-        return done.stdout + done.stderr
+        write_private(self.layout.anchors, pem(anchors))
 
     def _env(self) -> dict[str, str]:
-        """The KDC's and its tools' environment: its private config, nothing inherited from krb5."""
-        return {"KRB5_CONFIG": str(self.layout.krb5_conf), "KRB5_KDC_PROFILE": str(self.layout.kdc_conf)}
+        return kdc_env(self.layout)
 
 
-_LIBDEFAULTS = "    dns_lookup_kdc = false\n    dns_lookup_realm = false\n    rdns = false\n"
 # The KDC offers only PKINIT: SPAKE has no groups configured and OTP is not installed.
 _PLUGINS = "[plugins]\n    kdcpreauth = {\n        disable = spake\n        disable = otp\n    }\n"
-
-
-def _check_user(user: str) -> None:
-    if not _USER.fullmatch(user):
-        rule = "the KDC takes letters, digits, . _ - (at most 64, a letter or digit first)"
-        raise ValidationError([f"user: {rule}, got {user!r}"])
-
-
-def _refusal(log: str) -> str:
-    """The last refusal the KDC logged in `log` (`STATUS: reason`), or ''."""
-    found = ""
-    for line in log.splitlines():
-        match = _REFUSAL.search(line)
-        if match and match["status"] != "NEEDED_PREAUTH":
-            found = f"{match['status']}: {match['reason']}"
-    return found
-
-
-def _run(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
-    """Run a krb5 tool in a session of its own (no terminal to prompt on), with only `env` and PATH."""
-    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-    try:
-        done = subprocess.run(
-            argv,
-            input=stdin,
-            capture_output=True,
-            env=environment,
-            timeout=COMMAND_TIMEOUT,
-            start_new_session=True,
-        )
-    except subprocess.TimeoutExpired:
-        raise ClusterError(f"{Path(argv[0]).name} did not finish in {COMMAND_TIMEOUT:g}s") from None
-    return subprocess.CompletedProcess(
-        argv, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-    )
 
 
 def _stop_child(process: subprocess.Popen[bytes], marker: str) -> None:
@@ -359,7 +247,3 @@ def _free_tcp_udp_port() -> int:
             except OSError:
                 continue
         return port
-
-
-def _pem(certs: Sequence[x509.Certificate]) -> bytes:
-    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)

@@ -27,15 +27,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import re
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -44,44 +41,17 @@ from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import ClusterLayout, PostgresLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.ports import free_port
-from authsim.cluster.local.server_log import end_of, last_line, since, taking_turns
 from authsim.cluster.mtls import ensure_server_identity
 from authsim.cluster.secret_files import write_all
+from authsim.cluster.targets import pg_client
+from authsim.cluster.targets.pg_client import POSTGRES_ACCOUNT, LoginResult, find_binary
+from authsim.cluster.targets.server_log import end_of, last_line, since
 
 HOST = "127.0.0.1"
-DATABASE = "postgres"
 TLS_NAME = "db"  # the DNS name in the server certificate (with localhost and 127.0.0.1)
 READY_TIMEOUT = 15.0
-COMMAND_TIMEOUT = 30.0
 PORT_ATTEMPTS = 3
-SERVER_LOG_WAIT = 0.5  # seconds a refused login waits for the server's log line (written after the alert)
-_POSTGRES_ACCOUNT = "postgres"  # the name the cluster's root is seen as inside the server's namespace
 _SSL_NOT_RELOADED = "SSL configuration was not reloaded"
-_MAX_ROLE_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
-# A server log line: `2026-01-01 12:00:00.000 UTC [123] FATAL:  message`
-_LOG_LINE = re.compile(r"^\S+ \S+ \S+ \[\d+\] (?P<level>LOG|FATAL|DETAIL|ERROR):\s+(?P<message>.*)$")
-
-
-class LoginResult(NamedTuple):
-    """A login: whether PostgreSQL let the role in over TLS, and otherwise its refusal (the server's
-    log lines for this login, or what psql reported when the server logged none)."""
-
-    ok: bool
-    reason: str
-
-
-def find_binary(name: str) -> str:
-    """A PostgreSQL program of the newest installed version, or a ClusterError saying how to install it."""
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=_version)
-    if not found:
-        raise ClusterError(
-            f"PostgreSQL's {name} not found: install the Debian package postgresql (./scripts/setup)"
-        )
-    return str(found[-1])
-
-
-def _version(path: Path) -> tuple[int, ...]:
-    return tuple(int(part) for part in path.parent.parent.name.split(".") if part.isdigit())
 
 
 @dataclass
@@ -96,19 +66,20 @@ class Postgres:
     @classmethod
     def setup(cls, cluster_dir: Path, cluster_name: str, client_cas: Sequence[x509.Certificate]) -> Postgres:
         """The cluster's PostgreSQL: its TLS identity (made once), its data dir (initdb once), pg_hba.conf
-        and `client_cas` as the CA bundle client certificates must chain to."""
+        and `client_cas` as the CA bundle client certificates must chain to (none: not yet known, to be
+        given to `reload_client_cas` before `start`)."""
         pg = cls(ClusterLayout(cluster_dir).postgres)
         ensure_server_identity(cluster_dir, cluster_name, pg.layout.directory, [TLS_NAME])
         os.chmod(pg.layout.directory, 0o700)
         pg._initdb()
         pg._write_hba()
-        pg._write_client_cas(client_cas)
+        if client_cas:
+            pg._write_client_cas(client_cas)
         return pg
 
     @property
     def superuser(self) -> str:
-        """The superuser role: the name the server sees the cluster's user as."""
-        return _POSTGRES_ACCOUNT if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        return pg_client.superuser()
 
     @property
     def marker(self) -> str:
@@ -150,15 +121,7 @@ class Postgres:
         return processes.is_running(self.pid or self._pid_from_file(), self.marker)
 
     def create_role(self, user: str) -> None:
-        """Make `user` a login role unless it exists (no password: it logs in with a certificate)."""
-        problems = _role_problems(user)
-        if problems:
-            raise ValidationError(problems)
-        self._superuser_sql(
-            "SELECT format('CREATE ROLE %I LOGIN', :'role') "
-            "WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \\gexec\n",
-            role=user,
-        )
+        pg_client.create_role(self.layout, self._port(), user)
 
     def reload_client_cas(self, client_cas: Sequence[x509.Certificate]) -> None:
         """Trust exactly `client_cas` for client certificates: rewrite `ssl_ca_file`, reload the server
@@ -183,47 +146,8 @@ class Postgres:
             )
 
     def login(self, credential: bytes, key: bytes, user: str) -> LoginResult:
-        """Log in as role `user` over TLS (sslmode=verify-full against the cluster's server CA) with
-        `credential` (PEM: the leaf, then the chain libpq presents with it) and its `key` (PEM). Logins
-        to one server take turns, so the refusal read from the server's log is this login's."""
-        if self.port is None:
-            raise ClusterError("PostgreSQL has no port: start it first")
-        with (
-            tempfile.TemporaryDirectory(prefix="authsim-psql-") as temp,
-            taking_turns(self.layout.login_lock),
-        ):
-            client = Path(temp)
-            write_all({client / "cert.pem": credential, client / "key.pem": key})
-            conninfo = _conninfo(
-                host=HOST,
-                port=str(self.port),
-                dbname=DATABASE,
-                user=user,
-                sslmode="verify-full",
-                sslrootcert=str(self.layout.server_ca),
-                sslcert=str(client / "cert.pem"),
-                sslkey=str(client / "key.pem"),
-                connect_timeout="10",
-            )
-            offset = end_of(self.layout.log)
-            done = _run(
-                [find_binary("psql"), "-X", "-w", "-A", "-t", "-c", "SELECT current_user", conninfo], temp
-            )
-            if done.returncode == 0 and done.stdout.strip() == user:
-                return LoginResult(True, "")
-            server = self._server_says(offset)
-            client_says = last_line(done.stderr).split(" failed: ", 1)[-1]
-            return LoginResult(False, server or f"psql: {client_says}")
-
-    def _server_says(self, offset: int) -> str:
-        """The server's log messages since `offset`, waiting a moment for them (a backend logs a TLS
-        refusal after sending the alert the client already read)."""
-        deadline = time.monotonic() + SERVER_LOG_WAIT
-        while True:
-            lines = [m for m in map(_LOG_LINE.match, since(self.layout.log, offset).splitlines()) if m]
-            if lines or time.monotonic() > deadline:
-                return "; ".join(f"{m['level']}: {m['message']}" for m in lines)
-            time.sleep(0.02)
+        """Log in as role `user` with `credential` and its `key` (`pg_client.login`)."""
+        return pg_client.login(self.layout, self._port(), credential, key, user)
 
     def _ready(self, process: subprocess.Popen[bytes], timeout: float) -> bool:
         """True once the server says in postmaster.pid that it accepts connections; False (and no
@@ -295,28 +219,13 @@ class Postgres:
             )
         write_all({self.layout.client_ca: b"".join(c.public_bytes(Encoding.PEM) for c in client_cas)})
 
-    def _superuser_sql(self, script: str, **variables: str) -> str:
-        """Run `script` (psql input, `:'name'` interpolating `variables`) as the superuser over the
-        private socket; its output, or ClusterError with psql's error."""
+    def _superuser_sql(self, script: str) -> str:
+        return pg_client.superuser_sql(self.layout, self._port(), script)
+
+    def _port(self) -> int:
         if self.port is None:
             raise ClusterError("PostgreSQL has no port: start it first")
-        argv = [find_binary("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
-        argv += [arg for name, value in variables.items() for arg in ("-v", f"{name}={value}")]
-        argv += [
-            "-h",
-            str(self.layout.socket_dir),
-            "-p",
-            str(self.port),
-            "-U",
-            self.superuser,
-            "-d",
-            DATABASE,
-        ]
-        with tempfile.TemporaryDirectory(prefix="authsim-psql-") as temp:
-            done = _run(argv, temp, stdin=script.encode())
-        if done.returncode != 0:
-            raise ClusterError(f"psql as {self.superuser} failed: {last_line(done.stderr)}")
-        return done.stdout
+        return self.port
 
     def _pid_from_file(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -329,10 +238,10 @@ def _unprivileged() -> list[str]:
     if os.geteuid() != 0:
         return []
     try:
-        account = pwd.getpwnam(_POSTGRES_ACCOUNT)
+        account = pwd.getpwnam(POSTGRES_ACCOUNT)
     except KeyError:
         raise ClusterError(
-            f"no {_POSTGRES_ACCOUNT!r} account to run PostgreSQL as: install the Debian package postgresql"
+            f"no {POSTGRES_ACCOUNT!r} account to run PostgreSQL as: install the Debian package postgresql"
         ) from None
     return ["unshare", "--user", f"--map-user={account.pw_uid}", f"--map-group={account.pw_gid}", "--"]
 
@@ -341,31 +250,3 @@ def _server_env() -> dict[str, str]:
     """initdb's and the server's environment: no PG* variables of the caller, messages in English (the
     refusals are read from the log)."""
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
-
-
-def _role_problems(user: str) -> list[str]:
-    size = len(user.encode(errors="surrogatepass"))
-    if not user or size > _MAX_ROLE_BYTES or "\0" in user:
-        return [f"user: a role name of 1 to {_MAX_ROLE_BYTES} bytes without NUL, got {size} bytes"]
-    return []
-
-
-def _conninfo(**values: str) -> str:
-    """A libpq connection string, every value quoted."""
-
-    def quote(value: str) -> str:
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    return " ".join(f"{name}={quote(value)}" for name, value in values.items())
-
-
-def _run(argv: list[str], home: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
-    """Run psql with a clean environment (no PG* variables, no ~/.pgpass or service file of the user)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "PGSYSCONFDIR": home}
-    try:
-        done = subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=COMMAND_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise ClusterError(f"{Path(argv[0]).name} did not finish in {COMMAND_TIMEOUT:g}s") from None
-    return subprocess.CompletedProcess(
-        argv, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-    )

@@ -1,29 +1,31 @@
-"""The desktop target: a stand-in for a Windows domain that checks smart-card logon credentials.
+"""The desktop target: a Windows domain workstation doing a smart-card logon at the domain's real KDC.
 
-A TLS server (no client certificate) reading one JSON line `{"user", "certificate", "chain"}` and
-answering one JSON line `{"success", "reason", "desktop_name"}`. It accepts a windows credential as
-a domain controller would: EKU clientAuth and smartcardLogon, a UPN SAN `user@<domain>` (the
-cluster's `ca_types.desktop_domain`), within its validity, its issuing CA certificate in the NTAuth
-store, and a chain from that CA to a trusted root. The trust files are re-read on every connection.
+A TLS server (`sessions`) answering one session request with `{"success", "reason", "desktop_name"}`.
+A logon passes the one rule a Windows domain controller adds to PKINIT, that the issuing CA is in the
+NTAuth store (read on every request), then MIT Kerberos decides (`kerberos.logon`: EKU smartcardLogon,
+UPN SAN `user@<domain>`, the chain to the KDC's `pkinit_anchors`), and its refusal is the reason.
+
+`verify_desktop_credential` is the rules as a pure function, for unit tests of credentials; what a
+session trusts is the KDC's verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
+from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.mtls import TLSIdentity
 from authsim.cluster.resources.x509 import display_name
-from authsim.cluster.targets._tls import server_context
+from authsim.cluster.targets import kerberos
+from authsim.cluster.targets.sessions import Answer, SessionRequest, serve_sessions
 from authsim.cluster.targets.trust import read_trust
 
 DESKTOP_NAME = "example-desktop"
@@ -33,12 +35,8 @@ _REQUIRED_EKUS = {
     "smartcardLogon": ExtendedKeyUsageOID.SMARTCARD_LOGON,
 }
 _MAX_CHAIN = 8
-_READ_TIMEOUT = 10.0
-_MAX_REQUEST = 1 << 20
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
-
-log = logging.getLogger("desktop")
 
 
 def verify_desktop_credential(
@@ -71,9 +69,10 @@ def verify_desktop_credential(
         return f"no UPN SAN (otherName {UPN_OID.dotted_string})"
     if not any(_names(upn, user, domain) for upn in upns):
         return f"UPN SAN {upns[0]!r} does not name user {user!r} in domain {domain!r}"
-    issuer = next((ca for ca in ntauth if _issued_by(leaf, ca)), None)
-    if issuer is None:
-        return f"issuing CA '{display_name(leaf.issuer)}' is not in the NTAuth store"
+    problem = ntauth_problem(leaf, ntauth)
+    if problem is not None:
+        return problem
+    issuer = next(ca for ca in ntauth if _issued_by(leaf, ca))
     anchors = [c for c in (*roots, *ntauth) if _issued_by(c, c)]
     pool = [*chain, *roots, *ntauth]
     current, path = issuer, [issuer]
@@ -90,44 +89,39 @@ def verify_desktop_credential(
     return "chain does not reach a trusted root"
 
 
+def ntauth_problem(leaf: x509.Certificate, ntauth: Sequence[x509.Certificate]) -> str | None:
+    """None when the CA that issued `leaf` is in the NTAuth store, else why not: the one rule a Windows
+    domain controller adds to PKINIT (the KDC itself has no NTAuth store)."""
+    if any(_issued_by(leaf, ca) for ca in ntauth):
+        return None
+    return f"issuing CA '{display_name(leaf.issuer)}' is not in the NTAuth store"
+
+
+def desktop_answer(cluster_dir: Path, domain: str, kdc_address: str) -> Answer:
+    """The desktop's verdict on a session: the NTAuth check, then a PKINIT logon at the KDC as a domain
+    workstation whose certificate store is the NTAuth store and the desktop's CA bundle. The user's
+    principal is made on demand."""
+    layout = ClusterLayout(cluster_dir).kdc
+
+    def answer(request: SessionRequest) -> tuple[bool, str]:
+        trust = read_trust(cluster_dir, "desktop")
+        problem = ntauth_problem(request.leaf, trust.ntauth)
+        if problem is not None:
+            return False, problem
+        kerberos.add_user(layout, domain, request.user)
+        store = [*trust.ntauth, *trust.ca, *request.chain]
+        return kerberos.logon(layout, kdc_address, domain, request.leaf_pem, request.key, request.user, store)
+
+    return answer
+
+
 async def start_desktop(
-    cluster_dir: Path, identity: TLSIdentity, host: str, port: int, domain: str
+    cluster_dir: Path, identity: TLSIdentity, host: str, port: int, domain: str, kdc_address: str
 ) -> asyncio.Server:
     """Listen on `host:port` (0 = any free port) with the target's server certificate, logging users of
-    `domain` on."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), _READ_TIMEOUT)
-            reply = _answer(cluster_dir, domain, line)
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except (OSError, ValueError, asyncio.TimeoutError) as e:  # ValueError: line over the limit
-            log.info("connection dropped: %s", e or type(e).__name__)
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port, ssl=server_context(identity), limit=_MAX_REQUEST)
-
-
-def _answer(cluster_dir: Path, domain: str, line: bytes) -> dict[str, Any]:
-    """The reply to one request line; the verdict is logged."""
-    user = ""
-    try:
-        request = json.loads(line)
-        user, leaf_pem, chain_pems = request["user"], request["certificate"], request.get("chain", [])
-        if not (isinstance(user, str) and isinstance(leaf_pem, str) and isinstance(chain_pems, list)):
-            raise TypeError("user and certificate must be strings, chain a list")
-        leaf = x509.load_pem_x509_certificate(leaf_pem.encode())
-        chain = [x509.load_pem_x509_certificate(str(p).encode()) for p in chain_pems]
-    except (ValueError, KeyError, TypeError) as e:
-        reason: str | None = f"bad request: {e}"
-    else:
-        trust = read_trust(cluster_dir, "desktop")
-        now = dt.datetime.now(dt.timezone.utc)
-        reason = verify_desktop_credential(leaf, chain, user, domain, trust.ntauth, trust.ca, now)
-    log.info("logon user=%r success=%s%s", user, reason is None, f" reason={reason!r}" if reason else "")
-    return {"success": reason is None, "reason": reason or "", "desktop_name": DESKTOP_NAME}
+    `domain` on at the KDC at `kdc_address`."""
+    answer = desktop_answer(cluster_dir, domain, kdc_address)
+    return await serve_sessions(identity, host, port, answer, "desktop_name", DESKTOP_NAME)
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
