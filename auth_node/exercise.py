@@ -17,7 +17,7 @@ from authsim.cluster.errors import NotFoundError
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.store import EtcdStore
 
-TARGET_TIMEOUT = 5.0  # seconds for a session on a downstream target
+TARGET_TIMEOUT = 20.0  # seconds for a session on a downstream target (logons at one server take turns)
 Issue = Callable[[Sequence[CredentialRequest]], Awaitable[list[Credential]]]
 
 
@@ -60,7 +60,6 @@ async def _open_session(
 ) -> SessionResult:
     server_ca = node.layout.server_ca.read_bytes()
     chain = credential.issuer.chain
-    if smartcard:
-        return await open_desktop_session(address, server_ca, user, credential.pem, chain, TARGET_TIMEOUT)
     key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    return await open_db_session(address, server_ca, user, credential.pem, key_pem, chain, TARGET_TIMEOUT)
+    open_session = open_desktop_session if smartcard else open_db_session
+    return await open_session(address, server_ca, user, credential.pem, key_pem, chain, TARGET_TIMEOUT)

@@ -1,5 +1,8 @@
 """How a node exercises a target: open a session with a credential and report the target's verdict.
 
+The target presents the credential to its real server (the desktop: a PKINIT logon at the KDC; the
+database: a certificate login to PostgreSQL) and answers with that server's verdict.
+
 Both calls verify the target's server certificate against the cluster's server CA
 (`pki/server-ca.pem`) under the target's name ("desktop" or "db"), finish within `timeout` seconds,
 and return a SessionResult instead of raising: a refused TLS handshake, an unreachable target or a
@@ -13,7 +16,6 @@ import contextlib
 import json
 import os
 import ssl
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,11 +39,13 @@ async def open_desktop_session(
     server_ca_pem: str | bytes,
     user: str,
     leaf_pem: str | bytes,
+    leaf_key_pem: str | bytes,
     chain_pems: Sequence[str | bytes],
     timeout: float,
 ) -> SessionResult:
-    """Ask the desktop target at `address` (host:port) to log `user` on with this windows credential."""
-    request = {"user": user, "certificate": _text(leaf_pem), "chain": [_text(p) for p in chain_pems]}
+    """Ask the desktop target at `address` (host:port) to log `user` on at its KDC with this windows
+    credential (the target plays the user's workstation, so it gets the key)."""
+    request = _request(user, leaf_pem, leaf_key_pem, chain_pems)
     context = _client_context(server_ca_pem)
     return await _session("desktop", address, context, DESKTOP_TLS_NAME, request, "desktop_name", timeout)
 
@@ -55,16 +59,21 @@ async def open_db_session(
     chain_pems: Sequence[str | bytes],
     timeout: float,
 ) -> SessionResult:
-    """Connect to the database target at `address` as `user`, presenting leaf + chain in the handshake."""
+    """Ask the database target at `address` to log in to its PostgreSQL as `user` with leaf + chain."""
+    request = _request(user, leaf_pem, leaf_key_pem, chain_pems)
     context = _client_context(server_ca_pem)
-    fd, path = tempfile.mkstemp(prefix="authsim-db-", suffix=".pem")  # created 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(_text(p).strip() + "\n" for p in (leaf_key_pem, leaf_pem, *chain_pems)))
-        context.load_cert_chain(path)
-    finally:
-        os.unlink(path)
-    return await _session("database", address, context, DB_TLS_NAME, {"user": user}, "database", timeout)
+    return await _session("database", address, context, DB_TLS_NAME, request, "database", timeout)
+
+
+def _request(
+    user: str, leaf_pem: str | bytes, key_pem: str | bytes, chain_pems: Sequence[str | bytes]
+) -> dict[str, Any]:
+    return {
+        "user": user,
+        "certificate": _text(leaf_pem),
+        "chain": [_text(p) for p in chain_pems],
+        "key": _text(key_pem),
+    }
 
 
 async def _session(

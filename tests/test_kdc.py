@@ -22,8 +22,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.local import processes
-from authsim.cluster.local.kdc import Kdc, LogonResult
+from authsim.cluster.local.kdc import Kdc
 from authsim.cluster.resources.x509 import key_usage
+from authsim.cluster.targets.kerberos import LogonResult
 from authsim.cluster.targets.trust import read_trust
 from tests.certs import CertKey, external_ca, rsa_key
 from tests.downstream import CLUSTER, DOMAIN, Overridden, overridden_cluster

@@ -18,7 +18,8 @@ import pytest
 
 from authsim.cluster.errors import ValidationError
 from authsim.cluster.local import processes
-from authsim.cluster.local.postgres import LoginResult, Postgres
+from authsim.cluster.local.postgres import Postgres
+from authsim.cluster.targets.pg_client import LoginResult
 from authsim.cluster.targets.trust import read_trust
 from tests.downstream import CLUSTER, Credential, Overridden, overridden_cluster
 

@@ -11,17 +11,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout
-from authsim.cluster.local import identity, processes
+from authsim.cluster.local import downstream, identity, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import free_port, port_is_free
-from authsim.cluster.local.state import ClusterState, EtcdEntry, NodeEntry, TargetEntry, admin_address
+from authsim.cluster.local.state import (
+    ClusterState,
+    EtcdEntry,
+    NodeEntry,
+    ServerEntry,
+    TargetEntry,
+    admin_address,
+)
 from authsim.cluster.local.target_process import start_target, target_marker, wait_listening
 from authsim.cluster.mtls import (
     ADMIN_CN,
@@ -120,10 +128,15 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
                 started[entry.name] = _start_node(_prepare_node(directory, state, entry))
                 entry.pid = started[entry.name].pid
                 state.save(directory)  # recorded at once, so `down` can stop it whatever happens next
-        wait_serving(directory, state, started, progress)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="server") as pool:
+            servers = _set_up_servers(pool, directory, state, running) if owner else {}
+            try:
+                wait_serving(directory, state, started, progress)
+            finally:
+                ready = _servers_set_up(directory, state, servers)
         if owner:
             progress("starting the downstream targets", len(state.nodes), len(state.nodes))
-            _start_targets(directory, state, running)
+            _start_targets(directory, state, running, ready)
     except BaseException:
         with _no_interrupt():  # a second Ctrl-C must not cut the clean-up short
             state.save(directory)  # every PID this `up` holds in memory, so `down` finds them all
@@ -165,6 +178,12 @@ def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> 
             if processes.stop(target.pid, target_marker(directory, kind)):
                 stopped.append(f"{kind} target")
             target.pid = None
+        for name, server in existing.servers.items():
+            if only is not None and name not in only:
+                continue
+            if downstream.stop_server(directory, name, server):
+                stopped.append(downstream.LABELS[name])
+            server.pid = None
         stop_etcd = existing.etcd.embedded and (only is None or "etcd" in only)
         if stop_etcd:
             if processes.stop(existing.etcd.pid, etcd_marker(directory)):
@@ -223,8 +242,10 @@ def _check_purgeable(directory: Path) -> None:
 
 
 def _parts(state: ClusterState) -> set[str]:
-    """Names of every process the cluster has: nodes, `etcd` when embedded, the target kinds."""
-    return {n.name for n in state.nodes} | ({"etcd"} if state.etcd.embedded else set()) | set(state.targets)
+    """Names of every process the cluster has: nodes, `etcd` when embedded, the target kinds, the
+    servers behind the targets."""
+    embedded = {"etcd"} if state.etcd.embedded else set()
+    return {n.name for n in state.nodes} | embedded | set(state.targets) | set(state.servers)
 
 
 def _running(directory: Path, state: ClusterState | None) -> set[str]:
@@ -235,6 +256,7 @@ def _running(directory: Path, state: ClusterState | None) -> set[str]:
     if state.etcd.embedded and processes.is_running(state.etcd.pid, etcd_marker(directory)):
         names.add("etcd")
     names |= {k for k, t in state.targets.items() if processes.is_running(t.pid, target_marker(directory, k))}
+    names |= {n for n, e in state.servers.items() if downstream.server_running(directory, n, e)}
     return names
 
 
@@ -370,16 +392,53 @@ def write_default_trust(directory: Path, state: ClusterState, targets_dir: Path 
     return set_default_trust(targets_dir or directory, ca_pems["windows"], ca_pems["db_client"])
 
 
-def _start_targets(directory: Path, state: ClusterState, running: set[str]) -> None:
-    """The desktop and database targets, trusting the cluster's self-signed CAs unless told otherwise."""
+def _set_up_servers(
+    pool: ThreadPoolExecutor, directory: Path, state: ClusterState, running: set[str]
+) -> dict[str, Future[downstream.Server]]:
+    """The servers behind the targets that do not run, set up (and started when their trust is known)
+    in `pool`, beside the nodes starting."""
+    names = [n for n in downstream.SERVERS.values() if n not in running]
+    return {name: pool.submit(downstream.setup_server, directory, state, name) for name in names}
+
+
+def _servers_set_up(
+    directory: Path, state: ClusterState, servers: dict[str, Future[downstream.Server]]
+) -> dict[str, downstream.Server]:
+    """Wait for `servers`, record the PID of each that started (so `down` finds it), then raise the
+    first failure."""
+    ready, failure = {}, None
+    for name, future in servers.items():
+        try:
+            ready[name] = future.result()
+        except BaseException as e:
+            failure = failure or e
+            continue
+        if ready[name].process is not None:
+            state.servers[name] = ServerEntry(f"127.0.0.1:{ready[name].port}", ready[name].pid)
+    state.save(directory)
+    if failure is not None:
+        raise failure
+    return ready
+
+
+def _start_targets(
+    directory: Path, state: ClusterState, running: set[str], servers: dict[str, downstream.Server]
+) -> None:
+    """The desktop and database targets, trusting the cluster's self-signed CAs unless told otherwise,
+    each in front of its real server (started here when it waited for that trust)."""
     write_default_trust(directory, state)
+    for name, server in servers.items():
+        entry = downstream.finish_server(directory, server)
+        state.servers[name] = entry
+        state.save(directory)
     started = {}
     for kind in dict.fromkeys(t.target for t in CA_TYPES.values()):
         if kind in running:
             continue
         previous = state.targets.get(kind)
         port = _pick_port(int(previous.address.rsplit(":", 1)[1]) if previous else None)
-        started[kind] = start_target(directory, kind, port, state.cluster_name)
+        behind = state.servers[downstream.SERVERS[kind]].address
+        started[kind] = start_target(directory, kind, port, state.cluster_name, behind)
         state.targets[kind] = TargetEntry(f"127.0.0.1:{port}", started[kind].pid)
         state.save(directory)
     for kind, process in started.items():
@@ -418,11 +477,13 @@ def wait_serving(
 
 
 def register_target_addresses(state: ClusterState) -> None:
-    """Record the address of each target in `state` in the cluster's etcd (no write when unchanged)."""
+    """Record the address of each target and of the real server behind it (`kdc`, `postgres`) in the
+    cluster's etcd (no write when unchanged)."""
 
     async def register() -> None:
         async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
             addresses = {kind: target.address for kind, target in state.targets.items()}
+            addresses |= {name: server.address for name, server in state.servers.items()}
             await register_targets(store, state.cluster_name, addresses)
 
     asyncio.run(register())

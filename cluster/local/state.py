@@ -60,11 +60,20 @@ class TargetEntry:
 
 
 @dataclass
+class ServerEntry:
+    """A real server behind a target: `kdc` (the desktop's KDC) or `postgres` (the database's)."""
+
+    address: str
+    pid: int | None = None
+
+
+@dataclass
 class ClusterState:
     cluster_name: str
     etcd: EtcdEntry
     nodes: list[NodeEntry] = field(default_factory=list)
     targets: dict[str, TargetEntry] = field(default_factory=dict)
+    servers: dict[str, ServerEntry] = field(default_factory=dict)
     event_retention: int = DEFAULT_RETENTION  # `up --event-retention`; every node's config gets it
     cluster_id: str | None = None  # made by the first `up` and kept in etcd too; None before that
 
@@ -93,6 +102,7 @@ class ClusterState:
             etcd=EtcdEntry(**{**data["etcd"], "tls": EtcdTLS.from_dict(data["etcd"].get("tls"))}),
             nodes=[NodeEntry(**n) for n in data["nodes"]],
             targets={k: TargetEntry(**v) for k, v in (data.get("targets") or {}).items()},
+            servers={k: ServerEntry(**v) for k, v in (data.get("servers") or {}).items()},
             event_retention=data.get("event_retention", DEFAULT_RETENTION),
             cluster_id=data.get("cluster_id"),
         )

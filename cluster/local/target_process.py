@@ -20,15 +20,18 @@ def target_marker(cluster_dir: Path, kind: str) -> str:
     return f"cluster.targets --dir {cluster_dir} --kind {kind}"
 
 
-def start_target(cluster_dir: Path, kind: str, port: int, cluster_name: str) -> subprocess.Popen[bytes]:
-    """Spawn `python -m authsim.cluster.targets` for `kind` on 127.0.0.1:`port`, logging to
+def start_target(
+    cluster_dir: Path, kind: str, port: int, cluster_name: str, server: str
+) -> subprocess.Popen[bytes]:
+    """Spawn `python -m authsim.cluster.targets` for `kind` on 127.0.0.1:`port`, in front of its real
+    `server` (host:port of the KDC or PostgreSQL), logging to
     `targets/<kind>/target.log`. Its server certificate is made here first, so targets started
     together never race to create the server CA."""
     if kind not in KINDS:
         raise ClusterError(f"unknown target kind {kind!r} (known: {', '.join(KINDS)})")
     target_identity(cluster_dir, cluster_name, kind)
     argv = [sys.executable, "-m", "authsim.cluster.targets", "--dir", str(cluster_dir), "--kind", kind]
-    argv += ["--listen", f"127.0.0.1:{port}", "--cluster-name", cluster_name]
+    argv += ["--listen", f"127.0.0.1:{port}", "--cluster-name", cluster_name, "--server", server]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return processes.spawn(argv, ClusterLayout(cluster_dir).target(kind).log, env)
 

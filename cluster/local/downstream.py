@@ -1,0 +1,117 @@
+"""The real servers behind the targets, as `authsim up`, `down` and `trust` run them: the desktop's
+KDC (`kdc`) and the database's PostgreSQL (`postgres`).
+
+What they trust comes from the targets' trust files (`cluster.targets.trust`): the KDC's
+`pkinit_anchors` are the self-signed certificates of the desktop's NTAuth store and CA bundle;
+PostgreSQL's `ssl_ca_file` is the database's CA bundle. On a fresh dir those files are written only
+once the nodes serve (they hold the nodes' CAs), so a server is set up beside the nodes (the KDC's
+database, initdb) and started once its trust is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+
+from authsim.cluster.layout import ClusterLayout
+from authsim.cluster.local import processes
+from authsim.cluster.local.kdc import Kdc
+from authsim.cluster.local.ports import port_is_free
+from authsim.cluster.local.postgres import Postgres
+from authsim.cluster.local.state import ClusterState, ServerEntry
+from authsim.cluster.resources.ca_types import desktop_domain
+from authsim.cluster.targets.kerberos import anchors_of
+from authsim.cluster.targets.trust import read_trust, trust_file
+
+SERVERS = {"desktop": "kdc", "db": "postgres"}  # target kind -> the real server behind it
+LABELS = {"kdc": "desktop KDC", "postgres": "db PostgreSQL"}
+Server = Kdc | Postgres
+
+
+def server_marker(directory: Path, name: str) -> str:
+    """A string only this server's command line holds (for `processes.is_running` / `stop`)."""
+    return _server(directory, name, "").marker
+
+
+def server_running(directory: Path, name: str, entry: ServerEntry) -> bool:
+    return processes.is_running(entry.pid, server_marker(directory, name))
+
+
+def stop_server(directory: Path, name: str, entry: ServerEntry) -> bool:
+    """Stop the server by its recorded PID; False when it was not running."""
+    return processes.stop(entry.pid, server_marker(directory, name), timeout=10.0)
+
+
+def setup_server(directory: Path, state: ClusterState, name: str) -> Server:
+    """Make the server's files (once) and start it when its trust is known; on its previous port when
+    that is free."""
+    previous = state.servers.get(name)
+    port = int(previous.address.rsplit(":", 1)[1]) if previous else None
+    if name == "kdc":
+        domain = desktop_domain(state.cluster_name)
+        server: Server = Kdc.setup(directory, state.cluster_name, domain, kdc_anchors(directory))
+    else:
+        server = Postgres.setup(directory, state.cluster_name, client_cas(directory))
+    server.port = port if port and port_is_free(port) else None
+    if trust_known(directory, name):
+        server.start()
+    return server
+
+
+def finish_server(directory: Path, server: Server) -> ServerEntry:
+    """Start `server` if `setup_server` could not (its trust was written since); its entry."""
+    if server.process is None:
+        load_trust(directory, server)
+        server.start()
+    return ServerEntry(f"127.0.0.1:{server.port}", server.pid)
+
+
+def trust_known(directory: Path, name: str) -> bool:
+    if name == "kdc":
+        return trust_file(directory, "desktop", "ntauth").exists()
+    return trust_file(directory, "db", "ca").exists()
+
+
+def kdc_anchors(directory: Path) -> list[x509.Certificate]:
+    """The KDC's `pkinit_anchors`: the self-signed certificates the desktop trusts."""
+    trust = read_trust(directory, "desktop")
+    return anchors_of([*trust.ntauth, *trust.ca])
+
+
+def client_cas(directory: Path) -> Sequence[x509.Certificate]:
+    """PostgreSQL's `ssl_ca_file`: the database's CA bundle."""
+    return read_trust(directory, "db").ca
+
+
+def load_trust(directory: Path, server: Server) -> None:
+    """Give `server` the trust in the targets' files (restarting the KDC when it runs)."""
+    if isinstance(server, Kdc):
+        server.reload_anchors(kdc_anchors(directory))
+    else:
+        server.reload_client_cas(client_cas(directory))
+
+
+def reload_trust(directory: Path, kind: str) -> str | None:
+    """After `authsim trust --target kind`: the server behind it takes the new trust (the KDC restarts
+    on its port, PostgreSQL reloads); what happened, or None when the cluster runs no such server."""
+    state = ClusterState.load(directory)
+    name = SERVERS[kind]
+    entry = state.servers.get(name)
+    if entry is None or not server_running(directory, name, entry):
+        return None
+    server = _server(directory, name, desktop_domain(state.cluster_name))
+    server.port = int(entry.address.rsplit(":", 1)[1])
+    load_trust(directory, server)
+    if isinstance(server, Kdc):
+        entry.pid = server.pid
+        state.save(directory)
+        return f"{LABELS[name]} restarted on {entry.address} with the new anchors"
+    return f"{LABELS[name]} reloaded its CA file"
+
+
+def _server(directory: Path, name: str, domain: str) -> Server:
+    """The server of `directory` named `name` (for the KDC, of `domain`), without a process."""
+    layout = ClusterLayout(directory)
+    return Kdc(layout.kdc, domain) if name == "kdc" else Postgres(layout.postgres)
