@@ -9,6 +9,7 @@ import click
 from authsim.cluster.cli.common import dir_option
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import ClusterLayout
+from authsim.cluster.local.downstream import reload_trust
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.resources.x509 import display_name
 from authsim.cluster.targets.trust import TargetKind, add_trust, parse_certificates, read_trust
@@ -50,6 +51,9 @@ def trust(
     ntauth, ca = _read_all(ntauth_files), _read_all(ca_files)
     for line in add_trust(path, kind, ntauth=ntauth, ca=ca, replace=replace):
         click.echo(line)
+    reloaded = reload_trust(path, kind)
+    if reloaded is not None:
+        click.echo(reloaded)
 
 
 def _read_all(files: tuple[str, ...]) -> list[bytes]:
