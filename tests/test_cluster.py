@@ -181,7 +181,16 @@ def test_down_and_up_keep_host_ids_keys_and_resources(tmp_path: Path) -> None:
         hosts = {n: cluster.host_id(n) for n in cluster.node_names}
         state = cluster.state
         pids = [n.pid for n in state.nodes] + [t.pid for t in state.targets.values()] + [state.etcd.pid]
-        assert cluster.stop() == ["node1", "node2", "desktop target", "db target", "etcd"]
+        pids += [s.pid for s in state.servers.values()]
+        assert cluster.stop() == [
+            "node1",
+            "node2",
+            "desktop target",
+            "db target",
+            "desktop KDC",
+            "db PostgreSQL",
+            "etcd",
+        ]
         assert not any(processes.is_running(pid, "") for pid in pids)
         layout = ClusterLayout(directory)
         assert layout.etcd.data.is_dir() and layout.node("node1").tokens.is_dir()

@@ -36,10 +36,12 @@ DER_PRIVATE_KEY_STARTS = {
 }
 # The software keys a cluster keeps on disk (relative to its dir): its three TLS CAs, the admin identity,
 # the nodes' and targets' gRPC/TLS keys, the embedded etcd's member key, the etcd client keys of the
-# admin and the nodes, and in a demo the stand-in external CA's keys.
+# admin and the nodes, the KDC's PKINIT key and PostgreSQL's TLS key (and the KDC's CA), and in a demo
+# the stand-in external CA's keys.
 EXPECTED_KEY_FILES = re.compile(
     r"pki/[^/]+\.key|admin/admin\.key|nodes/[^/]+/tls\.key|targets/[^/]+/tls\.key|demo/extca/[^/]+\.key"
     r"|etcd/tls\.key|admin/etcd-client\.key|nodes/[^/]+/etcd-client\.key"
+    r"|targets/desktop/kdc/kdc\.key|targets/db/postgres/tls\.key"
 )
 AUTHCTL_BOUND = 30.0  # seconds authctl may take against a frozen etcd
 TIMEOUT_WORDS = re.compile(r"(?i)time ?out|timed out|deadline|unavailable|no node .* is SERVING")
@@ -86,6 +88,7 @@ def test_secrets_are_private_after_up(cluster: LocalCluster) -> None:
     expected |= {"pki/etcd-ca.key", "etcd/tls.key", "admin/etcd-client.key", "nodes/node1/etcd-client.key"}
     assert mode(layout.etcd.directory) == 0o700
     assert expected | {"nodes/node2/tls.key", "targets/db/tls.key", "targets/desktop/tls.key"} <= relative
+    assert {"targets/desktop/kdc/kdc.key", "targets/db/postgres/tls.key"} <= relative  # the real servers
     for key in keys:
         assert mode(key) == 0o600, f"{key} is {oct(mode(key))}"
     holding_a_key = [p for p in files_under(directory) if PEM_PRIVATE_KEY in p.read_bytes()]
@@ -146,6 +149,7 @@ def test_a_demo_run_leaves_private_keys_only_where_expected(tmp_path: Path) -> N
     meant = {"pki/server-ca.key", "pki/admin-ca.key", "admin/admin.key", "demo/extca/root.key"}
     meant |= {f"nodes/{n}/tls.key" for n in nodes} | {"targets/db/tls.key", "targets/desktop/tls.key"}
     meant |= {f"nodes/{n}/etcd-client.key" for n in nodes} | {"etcd/tls.key", "admin/etcd-client.key"}
+    meant |= {"pki/kdc-ca.key", "targets/desktop/kdc/kdc.key", "targets/db/postgres/tls.key"}
     assert meant <= set(holding), "the scan did not see the keys that are meant to be there"
     for name in holding:
         assert mode(directory / name) == 0o600, name

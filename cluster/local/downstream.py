@@ -2,7 +2,8 @@
 KDC (`kdc`) and the database's PostgreSQL (`postgres`).
 
 What they trust comes from the targets' trust files (`cluster.targets.trust`): the KDC's
-`pkinit_anchors` are the self-signed certificates of the desktop's NTAuth store and CA bundle;
+`pkinit_anchors` are the self-signed certificates of the desktop's CA bundle (its root store; the
+NTAuth store is checked by the desktop target itself);
 PostgreSQL's `ssl_ca_file` is the database's CA bundle. On a fresh dir those files are written only
 once the nodes serve (they hold the nodes' CAs), so a server is set up beside the nodes (the KDC's
 database, initdb) and started once its trust is known.
@@ -75,9 +76,8 @@ def trust_known(directory: Path, name: str) -> bool:
 
 
 def kdc_anchors(directory: Path) -> list[x509.Certificate]:
-    """The KDC's `pkinit_anchors`: the self-signed certificates the desktop trusts."""
-    trust = read_trust(directory, "desktop")
-    return anchors_of([*trust.ntauth, *trust.ca])
+    """The KDC's `pkinit_anchors`: the self-signed certificates of the desktop's CA bundle."""
+    return anchors_of(read_trust(directory, "desktop").ca)
 
 
 def client_cas(directory: Path) -> Sequence[x509.Certificate]:
@@ -96,6 +96,8 @@ def load_trust(directory: Path, server: Server) -> None:
 def reload_trust(directory: Path, kind: str) -> str | None:
     """After `authsim trust --target kind`: the server behind it takes the new trust (the KDC restarts
     on its port, PostgreSQL reloads); what happened, or None when the cluster runs no such server."""
+    if not ClusterState.path(directory).exists():  # a targets dir of its own (docker-compose)
+        return None
     state = ClusterState.load(directory)
     name = SERVERS[kind]
     entry = state.servers.get(name)

@@ -51,7 +51,7 @@ class SessionRequest:
             raise TypeError("user, certificate and key must be strings")
         if not isinstance(chain, list) or not all(isinstance(p, str) for p in chain):
             raise TypeError("chain must be a list of strings")
-        certs = [x509.load_pem_x509_certificate(p.encode()) for p in chain]
+        certs = [c for blob in chain for c in x509.load_pem_x509_certificates(blob.encode())]
         return cls(user, x509.load_pem_x509_certificate(leaf.encode()), certs, key.encode())
 
 

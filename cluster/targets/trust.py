@@ -1,10 +1,12 @@
 """What the downstream targets trust, as PEM bundles under `<cluster dir>/targets/` (seed step 3).
 
 - `desktop/ntauth.pem`: the NTAuth store; a windows credential's issuing CA must be one of these.
-- `desktop/roots.pem`: trust anchors and intermediates the desktop builds chains with.
+- `desktop/roots.pem`: trust anchors and intermediates the desktop builds chains with; its
+  self-signed certificates are the KDC's `pkinit_anchors`.
 - `db/ca-bundle.pem`: the CA bundle the database verifies client certificates against.
 
-Targets re-read these files on every connection, so a change takes effect without a restart.
+Targets re-read these files on every session; `authsim trust` has the real servers (the KDC,
+PostgreSQL) reload theirs.
 Files are replaced atomically (write a temporary file, then rename).
 """
 
@@ -75,12 +77,12 @@ def read_trust(cluster_dir: Path, target: TargetKind) -> Trust:
 def set_default_trust(
     cluster_dir: Path, windows_ca_pems: list[str], db_client_ca_pems: list[str]
 ) -> list[Path]:
-    """The default trust (`authsim up`): the cluster's self-signed windows CAs in NTAuth (they are
-    roots themselves, so `roots.pem` starts empty) and its db_client CAs in the DB's bundle.
+    """The default trust (`authsim up`): the cluster's self-signed windows CAs in NTAuth and, being
+    roots themselves, in the desktop's CA bundle; its db_client CAs in the DB's bundle.
     Only files that do not exist yet are written; returns them."""
     contents: dict[Path, list[str]] = {
         trust_file(cluster_dir, "desktop", "ntauth"): windows_ca_pems,
-        trust_file(cluster_dir, "desktop", "ca"): [],
+        trust_file(cluster_dir, "desktop", "ca"): windows_ca_pems,
         trust_file(cluster_dir, "db", "ca"): db_client_ca_pems,
     }
     written = []
