@@ -228,5 +228,12 @@ def print_status(report: ClusterStatus) -> None:
         cells = [row.name, row.address, str(row.pid or "-"), row.health, row.host_id or "-", *keys]
         table.add_row(*(cell(c) for c in cells))
     console.print(table)
+    if report.targets:
+        targets = Table("TARGET", "ADDRESS", "PID", "HEALTH")
+        for target in report.targets:
+            targets.add_row(
+                *(cell(c) for c in (target.name, target.address, str(target.pid or "-"), target.health))
+            )
+        console.print(targets)
     for problem in report.problems:
         console.print(f"problem: {one_line(problem)}", markup=False, style="red")

@@ -1,15 +1,20 @@
-"""What `authsim status` reports: each node's process, health and the CA keys its token holds."""
+"""What `authsim status` reports: each node's process, health and the CA keys its token holds, and each
+target and the real server behind it (process, and whether its port answers)."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from authsim.cluster.errors import AuthSimError
-from authsim.cluster.local import processes
+from authsim.cluster.local import downstream, processes
 from authsim.cluster.local.launcher import admin_identity, etcd_marker, node_marker
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.state import ClusterState, admin_address
+from authsim.cluster.local.target_process import target_marker
+
+PING_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,22 @@ class NodeRow:
 
 
 @dataclass(frozen=True)
+class TargetRow:
+    """A target process or the real server behind one: SERVING when its port accepts a connection,
+    NOT LISTENING when its process runs but the port does not answer, STOPPED without its process."""
+
+    name: str
+    address: str
+    pid: int | None
+    health: str
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     state: ClusterState
     etcd_running: bool | None  # None when etcd is external
     nodes: list[NodeRow]
+    targets: list[TargetRow] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # stored resources that break a rule, with the fix
 
 
@@ -59,4 +76,31 @@ def collect_status(directory: Path) -> ClusterStatus:
     etcd_running = (
         processes.is_running(state.etcd.pid, etcd_marker(directory)) if state.etcd.embedded else None
     )
-    return ClusterStatus(state, etcd_running, rows, problems)
+    return ClusterStatus(state, etcd_running, rows, _target_rows(directory, state), problems)
+
+
+def _target_rows(directory: Path, state: ClusterState) -> list[TargetRow]:
+    rows = []
+    for kind, target in state.targets.items():
+        running = processes.is_running(target.pid, target_marker(directory, kind))
+        rows.append(_row(f"{kind} target", target.address, target.pid, running))
+    for name, server in state.servers.items():
+        running = downstream.server_running(directory, name, server)
+        rows.append(_row(downstream.LABELS[name], server.address, server.pid, running))
+    return rows
+
+
+def _row(name: str, address: str, pid: int | None, running: bool) -> TargetRow:
+    if not running:
+        return TargetRow(name, address, None, "STOPPED")
+    return TargetRow(name, address, pid, "SERVING" if _answers(address) else "NOT LISTENING")
+
+
+def _answers(address: str) -> bool:
+    """True when `host:port` accepts a TCP connection within PING_TIMEOUT."""
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=PING_TIMEOUT):
+            return True
+    except OSError:
+        return False
