@@ -275,7 +275,7 @@ def test_one_service_per_target_running_the_launchers_command(
     monkeypatch.setattr(processes, "spawn", lambda argv, log_file, env=None: launched.append(argv))
     for name, service in found.items():
         flags = _target_flags(service["command"])
-        start_target(tmp_path, name, free_port(), cluster_name)  # the launcher's command, captured
+        start_target(tmp_path, name, free_port(), cluster_name, "127.0.0.1:1")  # the launcher's command
         assert launched[-1][1:3] == TARGET_MODULE[1:]
         assert _target_flags(launched[-1][3:]).keys() == flags.keys()
         assert flags["--kind"] == name and flags["--cluster-name"] == cluster_name
