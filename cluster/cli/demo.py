@@ -193,4 +193,9 @@ def _exercise(demo: Demo, signed: Signed) -> None:
             event["success"] and override["active"] and override["public_key_hash"] == active,
             f"{event['event']} ({event['code']}): success, ca_override active, key {active[:16]}",
         )
+    issued = [
+        line for line in ClusterLayout(demo.directory).kdc.log.read_text().splitlines() if "ISSUE:" in line
+    ]
+    if issued:  # what the real KDC said; PostgreSQL logs only refusals
+        demo.console.print(f"the KDC: {issued[-1].split('): ', 1)[-1]}", markup=False, soft_wrap=True)
     demo.authctl("get", "events", "--format", "text")
