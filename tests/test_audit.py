@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import datetime as dt
 import enum
 import hashlib
 import os
@@ -33,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
-from authsim.cluster.errors import AuthSimError, ClusterError, NotFoundError, UnavailableError
+from authsim.cluster.errors import AuthSimError, ClusterError, NotFoundError, UnavailableError, cut
 from authsim.cluster.local import processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.external_ca import ExternalCA, init
@@ -53,6 +55,8 @@ UNKNOWN_PAUSE = 0.3  # seconds a writer waits after an unknown outcome (the node
 FAULT_GAP = (0.3, 1.5)  # seconds between two faults
 FAULT_LENGTH = (0.3, 1.5)  # seconds a process stays stopped, or dead before it is started again
 NODES = 3
+CLOCK_SLACK = 0.002  # seconds: status.last_write.time is cut to milliseconds
+LATE_LANDING = 15.0  # seconds a node may go on with a write whose caller saw no answer (its etcd deadlines)
 
 Entries = tuple[CertificateOverride, ...]
 Sent = tuple["Write", str, Any]  # the write, the AuthService method, its request
@@ -71,6 +75,7 @@ class Version:
     revision: int
     entries: Entries | None
     problems: tuple[str, ...] = ()
+    written: tuple[str, float] | None = None  # status.last_write: the node, and when (Unix time)
 
 
 @dataclass
@@ -89,6 +94,9 @@ class Write:
     revision: int = 0
     changed: bool = False
     answer: str = ""
+    node: str = ""  # the node it was sent to
+    sent: float = 0.0  # Unix time
+    answered: float = 0.0
 
     def explains(self, before: Version, after: Version) -> bool:
         """Whether this write, applied to `before`, stores `after`."""
@@ -113,6 +121,15 @@ class Write:
         kept = (self.entry,) if self.kind == "update" else ()
         return after.entries == (*current[:i], *kept, *current[i + 1 :])
 
+    def may_have_written(self, version: Version) -> bool:
+        """Whether `version`'s status.last_write names this write's node at a time it was in flight
+        (a deletion of the resource names none)."""
+        late = LATE_LANDING if self.outcome is Outcome.UNKNOWN else 0.0
+        return version.written is None or (
+            version.written[0] == self.node
+            and self.sent - CLOCK_SLACK <= version.written[1] <= self.answered + late + CLOCK_SLACK
+        )
+
     def __str__(self) -> str:
         what = f"{self.kind}{' (invalid)' if self.invalid else ''}"
         target = f" key {self.key[:8]}" if self.key else ""
@@ -121,7 +138,7 @@ class Write:
         if self.outcome is Outcome.ACKED:
             answer = f"revision {self.revision}{'' if self.changed else ' (no-op)'}"
         else:
-            answer = self.answer
+            answer = cut(self.answer, 160)
         return f"{self.writer} {what}{target}{cert}{guard} → {self.outcome.value}: {answer}"
 
 
@@ -300,6 +317,7 @@ class Writers:
         """Send one write and record the answer: a reply is an acknowledgement, an error the node sent a
         refusal; UNAVAILABLE, DEADLINE_EXCEEDED or no answer from the node leave the outcome unknown."""
         write, method, request = sent
+        write.node, write.sent = client.name, time.time()
         self.writes.append(write)
         try:
             reply = client.call(method, request)
@@ -310,6 +328,8 @@ class Writers:
             write.outcome, write.answer = Outcome.REFUSED, f"{type(e).__name__}: {e}"
         else:
             write.outcome, write.revision, write.changed = Outcome.ACKED, reply.revision, reply.changed
+        finally:
+            write.answered = time.time()
 
 
 @dataclass
@@ -353,7 +373,8 @@ class Chaos:
         """Half of the time the leader (its loss means an election), else the member the nodes are
         connected to (a write it forwarded may commit after it died: the node cannot know)."""
         if self.rng.random() < 0.5:
-            return leader(self.members)
+            with contextlib.suppress(AssertionError, OSError):  # none leads (mid-election) or answers
+                return leader(self.members)
         return max(self.members, key=connections)
 
     def _node(self) -> tuple[str, int]:
@@ -434,7 +455,10 @@ def version(revision: int, raw: bytes | None) -> Version:
     if raw is None:
         return Version(revision, None)
     stored = read_override(raw, revision, CLUSTER, CA_TYPE)
-    return Version(revision, stored.resource.certificate_overrides, stored.problems)
+    record = stored.resource.last_write or {}
+    when = dt.datetime.fromisoformat(record["time"]).timestamp() if "time" in record else 0.0
+    written = (str(record.get("node", "")), when) if record else None
+    return Version(revision, stored.resource.certificate_overrides, stored.problems, written)
 
 
 def change(before: Version, after: Version) -> str:
@@ -506,23 +530,36 @@ def acknowledged_problems(
 
 
 def unexplained_revisions(transitions: list[tuple[Version, Version]], writes: list[Write]) -> list[str]:
-    """Each revision no acknowledged write claims made by a distinct write that may have landed: one
-    that ended unknown, or an acknowledged no-op (its earlier attempt may have landed)."""
+    """Each revision no acknowledged write claims made by a distinct write that may have landed there:
+    one that ended unknown, or an acknowledged no-op (its earlier attempt may have landed), sent to the
+    node its status.last_write names while that node wrote it."""
     claimed = {w.revision for w in writes if w.outcome is Outcome.ACKED and w.changed}
     open_ = [t for t in transitions if t[1].revision not in claimed]
     maybe = [w for w in writes if not w.invalid and (w.outcome is Outcome.UNKNOWN or noop(w))]
-    edges = {i: [j for j, w in enumerate(maybe) if w.explains(*t)] for i, t in enumerate(open_)}
+    edges = {
+        i: [j for j, w in enumerate(maybe) if w.explains(*t) and w.may_have_written(t[1])]
+        for i, t in enumerate(open_)
+    }
     problems = []
     for i in unmatched(edges):
         before, after = open_[i]
-        makers = [str(w) for w in writes if w.outcome is Outcome.REFUSED and w.explains(before, after)]
-        makers += [str(w) for w in writes if w.outcome is not Outcome.REFUSED and w.explains(before, after)]
-        what = f": it is what {' or '.join(makers[:3])} did" if makers else ""
+        makers = [w for w in writes if w.explains(before, after)]
+        makers = [w for w in makers if w.may_have_written(after)] or makers
+        makers.sort(key=lambda w: w.outcome is not Outcome.REFUSED)
+        what = f": it is what {' or '.join(map(str, makers[:3]))} did" if makers else ""
         problems.append(
-            f"revision {after.revision} ({change(before, after)}) was made by no write that may have "
-            f"landed{what}"
+            f"revision {after.revision} ({change(before, after)}{written_by(after)}) was made by no write "
+            f"that may have landed{what}"
         )
     return problems
+
+
+def written_by(version: Version) -> str:
+    if version.written is None:
+        return ""
+    node, when = version.written
+    at = dt.datetime.fromtimestamp(when, dt.timezone.utc).isoformat(timespec="milliseconds")
+    return f"; status.last_write: {node} at {at}"
 
 
 def noop(write: Write) -> bool:
