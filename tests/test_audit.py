@@ -5,7 +5,9 @@ are SIGKILLed (and started again) or SIGSTOPped (and continued). Then every revi
 override is checked against what each writer was told: every revision validates; every acknowledged write
 is stored exactly once, at the revision it was given, with the effect it asked for; no refused write (some
 are sent invalid on purpose) ever landed; writes that ended unknown (UNAVAILABLE, DEADLINE_EXCEEDED) may
-or may not have landed, each at most once. Real etcd members, real node processes, real SoftHSM tokens.
+or may not have landed, each at most once. A revision no acknowledged write claims is matched to a write
+that may have landed there: one sent to the node its status.last_write names, while that node wrote it.
+Real etcd members, real node processes, real SoftHSM tokens.
 
 etcd keeps every revision until a compaction, and nothing compacts here: the members run without
 --auto-compaction-retention and the product never calls Compact (a Range at a compacted revision fails).
