@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,17 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory, session_etcd_pki: Etcd
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def etcd_members(tmp_path: Path) -> Iterator[list[EtcdServer]]:
+    """Three members, TLS only for clients and peers (certificates from `etcd_pki`'s etcd CA)."""
+    servers = EtcdServer.start_cluster(tmp_path / "etcd", 3, tls=etcd_pki(tmp_path / "etcd-pki").member)
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 @pytest.fixture

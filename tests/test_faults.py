@@ -10,10 +10,8 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
@@ -105,17 +103,6 @@ class Appenders:
 def prepared(cluster: LocalCluster, tmp: Path) -> Appenders:
     certs = cluster.override_certs(init(tmp / "extca"), "windows")
     return Appenders(cluster, certs)
-
-
-@pytest.fixture
-def etcd_members(tmp_path: Path) -> Iterator[list[EtcdServer]]:
-    """Three members, TLS only for clients and peers (certificates from `etcd_pki`'s etcd CA)."""
-    servers = EtcdServer.start_cluster(tmp_path / "etcd", 3, tls=etcd_pki(tmp_path / "etcd-pki").member)
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_etcd_leader_killed_during_eight_appends(etcd_members: list[EtcdServer], tmp_path: Path) -> None:
