@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+_MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path less its NUL)
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,13 @@ class PostgresLayout(ServerTLSLayout):
 
     @property
     def socket_dir(self) -> Path:
-        return self.data / "sock"
+        """The Unix socket dir: `data/sock`, or, when a socket there would pass the 107-byte limit of
+        socket paths, a dir in the temp dir named by a hash of the data dir (checked private on use)."""
+        inside = self.data / "sock"
+        if len(str(inside / ".s.PGSQL.65535").encode()) <= _MAX_SOCKET_PATH:
+            return inside
+        digest = hashlib.sha256(str(self.data).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"authsim-pg-{digest}"
 
     @property
     def hba(self) -> Path:

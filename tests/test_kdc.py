@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.cluster.errors import ClusterError, ValidationError
-from authsim.cluster.local import processes
+from authsim.cluster.local import launcher, processes
 from authsim.cluster.local.kdc import Kdc
 from authsim.cluster.resources.x509 import key_usage
 from authsim.cluster.targets.kerberos import LogonResult
@@ -45,7 +45,9 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overridden]:
 
 @pytest.fixture(scope="module")
 def kdc(flow: Overridden) -> Iterator[Kdc]:
-    """The cluster's KDC, trusting only the external root, with users alice and bob."""
+    """The cluster's KDC, trusting only the external root, with users alice and bob (the one `up`
+    started is stopped: this test runs its own on the same database)."""
+    launcher.down(flow.cluster.directory, only={"kdc"})
     kdc = Kdc.setup(flow.cluster.directory, CLUSTER, DOMAIN, [flow.ca.root])
     kdc.start()
     try:

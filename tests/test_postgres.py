@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from authsim.cluster.errors import ValidationError
-from authsim.cluster.local import processes
+from authsim.cluster.local import launcher, processes
 from authsim.cluster.local.postgres import Postgres
 from authsim.cluster.targets.pg_client import LoginResult
 from authsim.cluster.targets.trust import read_trust
@@ -34,7 +34,9 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overridden]:
 
 @pytest.fixture(scope="module")
 def pg(flow: Overridden) -> Iterator[Postgres]:
-    """The cluster's PostgreSQL, trusting only the external root, with roles alice and bob."""
+    """The cluster's PostgreSQL, trusting only the external root, with roles alice and bob (the one
+    `up` started is stopped: this test runs its own on the same data dir)."""
+    launcher.down(flow.cluster.directory, only={"postgres"})
     pg = Postgres.setup(flow.cluster.directory, CLUSTER, [flow.ca.root])
     pg.start()
     try:

@@ -28,6 +28,7 @@ import contextlib
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Sequence
@@ -93,6 +94,7 @@ class Postgres:
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         """Start postgres in its own session and wait until it accepts connections. Without a port, one
         is picked, and picked again if another process takes it first."""
+        self._private_socket_dir()
         fixed = self.port is not None
         for _ in range(1 if fixed else PORT_ATTEMPTS):
             port = self.port or free_port(HOST)
@@ -226,6 +228,15 @@ class Postgres:
         if self.port is None:
             raise ClusterError("PostgreSQL has no port: start it first")
         return self.port
+
+    def _private_socket_dir(self) -> None:
+        """The socket dir, made 0700; ClusterError when it is not a dir of the cluster's user alone
+        (one in the temp dir could have been made by someone else first)."""
+        directory = self.layout.socket_dir
+        directory.mkdir(mode=0o700, exist_ok=True)
+        found = directory.lstat()
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
+            raise ClusterError(f"{directory}: the socket dir must be a dir of this user only (mode 0700)")
 
     def _pid_from_file(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
