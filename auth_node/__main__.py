@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(run_node(node, keystore))
+    except AuthSimError as e:  # e.g. its port is taken: one line the launcher reads
+        print(f"auth_node {name}: error: {e}", file=sys.stderr)
+        return 2
     finally:
         keystore.close()
 

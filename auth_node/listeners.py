@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import socket
 import stat
 from pathlib import Path
 
@@ -33,7 +34,23 @@ def server_options(fd_limit: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.so_reuseport", 0),  # a port another process listens on is an error, never silently shared
     ]
+
+
+def bind_failure(address: str) -> str:
+    """Why `host:port` cannot be bound now, as the OS says it (gRPC's own error does not say why),
+    e.g. `[Errno 98] Address already in use`."""
+    host, port = address.rsplit(":", 1)
+    try:
+        family, kind, _, _, where = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[
+            0
+        ]
+        with socket.socket(family, kind) as probe:
+            probe.bind(where)
+    except (OSError, ValueError) as e:
+        return str(e)
+    return "gRPC could not bind it"
 
 
 def raise_fd_limit() -> int:

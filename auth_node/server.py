@@ -14,10 +14,10 @@ from grpc_reflection.v1alpha import reflection
 from authsim.auth_node.ca_keys import ensure_ca_keys
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
-from authsim.auth_node.listeners import local_socket, raise_fd_limit, server_options
+from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.auth_node.service import AuthService
-from authsim.cluster.errors import AuthSimError, StoreUnavailableError
+from authsim.cluster.errors import AuthSimError, ClusterError, StoreUnavailableError
 from authsim.cluster.mtls import TLSIdentity
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import register_node
@@ -54,7 +54,10 @@ def create_server(
     credentials = grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=admin_ca, require_client_auth=True
     )
-    port = server.add_secure_port(node.listen, credentials)
+    try:
+        port = server.add_secure_port(node.listen, credentials)
+    except RuntimeError:
+        raise ClusterError(f"cannot listen on {node.listen}: {bind_failure(node.listen)}") from None
     socket = local_socket(node.layout)
     if socket is not None:
         server.add_secure_port(f"unix:{socket}", credentials)

@@ -134,3 +134,7 @@ class StoreAccessError(AuthSimError):
 
 class ClusterError(AuthSimError):
     """The local cluster cannot be set up, started or stopped (missing binary, port, state dir)."""
+
+
+class PortInUseError(ClusterError):
+    """A process could not listen on its port: another process holds it (picked free, taken since)."""

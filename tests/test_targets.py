@@ -26,7 +26,7 @@ from authsim.cluster.cli.trust import trust
 from authsim.cluster.errors import ValidationError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
-from authsim.cluster.local.ports import free_port
+from authsim.cluster.local.ports import free_port, on_free_ports
 from authsim.cluster.local.target_process import start_target, target_marker, wait_listening
 from authsim.cluster.targets.desktop import UPN_OID, verify_desktop_credential
 from authsim.cluster.targets.trust import Trust, add_trust, read_trust, set_default_trust, trust_file
@@ -285,13 +285,22 @@ class Target:
 
 def _run_target(directory: Path, kind: str, pki: PKI) -> Generator[Target, None, None]:
     set_default_trust(directory, [pki.self_signed.pem], [pki.self_signed.pem])
-    port = free_port()
-    process = start_target(directory, kind, port, CLUSTER, f"127.0.0.1:{free_port()}")  # no server there
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> Target:  # on a free port, again on another one when the port was taken first
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        started.append(
+            start_target(directory, kind, port, CLUSTER, f"127.0.0.1:{free_port()}")
+        )  # no server there
+        wait_listening(started[-1], address, ClusterLayout(directory).target(kind).log, 20)
+        return Target(directory, address, started[-1])
+
     try:
-        wait_listening(f"127.0.0.1:{port}", 20)
-        yield Target(directory, f"127.0.0.1:{port}", process)
+        yield on_free_ports(start)
     finally:
-        processes.stop(process.pid, target_marker(directory, kind))
+        for process in started:
+            processes.stop(process.pid, target_marker(directory, kind))
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from authsim.cluster.errors import ClusterError
+from authsim.cluster.errors import ClusterError, PortInUseError
 from authsim.cluster.layout import EtcdLayout
-from authsim.cluster.local.ports import free_port, port_is_free
+from authsim.cluster.local import processes
+from authsim.cluster.local.ports import free_port, on_free_ports, port_is_free
 from authsim.cluster.store import EtcdTLS
 
 HOST = "127.0.0.1"
@@ -76,13 +77,21 @@ class EtcdServer:
         `tls.cacert` (etcd's --client-cert-auth). `tls.cert` serves clients and peers, and is presented
         as a client to the other members and to the health check: it needs both the serverAuth and
         clientAuth extended key usages (or none) and 127.0.0.1 among its subject alternative names.
+
+        A port given is used as it is (PortInUseError when taken). A port left to pick that another
+        process takes before etcd listens on it is picked again, with a new etcd process.
         """
-        client_port = client_port or free_port(HOST)
-        while peer_port is None or peer_port == client_port:
-            peer_port = free_port(HOST)
-        server = cls._member(data_dir, name, client_port, peer_port, {name: peer_port}, detach, log_path, tls)
-        server.restart()
-        return server
+
+        def attempt() -> EtcdServer:
+            client = client_port or free_port(HOST)
+            peer = peer_port
+            while peer is None or peer == client:
+                peer = free_port(HOST)
+            server = cls._member(data_dir, name, client, peer, {name: peer}, detach, log_path, tls)
+            server.restart()
+            return server
+
+        return attempt() if client_port and peer_port else on_free_ports(attempt)
 
     @classmethod
     def start_cluster(
@@ -90,8 +99,15 @@ class EtcdServer:
     ) -> list[EtcdServer]:
         """Start `size` loopback members as one cluster in `base_dir/etcdN/`; return once all are healthy.
 
-        `tls` as in `start`: one member certificate shared by every member.
+        `tls` as in `start`: one member certificate shared by every member. When another process takes
+        a member's port before it listens, every member starts again on new ports with new data.
         """
+        return on_free_ports(lambda: cls._start_members(base_dir, size, detach, tls))
+
+    @classmethod
+    def _start_members(cls, base_dir: Path, size: int, detach: bool, tls: EtcdTLS | None) -> list[EtcdServer]:
+        """One attempt of `start_cluster` on newly picked ports; stops every member when it fails, and
+        deletes the data it made when a port was taken (the members are to start afresh)."""
         ports = set[int]()
         while len(ports) < 2 * size:
             ports.add(free_port(HOST))
@@ -101,14 +117,17 @@ class EtcdServer:
             cls._member(EtcdLayout(base_dir / name).data, name, client, peer, members, detach, None, tls)
             for name, (client, peer) in zip(members, pairs, strict=True)
         ]
+        new_data = [server.data_dir for server in servers if not server.data_dir.exists()]
         try:
             for server in servers:
                 server._spawn()
-            for server in servers:
-                server._wait_healthy(READY_TIMEOUT)
-        except BaseException:
+            wait_healthy(servers, READY_TIMEOUT)
+        except BaseException as e:
             for server in servers:
                 server.stop()
+            if isinstance(e, PortInUseError):
+                for data_dir in new_data:
+                    shutil.rmtree(data_dir, ignore_errors=True)
             raise
         return servers
 
@@ -134,7 +153,7 @@ class EtcdServer:
         """Start this member's process (again, after stop or a kill) on the same ports and data."""
         self._spawn()
         try:
-            self._wait_healthy(READY_TIMEOUT)
+            wait_healthy([self], READY_TIMEOUT)
         except BaseException:  # not healthy in time, or interrupted: leave no process behind
             self.stop()
             raise
@@ -143,7 +162,7 @@ class EtcdServer:
         binary = find_etcd_binary()
         for port in (self.client_port, self.peer_port):
             if not port_is_free(port, HOST):
-                raise ClusterError(f"cannot start etcd: port {HOST}:{port} is already in use")
+                raise PortInUseError(f"cannot start etcd: port {HOST}:{port} is already in use")
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -191,25 +210,6 @@ class EtcdServer:
             "--peer-client-cert-auth",
         ]  # fmt: skip
 
-    def _wait_healthy(self, timeout: float) -> None:
-        """Poll GET /health until {"health": "true"}; on exit or timeout, stop etcd and raise."""
-        assert self.process is not None
-        give_up_at = time.monotonic() + timeout
-        while time.monotonic() < give_up_at:
-            if self.process.poll() is not None:
-                raise ClusterError(
-                    f"etcd exited with code {self.process.returncode} during start-up; "
-                    f"end of {self.log_path}: {self.log_tail()}"
-                )
-            if self.healthy():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise ClusterError(
-            f"etcd on {self.endpoint} not healthy after {timeout:.0f}s; end of {self.log_path}: "
-            f"{self.log_tail()}"
-        )
-
     def healthy(self) -> bool:
         """True when etcd answers GET /health with {"health": "true"} (over TLS with the member cert)."""
         url = f"{self.scheme}://{self.endpoint}/health"
@@ -219,14 +219,6 @@ class EtcdServer:
                 return bool(json.load(response).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
-
-    def log_tail(self, lines: int = 5) -> str:
-        """The last lines of the etcd log joined with ` | `, for one-line error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds; a no-op when already stopped."""
@@ -238,3 +230,25 @@ class EtcdServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def wait_healthy(servers: list[EtcdServer], timeout: float) -> None:
+    """Poll every member's GET /health until {"health": "true"} from its own process (not another one
+    that holds its port); raise as soon as one has exited, or stop them all and raise after `timeout`."""
+    waiting = list(servers)
+    give_up_at = time.monotonic() + timeout
+    while waiting and time.monotonic() < give_up_at:
+        for server in list(waiting):
+            assert server.process is not None
+            if server.process.poll() is not None:
+                raise processes.exit_error("etcd", server.process, server.log_path)
+            if server.healthy() and processes.listens_on(server.process.pid, server.client_port):
+                waiting.remove(server)
+        time.sleep(0.05)
+    if waiting:
+        for server in servers:
+            server.stop()
+        raise ClusterError(
+            f"etcd on {waiting[0].endpoint} not healthy after {timeout:.0f}s; end of {waiting[0].log_path}: "
+            f"{processes.tail(waiting[0].log_path)}"
+        )

@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from authsim.auth_node.config import NodeConfig, ensure_host_id
-from authsim.cluster.errors import ClusterError
+from authsim.cluster.errors import ClusterError, PortInUseError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import downstream, identity, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
-from authsim.cluster.local.ports import free_port, port_is_free
+from authsim.cluster.local.ports import PORT_ATTEMPTS, free_port, port_is_free
 from authsim.cluster.local.state import (
     ClusterState,
     EtcdEntry,
@@ -329,14 +329,19 @@ def _start_etcd(directory: Path, state: ClusterState) -> None:
     """The embedded etcd: TLS only, clients and peers need a certificate from the cluster's etcd CA."""
     etcd = EtcdServer.start(
         ClusterLayout(directory).etcd.data,
-        client_port=_pick_port(state.etcd.client_port),
-        peer_port=_pick_port(state.etcd.peer_port),
+        client_port=_recorded_port(state.etcd.client_port),
+        peer_port=_recorded_port(state.etcd.peer_port),
         detach=True,
         tls=ensure_etcd_member_identity(directory, state.cluster_name),
     )
     state.etcd.client_port, state.etcd.peer_port = etcd.client_port, etcd.peer_port
     state.etcd.endpoints = [etcd.endpoint]
     state.etcd.pid = etcd.process.pid if etcd.process else None
+
+
+def _recorded_port(port: int | None) -> int | None:
+    """`port` when it is free now, else None: etcd picks a free one (and picks again if it is taken)."""
+    return port if port and port_is_free(port) else None
 
 
 def _grant_etcd_access(state: ClusterState) -> None:
@@ -378,6 +383,18 @@ def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
     env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, "-m", NODE_MARKER, "--config", str(config.layout.config)]
     return processes.spawn(argv, config.log_file, env)
+
+
+def _restart_node_elsewhere(
+    directory: Path, state: ClusterState, entry: NodeEntry
+) -> subprocess.Popen[bytes]:
+    """Start `entry`'s node again on a newly picked free port, its address and PID recorded at once."""
+    host = entry.address.rsplit(":", 1)[0]
+    entry.address = f"{host}:{free_port(host)}"
+    process = _start_node(_prepare_node(directory, state, entry))
+    entry.pid = process.pid
+    state.save(directory)
+    return process
 
 
 def write_default_trust(directory: Path, state: ClusterState, targets_dir: Path | None = None) -> list[Path]:
@@ -437,22 +454,45 @@ def _start_targets(
             continue
         previous = state.targets.get(kind)
         port = _pick_port(int(previous.address.rsplit(":", 1)[1]) if previous else None)
-        behind = state.servers[downstream.SERVERS[kind]].address
-        started[kind] = start_target(directory, kind, port, state.cluster_name, behind)
-        state.targets[kind] = TargetEntry(f"127.0.0.1:{port}", started[kind].pid)
-        state.save(directory)
+        started[kind] = _start_target(directory, state, kind, port)
     for kind, process in started.items():
-        wait_listening(state.targets[kind].address, START_TIMEOUT, process)
+        _wait_target(directory, state, kind, process)
     register_target_addresses(state)
+
+
+def _start_target(directory: Path, state: ClusterState, kind: str, port: int) -> subprocess.Popen[bytes]:
+    """Start the `kind` target on `port` in front of its server, its address and PID recorded at once
+    (for `down`)."""
+    behind = state.servers[downstream.SERVERS[kind]].address
+    process = start_target(directory, kind, port, state.cluster_name, behind)
+    state.targets[kind] = TargetEntry(f"127.0.0.1:{port}", process.pid)
+    state.save(directory)
+    return process
+
+
+def _wait_target(directory: Path, state: ClusterState, kind: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait until the `kind` target listens; when another process took its port first, start it again
+    on a free port (PORT_ATTEMPTS starts in all)."""
+    log = ClusterLayout(directory).target(kind).log
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            wait_listening(process, state.targets[kind].address, log, START_TIMEOUT)
+            return
+        except PortInUseError:
+            process = _start_target(directory, state, kind, free_port())
+    wait_listening(process, state.targets[kind].address, log, START_TIMEOUT)
 
 
 def wait_serving(
     directory: Path, state: ClusterState, started: dict[str, subprocess.Popen[bytes]], progress: Progress
 ) -> None:
     """Return once every node in `state` reports SERVING to `directory`'s admin identity; ClusterError
-    when a process in `started` exits or after START_TIMEOUT."""
+    as soon as a process in `started` exits, or after START_TIMEOUT. A node in `started` that exits
+    because another process took its port is started again on a free port (PORT_ATTEMPTS starts in
+    all; `started` and `state` then hold the new process and address)."""
     identity = admin_identity(directory)
     clients = {e.name: NodeClient(e.address, identity, e.name, timeout=2.0) for e in state.nodes}
+    starts = dict.fromkeys(started, 1)
     waiting = [e.name for e in state.nodes]
     deadline = time.monotonic() + START_TIMEOUT
     try:
@@ -461,10 +501,16 @@ def wait_serving(
             for name in list(waiting):
                 process = started.get(name)
                 if process is not None and process.poll() is not None:
-                    log = ClusterLayout(directory).node(name).log
-                    raise ClusterError(
-                        f"node {name} exited during start-up; last lines of {log}:\n{processes.tail(log)}"
+                    error = processes.exit_error(
+                        f"node {name}", process, ClusterLayout(directory).node(name).log
                     )
+                    if not isinstance(error, PortInUseError) or starts[name] == PORT_ATTEMPTS:
+                        raise error
+                    started[name] = _restart_node_elsewhere(directory, state, state.node(name))
+                    starts[name] += 1
+                    clients[name].close()
+                    clients[name] = NodeClient(state.node(name).address, identity, name, timeout=2.0)
+                    continue
                 if clients[name].health() == "SERVING":
                     waiting.remove(name)
             if time.monotonic() > deadline:

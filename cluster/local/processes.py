@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from authsim.cluster.errors import ClusterError
+from authsim.cluster.errors import ClusterError, PortInUseError
 
 
 def spawn(argv: list[str], log_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -74,9 +74,45 @@ def _state(pid: int) -> str | None:
     return None
 
 
-def tail(path: Path, lines: int = 8) -> str:
-    """The last lines of a log file, for error messages."""
+def tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a log file joined with ` | `, for one-line error messages."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace")
     except OSError:
-        return ""
+        return "(no log)"
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
+
+
+ADDRESS_IN_USE = "address already in use"  # how etcd, Python (errno 98) and a node report a taken port
+
+
+def exit_error(what: str, process: subprocess.Popen[bytes], log: Path) -> ClusterError:
+    """The error for `what` having exited during start-up, with the end of its `log`: a PortInUseError
+    when the log ends saying the port it was to listen on is taken, so the caller may pick another."""
+    end = tail(log)
+    error = PortInUseError if ADDRESS_IN_USE in end.lower() else ClusterError
+    return error(f"{what} exited during start-up with code {process.returncode}; end of {log}: {end}")
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """True when process `pid` itself holds a socket listening on TCP `port` (IPv4 or IPv6), not merely
+    some process: a port that was taken first answers too, for the process that then exits."""
+    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                    return True
+    return False
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets in state LISTEN (0A) on `port`, from the kernel's TCP tables."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,20 +35,17 @@ def start_target(
     return processes.spawn(argv, ClusterLayout(cluster_dir).target(kind).log, env)
 
 
-def wait_listening(address: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Return once `host:port` accepts a TCP connection; ClusterError after `timeout` seconds, or as
-    soon as `process` (the server, when given) has exited."""
-    host, port = address.rsplit(":", 1)
+def wait_listening(process: subprocess.Popen[bytes], address: str, log: Path, timeout: float) -> None:
+    """Return once the server `process` listens on `host:port` itself; raise as soon as it has exited
+    (PortInUseError when another process holds the port), with the end of its `log`, or after
+    `timeout` seconds."""
+    port = int(address.rsplit(":", 1)[1])
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, int(port)), timeout=1.0):
-                return
-        except OSError as e:
-            if process is not None and process.poll() is not None:
-                raise ClusterError(
-                    f"the server for {address} exited with code {process.returncode}"
-                ) from None
-            if time.monotonic() >= deadline:
-                raise ClusterError(f"nothing listens on {address} after {timeout:g}s: {e}") from None
-            time.sleep(0.05)
+    while not processes.listens_on(process.pid, port):
+        if process.poll() is not None:
+            raise processes.exit_error(f"the server for {address}", process, log)
+        if time.monotonic() >= deadline:
+            raise ClusterError(
+                f"nothing listens on {address} after {timeout:g}s; end of {log}: {processes.tail(log)}"
+            )
+        time.sleep(0.05)
