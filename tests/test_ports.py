@@ -20,6 +20,7 @@ from authsim.cluster.layout import ClusterLayout, EtcdLayout
 from authsim.cluster.local import etcd_server, launcher, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.ports import free_port, port_is_free
+from authsim.cluster.local.state import ClusterState
 from authsim.cluster.local.target_process import start_target, target_marker, wait_listening
 from authsim.cluster.targets.trust import set_default_trust
 from tests.certs import cluster_ca, rsa_key
@@ -121,7 +122,7 @@ def test_up_moves_a_node_and_a_target_off_picked_ports_taken_since(
     directory = tmp_path / "c"
     state = launcher.up(directory, launcher.UpOptions(nodes=1))
     try:
-        recorded = launcher.ClusterState.load(directory)
+        recorded = ClusterState.load(directory)
         node, desktop = recorded.node("node1"), recorded.targets["desktop"]
         assert node.address != f"127.0.0.1:{node_port}" and node.address == state.node("node1").address
         assert desktop.address != f"127.0.0.1:{desktop_port}"
