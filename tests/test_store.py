@@ -275,6 +275,38 @@ async def _down_and_up(server: EtcdServer, pki: EtcdPKI) -> None:
             restarted.stop()
 
 
+async def test_a_first_call_gets_through_a_connection_slow_to_set_up(
+    etcd_server: EtcdServer, etcd_tls: EtcdTLS
+) -> None:
+    """On a busy machine setting up a connection (TCP, TLS, HTTP/2) can take much longer than 100 ms:
+    a call that does not wait for a connection (ping) still succeeds when the first one takes 0.5 s."""
+    host, port = etcd_server.endpoint.rsplit(":", 1)
+
+    async def slow_relay(client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.5)
+        from_etcd, to_etcd = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(_pipe(client, to_etcd), _pipe(from_etcd, to_client))
+
+    relay = await asyncio.start_server(slow_relay, "127.0.0.1", 0)
+    try:
+        endpoint = f"127.0.0.1:{relay.sockets[0].getsockname()[1]}"
+        async with EtcdStore([endpoint], tls=etcd_tls) as store:
+            assert await store.ping() > 0
+    finally:
+        relay.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
 def test_find_etcd_binary_missing_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
