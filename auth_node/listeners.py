@@ -43,9 +43,8 @@ def bind_failure(address: str) -> str:
     e.g. `[Errno 98] Address already in use`."""
     host, port = address.rsplit(":", 1)
     try:
-        family, kind, _, _, where = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[
-            0
-        ]
+        found = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        family, kind, _, _, where = found[0]
         with socket.socket(family, kind) as probe:
             probe.bind(where)
     except (OSError, ValueError) as e:

@@ -42,7 +42,7 @@ from cryptography import x509
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import ClusterLayout, KdcLayout
 from authsim.cluster.local import processes
-from authsim.cluster.local.ports import free_port
+from authsim.cluster.local.ports import PORT_ATTEMPTS, free_port
 from authsim.cluster.mtls import ensure_kdc_identity
 from authsim.cluster.secret_files import write_private
 from authsim.cluster.targets import kerberos
@@ -59,7 +59,6 @@ from authsim.cluster.targets.server_log import end_of, last_line, since
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 10.0
-PORT_ATTEMPTS = 3
 _DOMAIN = re.compile(
     r"(?=.{1,200}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )

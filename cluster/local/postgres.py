@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import ClusterLayout, PostgresLayout
 from authsim.cluster.local import processes
-from authsim.cluster.local.ports import free_port
+from authsim.cluster.local.ports import PORT_ATTEMPTS, free_port
 from authsim.cluster.mtls import ensure_server_identity
 from authsim.cluster.secret_files import write_all
 from authsim.cluster.targets import pg_client
@@ -51,7 +51,6 @@ from authsim.cluster.targets.server_log import end_of, last_line, since
 HOST = "127.0.0.1"
 TLS_NAME = "db"  # the DNS name in the server certificate (with localhost and 127.0.0.1)
 READY_TIMEOUT = 15.0
-PORT_ATTEMPTS = 3
 _SSL_NOT_RELOADED = "SSL configuration was not reloaded"
 
 
