@@ -341,7 +341,8 @@ def test_console_scripts_run_as_installed(cluster: LocalCluster) -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("SERVING") == 3
+    nodes = [line for line in done.stdout.splitlines() if line.startswith("│ node")]
+    assert len(nodes) == 3 and all("SERVING" in line for line in nodes), done.stdout
     assert "(embedded, TLS, running)" in done.stdout
 
 
