@@ -6,11 +6,11 @@ cluster name's identity with a create-if-absent write and refuses when it finds 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 
 from authsim.cluster.errors import ClusterError, quoted
+from authsim.cluster.local import interrupts
 from authsim.cluster.local.state import ClusterState, EtcdEntry
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.identity import (
@@ -34,7 +34,7 @@ def claim(directory: Path, state: ClusterState, join: bool, new: bool) -> Cluste
     cluster ids claims the name's data. ClusterError when that would merge two clusters: the name holds
     a cluster this dir did not make, or the dir's id is not the stored one.
     """
-    stored = asyncio.run(_claim(directory, state, join, new))
+    stored = interrupts.run(_claim(directory, state, join, new))
     state.cluster_id = stored.cluster_id
     return stored
 
@@ -118,7 +118,7 @@ def forget(etcd: EtcdEntry, cluster_name: str, seen: StoredCluster) -> int:
         async with EtcdStore(etcd.endpoints, tls=etcd.tls) as store:
             return await delete_cluster(store, cluster_name, seen)
 
-    return asyncio.run(delete()) if seen.keys else 0
+    return interrupts.run(delete()) if seen.keys else 0
 
 
 def stored(etcd: EtcdEntry, cluster_name: str) -> StoredCluster:
@@ -128,7 +128,7 @@ def stored(etcd: EtcdEntry, cluster_name: str) -> StoredCluster:
         async with EtcdStore(etcd.endpoints, tls=etcd.tls) as store:
             return await stored_cluster(store, cluster_name)
 
-    return asyncio.run(read())
+    return interrupts.run(read())
 
 
 def describe(seen: StoredCluster) -> str:

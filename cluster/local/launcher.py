@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +14,7 @@ from pathlib import Path
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.cluster.errors import ClusterError, PortInUseError
 from authsim.cluster.layout import ClusterLayout
-from authsim.cluster.local import downstream, identity, processes
+from authsim.cluster.local import downstream, identity, interrupts, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import PORT_ATTEMPTS, free_port, port_is_free
@@ -103,15 +99,16 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
         )
     state = _plan(directory, existing, options, running)
     owner = True  # whether this dir made the cluster (a joined dir starts no targets)
-    if not state.etcd.embedded:  # before anything is written: a refused dir stays as it was
-        owner = identity.made_here(
-            directory, identity.claim(directory, state, options.join, existing is None)
-        )
-    _make_cluster_dir(directory)
-    if state.etcd.embedded:
-        admin_dir = ClusterLayout(directory).admin.directory
-        state.etcd.tls = ensure_etcd_client_identity(directory, state.cluster_name, admin_dir, ADMIN_CN)
-    state.save(directory)
+    with interrupts.deferred_interrupt():  # a cluster id claimed on etcd is one saved in the dir
+        if not state.etcd.embedded:  # before anything is written: a refused dir stays as it was
+            owner = identity.made_here(
+                directory, identity.claim(directory, state, options.join, existing is None)
+            )
+        _make_cluster_dir(directory)
+        if state.etcd.embedded:
+            admin_dir = ClusterLayout(directory).admin.directory
+            state.etcd.tls = ensure_etcd_client_identity(directory, state.cluster_name, admin_dir, ADMIN_CN)
+        state.save(directory)
     try:
         if state.etcd.embedded:
             if "etcd" not in running:
@@ -119,8 +116,9 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
                 _start_etcd(directory, state)
                 state.save(directory)
             _grant_etcd_access(state)
-            identity.claim(directory, state, options.join, existing is None)
-            state.save(directory)
+            with interrupts.deferred_interrupt():  # a cluster id claimed on etcd is one saved in the dir
+                identity.claim(directory, state, options.join, existing is None)
+                state.save(directory)
         ensure_admin_identity(directory, state.cluster_name)
         started: dict[str, subprocess.Popen[bytes]] = {}
         for entry in state.nodes:
@@ -138,24 +136,11 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
             progress("starting the downstream targets", len(state.nodes), len(state.nodes))
             _start_targets(directory, state, running, ready)
     except BaseException:
-        with _no_interrupt():  # a second Ctrl-C must not cut the clean-up short
+        with interrupts.no_interrupt():  # a second Ctrl-C must not cut the clean-up short
             state.save(directory)  # every PID this `up` holds in memory, so `down` finds them all
             down(directory, only=_parts(state) - running)
         raise
     return state
-
-
-@contextlib.contextmanager
-def _no_interrupt() -> Iterator[None]:
-    """Ignore SIGINT for the block (main thread only; elsewhere Python delivers no signals anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> list[str]:
@@ -351,7 +336,7 @@ def _grant_etcd_access(state: ClusterState) -> None:
         async with EtcdStore(state.etcd.endpoints, tls=state.etcd.tls) as store:
             await grant_cluster_access(store, state.cluster_name, ADMIN_CN, [n.name for n in state.nodes])
 
-    asyncio.run(grant())
+    interrupts.run(grant())
 
 
 def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> NodeConfig:
@@ -532,4 +517,4 @@ def register_target_addresses(state: ClusterState) -> None:
             addresses |= {name: server.address for name, server in state.servers.items()}
             await register_targets(store, state.cluster_name, addresses)
 
-    asyncio.run(register())
+    interrupts.run(register())
