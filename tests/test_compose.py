@@ -580,3 +580,12 @@ def test_provision_pki_etcd_ca_needs_etcd_and_excludes_given_tls(
     assert provision_main([*args, "--etcd=127.0.0.1:2379", *given]) == 2
     assert "leave out --etcd-cacert/--etcd-cert/--etcd-key" in capsys.readouterr().err
     assert not (tmp_path / "pki").exists()  # refused before anything was written
+
+
+def test_serve_needs_the_provisioned_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve` says what to run first when `targets_provision pki` did not make the server's files."""
+    for name in downstream.SERVERS.values():
+        assert targets_provision_main(["serve", name, f"--dir={tmp_path}", "--port=1"]) == 1
+        said = capsys.readouterr().err
+        assert f"no {downstream.LABELS[name]} in " in said and "first (`targets_provision pki`)" in said
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -78,7 +78,9 @@ def serve(directory: Path, name: str, cluster_name: str, port: int) -> NoReturn:
     server = _server(directory, name, desktop_domain(cluster_name))
     made = server.layout.database if isinstance(server, Kdc) else server.layout.data / "PG_VERSION"
     if not made.exists():
-        raise ClusterError(f"no {LABELS[name]} in {server.layout.directory}: provision the targets first")
+        raise ClusterError(
+            f"no {LABELS[name]} in {server.layout.directory}: make it first (`targets_provision pki`)"
+        )
     load_trust(directory, server)
     argv, env = server.command(port)
     processes.replace_with(argv, server.layout.log, env)
