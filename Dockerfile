@@ -1,10 +1,12 @@
-# The authsim image: Python 3.11 on Debian 12 with SoftHSM2; runs `authsim`, `authctl`, the nodes and the
-# targets. Used by docker-compose.yml (init, node1..3, targets-trust, desktop, db, authctl); etcd runs
+# The authsim image: Python 3.11 on Debian 12 with SoftHSM2, MIT Kerberos (KDC with PKINIT) and
+# PostgreSQL; runs `authsim`, `authctl`, the nodes, the targets and the real servers behind them. Used
+# by docker-compose.yml (init, node1..3, targets-trust, desktop, kdc, db, postgres, authctl); etcd runs
 # from the upstream etcd image.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends softhsm2 \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends softhsm2 \
+        krb5-kdc krb5-pkinit krb5-user krb5-admin-server postgresql \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/authsim
@@ -14,9 +16,11 @@ COPY cluster ./cluster
 COPY hsm ./hsm
 RUN pip install --no-cache-dir . && rm -rf build
 
-# Mount points of the named volumes, owned by the runtime user so fresh volumes inherit it.
+# Mount points of the named volumes, owned by the runtime user so fresh volumes inherit it; the KDC's
+# and PostgreSQL's volumes are mounted inside the targets volume, where the target code finds them.
 RUN useradd --system --user-group --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin authsim \
-    && install -d -o authsim -g authsim -m 0700 /state /pki /ca /cluster /targets
+    && install -d -o authsim -g authsim -m 0700 /state /pki /ca /cluster /targets /targets/targets \
+        /targets/targets/desktop /targets/targets/desktop/kdc /targets/targets/db /targets/targets/db/postgres
 
 USER authsim
 WORKDIR /state

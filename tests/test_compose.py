@@ -2,10 +2,11 @@
 
 There is no Docker engine on this machine, so the containers' commands (`authsim provision pki`,
 `authsim provision node`, `python -m authsim.auth_node`,
-`python -m authsim.cluster.cli.targets_provision pki|trust`, `python -m authsim.cluster.targets`, the
-targets' healthcheck, `authctl exercise`) run for real outside Docker:
+`python -m authsim.cluster.cli.targets_provision pki|trust|serve`, `python -m authsim.cluster.targets`,
+the targets' and servers' healthchecks, `authctl exercise`) run for real outside Docker:
 a real etcd, real SoftHSM2 tokens, real node processes that must report SERVING over mTLS with the
-admin identity, and real target processes that must accept the credentials the nodes issue.
+admin identity, a real MIT KDC and PostgreSQL, and real target processes that must accept the
+credentials the nodes issue.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from authsim.cluster.cli.provision import provision
 from authsim.cluster.cli.targets_provision import main as targets_provision_main
 from authsim.cluster.cli.targets_provision import targets as targets_provision
 from authsim.cluster.layout import ClusterLayout, EtcdLayout, NodeLayout
-from authsim.cluster.local import processes
+from authsim.cluster.local import downstream, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.launcher import admin_identity
 from authsim.cluster.local.node_client import NodeClient
@@ -133,6 +134,24 @@ def _node_services(services: dict[str, Service]) -> dict[str, Service]:
 
 def _target_services(services: dict[str, Service]) -> dict[str, Service]:
     return {name: s for name, s in services.items() if s.get("entrypoint") == TARGET_MODULE}
+
+
+def _server_services(services: dict[str, Service]) -> dict[str, Service]:
+    """target kind → the service running the real server behind it (`targets_provision serve`)."""
+    found = {}
+    for name, service in services.items():
+        if service.get("entrypoint") == TARGETS_PROVISION and service["command"][0] == "serve":
+            kind = str(service["network_mode"]).removeprefix("service:")
+            assert kind not in found and service["command"][1] == name == downstream.SERVERS[kind], name
+            found[kind] = service
+    return found
+
+
+def _probe_port(service: Service) -> int:
+    """The port a `python -c` healthcheck looks for in /proc/net/tcp (`':HHHH'`)."""
+    check = service["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"], check
+    return int(check[3].split("endswith(':", 1)[1][:4], 16)
 
 
 def _params(argv: list[str], prefix: list[str], group: click.Group = provision) -> dict[str, Any]:
@@ -280,13 +299,53 @@ def test_one_service_per_target_running_the_launchers_command(
         assert _target_flags(launched[-1][3:]).keys() == flags.keys()
         assert flags["--kind"] == name and flags["--cluster-name"] == cluster_name
         assert _volume_at(service, flags["--dir"]) == (targets_volume, True)
-        assert len(_mounts(service)) == 1, f"{name} needs no CA key, admin identity or node files"
+        # its server's files (the target adds users there), and nothing else: no CA key, admin or node files
+        server = _server_services(services)[name]
+        server_dir = _server_dir(flags["--dir"], name)
+        assert _volume_at(service, str(server_dir)) == (_volume_at(server, str(server_dir))[0], False)
+        assert len(_mounts(service)) == 2, f"{name} needs no CA key, admin identity or node files"
         host, port = flags["--listen"].rsplit(":", 1)
         assert host == "0.0.0.0" and init_targets[name] == f"{name}:{port}"
+        # its server listens on the loopback of the target's network (`serve` binds 127.0.0.1)
+        assert flags["--server"] == f"127.0.0.1:{_flags(server['command'])['port']}"
         assert service["restart"] == "unless-stopped"
         assert service["depends_on"] == {"targets-trust": {"condition": "service_completed_successfully"}}
-        check = service["healthcheck"]["test"]
-        assert check[:3] == ["CMD", "python", "-c"] and f"':{int(port):04X}'" in check[3]
+        assert _probe_port(service) == int(port)
+        assert services["authctl"]["depends_on"][name] == {"condition": "service_healthy"}
+
+
+def _server_dir(targets_dir: str | Path, kind: str) -> Path:
+    """The files of the real server behind the `kind` target of `targets_dir`."""
+    layout = ClusterLayout(Path(targets_dir))
+    return layout.kdc.directory if kind == "desktop" else layout.postgres.directory
+
+
+def test_each_real_server_runs_beside_its_target_from_a_volume_of_its_own(
+    services: dict[str, Service],
+) -> None:
+    """kdc and postgres run `targets_provision serve` in their target's network, as the image's non-root
+    user, on the files init made in a volume only init, the server and its target mount."""
+    found = _server_services(services)
+    assert set(found) == set(KINDS)
+    init_targets = _params(_init_lines(services)[1], [*TARGETS_PROVISION, "pki"], targets_provision)
+    targets_dir = str(init_targets["directory"])
+    targets_volume, _ = _volume_at(services["init"], targets_dir)
+    for kind, service in found.items():
+        name = downstream.SERVERS[kind]
+        params = _params(service["command"], ["serve"], targets_provision)
+        assert params["server"] == name and str(params["directory"]) == targets_dir
+        assert service["network_mode"] == f"service:{kind}"
+        assert "user" not in service  # the image's USER: authsim, never root (test_dockerfile_...)
+        server_dir = str(_server_dir(targets_dir, kind))
+        volume, read_only = _volume_at(service, server_dir)
+        assert not read_only and _volume_at(services["init"], server_dir) == (volume, False)
+        users = {user for user, s in services.items() for source, _, _ in _mounts(s) if source == volume}
+        assert users == {"init", name, kind}, f"{name}'s private files must stay in its own volume"
+        assert _volume_at(service, targets_dir) == (targets_volume, True)  # the trust it loads
+        assert len(_mounts(service)) == 2
+        assert service["restart"] == "unless-stopped"
+        assert service["depends_on"] == {kind: {"condition": "service_started"}}
+        assert _probe_port(service) == params["port"]
         assert services["authctl"]["depends_on"][name] == {"condition": "service_healthy"}
 
 
@@ -306,7 +365,8 @@ def test_targets_trust_runs_once_the_nodes_are_up(services: dict[str, Service]) 
     nodes = _node_services(services)
     assert trust["depends_on"] == {name: {"condition": "service_healthy"} for name in nodes}
     users = {name for name, s in services.items() for source, _, _ in _mounts(s) if source == targets_volume}
-    assert users == {"init", "targets-trust", *_target_services(services)}
+    servers = [downstream.SERVERS[kind] for kind in _server_services(services)]
+    assert users == {"init", "targets-trust", *_target_services(services), *servers}
 
 
 def test_authsim_cli_has_the_provision_group() -> None:
@@ -333,6 +393,13 @@ def _healthy(probe: str) -> bool:
     return subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 0
 
 
+def _local_probe(service: Service, port: int) -> str:
+    """The service's healthcheck (`python -c PROBE`) looking for `port` instead; it must not pass yet."""
+    probe = str(service["healthcheck"]["test"][3]).replace(f"':{_probe_port(service):04X}'", f"':{port:04X}'")
+    assert not _healthy(probe), f"something listens on {port} already"
+    return probe
+
+
 def _wait_healthy(probe: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not _healthy(probe):
@@ -345,13 +412,14 @@ def test_compose_commands_serve_nodes_and_targets(
     services: dict[str, Service], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The compose commands outside Docker: init's two steps, `provision node` x2, two node processes,
-    targets-trust, desktop and db (with their healthcheck), then `authctl exercise` for each CA type.
+    targets-trust, desktop and db, the real servers behind them (`serve kdc|postgres`; each with its
+    healthcheck), then `authctl exercise` for each CA type.
     etcd serves TLS only, with the member identity `provision pki --etcd-ca` made (as the compose etcd
     members do); each node presents its own etcd client certificate, authctl's cluster.yaml the admin's."""
     client_port = free_port()
     etcd: EtcdServer | None = None
     started: list[tuple[subprocess.Popen[bytes], NodeConfig]] = []
-    targets: list[tuple[subprocess.Popen[bytes], str]] = []
+    targets: list[tuple[subprocess.Popen[bytes], str]] = []  # the targets and the real servers
     try:
         pki_dir, ca_dir, admin_dir = tmp_path / "pki", tmp_path / "ca", tmp_path / "cluster"
         targets_dir = tmp_path / "targets"
@@ -387,7 +455,15 @@ def test_compose_commands_serve_nodes_and_targets(
         assert targets_provision_main(_localize(targets_line[3:], local)) == 0  # idempotent
         addresses = {kind: t.address for kind, t in ClusterState.load(admin_dir).targets.items()}
         assert addresses == {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-        assert sorted(p.name for p in targets_dir.rglob("*.key")) == ["tls.key", "tls.key"]  # no CA key
+        keys = sorted(p.relative_to(targets_dir).as_posix() for p in targets_dir.rglob("*.key"))
+        assert keys == [  # no CA key
+            "targets/db/postgres/tls.key",
+            "targets/db/tls.key",
+            "targets/desktop/kdc/kdc.key",
+            "targets/desktop/tls.key",
+        ]
+        server_dirs = [_server_dir(targets_dir, kind) for kind in KINDS]
+        assert (server_dirs[0] / "db" / "principal").exists() and (server_dirs[1] / "data").is_dir()
         configs = []
         for name in ("node1", "node2"):
             state = NodeLayout(tmp_path / f"{name}-state")
@@ -437,18 +513,37 @@ def test_compose_commands_serve_nodes_and_targets(
         assert done.returncode == 0, done.stderr
         assert len(read_trust(targets_dir, "desktop").ntauth) == len(holders)  # every node's windows CA
         assert len(read_trust(targets_dir, "db").ca) == len(holders)
-        files = {path: path.read_bytes() for path in targets_dir.rglob("*") if path.is_file()}
 
+        def trust_and_tls() -> dict[Path, bytes]:  # the files the targets and servers only read
+            found = {path: path.read_bytes() for path in targets_dir.rglob("*") if path.is_file()}
+            return {
+                path: data for path, data in found.items() if not any(d in path.parents for d in server_dirs)
+            }
+
+        files = trust_and_tls()
+
+        server_ports = {kind: free_port() for kind in KINDS}
         for name, service in _target_services(services).items():
-            listen = _target_flags(service["command"])["--listen"]
-            inside = int(listen.rsplit(":", 1)[1])
-            probe = service["healthcheck"]["test"][3].replace(f"':{inside:04X}'", f"':{ports[name]:04X}'")
-            assert not _healthy(probe), f"{name}: something listens on {ports[name]} already"
-            command = _localize(service["command"], {**local, listen: f"127.0.0.1:{ports[name]}"})
-            argv = [sys.executable, *TARGET_MODULE[1:], *command]
-            log = tmp_path / f"{name}.log"
-            process = processes.spawn(argv, log)
+            flags = _target_flags(service["command"])
+            listen, server = flags["--listen"], flags["--server"]
+            where = {listen: f"127.0.0.1:{ports[name]}", server: f"127.0.0.1:{server_ports[name]}"}
+            command = _localize(service["command"], {**local, **where})
+            probe = _local_probe(service, ports[name])
+            process = processes.spawn(
+                [sys.executable, *TARGET_MODULE[1:], *command], tmp_path / f"{name}.log"
+            )
             targets.append((process, target_marker(targets_dir, name)))
+            _wait_healthy(probe, process, tmp_path / f"{name}.log", name)
+        for kind, service in _server_services(services).items():
+            name = downstream.SERVERS[kind]
+            port = _flags(service["command"])["port"]
+            command = _localize(service["command"], {**local, port: str(server_ports[kind])})
+            probe = _local_probe(service, server_ports[kind])
+            process = processes.spawn(
+                [sys.executable, *TARGETS_PROVISION[1:], *command], tmp_path / f"{name}.log"
+            )
+            targets.append((process, downstream.server_marker(targets_dir, name)))
+            log = _server_dir(targets_dir, kind) / f"{name}.log"  # `serve` became the server, logging there
             _wait_healthy(probe, process, log, name)
 
         # authctl as the compose service runs it; the admin dir has no host ids, so name the node
@@ -465,7 +560,7 @@ def test_compose_commands_serve_nodes_and_targets(
             event = json.loads(out)
             assert event["success"] is True and event["event"] == info.session_event
             assert event["code"] == info.session_codes[0] and event["cluster_name"] == "composetest"
-        assert files == {path: path.read_bytes() for path in targets_dir.rglob("*") if path.is_file()}
+        assert files == trust_and_tls()
     finally:
         for process, marker in targets:
             processes.stop(process.pid, marker)
@@ -485,3 +580,12 @@ def test_provision_pki_etcd_ca_needs_etcd_and_excludes_given_tls(
     assert provision_main([*args, "--etcd=127.0.0.1:2379", *given]) == 2
     assert "leave out --etcd-cacert/--etcd-cert/--etcd-key" in capsys.readouterr().err
     assert not (tmp_path / "pki").exists()  # refused before anything was written
+
+
+def test_serve_needs_the_provisioned_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve` says what to run first when `targets_provision pki` did not make the server's files."""
+    for name in downstream.SERVERS.values():
+        assert targets_provision_main(["serve", name, f"--dir={tmp_path}", "--port=1"]) == 1
+        said = capsys.readouterr().err
+        assert f"no {downstream.LABELS[name]} in " in said and "first (`targets_provision pki`)" in said
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from cryptography import x509
 
+from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
 from authsim.cluster.local.kdc import Kdc
@@ -59,6 +61,29 @@ def setup_server(directory: Path, state: ClusterState, name: str) -> Server:
     if trust_known(directory, name):
         server.start()
     return server
+
+
+def provision_servers(directory: Path, ca_dir: Path, cluster_name: str) -> None:
+    """The servers' files for servers run apart from `authsim up` (docker-compose, `serve`): the KDC's
+    and PostgreSQL's certificates from the CAs in `ca_dir` and the KDC's database and PostgreSQL's data
+    dir, each made once, and their configs."""
+    Kdc.setup(directory, cluster_name, desktop_domain(cluster_name), kdc_anchors(directory), ca_dir)
+    Postgres.setup(directory, cluster_name, client_cas(directory), ca_dir)
+
+
+def serve(directory: Path, name: str, cluster_name: str, port: int) -> NoReturn:
+    """Become the server `name` of `directory` (`provision_servers`) on 127.0.0.1:`port` in the
+    foreground, trusting what the targets' trust files hold now, its output appended to its log
+    (where the target reads the server's refusals)."""
+    server = _server(directory, name, desktop_domain(cluster_name))
+    made = server.layout.database if isinstance(server, Kdc) else server.layout.data / "PG_VERSION"
+    if not made.exists():
+        raise ClusterError(
+            f"no {LABELS[name]} in {server.layout.directory}: make it first (`targets_provision pki`)"
+        )
+    load_trust(directory, server)
+    argv, env = server.command(port)
+    processes.replace_with(argv, server.layout.log, env)
 
 
 def finish_server(directory: Path, server: Server) -> ServerEntry:

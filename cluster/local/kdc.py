@@ -77,16 +77,22 @@ class Kdc:
 
     @classmethod
     def setup(
-        cls, cluster_dir: Path, cluster_name: str, domain: str, anchors: Sequence[x509.Certificate]
+        cls,
+        cluster_dir: Path,
+        cluster_name: str,
+        domain: str,
+        anchors: Sequence[x509.Certificate],
+        ca_dir: Path | None = None,
     ) -> Kdc:
-        """The cluster's KDC for `domain`: its certificate (made once), its config, its database (made
-        once, with a random master key kept only in the stash) and `anchors` for client certificates."""
+        """The cluster's KDC for `domain`: its certificate (made once, from the KDC CA in `ca_dir`,
+        default `cluster_dir`), its config, its database (made once, with a random master key kept only
+        in the stash) and `anchors` for client certificates."""
         if not _DOMAIN.fullmatch(domain):
             raise ValidationError(
                 [f"domain: a DNS name of letters, digits, - and . (at most 200), got {domain!r}"]
             )
         kdc = cls(ClusterLayout(cluster_dir).kdc, domain)
-        ensure_kdc_identity(cluster_dir, cluster_name, kdc.layout, kdc.realm)
+        ensure_kdc_identity(ca_dir or cluster_dir, cluster_name, kdc.layout, kdc.realm)
         kdc._write_config()
         kdc._create_database()
         kdc._write_anchors(anchors)
@@ -115,10 +121,9 @@ class Kdc:
         fixed = self.port is not None
         for _ in range(1 if fixed else PORT_ATTEMPTS):
             port = self.port or _free_tcp_udp_port()
-            self._write_config(port)
+            argv, env = self.command(port)
             offset = end_of(self.layout.log)
-            argv = [find_binary("krb5kdc"), "-n", "-P", str(self.layout.pid_file)]
-            process = processes.spawn(argv, self.layout.log, self._env())
+            process = processes.spawn(argv, self.layout.log, env)
             if self._ready(process, offset, timeout):
                 self.port, self.process = port, process
                 return
@@ -128,6 +133,12 @@ class Kdc:
                     f"{processes.tail(self.layout.log, 4)}"
                 )
         raise ClusterError(f"krb5kdc found no free port in {PORT_ATTEMPTS} attempts")
+
+    def command(self, port: int) -> tuple[list[str], dict[str, str]]:
+        """krb5kdc's command line and environment to serve in the foreground on `port` (its config is
+        written for that port here)."""
+        self._write_config(port)
+        return [find_binary("krb5kdc"), "-n", "-P", str(self.layout.pid_file)], self._env()
 
     def _ready(self, process: subprocess.Popen[bytes], offset: int, timeout: float) -> bool:
         """True once `process` logs that it serves (after binding its sockets); False (and no process

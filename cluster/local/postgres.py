@@ -64,12 +64,19 @@ class Postgres:
     process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def setup(cls, cluster_dir: Path, cluster_name: str, client_cas: Sequence[x509.Certificate]) -> Postgres:
-        """The cluster's PostgreSQL: its TLS identity (made once), its data dir (initdb once), pg_hba.conf
-        and `client_cas` as the CA bundle client certificates must chain to (none: not yet known, to be
-        given to `reload_client_cas` before `start`)."""
+    def setup(
+        cls,
+        cluster_dir: Path,
+        cluster_name: str,
+        client_cas: Sequence[x509.Certificate],
+        ca_dir: Path | None = None,
+    ) -> Postgres:
+        """The cluster's PostgreSQL: its TLS identity (made once, from the server CA in `ca_dir`, default
+        `cluster_dir`), its data dir (initdb once), pg_hba.conf and `client_cas` as the CA bundle client
+        certificates must chain to (none: not yet known, to be given to `reload_client_cas` before
+        `start`)."""
         pg = cls(ClusterLayout(cluster_dir).postgres)
-        ensure_server_identity(cluster_dir, cluster_name, pg.layout.directory, [TLS_NAME])
+        ensure_server_identity(ca_dir or cluster_dir, cluster_name, pg.layout.directory, [TLS_NAME])
         os.chmod(pg.layout.directory, 0o700)
         pg._initdb()
         pg._write_hba()
@@ -93,12 +100,12 @@ class Postgres:
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         """Start postgres in its own session and wait until it accepts connections. Without a port, one
         is picked, and picked again if another process takes it first."""
-        self._private_socket_dir()
         fixed = self.port is not None
         for _ in range(1 if fixed else PORT_ATTEMPTS):
             port = self.port or free_port(HOST)
+            argv, env = self.command(port)
             offset = end_of(self.layout.log)
-            process = processes.spawn(self._server_argv(port), self.layout.log, _server_env())
+            process = processes.spawn(argv, self.layout.log, env)
             if self._ready(process, timeout):
                 self.port, self.process = port, process
                 return
@@ -108,6 +115,12 @@ class Postgres:
                     f"{processes.tail(self.layout.log, 4)}"
                 )
         raise ClusterError(f"postgres found no free port in {PORT_ATTEMPTS} attempts")
+
+    def command(self, port: int) -> tuple[list[str], dict[str, str]]:
+        """postgres' command line and environment to serve in the foreground on `port` (its private
+        socket dir made here)."""
+        self._private_socket_dir()
+        return self._server_argv(port), _server_env()
 
     def stop(self) -> bool:
         """Stop the server by PID (only when that PID is still this server); False when it was not

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from authsim.cluster.errors import ClusterError, PortInUseError
 
@@ -24,6 +25,16 @@ def spawn(argv: list[str], log_file: Path, env: dict[str, str] | None = None) ->
             env=env,
             start_new_session=True,
         )
+
+
+def replace_with(argv: list[str], log_file: Path, env: dict[str, str]) -> NoReturn:
+    """Become `argv` (exec: same PID, a container's one process), output appended to `log_file`."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    for source, target in ((null, 0), (log, 1), (log, 2)):
+        os.dup2(source, target)
+    os.execvpe(argv[0], argv, env)
 
 
 def is_running(pid: int | None, marker: str) -> bool:
