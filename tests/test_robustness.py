@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -184,10 +185,19 @@ def test_up_interrupted_at_any_moment_leaves_nothing_running_and_up_works_again(
                 interrupted += 1
         assert interrupted >= 2
     finally:
-        down(directory)  # whatever a failed assertion left running
+        _stop_everything(directory)
     with local_cluster(directory, nodes=2) as cluster:  # and up works again, on the same dir
         assert cluster.exercise("db_client", "alice")["success"]
     assert _processes_of(directory) == []
+
+
+def _stop_everything(directory: Path) -> None:
+    """Stop whatever a failed assertion left running: the recorded parts by `down`, and anything else
+    naming `directory` (what `up` failed to record; the failure says so)."""
+    down(directory)
+    for pid in _processes_of(directory):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _command_lines(pids: list[int]) -> list[str]:
@@ -241,5 +251,5 @@ def test_ctrl_c_while_the_clis_load_exits_130_without_a_traceback(tmp_path: Path
         code, err = _interrupted([str(BIN / "authctl"), "--dir", str(directory), "get", "ca_overrides"], 0.0)
         assert (code, err) == (130, "aborted\n")
     finally:
-        down(directory)  # whatever a failed assertion left running
+        _stop_everything(directory)
     assert _processes_of(directory) == []

@@ -123,15 +123,14 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
         started: dict[str, subprocess.Popen[bytes]] = {}
         for entry in state.nodes:
             if entry.name not in running:
-                started[entry.name] = _start_node(_prepare_node(directory, state, entry))
-                entry.pid = started[entry.name].pid
-                state.save(directory)  # recorded at once, so `down` can stop it whatever happens next
+                started[entry.name] = _launch_node(directory, state, entry)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="server") as pool:
             servers = _set_up_servers(pool, directory, state, running) if owner else {}
             try:
                 wait_serving(directory, state, started, progress)
             finally:
-                ready = _servers_set_up(directory, state, servers)
+                with interrupts.deferred_interrupt():  # every server started is recorded, to be stopped
+                    ready = _servers_set_up(directory, state, servers)
         if owner:
             progress("starting the downstream targets", len(state.nodes), len(state.nodes))
             _start_targets(directory, state, running, ready)
@@ -376,9 +375,16 @@ def _restart_node_elsewhere(
     """Start `entry`'s node again on a newly picked free port, its address and PID recorded at once."""
     host = entry.address.rsplit(":", 1)[0]
     entry.address = f"{host}:{free_port(host)}"
-    process = _start_node(_prepare_node(directory, state, entry))
-    entry.pid = process.pid
-    state.save(directory)
+    return _launch_node(directory, state, entry)
+
+
+def _launch_node(directory: Path, state: ClusterState, entry: NodeEntry) -> subprocess.Popen[bytes]:
+    """Start `entry`'s node, its PID recorded at once: `down` stops it whatever happens next."""
+    config = _prepare_node(directory, state, entry)
+    with interrupts.deferred_interrupt():  # a process started is a process recorded
+        process = _start_node(config)
+        entry.pid = process.pid
+        state.save(directory)
     return process
 
 
@@ -430,9 +436,9 @@ def _start_targets(
     each in front of its real server (started here when it waited for that trust)."""
     write_default_trust(directory, state)
     for name, server in servers.items():
-        entry = downstream.finish_server(directory, server)
-        state.servers[name] = entry
-        state.save(directory)
+        with interrupts.deferred_interrupt():  # a server started is a server recorded
+            state.servers[name] = downstream.finish_server(directory, server)
+            state.save(directory)
     started = {}
     for kind in dict.fromkeys(t.target for t in CA_TYPES.values()):
         if kind in running:
@@ -449,9 +455,10 @@ def _start_target(directory: Path, state: ClusterState, kind: str, port: int) ->
     """Start the `kind` target on `port` in front of its server, its address and PID recorded at once
     (for `down`)."""
     behind = state.servers[downstream.SERVERS[kind]].address
-    process = start_target(directory, kind, port, state.cluster_name, behind)
-    state.targets[kind] = TargetEntry(f"127.0.0.1:{port}", process.pid)
-    state.save(directory)
+    with interrupts.deferred_interrupt():  # a process started is a process recorded
+        process = start_target(directory, kind, port, state.cluster_name, behind)
+        state.targets[kind] = TargetEntry(f"127.0.0.1:{port}", process.pid)
+        state.save(directory)
     return process
 
 
