@@ -197,5 +197,6 @@ def _exercise(demo: Demo, signed: Signed) -> None:
         line for line in ClusterLayout(demo.directory).kdc.log.read_text().splitlines() if "ISSUE:" in line
     ]
     if issued:  # what the real KDC said; PostgreSQL logs only refusals
-        demo.console.print(f"the KDC: {issued[-1].split('): ', 1)[-1]}", markup=False, soft_wrap=True)
+        said = issued[-1][issued[-1].index("ISSUE:") :]  # from its verdict on (before it: the etypes)
+        demo.console.print(f"the KDC: {said}", markup=False, soft_wrap=True)
     demo.authctl("get", "events", "--format", "text")
