@@ -39,10 +39,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from authsim.cluster.errors import ClusterError, ValidationError
+from authsim.cluster.errors import ClusterError, PortInUseError, ValidationError
 from authsim.cluster.layout import ClusterLayout, KdcLayout
 from authsim.cluster.local import processes
-from authsim.cluster.local.ports import PORT_ATTEMPTS, free_port
+from authsim.cluster.local.ports import free_port, on_free_ports
 from authsim.cluster.mtls import ensure_kdc_identity
 from authsim.cluster.secret_files import write_private
 from authsim.cluster.targets import kerberos
@@ -118,21 +118,24 @@ class Kdc:
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         """Start krb5kdc in the foreground of its own session and wait until it serves. Without a port,
         one is picked, and picked again if another process takes it first."""
-        fixed = self.port is not None
-        for _ in range(1 if fixed else PORT_ATTEMPTS):
-            port = self.port or _free_tcp_udp_port()
-            argv, env = self.command(port)
-            offset = end_of(self.layout.log)
-            process = processes.spawn(argv, self.layout.log, env)
-            if self._ready(process, offset, timeout):
-                self.port, self.process = port, process
-                return
-            if fixed or "Address already in use" not in since(self.layout.log, offset):
-                raise ClusterError(
-                    f"krb5kdc did not start on {HOST}:{port}; end of {self.layout.log}: "
-                    f"{processes.tail(self.layout.log, 4)}"
-                )
-        raise ClusterError(f"krb5kdc found no free port in {PORT_ATTEMPTS} attempts")
+        if self.port is not None:
+            self._start_on(self.port, timeout)
+        else:
+            on_free_ports(lambda: self._start_on(_free_tcp_udp_port(), timeout))
+
+    def _start_on(self, port: int, timeout: float) -> None:
+        """Start on `port`; PortInUseError when another process holds it."""
+        argv, env = self.command(port)
+        offset = end_of(self.layout.log)
+        process = processes.spawn(argv, self.layout.log, env)
+        if self._ready(process, offset, timeout):
+            self.port, self.process = port, process
+            return
+        taken = "Address already in use" in since(self.layout.log, offset)
+        raise (PortInUseError if taken else ClusterError)(
+            f"krb5kdc did not start on {HOST}:{port}; end of {self.layout.log}: "
+            f"{processes.tail(self.layout.log, 4)}"
+        )
 
     def command(self, port: int) -> tuple[list[str], dict[str, str]]:
         """krb5kdc's command line and environment to serve in the foreground on `port` (its config is

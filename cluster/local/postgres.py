@@ -38,10 +38,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from authsim.cluster.errors import ClusterError, ValidationError
+from authsim.cluster.errors import ClusterError, PortInUseError, ValidationError
 from authsim.cluster.layout import ClusterLayout, PostgresLayout
 from authsim.cluster.local import processes
-from authsim.cluster.local.ports import PORT_ATTEMPTS, free_port
+from authsim.cluster.local.ports import free_port, on_free_ports
 from authsim.cluster.mtls import ensure_server_identity
 from authsim.cluster.secret_files import write_all
 from authsim.cluster.targets import pg_client
@@ -100,21 +100,24 @@ class Postgres:
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         """Start postgres in its own session and wait until it accepts connections. Without a port, one
         is picked, and picked again if another process takes it first."""
-        fixed = self.port is not None
-        for _ in range(1 if fixed else PORT_ATTEMPTS):
-            port = self.port or free_port(HOST)
-            argv, env = self.command(port)
-            offset = end_of(self.layout.log)
-            process = processes.spawn(argv, self.layout.log, env)
-            if self._ready(process, timeout):
-                self.port, self.process = port, process
-                return
-            if fixed or "Address already in use" not in since(self.layout.log, offset):
-                raise ClusterError(
-                    f"postgres did not start on {HOST}:{port}; end of {self.layout.log}: "
-                    f"{processes.tail(self.layout.log, 4)}"
-                )
-        raise ClusterError(f"postgres found no free port in {PORT_ATTEMPTS} attempts")
+        if self.port is not None:
+            self._start_on(self.port, timeout)
+        else:
+            on_free_ports(lambda: self._start_on(free_port(HOST), timeout))
+
+    def _start_on(self, port: int, timeout: float) -> None:
+        """Start on `port`; PortInUseError when another process holds it."""
+        argv, env = self.command(port)
+        offset = end_of(self.layout.log)
+        process = processes.spawn(argv, self.layout.log, env)
+        if self._ready(process, timeout):
+            self.port, self.process = port, process
+            return
+        taken = "Address already in use" in since(self.layout.log, offset)
+        raise (PortInUseError if taken else ClusterError)(
+            f"postgres did not start on {HOST}:{port}; end of {self.layout.log}: "
+            f"{processes.tail(self.layout.log, 4)}"
+        )
 
     def command(self, port: int) -> tuple[list[str], dict[str, str]]:
         """postgres' command line and environment to serve in the foreground on `port` (its private
