@@ -20,7 +20,7 @@ MAX_CONNECTION_IDLE_MS = 120_000  # a connection without a call for this long ge
 KEEPALIVE_TIME_MS = 60_000  # ping a connection quiet for this long (a --follow stream)...
 KEEPALIVE_TIMEOUT_MS = 20_000  # ...and close it when the ping is not answered within this
 MIN_PING_INTERVAL_MS = 10_000  # a client pinging more often than this is told to go away
-MAX_CONCURRENT_STREAMS = 100  # calls at once on one connection
+MAX_CONCURRENT_STREAMS = 1_000  # calls at once on one connection (only an authenticated caller opens any)
 MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path is 108 with its NUL)
 
 

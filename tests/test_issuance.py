@@ -12,16 +12,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.errors import KeyAccessError, ValidationError
 from authsim.cluster.local.external_ca import ExternalCA, init
-from authsim.cluster.local.launcher import register_target_addresses
+from authsim.cluster.local.launcher import admin_identity, register_target_addresses
+from authsim.cluster.mtls import NODE_TLS_NAME
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.keys import target_key
 from tests.certs import openssl_key_hash
@@ -179,6 +182,27 @@ def test_batch_sign_issues_one_credential_per_user_or_none(flow: Flow) -> None:
             client.call("SignBatch", pb.SignBatchRequest(requests=[good] * 257))
         assert len(client.call("SignBatch", pb.SignBatchRequest(requests=[good] * 256)).credentials) == 256
     assert not list(out.parent.glob("cred-dave*"))
+
+
+def test_many_calls_at_once_on_one_connection_are_all_answered(flow: Flow) -> None:
+    """400 Sign calls in flight on one channel (as an asyncio client or a load balancer sends them):
+    every one gets a credential, none is refused with RST_STREAM (the node's per-connection stream
+    limit is above what such a client opens, and gRPC queues calls beyond it on the client)."""
+    key, cert, server_ca = admin_identity(flow.cluster.directory).read()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=server_ca, private_key=key, certificate_chain=cert
+    )
+    request = pb.SignRequest(type="db_client", user="many", public_key=_spki())
+
+    async def run() -> list[pb.SignResponse]:
+        address = flow.cluster.state.node("node2").address
+        options = [("grpc.ssl_target_name_override", NODE_TLS_NAME)]
+        async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
+            stub = pb_grpc.AuthServiceStub(channel)
+            return await asyncio.gather(*(stub.Sign(request, timeout=60) for _ in range(400)))
+
+    answers = asyncio.run(run())
+    assert len({a.certificate for a in answers}) == 400
 
 
 def test_windows_issuer_is_the_override_and_ntauth_must_hold_it(flow: Flow) -> None:
