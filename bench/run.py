@@ -1,6 +1,7 @@
 """The benchmark: our figures beside the raw limits measured in the same run (issue 5).
 
-Run: ./scripts/bench [--quick]. Prints a table, writes bench/results.json and bench/results.png.
+Run: ./scripts/bench [--quick] [--out DIR]. Prints a table, writes results.json and results.png into DIR
+(default .authsim-bench, untracked; `--out bench` for the figures the README shows).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from bench.events import record_cost
 from bench.issuance import issuance_rate, propagation, raw_sign_rate
 from bench.override_appends import interleaved_cas_latency, raw_cas_latency, simultaneous_appends
 
-HERE = Path(__file__).parent
 BATCH = 32  # requests per SignBatch call
 
 
@@ -264,13 +264,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a minute: fewer rounds, no 16-node runs")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".authsim-bench"),
+        help="folder for results.json and results.png (default .authsim-bench, untracked; "
+        "`--out bench` replaces the figures the README shows)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(args.quick, Path(tmp))
     report(result)
-    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, HERE / "results.png")
-    print(f"wrote {HERE / 'results.json'} and {HERE / 'results.png'}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out / "results.png")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
 
 
 if __name__ == "__main__":
