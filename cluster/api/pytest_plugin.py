@@ -6,12 +6,21 @@ Installed with authsim (entry point `pytest11`). Configure with a marker:
     def test_my_flow(authsim_cluster):
         ...
 
-Every process the fixture starts (etcd, nodes, targets) is stopped by PID when the test ends.
+One cluster for a whole test session (2 to 3 s of start-up paid once): the `authsim_cluster_session`
+fixture, configured by overriding the `authsim_session_options` fixture in your conftest.py:
+
+    @pytest.fixture(scope="session")
+    def authsim_session_options():
+        return {"nodes": 2, "cluster_name": "acme"}
+
+Every process a fixture starts (etcd, nodes, targets, the KDC, PostgreSQL) is stopped by PID when the
+test (the session) ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -33,4 +42,21 @@ def authsim_cluster(
     marker = request.node.get_closest_marker("authsim")
     options = dict(marker.kwargs) if marker else {}
     with local_cluster(tmp_path_factory.mktemp("authsim") / "cluster", **options) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def authsim_session_options() -> dict[str, Any]:
+    """The options of `authsim_cluster_session` (those of the `authsim` marker); override to change."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def authsim_cluster_session(
+    authsim_session_options: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    """One running cluster shared by every test of the session that asks for it; tests that change its
+    state (overrides, trust) see each other's changes."""
+    directory = tmp_path_factory.mktemp("authsim-session") / "cluster"
+    with local_cluster(directory, **authsim_session_options) as cluster:
         yield cluster
