@@ -87,3 +87,6 @@ def test_a_project_with_its_own_cluster_package_runs_the_fixture(wheel: Path, tm
     out = run(python, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests", cwd=project, timeout=600)
     assert "1 passed" in out
     assert f"authsim from {site}/authsim/cluster/__init__.py" in out
+    version = run(python, "-c", "from importlib.metadata import version; print(version('authsim'))").strip()
+    for script in ("authsim", "authctl"):
+        assert run(venv / "bin" / script, "--version") == f"{script} {version}\n"

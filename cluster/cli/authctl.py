@@ -49,6 +49,7 @@ FORMATS = click.Choice(["yaml", "json", "text"])
 
 
 @click.group(help="Administer an authsim cluster through one of its Auth nodes.")
+@click.version_option(package_name="authsim", message="%(prog)s %(version)s")
 @dir_option
 @click.option("--node", default=None, help="node to talk to, by name (default: the first healthy node)")
 @click.option("--auth-server", default=None, help="node address host:port instead of --node")

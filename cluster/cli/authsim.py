@@ -22,6 +22,7 @@ console = make_console()
 
 
 @click.group(help="Run a local multi-node Auth cluster with per-node HSM (SoftHSM2) keys.")
+@click.version_option(package_name="authsim", message="%(prog)s %(version)s")
 def cli() -> None:
     pass
 
