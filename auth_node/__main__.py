@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.request_log import NodeLogFile
 from authsim.auth_node.server import run_node
 from authsim.cluster.errors import AuthSimError
 from authsim.hsm import Pkcs11KeyStore
@@ -17,6 +18,9 @@ from authsim.hsm import Pkcs11KeyStore
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="authsim.auth_node", description="Run one authsim Auth node.")
     parser.add_argument("--config", type=Path, required=True, help="path to the node's node.yaml")
+    parser.add_argument(
+        "--log", type=Path, default=None, help="log to this file, rotated by size (default: stderr)"
+    )
     args = parser.parse_args(argv)
     name = args.config.parent.name
     try:
@@ -25,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         if node.etcd_tls is not None:
             node.etcd_tls.checked()  # a missing TLS file: one line naming it, not a traceback later
         logging.basicConfig(
-            level=logging.INFO, format=f"%(asctime)s {node.name} %(levelname)s %(name)s: %(message)s"
+            level=logging.INFO,
+            format=f"%(asctime)s {node.name} %(levelname)s %(name)s: %(message)s",
+            handlers=[NodeLogFile(args.log)] if args.log else None,
         )
         keystore = Pkcs11KeyStore.open(node.token(), node.host_id, node.name)
     except AuthSimError as e:

@@ -16,6 +16,7 @@ from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
+from authsim.auth_node.request_log import RequestLog
 from authsim.auth_node.service import AuthService
 from authsim.cluster.errors import AuthSimError, ClusterError, StoreUnavailableError
 from authsim.cluster.mtls import TLSIdentity
@@ -46,7 +47,9 @@ def create_server(
 ) -> tuple[grpc.aio.Server, int, Path | None]:
     """A gRPC server for `node` that accepts only clients with a certificate from the admin CA, on its
     TCP address and on its local socket (when the path fits); returns the server, its port, the socket."""
-    server = grpc.aio.server(options=server_options(raise_fd_limit()))
+    server = grpc.aio.server(
+        options=server_options(raise_fd_limit()), interceptors=[RequestLog(SERVICE_NAME)]
+    )
     authsim_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(node, store, keystore, view), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

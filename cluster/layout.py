@@ -404,6 +404,16 @@ class ClusterLayout:
         """The database target's PostgreSQL server."""
         return PostgresLayout(self.target("db").directory / "postgres")
 
+    def logs(self) -> dict[str, Path]:
+        """Every log a cluster dir can hold, by the name `authsim logs` takes: each node, etcd, the
+        targets (desktop, db) and their servers (kdc, postgres)."""
+        found = {name: node.log for name, node in self.provisioned_nodes().items()}
+        found["etcd"] = self.etcd.log
+        found.update({kind: self.target(kind).log for kind in ("desktop", "db")})
+        found["kdc"] = self.kdc.log
+        found["postgres"] = self.postgres.log
+        return found
+
     @property
     def demo_dir(self) -> Path:
         """`authsim demo`'s working files (CSRs, certificates, its external CA)."""

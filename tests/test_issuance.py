@@ -199,7 +199,10 @@ def test_many_calls_at_once_on_one_connection_are_all_answered(flow: Flow) -> No
         options = [("grpc.ssl_target_name_override", NODE_TLS_NAME)]
         async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
             stub = pb_grpc.AuthServiceStub(channel)
-            return await asyncio.gather(*(stub.Sign(request, timeout=60) for _ in range(400)))
+            answers: list[pb.SignResponse] = await asyncio.gather(
+                *(stub.Sign(request, timeout=60) for _ in range(400))
+            )
+            return answers
 
     answers = asyncio.run(run())
     assert len({a.certificate for a in answers}) == 400

@@ -1,4 +1,4 @@
-"""`authsim`: the command group: up, status, down, forget, demo, watch, trust, external-ca, provision."""
+"""`authsim`: up, status, down, forget, logs, demo, watch, trust, external-ca and provision."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.demo import run_demo
 from authsim.cluster.cli.external_ca import external_ca
 from authsim.cluster.cli.lifecycle import down, forget, status, up
+from authsim.cluster.cli.logs import logs
 from authsim.cluster.cli.provision import provision
 from authsim.cluster.cli.safe_text import cell_lines
 from authsim.cluster.cli.trust import trust
@@ -61,6 +62,7 @@ cli.add_command(forget)
 cli.add_command(external_ca)
 cli.add_command(trust)
 cli.add_command(provision)
+cli.add_command(logs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

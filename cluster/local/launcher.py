@@ -365,7 +365,15 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
 def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
     env = config.token().process_env()
     env["PYTHONUNBUFFERED"] = "1"
-    argv = [sys.executable, "-m", NODE_MARKER, "--config", str(config.layout.config)]
+    argv = [
+        sys.executable,
+        "-m",
+        NODE_MARKER,
+        "--config",
+        str(config.layout.config),
+        "--log",
+        str(config.log_file),
+    ]
     return processes.spawn(argv, config.log_file, env)
 
 

@@ -16,7 +16,7 @@ from authsim.cluster.errors import ClusterError, PortInUseError
 def spawn(argv: list[str], log_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session (it outlives the launcher), output appended to `log_file`."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    with open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
