@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import stat
 import subprocess
 import sys
@@ -61,11 +62,14 @@ def test_follow_prints_calls_as_they_happen(cluster: LocalCluster) -> None:
         text=True,
     )
     try:
-        time.sleep(1.0)  # the follower is at the end of the file
-        assert cluster.authctl("get", "ca_overrides").exit_code == 0
         assert follower.stdout is not None
-        line = follower.stdout.readline()
-        assert " ListOverrides by admin from " in line
+        deadline = time.monotonic() + 30
+        ready: list[object] = []
+        while not ready:  # calls until the follower (which may start slowly) prints one
+            assert time.monotonic() < deadline, "authsim logs --follow printed nothing in 30 s"
+            assert cluster.authctl("get", "ca_overrides").exit_code == 0
+            ready, _, _ = select.select([follower.stdout], [], [], 0.5)
+        assert " ListOverrides by admin from " in follower.stdout.readline()
     finally:
         follower.kill()
         follower.wait(timeout=10)
