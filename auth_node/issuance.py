@@ -84,7 +84,7 @@ def resolve_issuer(
     pair = active[0]
     _check_valid(_certificate(pair.cert_pem), f"the self-signed {ca.ca_type} CA certificate")
     found = None if override is None else override.entry(pair.public_key_hash)
-    if found is not None and not found[1].disabled and found[1].certificate:
+    if found is not None and found[1].enabled:
         entry = found[1]
         override_cert = _certificate(entry.certificate)
         _check_valid(

@@ -19,6 +19,7 @@ from rich.table import Table
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
 from authsim.cluster.cli.common import dir_option, make_console, run_cli
+from authsim.cluster.cli.effective_cas import export, read_snapshot
 from authsim.cluster.cli.events import show_events
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.safe_text import cell
@@ -35,6 +36,7 @@ from authsim.cluster.errors import (
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.effective import EffectiveKey, effective_keys, effective_status
 from authsim.cluster.resources.override import (
     CertAuthorityOverride,
     parse_override_documents,
@@ -115,23 +117,34 @@ def get(
         for ca_type, broken in problems.items():
             _warn_broken(f"ca_overrides/{ca_type}", broken, override_fix(ca_type))
         return
-    name = _split(resource, CA_KINDS, need_name=True)
+    _show_cert_authority(nodes, _split(resource, CA_KINDS, need_name=True), fmt)
+
+
+def _show_cert_authority(nodes: NodeChoice, ca_type: str, fmt: str) -> None:
+    """`get cas/TYPE`: the CA, and in its status each key's holder and override (read as one snapshot)."""
     with nodes.client() as client:
-        reply_ca = client.get_cert_authority(name)
-    ca = CertAuthority.from_proto(reply_ca)
-    data = ca.to_dict()
-    if reply_ca.problems:
+        snapshot = read_snapshot(client, ca_type)
+    ca = CertAuthority.from_proto(snapshot.ca)
+    found = snapshot.override
+    override = None if found is None else CertAuthorityOverride.from_proto(found)
+    keys = effective_keys(ca, override)
+    names = nodes.host_names()
+    status = effective_status(keys, 0 if override is None else override.revision, names)
+    data = ca.to_dict() | {"status": status}
+    if snapshot.ca.problems:
         data = {k: v for k, v in data.items() if k != "spec"} | {
-            "status": {"problems": list(reply_ca.problems)}
+            "status": {"problems": list(snapshot.ca.problems)}
         }
     if fmt == "yaml":
         click.echo(dump_yaml(data), nl=False)
     elif fmt == "json":
         click.echo(json.dumps(data, indent=2))
     else:
-        print_cert_authority(ca, nodes.host_names())
-    if reply_ca.problems:
-        _warn_broken(f"cas/{ca.ca_type}", list(reply_ca.problems), cert_authority_fix(ca.ca_type))
+        print_cert_authority(ca, keys, names)
+    if snapshot.ca.problems:
+        _warn_broken(f"cas/{ca.ca_type}", list(snapshot.ca.problems), cert_authority_fix(ca.ca_type))
+    elif found is not None and found.problems:
+        _warn_broken(f"ca_overrides/{ca.ca_type}", list(found.problems), override_fix(ca.ca_type))
 
 
 def _warn_broken(name: str, problems: list[str], fix: str) -> None:
@@ -505,27 +518,45 @@ def status(nodes: NodeChoice, fmt: str) -> None:
             console.print(f"problem: {one_line(problem)}", markup=False, style="red")
 
 
-def print_cert_authority(ca: CertAuthority, host_names: dict[str, str]) -> None:
+def print_cert_authority(ca: CertAuthority, keys: list[EffectiveKey], host_names: dict[str, str]) -> None:
+    """The CA's keys, each with its holder and override state; then each override entry's certificate."""
     console.print(
         cell(
             f"cert_authority {ca.ca_type}  cluster {ca.cluster_name}  revision {ca.revision}  "
             f"rotation {ca.rotation_state}"
         )
     )
-    table = Table("ROLE", "PUBLIC KEY HASH", "HOST ID", "NODE", "NOT AFTER")
-    for role, pair in ca.all_keys():
-        cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
+    table = Table("ROLE", "PUBLIC KEY HASH", "HOST ID", "NODE", "NOT AFTER", "OVERRIDE")
+    for key in keys:
+        cert = x509.load_pem_x509_certificate(key.pair.cert_pem.encode())
         table.add_row(
-            cell(role),
-            cell(pair.public_key_hash[:16]),
-            cell(pair.key.host_id),
-            cell(host_names.get(pair.key.host_id, "?")),
+            cell(key.role),
+            cell(key.pair.public_key_hash[:16]),
+            cell(key.pair.key.host_id),
+            cell(host_names.get(key.pair.key.host_id, "?")),
             cell(cert.not_valid_after_utc.strftime("%Y-%m-%d")),
+            cell(key.state),
         )
     console.print(table)
+    entries = [k for k in keys if k.entry is not None]
+    if not entries:
+        return
+    overrides = Table("OVERRIDE OF KEY", "STATE", "SUBJECT", "ISSUER", "NOT AFTER", "CHAIN")
+    for key in entries:
+        found = key.override_dict()
+        overrides.add_row(
+            cell(key.pair.public_key_hash[:16]),
+            cell(key.state),
+            cell(found.get("subject", "-")),
+            cell(found.get("issuer", "-")),
+            cell(found.get("not_after", "-")[:10] or "-"),
+            cell(found.get("chain_length", "-")),
+        )
+    console.print(overrides)
 
 
 cli.add_command(auth)
+auth.add_command(export)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

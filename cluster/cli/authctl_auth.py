@@ -73,11 +73,16 @@ def create_override_csr(
 
 def csr_paths(prefix: str, csrs: list[pb.OverrideCSR]) -> list[Path]:
     """`PREFIX<type>-<hash prefix>-csr.pem`, the shortest hash prefix (≥ 8) unique among these CSRs."""
-    hashes = [c.public_key_hash for c in csrs]
+    length = short_hash_length([c.public_key_hash for c in csrs])
+    return [Path(f"{prefix}{c.ca_type}-{c.public_key_hash[:length]}-csr.pem") for c in csrs]
+
+
+def short_hash_length(hashes: list[str]) -> int:
+    """The shortest prefix length (≥ 8) that tells these key hashes apart, for file names."""
     length = 8
     while length < 64 and len({h[:length] for h in hashes}) < len(set(hashes)):
         length += 1
-    return [Path(f"{prefix}{c.ca_type}-{c.public_key_hash[:length]}-csr.pem") for c in csrs]
+    return length
 
 
 def _pems(paths: tuple[str, ...]) -> list[str]:

@@ -62,6 +62,11 @@ class CertificateOverride:
             return self.public_key
         return _pem_key_hash(self.certificate) if self.certificate else ""
 
+    @property
+    def enabled(self) -> bool:
+        """Issuance under this entry's key names its certificate (the override is in force)."""
+        return not self.disabled and bool(self.certificate)
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         if self.certificate:
