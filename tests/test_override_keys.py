@@ -130,6 +130,10 @@ def test_a_prefix_must_name_exactly_one_key_and_a_refusal_changes_nothing(
     assert f"error: public_key: no key of {where} starts with 0123456789 (its keys: " in unknown
     for key in [*TWINS, *ca_keys(cluster, "db_client")]:
         assert key[:16] in unknown
+    ca_key = ca_keys(cluster, "db_client")[0]
+    assert refused(cluster, *delete, ca_key[:8]) == (
+        f"error: ca_overrides/db_client has no entry for public key {ca_key}\n"
+    )
     assert stored(cluster, "db_client") == before
     deleted = ok(cluster, *delete, (SHARED + "1").upper())
     assert deleted.startswith(f"override {TWINS[1][:16]} deleted: ")
