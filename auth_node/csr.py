@@ -13,8 +13,8 @@ from cryptography.x509.oid import NameOID
 
 from authsim.cluster.errors import NotFoundError, ValidationError, cut, quoted
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
+from authsim.cluster.resources.key_prefix import resolve_key_hash
 from authsim.cluster.resources.subject import with_cluster_name
-from authsim.cluster.resources.validation import key_hash_problems
 from authsim.hsm import KeyStore
 
 MAX_SUBJECT_CHARS = 1024  # far above any real distinguished name; bounds what a request makes us parse
@@ -67,16 +67,17 @@ async def create_override_csrs(
     subject: str = "",
     public_key_hash: str = "",
 ) -> tuple[list[OverrideCSR], list[str]]:
-    """One CSR per key of `ca` in this node's token (active first), and warnings for the keys skipped."""
-    if public_key_hash and (problems := key_hash_problems(public_key_hash, "public_key_hash")):
-        raise ValidationError(problems)
+    """One CSR per key of `ca` in this node's token (active first), and warnings for the keys skipped;
+    `public_key_hash`, a hash or a unique prefix of one, picks one key."""
+    if public_key_hash:
+        known = (pair.public_key_hash for _, pair in ca.all_keys())
+        public_key_hash = resolve_key_hash(public_key_hash, known, f"the {ca.ca_type} CA", "public_key_hash")
     own = [(role, pair) for role, pair in ca.all_keys() if pair.key.host_id == keystore.host_id]
     others = [(role, pair) for role, pair in ca.all_keys() if pair.key.host_id != keystore.host_id]
     if public_key_hash:
         own = [(r, p) for r, p in own if p.public_key_hash == public_key_hash]
-        held_elsewhere = [p for _, p in others if p.public_key_hash == public_key_hash]
-        if not own and held_elsewhere:
-            holder = _holder(held_elsewhere[0], node_names)
+        if not own:  # a key of the CA, so another node's
+            holder = _holder(next(p for _, p in others if p.public_key_hash == public_key_hash), node_names)
             raise ValidationError(
                 [
                     f"public_key: key {public_key_hash[:16]} is held by {holder}: "
@@ -85,8 +86,7 @@ async def create_override_csrs(
             )
         others = []
     if not own:
-        which = f" with public key {public_key_hash}" if public_key_hash else ""
-        raise NotFoundError(f"node {keystore.node_name} holds no key{which} of the {ca.ca_type} CA")
+        raise NotFoundError(f"node {keystore.node_name} holds no key of the {ca.ca_type} CA")
     if subject and len(own) > 1:
         raise ValidationError(
             [f"subject: a custom subject would apply to {len(own)} keys: pick one with --public-key"]

@@ -27,9 +27,10 @@ from authsim.cluster.errors import (
     quoted,
 )
 from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.key_prefix import resolve_key_hash
 from authsim.cluster.resources.override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
 from authsim.cluster.resources.stored import StoredOverride, read_cert_authority, read_override
-from authsim.cluster.resources.validation import OverrideContext, check_override, key_hash_problems
+from authsim.cluster.resources.validation import OverrideContext, check_override
 from authsim.cluster.store import DELETE, EtcdStore, Versioned
 from authsim.cluster.store.addresses import node_names
 from authsim.cluster.store.keys import cert_authority_key, override_key, override_prefix
@@ -199,9 +200,13 @@ class Overrides:
         force: bool,
         request_id: str = "",
     ) -> WriteResult:
+        found_key = ""
+
         def modify(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride | None:
+            nonlocal found_key
             before = _base(previous)
-            index, entry = self._find(before, ca_type, public_key)
+            index, entry = self._find(before, ctx, ca_type, public_key)
+            found_key = entry.key_hash
             updated = change(entry)
             if updated == entry:
                 return None
@@ -209,30 +214,40 @@ class Overrides:
             return self._checked(before.replacing(index, updated), before, ctx)
 
         return replace(
-            await self._update(ca_type, modify, force, request_id=request_id), public_key=public_key
+            await self._update(ca_type, modify, force, request_id=request_id), public_key=found_key
         )
 
     async def delete_entry(
         self, ca_type: str, public_key: str, force: bool, request_id: str = ""
     ) -> WriteResult:
+        found_key = ""
+
         def remove(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
+            nonlocal found_key
             before = _base(previous)
-            index, _ = self._find(before, ca_type, public_key)
+            index, entry = self._find(before, ctx, ca_type, public_key)
+            found_key = entry.key_hash
             assert before is not None
             return self._checked(before.without(index), before, ctx)
 
         return replace(
-            await self._update(ca_type, remove, force, request_id=request_id), public_key=public_key
+            await self._update(ca_type, remove, force, request_id=request_id), public_key=found_key
         )
 
+    @staticmethod
     def _find(
-        self, resource: CertAuthorityOverride | None, ca_type: str, public_key: str
+        resource: CertAuthorityOverride | None, ctx: OverrideContext, ca_type: str, public_key: str
     ) -> tuple[int, CertificateOverride]:
-        if problems := key_hash_problems(public_key, "public_key"):
-            raise ValidationError(problems)
-        found = None if resource is None else resource.entry(public_key)
+        """The entry `public_key` names: a hash or a unique prefix of one (≥ 8 hex characters, any case)
+        among the keys of the CA and of the entries, as stored at this attempt."""
+        entries = () if resource is None else resource.certificate_overrides
+        ca_keys = () if ctx.cert_authority is None else ctx.cert_authority.all_keys()
+        known = [e.key_hash for e in entries] + [pair.public_key_hash for _, pair in ca_keys]
+        where = f"the {ca_type} CA or ca_overrides/{ca_type}"
+        key = resolve_key_hash(public_key, filter(None, known), where)
+        found = None if resource is None else resource.entry(key)
         if found is None:
-            raise NotFoundError(f"ca_overrides/{ca_type} has no entry for public key {public_key}")
+            raise NotFoundError(f"ca_overrides/{ca_type} has no entry for public key {key}")
         return found
 
     @staticmethod

@@ -115,7 +115,7 @@ def test_an_unknown_write_mode_is_invalid_argument_naming_the_field(cluster: Loc
 
 def test_a_3_mb_public_key_hash_is_cut_to_80_characters(cluster: LocalCluster) -> None:
     huge = "a" * (3 << 20)
-    rule = "must be 64 lower-case hex characters (SHA-256 of the public key)"
+    rule = "must be a public key hash or a prefix of one: 8 to 64 hex characters (any case)"
     code, details = refused(
         cluster, "CreateOverrideCSR", pb.CreateOverrideCSRRequest(type="windows", public_key_hash=huge)
     )

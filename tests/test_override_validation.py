@@ -532,6 +532,28 @@ BAD_AGAINST_CA = [
         f"{E0}: public key {{hb}} is held by node auth2",
         previous=lambda w: stored(CertificateOverride(w.ov_b.pem)),
     ),
+    Case(
+        "enable-entry-of-a-removed-key",
+        lambda w: doc(entry(w.ov_x)),
+        f"{E0}.disabled: public key {{hx}} is not (or no longer) a key of the windows CA: "
+        "only a disabled entry may name it",
+        previous=lambda w: stored(CertificateOverride(w.ov_x.pem, disabled=True)),
+    ),
+    Case(
+        "enable-entry-of-a-removed-key-among-others",
+        lambda w: doc(entry(w.ov_a), entry(w.ov_x)),
+        f"{E1}.disabled: public key {{hx}} is not (or no longer) a key of the windows CA",
+        previous=lambda w: stored(
+            CertificateOverride(w.ov_a.pem), CertificateOverride(public_key=w.ov_x.key_hash, disabled=True)
+        ),
+    ),
+    Case(
+        "recertify-enabled-entry-of-a-removed-key",
+        lambda w: doc(entry(ov(4, days=200))),
+        f"{E0}.certificate: public key {{hx}} is not (or no longer) a key of the windows CA: "
+        "only a disabled entry may name it",
+        previous=lambda w: stored(CertificateOverride(w.ov_x.pem)),
+    ),
 ]
 
 BAD = BAD_DOCUMENTS + BAD_CERTIFICATES + BAD_AGAINST_CA
@@ -599,6 +621,22 @@ GOOD = [
         "kept-entry-of-a-removed-key",
         lambda w: doc(entry(w.ov_x), entry(w.ov_a)),
         previous=lambda w: stored(CertificateOverride(w.ov_x.pem)),
+    ),
+    Case(
+        "disabled-entry-of-a-removed-key-kept",
+        lambda w: doc(entry(w.ov_x, disabled=True), entry(w.ov_a)),
+        previous=lambda w: stored(CertificateOverride(w.ov_x.pem, disabled=True)),
+    ),
+    Case(
+        "disable-entry-of-a-removed-key",
+        lambda w: doc(entry(w.ov_x, disabled=True)),
+        previous=lambda w: stored(CertificateOverride(w.ov_x.pem)),
+    ),
+    Case(
+        "enable-entry-of-a-removed-key-forced",
+        lambda w: doc(entry(w.ov_x)),
+        previous=lambda w: stored(CertificateOverride(w.ov_x.pem, disabled=True)),
+        force=True,
     ),
     Case(
         "disable-expired-override",

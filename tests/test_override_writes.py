@@ -346,7 +346,7 @@ def test_bad_entry_writes_change_nothing(world: World) -> None:
         (
             ("auth", "delete-override", "--type=windows", "--public-key", "f" * 64),
             world.active,
-            "has no entry",
+            "public_key: no key of the windows CA or ca_overrides/windows starts with ffffffff",
         ),
     ]
     for args, node, expected in cases:

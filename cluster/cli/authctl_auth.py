@@ -28,6 +28,9 @@ force_option = click.option(
 )
 
 
+KEY_HELP = "its public key hash, or a unique prefix of at least 8 hex characters (as shown: 16)"
+
+
 @click.group(help="CA override commands, run against the node that holds the key.")
 def auth() -> None:
     pass
@@ -38,7 +41,7 @@ def auth() -> None:
 @click.option(
     "--subject", default="", help="RFC 4514 subject, e.g. 'OU=My Organization Unit,CN=My Windows CA'"
 )
-@click.option("--public-key", "public_key", default="", help="only the key with this public key hash")
+@click.option("--public-key", "public_key", default="", help=f"only this key: {KEY_HELP}")
 @click.option("--out", default="", help="write one file per CSR: PREFIX<type>-<hash prefix>-csr.pem")
 @click.option("--all-nodes", is_flag=True, help="ask every node for the CSRs of its own keys")
 @click.pass_obj
@@ -135,7 +138,7 @@ def create_override(
 
 @auth.command("update-override", help="Change the entry for one public key.")
 @type_option
-@click.option("--public-key", "public_key", required=True, help="the entry's public key hash")
+@click.option("--public-key", "public_key", required=True, help=f"the entry's key: {KEY_HELP}")
 @click.option("--set-disabled", type=click.BOOL, default=None, help="true or false")
 @click.option("--set-cert", type=click.Path(dir_okay=False), default=None, help="new override certificate")
 @click.option("--set-chain", multiple=True, type=click.Path(dir_okay=False), help="new chain files")
@@ -170,7 +173,7 @@ def update_override(
 
 @auth.command("delete-override", help="Remove the entry for one public key.")
 @type_option
-@click.option("--public-key", "public_key", required=True, help="the entry's public key hash")
+@click.option("--public-key", "public_key", required=True, help=f"the entry's key: {KEY_HELP}")
 @force_option
 @click.pass_obj
 def delete_override(nodes: NodeChoice, ca_type: str, public_key: str, force: bool) -> None:

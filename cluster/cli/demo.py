@@ -170,7 +170,8 @@ def _append_overrides(demo: Demo, signed: Signed) -> None:
                 demo.authctl(
                     "auth", "create-override", "--type=windows", cert, chain, "--disabled", node=staging_node
                 )
-                enable = ("auth", "update-override", "--type=windows", "--public-key", key["public_key_hash"])
+                shown = key["public_key_hash"][:16]  # the key as every command shows it
+                enable = ("auth", "update-override", "--type=windows", "--public-key", shown)
                 demo.authctl(*enable, "--set-disabled", "false", node=staging_node, expect_ok=False)
                 demo.authctl(*enable, "--set-disabled", "false", node=node)
             else:

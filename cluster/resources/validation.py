@@ -314,14 +314,28 @@ def _against_ca_problems(
     problems = []
     for e in entries:
         pair = keys.get(e.key_hash)
-        if pair is None and e.key_hash and e.before is None:
-            problems.append(
-                f"{e.path}: public key {e.key_hash} is not a key of the {ca.ca_type} CA (run "
-                f"`authctl auth create-override-csr --type {ca.ca_type}` to get a CSR for a CA key)"
-            )
+        if pair is None and e.key_hash:
+            problems += _unknown_key_problems(e, ca.ca_type)
         if pair is not None and e.cert is not None:
             problems += _lifetime_problems(e, pair, ctx)
     return problems + _fallback_problems(entries, previous, ca)
+
+
+def _unknown_key_problems(e: _Entry, ca_type: str) -> list[str]:
+    """A new entry must name a key of the CA; an entry kept for a key the CA no longer has (rotated out)
+    may stay, disabled (history: the key is not overridden), but it can never take effect again."""
+    if e.before is None:
+        return [
+            f"{e.path}: public key {e.key_hash} is not a key of the {ca_type} CA (run "
+            f"`authctl auth create-override-csr --type {ca_type}` to get a CSR for a CA key)"
+        ]
+    if e.takes_effect:
+        field = "disabled" if e.before.disabled else "certificate"
+        return [
+            f"{e.path}.{field}: public key {e.key_hash} is not (or no longer) a key of the {ca_type} CA: "
+            "only a disabled entry may name it"
+        ]
+    return []
 
 
 def _lifetime_problems(e: _Entry, pair: CAKeyPair, ctx: OverrideContext) -> list[str]:
