@@ -56,6 +56,15 @@ def _request_id_or_new(sent: str) -> str:
     return sent
 
 
+@dataclass
+class WriteProgress:
+    """What a write has done so far, whatever its outcome (its audit event says it): its request id
+    (the caller's, checked, or made by the write) and the compare-and-swaps it sent."""
+
+    request_id: str = ""
+    attempts: int = 0
+
+
 @dataclass(frozen=True)
 class WriteResult:
     revision: int
@@ -116,7 +125,11 @@ class Overrides:
         )
 
     async def create(
-        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False, request_id: str = ""
+        self,
+        resource: CertAuthorityOverride,
+        force: bool,
+        check_only: bool = False,
+        progress: WriteProgress | None = None,
     ) -> WriteResult:
         """Create; an existing resource is an error (use upsert or update)."""
 
@@ -129,20 +142,28 @@ class Overrides:
                 )
             return self._checked(resource, None, ctx)
 
-        return await self._update(resource.ca_type, create, force, check_only, request_id)
+        return await self._update(resource.ca_type, create, force, check_only, progress)
 
     async def upsert(
-        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False, request_id: str = ""
+        self,
+        resource: CertAuthorityOverride,
+        force: bool,
+        check_only: bool = False,
+        progress: WriteProgress | None = None,
     ) -> WriteResult:
         """Create or replace, validated against whatever is stored at the moment of the swap."""
 
         def upsert(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride:
             return self._checked(resource, _trusted(previous), ctx)
 
-        return await self._update(resource.ca_type, upsert, force, check_only, request_id)
+        return await self._update(resource.ca_type, upsert, force, check_only, progress)
 
     async def update(
-        self, resource: CertAuthorityOverride, force: bool, check_only: bool = False, request_id: str = ""
+        self,
+        resource: CertAuthorityOverride,
+        force: bool,
+        check_only: bool = False,
+        progress: WriteProgress | None = None,
     ) -> WriteResult:
         """Replace only if the stored revision is still `resource.revision` (the edit flow)."""
 
@@ -153,9 +174,9 @@ class Overrides:
                 raise _stale(resource, previous.resource.revision)
             return self._checked(resource, _trusted(previous), ctx)
 
-        return await self._update(resource.ca_type, update, force, check_only, request_id)
+        return await self._update(resource.ca_type, update, force, check_only, progress)
 
-    async def delete(self, ca_type: str, force: bool, request_id: str = "") -> WriteResult:
+    async def delete(self, ca_type: str, force: bool, progress: WriteProgress | None = None) -> WriteResult:
         """Remove the resource; refused while it holds an enabled override of an active key."""
 
         def remove(previous: StoredOverride | None, ctx: OverrideContext) -> Removal:
@@ -166,10 +187,10 @@ class Overrides:
                 check_override(replace(trusted, certificate_overrides=()), trusted, ctx)
             return REMOVE
 
-        return await self._update(ca_type, remove, force, request_id=request_id)
+        return await self._update(ca_type, remove, force, progress=progress)
 
     async def create_entry(
-        self, ca_type: str, entry: CertificateOverride, force: bool, request_id: str = ""
+        self, ca_type: str, entry: CertificateOverride, force: bool, progress: WriteProgress | None = None
     ) -> WriteResult:
         """Append this node's entry; an identical entry already present is a no-op success."""
         entry = replace(entry, public_key=entry.key_hash)
@@ -189,7 +210,7 @@ class Overrides:
                 )
             return self._checked(base.with_entry(entry), before, ctx)
 
-        written = await self._update(ca_type, append, force, request_id=request_id)
+        written = await self._update(ca_type, append, force, progress=progress)
         return replace(written, public_key=entry.key_hash)
 
     async def update_entry(
@@ -198,7 +219,7 @@ class Overrides:
         public_key: str,
         change: Callable[[CertificateOverride], CertificateOverride],
         force: bool,
-        request_id: str = "",
+        progress: WriteProgress | None = None,
     ) -> WriteResult:
         found_key = ""
 
@@ -213,12 +234,10 @@ class Overrides:
             assert before is not None
             return self._checked(before.replacing(index, updated), before, ctx)
 
-        return replace(
-            await self._update(ca_type, modify, force, request_id=request_id), public_key=found_key
-        )
+        return replace(await self._update(ca_type, modify, force, progress=progress), public_key=found_key)
 
     async def delete_entry(
-        self, ca_type: str, public_key: str, force: bool, request_id: str = ""
+        self, ca_type: str, public_key: str, force: bool, progress: WriteProgress | None = None
     ) -> WriteResult:
         found_key = ""
 
@@ -230,9 +249,7 @@ class Overrides:
             assert before is not None
             return self._checked(before.without(index), before, ctx)
 
-        return replace(
-            await self._update(ca_type, remove, force, request_id=request_id), public_key=found_key
-        )
+        return replace(await self._update(ca_type, remove, force, progress=progress), public_key=found_key)
 
     @staticmethod
     def _find(
@@ -288,30 +305,36 @@ class Overrides:
         return self._read(ca_type, found)
 
     async def _update(
-        self, ca_type: str, change: Change, force: bool, check_only: bool = False, request_id: str = ""
+        self,
+        ca_type: str,
+        change: Change,
+        force: bool,
+        check_only: bool = False,
+        progress: WriteProgress | None = None,
     ) -> WriteResult:
         """The compare-and-swap loop: `change` maps the stored resource to the new one (None: no-op,
         REMOVE: delete it), checked against the CA as stored at that moment: the Txn compares the CA's
         revision too, so a CA change (a rotation) between the checks and the write sends the write
         round again, never past the checks. A write whose answer etcd lost succeeds when the stored
-        resource carries its `request_id` (made here when empty); else its outcome is unknown."""
-        request_id = _request_id_or_new(request_id)
+        resource carries its request id (`progress.request_id`, made here when empty); else its outcome is
+        unknown. `progress` follows the write, also when it is refused (its audit event tells it)."""
+        done = progress or WriteProgress()
+        request_id = done.request_id = _request_id_or_new(done.request_id)
         base = await self._context(force)
         cluster = self.node.cluster_name
         if check_only:
             return await self._check(ca_type, change, base)
-        attempts = 0
         removing = False
 
         def encode(current: Versioned | None, ca: Versioned | None) -> bytes | None:
-            nonlocal attempts, removing
+            nonlocal removing
             ctx = replace(base, cert_authority=self._cert_authority(ca_type, ca))
             new = change(self._decoded(ca_type, current), ctx)
             removing = new is REMOVE
-            if new is None or new is REMOVE:
-                return DELETE if new is REMOVE else None
-            attempts += 1  # the Txn this value goes out in
-            return self._encoded(new, attempts, request_id)
+            if new is None:
+                return None
+            done.attempts += 1  # the Txn this goes out in
+            return DELETE if new is REMOVE else self._encoded(new, done.attempts, request_id)
 
         def mine(found: Versioned) -> bool:
             stored = self._decoded(ca_type, found)

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from authsim.auth_node.ca_keys import ensure_ca_keys
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.events import EventRecorder
 from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.auth_node.request_log import RequestLog
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = authsim_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 HEALTH_INTERVAL = 0.5  # seconds between etcd probes
+EVENTS_DRAIN = 3.0  # seconds a stopping node waits for the events it is still recording
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -44,13 +46,15 @@ def create_server(
     keystore: KeyStore,
     view: ClusterView,
     health_servicer: health.aio.HealthServicer,
+    recorder: EventRecorder,
 ) -> tuple[grpc.aio.Server, int, Path | None]:
     """A gRPC server for `node` that accepts only clients with a certificate from the admin CA, on its
     TCP address and on its local socket (when the path fits); returns the server, its port, the socket."""
     server = grpc.aio.server(
         options=server_options(raise_fd_limit()), interceptors=[RequestLog(SERVICE_NAME)]
     )
-    authsim_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(node, store, keystore, view), server)
+    service = AuthService(node, store, keystore, view, recorder)
+    authsim_pb2_grpc.add_AuthServiceServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     key, cert, admin_ca = node_tls(node).read()
@@ -107,7 +111,8 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
     await _set_health(health_servicer, NOT_SERVING)
     async with EtcdStore(list(node.etcd_endpoints), tls=node.etcd_tls) as store:
         view = ClusterView(store, node.cluster_name)
-        server, port, socket = create_server(node, store, keystore, view, health_servicer)
+        recorder = EventRecorder(store, node.cluster_name, node.event_retention)
+        server, port, socket = create_server(node, store, keystore, view, health_servicer, recorder)
         await server.start()
         log.info("node %s (host %s) listening on port %d and %s", node.name, node.host_id, port, socket)
         stop = asyncio.Event()
@@ -122,6 +127,7 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
             task.add_done_callback(lambda _: stop.set())
         await stop.wait()
         await server.stop(grace=1.0)
+        await recorder.drain(EVENTS_DRAIN)
         if socket is not None:
             socket.unlink(missing_ok=True)
         for task in tasks:

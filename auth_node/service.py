@@ -25,7 +25,15 @@ from authsim.auth_node.ca_keys import (
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.csr import create_override_csrs
-from authsim.auth_node.events import EventQuery, follow_events, list_events
+from authsim.auth_node.events import (
+    EventFilter,
+    EventQuery,
+    EventRecorder,
+    OverrideWriteOutcome,
+    follow_events,
+    list_events,
+    override_write_event,
+)
 from authsim.auth_node.exercise import exercise
 from authsim.auth_node.issuance import (
     DEFAULT_TTL,
@@ -36,11 +44,18 @@ from authsim.auth_node.issuance import (
     issue_credentials,
     resolve_issuer,
 )
-from authsim.auth_node.overrides import Overrides, WriteResult
+from authsim.auth_node.overrides import Overrides, WriteProgress, WriteResult
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.auth_node.token_signer import TokenSigner
-from authsim.cluster.errors import MAX_MESSAGE_CHARS, AuthSimError, NotFoundError, ValidationError, cut
+from authsim.cluster.errors import (
+    MAX_MESSAGE_CHARS,
+    MAX_QUOTED,
+    AuthSimError,
+    NotFoundError,
+    ValidationError,
+    cut,
+)
 from authsim.cluster.resources.ca_types import CA_TYPES, desktop_domain, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
@@ -55,6 +70,9 @@ log = logging.getLogger(__name__)
 VIEW_TIMEOUT = 5.0  # seconds a request waits for the first listing of the cluster
 MAX_SIGN_BATCH = 256  # credentials in one SignBatch call
 Method = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+Write = Callable[[WriteProgress], Awaitable[WriteResult]]
+RESOURCE_WRITES = {pb.CREATE: "create", pb.UPSERT: "upsert", pb.UPDATE: "update"}  # mode -> operation
+CANCELLED = "cancelled: the caller went away before the write finished; it may or may not have landed"
 
 
 def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
@@ -65,30 +83,46 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
         try:
             return await method(self, request, context)
         except AuthSimError as e:
-            message = cut(str(e), MAX_MESSAGE_CHARS)
+            message = _error_message(e, method.__name__)
             await context.abort(status_code_for(e), message, trailing_metadata=error_metadata(e))
             raise AssertionError("unreachable") from e
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as e:  # a bug: one line to the caller, the traceback in the node's log
             log.exception("%s failed", method.__name__)
-            message = cut(f"internal error in {method.__name__}: {type(e).__name__}: {e}", MAX_MESSAGE_CHARS)
             await context.abort(
-                grpc.StatusCode.INTERNAL, message, trailing_metadata=((ERROR_MARKER, "AuthSimError"),)
+                grpc.StatusCode.INTERNAL,
+                _error_message(e, method.__name__),
+                trailing_metadata=((ERROR_MARKER, "AuthSimError"),),
             )
             raise AssertionError("unreachable") from e
 
     return wrapper
 
 
+def _error_message(e: Exception, method: str) -> str:
+    """The one line a caller gets for `e`: a domain error's message, else an internal error naming it."""
+    if isinstance(e, AuthSimError):
+        return cut(str(e), MAX_MESSAGE_CHARS)
+    return cut(f"internal error in {method}: {type(e).__name__}: {e}", MAX_MESSAGE_CHARS)
+
+
 class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     """One node's API: reads through to etcd, signs only with keys in this node's token."""
 
-    def __init__(self, node: NodeConfig, store: EtcdStore, keystore: KeyStore, view: ClusterView) -> None:
+    def __init__(
+        self,
+        node: NodeConfig,
+        store: EtcdStore,
+        keystore: KeyStore,
+        view: ClusterView,
+        recorder: EventRecorder,
+    ) -> None:
         self.node = node
         self.store = store
         self.keystore = keystore
         self.view = view
+        self.recorder = recorder  # override writes' audit events
         self.overrides = Overrides(store, node, view)
         self.signer = TokenSigner(keystore)
         self.domain = desktop_domain(node.cluster_name)  # windows leaves' UPN suffix
@@ -203,31 +237,34 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def WriteOverrideResource(
         self, request: pb.WriteOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.WriteResponse:
-        resource = CertAuthorityOverride.from_proto(request.resource)
-        resource = replace(resource, ca_type=resolve_ca_type(resource.ca_type, "sub_kind").name)
         writes = {
             pb.CREATE: self.overrides.create,
             pb.UPSERT: self.overrides.upsert,
             pb.UPDATE: self.overrides.update,
         }
-        if request.mode not in writes:
+        if request.mode not in writes:  # names no write: nothing to audit
             known = ", ".join(pb.WriteMode.Name(m) for m in writes)
             raise ValidationError([f"mode: unknown write mode {request.mode} (known: {known})"])
-        write = writes[request.mode]
-        result = await write(resource, request.force, request.check_only, _request_id(context))
-        if request.check_only:
+
+        async def write(progress: WriteProgress) -> WriteResult:
+            resource = CertAuthorityOverride.from_proto(request.resource)
+            resource = replace(resource, ca_type=resolve_ca_type(resource.ca_type, "sub_kind").name)
+            return await writes[request.mode](resource, request.force, request.check_only, progress)
+
+        if request.check_only:  # changes nothing: not audited
+            result = await write(WriteProgress(_request_id(context)))
             return pb.WriteResponse(revision=result.revision, problems=result.problems)
-        return await self._written(result)
+        operation = RESOURCE_WRITES[request.mode]
+        return await self._audited(context, operation, request.resource.type, "", write)
 
     @_domain_errors
     async def DeleteOverrideResource(
         self, request: pb.DeleteOverrideResourceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.WriteResponse:
-        return await self._written(
-            await self.overrides.delete(
-                resolve_ca_type(request.type).name, request.force, _request_id(context)
-            )
-        )
+        async def write(progress: WriteProgress) -> WriteResult:
+            return await self.overrides.delete(resolve_ca_type(request.type).name, request.force, progress)
+
+        return await self._audited(context, "delete", request.type, "", write)
 
     @_domain_errors
     async def CreateOverride(
@@ -238,10 +275,12 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             chain=tuple(c.strip() for c in request.chain),
             disabled=request.disabled,
         )
-        ca_type = resolve_ca_type(request.type).name
-        return await self._written(
-            await self.overrides.create_entry(ca_type, entry, request.force, _request_id(context))
-        )
+
+        async def write(progress: WriteProgress) -> WriteResult:
+            ca_type = resolve_ca_type(request.type).name
+            return await self.overrides.create_entry(ca_type, entry, request.force, progress)
+
+        return await self._audited(context, "create_override", request.type, entry.key_hash, write)
 
     @_domain_errors
     async def UpdateOverride(
@@ -256,23 +295,23 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
                 entry = replace(entry, chain=tuple(c.strip() for c in request.set_chain))
             return entry
 
-        ca_type = resolve_ca_type(request.type).name
-        return await self._written(
-            await self.overrides.update_entry(
-                ca_type, request.public_key, change, request.force, _request_id(context)
+        async def write(progress: WriteProgress) -> WriteResult:
+            ca_type = resolve_ca_type(request.type).name
+            return await self.overrides.update_entry(
+                ca_type, request.public_key, change, request.force, progress
             )
-        )
+
+        return await self._audited(context, "update_override", request.type, request.public_key, write)
 
     @_domain_errors
     async def DeleteOverride(
         self, request: pb.DeleteOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.WriteResponse:
-        ca_type = resolve_ca_type(request.type).name
-        return await self._written(
-            await self.overrides.delete_entry(
-                ca_type, request.public_key, request.force, _request_id(context)
-            )
-        )
+        async def write(progress: WriteProgress) -> WriteResult:
+            ca_type = resolve_ca_type(request.type).name
+            return await self.overrides.delete_entry(ca_type, request.public_key, request.force, progress)
+
+        return await self._audited(context, "delete_override", request.type, request.public_key, write)
 
     @_domain_errors
     async def Sign(
@@ -327,7 +366,8 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListEventsResponse:
-        query = EventQuery(request.since_unix_ns, request.limit, request.after, request.revision)
+        only = EventFilter(request.kind, request.code)
+        query = EventQuery(request.since_unix_ns, request.limit, request.after, request.revision, only)
         page = await list_events(self.store, self.node.cluster_name, query, request.page_size)
         return pb.ListEventsResponse(events=page.events, next=page.next, revision=page.revision)
 
@@ -338,8 +378,9 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         try:
             if request.after_revision < 0:
                 raise ValidationError([f"after_revision: must not be negative, got {request.after_revision}"])
+            only = EventFilter(request.kind, request.code)
             async for event, revision in follow_events(
-                self.store, self.node.cluster_name, request.after_revision
+                self.store, self.node.cluster_name, request.after_revision, only
             ):
                 yield pb.ListEventsResponse(events=[event], revision=revision)
         except AuthSimError as e:
@@ -354,6 +395,47 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         )
         return pb.WriteResponse(revision=result.revision, attempts=result.attempts, changed=result.changed)
 
+    async def _audited(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        operation: str,
+        type_name: str,
+        public_key: str,
+        write: Write,
+    ) -> pb.WriteResponse:
+        """The reply to override write `write`, whose audit event (success or refusal) is recorded on the
+        side: the caller gets what the write did, whatever becomes of the event."""
+        progress = WriteProgress(_request_id(context))
+
+        def audit(outcome: OverrideWriteOutcome, key: str = public_key) -> None:
+            try:
+                shown_type = _shown_type(type_name)
+                event = override_write_event(
+                    self.node.cluster_name,
+                    self.node.name,
+                    _admin(context),
+                    operation,
+                    shown_type,
+                    key,
+                    outcome,
+                )
+                self.recorder.record(event)
+            except Exception:  # a bug here must not turn the write's outcome into an error
+                log.exception("the audit event of a %s write was not recorded", operation)
+
+        try:
+            result = await write(progress)
+        except asyncio.CancelledError:
+            audit(OverrideWriteOutcome(progress.request_id, progress.attempts, error=CANCELLED))
+            raise
+        except Exception as e:
+            message = _error_message(e, operation)
+            audit(OverrideWriteOutcome(progress.request_id, progress.attempts, error=message))
+            raise
+        written = OverrideWriteOutcome(result.request_id, result.attempts, result.revision, result.changed)
+        audit(written, result.public_key or public_key)
+        return await self._written(result)
+
     async def _written(self, result: WriteResult) -> pb.WriteResponse:
         """The reply to a write, sent once this node's view has it (read-your-writes on this node)."""
         if result.changed:
@@ -365,6 +447,21 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             public_key=result.public_key,
             request_id=result.request_id,
         )
+
+
+def _admin(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who calls: the subject CN of the client certificate the node accepted (it accepts no caller
+    without one from the admin CA)."""
+    names = context.auth_context().get("x509_common_name") or [b""]
+    return bytes(names[0]).decode("utf-8", "replace")
+
+
+def _shown_type(type_name: str) -> str:
+    """The CA type an event names: the type `type_name` resolves to, else the name as sent (cut)."""
+    try:
+        return resolve_ca_type(type_name).name
+    except ValidationError:
+        return cut(type_name, MAX_QUOTED)
 
 
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:

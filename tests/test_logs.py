@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_follow_prints_calls_as_they_happen(cluster: LocalCluster) -> None:
     try:
         assert follower.stdout is not None
         deadline = time.monotonic() + 30
-        ready: list[object] = []
+        ready: list[IO[str]] = []
         while not ready:  # calls until the follower (which may start slowly) prints one
             assert time.monotonic() < deadline, "authsim logs --follow printed nothing in 30 s"
             assert cluster.authctl("get", "ca_overrides").exit_code == 0
@@ -78,6 +79,7 @@ def test_follow_prints_calls_as_they_happen(cluster: LocalCluster) -> None:
 ROTATE = """
 import logging, os, sys
 from pathlib import Path
+from typing import IO
 from authsim.auth_node.request_log import NodeLogFile
 logging.basicConfig(level=logging.INFO, handlers=[NodeLogFile(Path(sys.argv[1]), max_bytes=400, backups=2)])
 for i in range(40):

@@ -301,18 +301,22 @@ class ExerciseResponse(_message.Message):
     def __init__(self, event: _Optional[str] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
-    __slots__ = ("since_unix_ns", "limit", "after", "revision", "page_size")
+    __slots__ = ("since_unix_ns", "limit", "after", "revision", "page_size", "kind", "code")
     SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     since_unix_ns: int
     limit: int
     after: str
     revision: int
     page_size: int
-    def __init__(self, since_unix_ns: _Optional[int] = ..., limit: _Optional[int] = ..., after: _Optional[str] = ..., revision: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
+    kind: str
+    code: str
+    def __init__(self, since_unix_ns: _Optional[int] = ..., limit: _Optional[int] = ..., after: _Optional[str] = ..., revision: _Optional[int] = ..., page_size: _Optional[int] = ..., kind: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class ListEventsResponse(_message.Message):
     __slots__ = ("events", "next", "revision")
@@ -325,10 +329,14 @@ class ListEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[str]] = ..., next: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class FollowEventsRequest(_message.Message):
-    __slots__ = ("after_revision",)
+    __slots__ = ("after_revision", "kind", "code")
     AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     after_revision: int
-    def __init__(self, after_revision: _Optional[int] = ...) -> None: ...
+    kind: str
+    code: str
+    def __init__(self, after_revision: _Optional[int] = ..., kind: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
     __slots__ = ("type",)

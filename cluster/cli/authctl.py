@@ -20,7 +20,7 @@ from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
 from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.effective_cas import export, read_snapshot
-from authsim.cluster.cli.events import show_events
+from authsim.cluster.cli.events import EventSelection, show_events, since_unix_ns
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.safe_text import cell
 from authsim.cluster.errors import (
@@ -86,6 +86,13 @@ def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
     help="events: only those recorded at or after TIME, ISO 8601 (UTC unless it names a zone) "
     "or an age: 90s, 15m, 2h, 1d",
 )
+@click.option(
+    "--kind",
+    type=click.Choice(["session", "override"]),
+    default=None,
+    help="events: only session starts or only override writes",
+)
+@click.option("--code", default=None, help="events: only those with this code (TDB00I, TCO02W, ...)")
 @click.option("--follow", is_flag=True, help="events: then print each new event as it is recorded")
 @click.option("--count", type=click.IntRange(1), default=None, help="events: with --follow, stop after N new")
 @click.pass_obj
@@ -95,17 +102,23 @@ def get(
     fmt: str,
     limit: int | None,
     since: str | None,
+    kind: str | None,
+    code: str | None,
     follow: bool,
     count: int | None,
 ) -> None:
     if resource == "events":
         if count and not follow:
             raise click.UsageError("--count goes with --follow")
+        since_ns = since_unix_ns(since) if since else 0
+        selection = EventSelection(since_ns, limit or 0, kind or "", code or "")
         with nodes.client() as client:
-            show_events(client, console, fmt, since, limit or 0, follow, count or 0)
+            show_events(client, console, fmt, selection, follow, count or 0)
         return
-    if limit or since or follow or count:
-        raise click.UsageError("--limit, --since, --follow and --count are options of `get events`")
+    if limit or since or kind or code or follow or count:
+        raise click.UsageError(
+            "--limit, --since, --kind, --code, --follow and --count are options of `get events`"
+        )
     if resource.partition("/")[0] in OVERRIDE_KINDS:
         name = _split(resource, OVERRIDE_KINDS, need_name=False)
         with nodes.client() as client:

@@ -1,4 +1,5 @@
-"""`authctl get events`: the session-start events, newest last, read page by page; `--follow` streams."""
+"""`authctl get events`: session-start and override-write events, newest last, read page by page and
+filtered by the node (`--kind`, `--code`); `--follow` streams."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -45,31 +47,46 @@ def since_unix_ns(text: str, now: float | None = None) -> int:
     return max(int(when.timestamp() * 1e6) * 1000, 0)
 
 
-def fetch_events(client: NodeClient, since_ns: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Every event the node lists for (since, limit), page by page, oldest first; and the revision the
-    listing read at (the pages read one snapshot)."""
-    request = pb.ListEventsRequest(since_unix_ns=since_ns, limit=limit)
+@dataclass(frozen=True)
+class EventSelection:
+    """Which events `get events` shows: recorded at or after `since_ns` (0: any time), of `kind` and with
+    `code` ("": any), the newest `limit` of those (0: all)."""
+
+    since_ns: int = 0
+    limit: int = 0
+    kind: str = ""
+    code: str = ""
+
+
+def fetch_events(client: NodeClient, selection: EventSelection) -> tuple[list[dict[str, Any]], int]:
+    """Every event the node lists for `selection`, page by page, oldest first; and the revision the
+    listing read at (the pages read one snapshot). Each page asks for the same kind and code."""
+    kind, code = selection.kind, selection.code
+    request = pb.ListEventsRequest(
+        since_unix_ns=selection.since_ns, limit=selection.limit, kind=kind, code=code
+    )
     events: list[dict[str, Any]] = []
     while True:
         reply = client.call("ListEvents", request)
         events += [_parsed(e) for e in reply.events]
         if not reply.next:
             return events, int(reply.revision)
-        request = pb.ListEventsRequest(after=reply.next, revision=reply.revision)
+        request = pb.ListEventsRequest(after=reply.next, revision=reply.revision, kind=kind, code=code)
 
 
-def stream_events(client: NodeClient, after_revision: int) -> Iterator[dict[str, Any]]:
-    """Each event recorded after `after_revision`, as the node reports it; runs until the caller stops."""
-    for reply in client.stream("FollowEvents", pb.FollowEventsRequest(after_revision=after_revision)):
+def stream_events(client: NodeClient, after_revision: int, kind: str, code: str) -> Iterator[dict[str, Any]]:
+    """Each event of `kind` with `code` ("": any) recorded after `after_revision`, as the node reports
+    it; runs until the caller stops."""
+    request = pb.FollowEventsRequest(after_revision=after_revision, kind=kind, code=code)
+    for reply in client.stream("FollowEvents", request):
         yield from (_parsed(e) for e in reply.events)
 
 
 def show_events(
-    client: NodeClient, console: Console, fmt: str, since: str | None, limit: int, follow: bool, count: int
+    client: NodeClient, console: Console, fmt: str, selection: EventSelection, follow: bool, count: int
 ) -> None:
     """List the events; with `follow`, keep printing new ones (one line each) until Ctrl-C or `count`."""
-    since_ns = since_unix_ns(since) if since else 0
-    events, revision = fetch_events(client, since_ns, limit)
+    events, revision = fetch_events(client, selection)
     if not follow:
         _print_listing(console, events, fmt)
         return
@@ -77,7 +94,7 @@ def show_events(
         _print_one(console, event, fmt)
     seen = 0
     with contextlib.suppress(KeyboardInterrupt):
-        for event in stream_events(client, revision):
+        for event in stream_events(client, revision, selection.kind, selection.code):
             _print_one(console, event, fmt)
             seen += 1
             if count and seen >= count:
@@ -85,12 +102,16 @@ def show_events(
 
 
 def event_row(event: dict[str, Any]) -> list[str]:
-    """The text columns of one event; a field it lacks (a stored value that is not an event) shows '-'."""
+    """The text columns of one event; a field it lacks (a stored value that is not an event) shows '-'.
+    CA OVERRIDE: a session's issuing override; an override write's operation, CA type and entry key."""
     override = event.get("ca_override")
     shown = "-"
     if isinstance(override, dict):
         hash_prefix = str(override.get("public_key_hash"))[:16]
         shown = f"active {hash_prefix}" if override.get("active") is True else "not active"
+    elif "operation" in event:
+        written = (event.get("operation"), event.get("ca_type"), str(event.get("public_key", ""))[:16])
+        shown = " ".join(str(part) for part in written if part)
     success = "yes" if event.get("success") is True else f"no: {event.get('error')}"
     fields = ("time", "event", "code", "user")
     return [
