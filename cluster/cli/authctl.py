@@ -18,6 +18,7 @@ from rich.table import Table
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
+from authsim.cluster.cli.authctl_crl import crl, revoke
 from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.events import show_events
 from authsim.cluster.cli.node_choice import NodeChoice
@@ -524,6 +525,8 @@ def print_cert_authority(ca: CertAuthority, host_names: dict[str, str]) -> None:
     console.print(table)
 
 
+auth.add_command(revoke)
+auth.add_command(crl)
 cli.add_command(auth)
 
 
