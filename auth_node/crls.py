@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -28,6 +31,7 @@ from authsim.cluster.errors import (
     StoredDataError,
     ValidationError,
 )
+from authsim.cluster.layout import published_crl
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.crl import (
     CertAuthorityCRL,
@@ -175,6 +179,33 @@ def issuing_key(ca: CertAuthority, override: CertAuthorityOverride | None, cert:
     )
 
 
+def publish(crl_dir: Path, crls: dict[str, CertAuthorityCRL]) -> None:
+    """Mirror the stored CRLs to the publication point, DER, each file replaced atomically when its
+    content changed (every node does it: the CRLs are public, and the same for all)."""
+    crl_dir.mkdir(parents=True, exist_ok=True)
+    for ca_type, resource in crls.items():
+        for key_hash, key_crls in resource.crls.items():
+            pems = {published_crl(crl_dir, ca_type, key_hash, False): key_crls.crl}
+            for pem in key_crls.overrides.values():  # one override entry per key
+                pems[published_crl(crl_dir, ca_type, key_hash, True)] = pem
+            for path, pem in pems.items():
+                _replace(path, x509.load_pem_x509_crl(pem.encode()).public_bytes(Encoding.DER))
+
+
+def _replace(path: Path, data: bytes) -> None:
+    if path.exists() and path.read_bytes() == data:
+        return
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
 class CRLs:
     """The CRLs of one cluster as one node sees, signs and revokes them."""
 
@@ -196,6 +227,11 @@ class CRLs:
                     log.warning("CRLs of %s not kept: %s", ca_type, e)
                 except Exception:  # a bug here must not stop the node from issuing: logged, next round
                     log.exception("CRLs of %s not kept", ca_type)
+            if self.node.crl_dir:
+                try:
+                    await asyncio.to_thread(publish, Path(self.node.crl_dir), dict(self.view.crls))
+                except OSError as e:
+                    log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
             await self.view.caught_up(seen + 1, CHECK_INTERVAL)
 
     def _issuers(self, ca_type: str) -> dict[str, KeyIssuers]:

@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -109,7 +110,9 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def issue(self, requests: Sequence[CredentialRequest]) -> list[Credential]:
         """Credentials from this node's active keys, one issuer lookup per CA type."""
         issuers = {t: await self.issuer(t) for t in dict.fromkeys(r.ca_type for r in requests)}
-        return await issue_credentials(self.signer, [(issuers[r.ca_type], r) for r in requests], self.domain)
+        work = [(issuers[r.ca_type], r) for r in requests]
+        crl_dir = Path(self.node.crl_dir) if self.node.crl_dir else None
+        return await issue_credentials(self.signer, work, self.domain, crl_dir)
 
     async def _cert_authority(self, type_name: str) -> CertAuthority:
         ca_type = resolve_ca_type(type_name).name
