@@ -140,7 +140,7 @@ def login(layout: PostgresLayout, port: int, credential: bytes, key: bytes, user
             return LoginResult(True, "")
         server = _server_says(layout, offset)
         client_says = last_line(done.stderr).split(" failed: ", 1)[-1]
-        if server.endswith(_VERIFY_FAILED) and "alert" in client_says:
+        if server.endswith(_VERIFY_FAILED) and "revoked" in client_says:
             # PostgreSQL 15 logs no cause; its TLS alert to the client names it (certificate revoked)
             return LoginResult(False, f"{server} (TLS alert to the client: {client_says})")
         return LoginResult(False, server or f"psql: {client_says}")
