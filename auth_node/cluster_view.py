@@ -8,6 +8,7 @@ import logging
 
 from authsim.cluster.errors import NotFoundError, StoreUnavailableError
 from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.crl import CertAuthorityCRL
 from authsim.cluster.resources.override import CertAuthorityOverride
 from authsim.cluster.resources.stored import (
     StoredCertAuthority,
@@ -42,6 +43,8 @@ class ClusterView:
         self.stored_overrides: dict[str, Versioned] = {}  # as stored, to start a CAS without a read
         # likewise for the CAs, which override writes are checked against
         self.stored_cas: dict[str, Versioned] = {}
+        self.crls: dict[str, CertAuthorityCRL] = {}  # revoked serials and signed CRLs, per CA type
+        self.stored_crls: dict[str, Versioned] = {}
         self._decoded: dict[str, StoredOverride | None] = {}  # decoded and checked on first use
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
@@ -60,6 +63,8 @@ class ClusterView:
                 self.targets.clear()
                 self.stored_overrides.clear()
                 self.stored_cas.clear()
+                self.crls.clear()
+                self.stored_crls.clear()
                 self._decoded.clear()
                 for key, found in listing:
                     self._apply(key, found)
@@ -151,6 +156,12 @@ class ClusterView:
                 self._decoded.pop(name, None)
                 if value is not None:
                     self.stored_overrides[name] = value
+            elif kind == "ca_crls":
+                self.crls.pop(name, None)
+                self.stored_crls.pop(name, None)
+                if value is not None:
+                    self.stored_crls[name] = value
+                    self.crls[name] = CertAuthorityCRL.from_json(value.value, value.mod_revision)
             elif kind == "nodes":
                 self.node_names.pop(name, None)
                 found = node_name(value.value) if value is not None else None

@@ -30,6 +30,7 @@ class NodeConfig:
     token_label: str
     etcd_tls: EtcdTLS | None = None  # client TLS to etcd; absent from node.yaml files written before it
     event_retention: int = DEFAULT_RETENTION  # session-start events the cluster keeps (the newest)
+    crl_dir: str = ""  # where the node mirrors the stored CRLs (DER), named in windows leaves; "": nowhere
 
     @property
     def layout(self) -> NodeLayout:

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -15,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.auth_node.token_signer import TokenSigner
 from authsim.cluster.errors import KeyAccessError, ValidationError, control_character
+from authsim.cluster.layout import published_crl
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride
@@ -163,15 +165,22 @@ def public_key_problems(key: CertificateIssuerPublicKeyTypes) -> list[str]:
 
 
 async def issue_credentials(
-    signer: TokenSigner, work: Sequence[tuple[Issuer, CredentialRequest]], domain: str
+    signer: TokenSigner,
+    work: Sequence[tuple[Issuer, CredentialRequest]],
+    domain: str,
+    crl_dir: Path | None = None,
 ) -> list[Credential]:
     """Client certificates, each signed inside the token under its issuer, in the order asked; a
-    windows leaf's UPN is `user@<domain>`.
+    windows leaf's UPN is `user@<domain>`, and its CRL distribution point the published CRL of its
+    issuing certificate in `crl_dir` (a file:// URI) when there is one.
 
     The certificates are built here, on the event loop, and signed on the token's thread in one hand-over
     with whatever other requests are waiting for it.
     """
-    builders = [(i.key.key, _leaf_builder(_issuing(i.certificate), r, domain)) for i, r in work]
+    builders = [
+        (i.key.key, _leaf_builder(_issuing(i.certificate), r, domain, _crl_uri(i, r.ca_type, crl_dir)))
+        for i, r in work
+    ]
     certificates = await signer.sign(builders)
     return [Credential(c, issuer) for c, (issuer, _) in zip(certificates, work, strict=True)]
 
@@ -197,11 +206,19 @@ def _issuing(cert: x509.Certificate) -> _IssuingCertificate:
     return _IssuingCertificate(cert.subject, aki, cert.not_valid_before_utc, cert.not_valid_after_utc)
 
 
+def _crl_uri(issuer: Issuer, ca_type: str, crl_dir: Path | None) -> str:
+    """Where a windows leaf's verifier finds its issuer's CRL: the cluster's publication point."""
+    if crl_dir is None or not CA_TYPES[ca_type].smartcard_logon:
+        return ""
+    path = published_crl(crl_dir, ca_type, issuer.key.public_key_hash, issuer.override_active)
+    return path.as_uri()
+
+
 def _leaf_builder(
-    issuer: _IssuingCertificate, request: CredentialRequest, domain: str
+    issuer: _IssuingCertificate, request: CredentialRequest, domain: str, crl_uri: str = ""
 ) -> x509.CertificateBuilder:
     """The leaf RFC 5280 client verifiers accept: CN = user and a SAN naming the user, SKI and AKI,
-    valid within its issuer's validity."""
+    valid within its issuer's validity; with `crl_uri`, a CRL distribution point naming it."""
     now = dt.datetime.now(dt.timezone.utc)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.user)])
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -217,7 +234,7 @@ def _leaf_builder(
         if smartcard
         else x509.DirectoryName(subject)
     )
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer.subject)
@@ -245,6 +262,10 @@ def _leaf_builder(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(issuer.authority_key_id, critical=False)
     )
+    if crl_uri:
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_uri)], None, None, None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    return builder
 
 
 def _der_utf8_string(text: str) -> bytes:

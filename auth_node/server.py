@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from authsim.auth_node.ca_keys import ensure_ca_keys
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.crls import CRLs
 from authsim.auth_node.events import EventRecorder
 from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
@@ -47,13 +48,14 @@ def create_server(
     view: ClusterView,
     health_servicer: health.aio.HealthServicer,
     recorder: EventRecorder,
+    crls: CRLs,
 ) -> tuple[grpc.aio.Server, int, Path | None]:
     """A gRPC server for `node` that accepts only clients with a certificate from the admin CA, on its
     TCP address and on its local socket (when the path fits); returns the server, its port, the socket."""
     server = grpc.aio.server(
         options=server_options(raise_fd_limit()), interceptors=[RequestLog(SERVICE_NAME)]
     )
-    service = AuthService(node, store, keystore, view, recorder)
+    service = AuthService(node, store, keystore, view, recorder, crls)
     authsim_pb2_grpc.add_AuthServiceServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -112,7 +114,8 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
     async with EtcdStore(list(node.etcd_endpoints), tls=node.etcd_tls) as store:
         view = ClusterView(store, node.cluster_name)
         recorder = EventRecorder(store, node.cluster_name, node.event_retention)
-        server, port, socket = create_server(node, store, keystore, view, health_servicer, recorder)
+        crls = CRLs(node, store, keystore, view)
+        server, port, socket = create_server(node, store, keystore, view, health_servicer, recorder, crls)
         await server.start()
         log.info("node %s (host %s) listening on port %d and %s", node.name, node.host_id, port, socket)
         stop = asyncio.Event()
@@ -122,6 +125,7 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
         tasks = [
             asyncio.create_task(keep_healthy(node, store, keystore, health_servicer)),
             asyncio.create_task(view.run()),
+            asyncio.create_task(crls.run()),
         ]
         for task in tasks:
             task.add_done_callback(lambda _: stop.set())

@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +25,7 @@ from authsim.auth_node.ca_keys import (
 )
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.crls import CRLs
 from authsim.auth_node.csr import create_override_csrs
 from authsim.auth_node.events import (
     EventFilter,
@@ -58,6 +60,7 @@ from authsim.cluster.errors import (
 )
 from authsim.cluster.resources.ca_types import CA_TYPES, desktop_domain, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
+from authsim.cluster.resources.crl import CertAuthorityCRL, KeyCRLs
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
 from authsim.cluster.rpc_errors import ERROR_MARKER, REQUEST_ID, error_metadata, status_code_for
 from authsim.cluster.store import EtcdStore
@@ -117,12 +120,14 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         keystore: KeyStore,
         view: ClusterView,
         recorder: EventRecorder,
+        crls: CRLs,
     ) -> None:
         self.node = node
         self.store = store
         self.keystore = keystore
         self.view = view
         self.recorder = recorder  # override writes' audit events
+        self.crls = crls
         self.overrides = Overrides(store, node, view)
         self.signer = TokenSigner(keystore)
         self.domain = desktop_domain(node.cluster_name)  # windows leaves' UPN suffix
@@ -138,7 +143,9 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def issue(self, requests: Sequence[CredentialRequest]) -> list[Credential]:
         """Credentials from this node's active keys, one issuer lookup per CA type."""
         issuers = {t: await self.issuer(t) for t in dict.fromkeys(r.ca_type for r in requests)}
-        return await issue_credentials(self.signer, [(issuers[r.ca_type], r) for r in requests], self.domain)
+        work = [(issuers[r.ca_type], r) for r in requests]
+        crl_dir = Path(self.node.crl_dir) if self.node.crl_dir else None
+        return await issue_credentials(self.signer, work, self.domain, crl_dir)
 
     async def _cert_authority(self, type_name: str) -> CertAuthority:
         ca_type = resolve_ca_type(type_name).name
@@ -435,6 +442,58 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         written = OverrideWriteOutcome(result.request_id, result.attempts, result.revision, result.changed)
         audit(written, result.public_key or public_key)
         return await self._written(result)
+
+    @_domain_errors
+    async def ListCRLs(
+        self, request: pb.ListCRLsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListCRLsResponse:
+        ca = await self._cert_authority(request.type)
+        stored = await self.crls.stored(ca.ca_type)
+        return pb.ListCRLsResponse(
+            keys=[self._key_crl(pair.public_key_hash, pair.key.host_id, stored) for _, pair in ca.all_keys()]
+        )
+
+    @_domain_errors
+    async def SignCRLs(
+        self, request: pb.SignCRLsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.KeyCRL:
+        await self.view.wait_ready(VIEW_TIMEOUT)
+        ca_type = resolve_ca_type(request.type).name
+        key_hash, signed = await self.crls.sign_now(ca_type, request.public_key)
+        return self._key_crl(key_hash, signed.host_id, await self.crls.stored(ca_type))
+
+    @_domain_errors
+    async def RevokeCredential(
+        self, request: pb.RevokeCredentialRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RevokeCredentialResponse:
+        await self.view.wait_ready(VIEW_TIMEOUT)
+        ca_type = resolve_ca_type(request.type).name
+        if bool(request.certificate) == bool(request.serial):
+            raise ValidationError(["serial: give a serial or a certificate, not both or neither"])
+        key_hash, serial, already, revision = await self.crls.revoke(
+            ca_type, request.serial, request.public_key, request.certificate, _request_id(context)
+        )
+        keys = self.view.cert_authority(ca_type).all_keys()
+        holder = next(p.key.host_id for _, p in keys if p.public_key_hash == key_hash)
+        return pb.RevokeCredentialResponse(
+            public_key_hash=key_hash,
+            serial=serial,
+            already_revoked=already,
+            revision=revision,
+            holder=self.view.node_names.get(holder, holder),
+        )
+
+    def _key_crl(self, key_hash: str, host_id: str, stored: CertAuthorityCRL) -> pb.KeyCRL:
+        crls = stored.crls.get(key_hash) or KeyCRLs(0, "")
+        return pb.KeyCRL(
+            public_key_hash=key_hash,
+            host_id=host_id,
+            node_name=self.view.node_names.get(host_id, ""),
+            crl_number=crls.crl_number,
+            crl=crls.crl,
+            overrides=[pb.OverrideCRL(fingerprint=f, crl=c) for f, c in sorted(crls.overrides.items())],
+            revoked_serials=[r.serial for r in stored.revoked.get(key_hash, ())],
+        )
 
     async def _written(self, result: WriteResult) -> pb.WriteResponse:
         """The reply to a write, sent once this node's view has it (read-your-writes on this node)."""

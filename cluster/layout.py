@@ -145,6 +145,11 @@ class TargetLayout(ServerTLSLayout):
         """The database's CA bundle for client certificates."""
         return self.directory / "ca-bundle.pem"
 
+    @property
+    def admin_crls(self) -> Path:
+        """CRLs an admin gave (`authsim trust --crl`), e.g. the external CA's, beside the cluster's."""
+        return self.directory / "crls.pem"
+
 
 @dataclass(frozen=True)
 class KdcLayout:
@@ -237,6 +242,11 @@ class PostgresLayout(ServerTLSLayout):
     def client_ca(self) -> Path:
         """`ssl_ca_file`: the CAs client certificates must chain to, rewritten on reload."""
         return self.directory / "client-ca.pem"
+
+    @property
+    def crl_file(self) -> Path:
+        """`ssl_crl_file` once a credential is revoked: the published CRLs and the admin's, PEM."""
+        return self.directory / "crl.pem"
 
     @property
     def log(self) -> Path:
@@ -391,6 +401,11 @@ class ClusterLayout:
     def targets_dir(self) -> Path:
         return self.root / "targets"
 
+    @property
+    def crl_dir(self) -> Path:
+        """The cluster's CRL publication point: every node mirrors the stored CRLs here (DER)."""
+        return self.root / "crl"
+
     def target(self, kind: str) -> TargetLayout:
         return TargetLayout(self.targets_dir / kind)
 
@@ -418,3 +433,8 @@ class ClusterLayout:
     def demo_dir(self) -> Path:
         """`authsim demo`'s working files (CSRs, certificates, its external CA)."""
         return self.root / "demo"
+
+
+def published_crl(crl_dir: Path, ca_type: str, key_hash: str, override: bool) -> Path:
+    """The published CRL of a CA key: issued by its self-signed CA certificate, or by its override's."""
+    return crl_dir / f"{ca_type}-{key_hash[:16]}{'-override' if override else ''}.crl"

@@ -349,3 +349,75 @@ class DeleteCertAuthorityRequest(_message.Message):
     TYPE_FIELD_NUMBER: _ClassVar[int]
     type: str
     def __init__(self, type: _Optional[str] = ...) -> None: ...
+
+class OverrideCRL(_message.Message):
+    __slots__ = ("fingerprint", "crl")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    crl: str
+    def __init__(self, fingerprint: _Optional[str] = ..., crl: _Optional[str] = ...) -> None: ...
+
+class KeyCRL(_message.Message):
+    __slots__ = ("public_key_hash", "host_id", "node_name", "crl_number", "crl", "overrides", "revoked_serials")
+    PUBLIC_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CRL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    public_key_hash: str
+    host_id: str
+    node_name: str
+    crl_number: int
+    crl: str
+    overrides: _containers.RepeatedCompositeFieldContainer[OverrideCRL]
+    revoked_serials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, public_key_hash: _Optional[str] = ..., host_id: _Optional[str] = ..., node_name: _Optional[str] = ..., crl_number: _Optional[int] = ..., crl: _Optional[str] = ..., overrides: _Optional[_Iterable[_Union[OverrideCRL, _Mapping]]] = ..., revoked_serials: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListCRLsRequest(_message.Message):
+    __slots__ = ("type",)
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    def __init__(self, type: _Optional[str] = ...) -> None: ...
+
+class ListCRLsResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyCRL]
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyCRL, _Mapping]]] = ...) -> None: ...
+
+class SignCRLsRequest(_message.Message):
+    __slots__ = ("type", "public_key")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    public_key: str
+    def __init__(self, type: _Optional[str] = ..., public_key: _Optional[str] = ...) -> None: ...
+
+class RevokeCredentialRequest(_message.Message):
+    __slots__ = ("type", "serial", "public_key", "certificate")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    serial: str
+    public_key: str
+    certificate: str
+    def __init__(self, type: _Optional[str] = ..., serial: _Optional[str] = ..., public_key: _Optional[str] = ..., certificate: _Optional[str] = ...) -> None: ...
+
+class RevokeCredentialResponse(_message.Message):
+    __slots__ = ("public_key_hash", "serial", "already_revoked", "revision", "holder")
+    PUBLIC_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    public_key_hash: str
+    serial: str
+    already_revoked: bool
+    revision: int
+    holder: str
+    def __init__(self, public_key_hash: _Optional[str] = ..., serial: _Optional[str] = ..., already_revoked: _Optional[bool] = ..., revision: _Optional[int] = ..., holder: _Optional[str] = ...) -> None: ...

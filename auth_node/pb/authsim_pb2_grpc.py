@@ -114,6 +114,21 @@ class AuthServiceStub:
                 request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.SerializeToString,
                 response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.ListCRLs = channel.unary_unary(
+                '/authsim.v1.AuthService/ListCRLs',
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListCRLsRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListCRLsResponse.FromString,
+                _registered_method=True)
+        self.SignCRLs = channel.unary_unary(
+                '/authsim.v1.AuthService/SignCRLs',
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignCRLsRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.KeyCRL.FromString,
+                _registered_method=True)
+        self.RevokeCredential = channel.unary_unary(
+                '/authsim.v1.AuthService/RevokeCredential',
+                request_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RevokeCredentialRequest.SerializeToString,
+                response_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RevokeCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -216,6 +231,24 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCRLs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignCRLs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCredential(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -298,6 +331,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.DeleteOverride,
                     request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.FromString,
                     response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.SerializeToString,
+            ),
+            'ListCRLs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCRLs,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListCRLsRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListCRLsResponse.SerializeToString,
+            ),
+            'SignCRLs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignCRLs,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignCRLsRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.KeyCRL.SerializeToString,
+            ),
+            'RevokeCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCredential,
+                    request_deserializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RevokeCredentialRequest.FromString,
+                    response_serializer=authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RevokeCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -732,6 +780,87 @@ class AuthService:
             '/authsim.v1.AuthService/DeleteOverride',
             authsim_dot_auth__node_dot_pb_dot_authsim__pb2.DeleteOverrideRequest.SerializeToString,
             authsim_dot_auth__node_dot_pb_dot_authsim__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCRLs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/ListCRLs',
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListCRLsRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.ListCRLsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignCRLs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/SignCRLs',
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.SignCRLsRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.KeyCRL.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsim.v1.AuthService/RevokeCredential',
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RevokeCredentialRequest.SerializeToString,
+            authsim_dot_auth__node_dot_pb_dot_authsim__pb2.RevokeCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
+from authsim.cluster.cli.authctl_crl import crl, revoke
 from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.effective_cas import export, read_snapshot
 from authsim.cluster.cli.events import EventSelection, show_events, since_unix_ns
@@ -568,6 +569,8 @@ def print_cert_authority(ca: CertAuthority, keys: list[EffectiveKey], host_names
     console.print(overrides)
 
 
+auth.add_command(revoke)
+auth.add_command(crl)
 cli.add_command(auth)
 auth.add_command(export)
 

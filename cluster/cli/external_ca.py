@@ -13,6 +13,7 @@ from authsim.cluster.cli.common import run_cli
 from authsim.cluster.cli.pem_files import read_pem_block
 from authsim.cluster.errors import ValidationError
 from authsim.cluster.local.external_ca import DEFECTS, OPENSSL_SIGN_COMMAND, ExternalCA, init
+from authsim.cluster.secret_files import write_all
 
 dir_option = click.option(
     "--dir", "directory", required=True, type=click.Path(file_okay=False), help="the external CA's directory"
@@ -37,6 +38,14 @@ def init_command(directory: str, name: str) -> None:
     click.echo(f"Wrote {ca.chain_path}")
     click.echo(f"Sign CSRs with: authsim external-ca sign --dir {path} CSR_FILE... --out-dir DIR")
     click.echo(f"(OpenSSL equivalent: {OPENSSL_SIGN_COMMAND})")
+
+
+@external_ca.command(help="Write the root's and the intermediate's CRLs (PEM, nothing revoked) to OUT.")
+@dir_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the CRL file written")
+def crl(directory: str, out: str) -> None:
+    write_all({Path(out): ExternalCA.load(Path(directory)).crls()}, public={Path(out)})
+    click.echo(f"Wrote {out}")
 
 
 @external_ca.command(help="Sign each CSR file (one CSR per file) as an override CA certificate.")

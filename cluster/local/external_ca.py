@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from authsim.cluster.errors import ClusterError, ValidationError
+from authsim.cluster.resources.crl import crl_builder
 from authsim.cluster.resources.subject import CLUSTER_NAME_OID
 from authsim.cluster.resources.x509 import ca_certificate_builder
 from authsim.cluster.secret_files import write_all
@@ -80,6 +81,17 @@ class ExternalCA:
         root = x509.load_pem_x509_certificate(paths[0].read_bytes())
         intermediate, key = _load_pair(directory, "intermediate")
         return cls(directory, root, intermediate, key)
+
+    def crls(self) -> bytes:
+        """The root's and the intermediate's CRLs (PEM, revoking nothing, valid 7 days): what a verifier
+        that checks every issuer of a chain (PostgreSQL) needs from this CA."""
+        root, root_key = _load_pair(self.directory, "root")
+        now = dt.datetime.now(dt.timezone.utc)
+        signed = [
+            crl_builder(cert, 1, {}, now).sign(key, hashes.SHA256())
+            for cert, key in ((root, root_key), (self.intermediate, self.intermediate_key))
+        ]
+        return b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in signed)
 
     def sign_csr(
         self,

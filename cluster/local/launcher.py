@@ -357,6 +357,7 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
         token_label=token.label,
         etcd_tls=etcd_tls,
         event_retention=state.event_retention,
+        crl_dir=str(ClusterLayout(directory).crl_dir.resolve()),
     )
     config.save()
     return config

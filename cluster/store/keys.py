@@ -36,6 +36,11 @@ def override_key(cluster_name: str, ca_type: str) -> str:
     return f"{ROOT}/{cluster_name}/ca_overrides/{ca_type}"
 
 
+def crl_key(cluster_name: str, ca_type: str) -> str:
+    """The revoked serials and signed CRLs of a CA type's keys (beside its override, apart from it)."""
+    return f"{ROOT}/{cluster_name}/ca_crls/{ca_type}"
+
+
 def override_prefix(cluster_name: str) -> str:
     return f"{ROOT}/{cluster_name}/ca_overrides/"
 

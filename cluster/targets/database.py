@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.mtls import TLSIdentity
 from authsim.cluster.targets import pg_client
+from authsim.cluster.targets.crls import crls_in_force
 from authsim.cluster.targets.sessions import Answer, SessionRequest, serve_sessions
 
 DATABASE_NAME = pg_client.DATABASE
@@ -26,6 +27,7 @@ def database_answer(cluster_dir: Path, pg_port: int) -> Answer:
     layout = ClusterLayout(cluster_dir).postgres
 
     def answer(request: SessionRequest) -> tuple[bool, str]:
+        pg_client.install_crls(layout, pg_port, crls_in_force(cluster_dir, "db"))
         pg_client.create_role(layout, pg_port, request.user)
         chain = b"".join(c.public_bytes(Encoding.PEM) for c in request.chain)
         return pg_client.login(layout, pg_port, request.leaf_pem + chain, request.key, request.user)

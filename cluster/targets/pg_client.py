@@ -40,6 +40,10 @@ class LoginResult(NamedTuple):
     reason: str
 
 
+RELOAD_TIMEOUT = 10.0
+_VERIFY_FAILED = "certificate verify failed"
+
+
 def find_binary(name: str) -> str:
     """A PostgreSQL program of the newest installed version, or a ClusterError saying how to install it."""
     found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=_version)
@@ -88,6 +92,28 @@ def superuser_sql(layout: PostgresLayout, port: int, script: str, **variables: s
     return done.stdout
 
 
+def install_crls(layout: PostgresLayout, port: int, bundle: bytes) -> bool:
+    """Make PostgreSQL check the CRLs in `bundle` (PEM; b"": none) when they changed: `ssl_crl_file`
+    set (ALTER SYSTEM) or reset, and the configuration reloaded; True when it was."""
+    current = layout.crl_file.read_bytes() if layout.crl_file.exists() else b""
+    if current == bundle:
+        return False
+    if bundle:
+        write_all({layout.crl_file: bundle})
+        script = "ALTER SYSTEM SET ssl_crl_file = :'path';\n"
+    else:
+        layout.crl_file.unlink()
+        script = "ALTER SYSTEM RESET ssl_crl_file;\n"
+    before = superuser_sql(layout, port, "SELECT pg_conf_load_time();\n")
+    superuser_sql(layout, port, script + "SELECT pg_reload_conf();\n", path=str(layout.crl_file))
+    deadline = time.monotonic() + RELOAD_TIMEOUT
+    while superuser_sql(layout, port, "SELECT pg_conf_load_time();\n") == before:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"postgres did not reload its CRLs in {RELOAD_TIMEOUT:g}s")
+        time.sleep(0.02)
+    return True
+
+
 def login(layout: PostgresLayout, port: int, credential: bytes, key: bytes, user: str) -> LoginResult:
     """Log in as role `user` over TLS (sslmode=verify-full against the cluster's server CA) with
     `credential` (PEM: the leaf, then the chain libpq presents with it) and its `key` (PEM). Logins
@@ -114,6 +140,9 @@ def login(layout: PostgresLayout, port: int, credential: bytes, key: bytes, user
             return LoginResult(True, "")
         server = _server_says(layout, offset)
         client_says = last_line(done.stderr).split(" failed: ", 1)[-1]
+        if server.endswith(_VERIFY_FAILED) and "revoked" in client_says:
+            # PostgreSQL 15 logs no cause; its TLS alert to the client names it (certificate revoked)
+            return LoginResult(False, f"{server} (TLS alert to the client: {client_says})")
         return LoginResult(False, server or f"psql: {client_says}")
 
 

@@ -1,0 +1,333 @@
+"""CRLs of this node's CA keys, signed inside its token, and revocations of credentials (SPEC §CRL).
+
+Each key of a CA has a CRL issued by its self-signed CA certificate and one per override entry, issued
+by that entry's certificate (enabled or disabled). Only the node that holds a key signs them: the
+keeper (`CRLKeeper.run`) signs what is missing or stale for this node's own keys, on every change of the
+cluster's CAs, overrides and CRLs, and on a timer. A revocation (any node) adds a serial to the spec of
+the key that issued it; the holder's keeper then signs new CRLs listing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from authsim.auth_node.cluster_view import ClusterView
+from authsim.auth_node.config import NodeConfig
+from authsim.cluster.errors import (
+    AuthSimError,
+    KeyAccessError,
+    NotFoundError,
+    StoredDataError,
+    ValidationError,
+)
+from authsim.cluster.layout import published_crl
+from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
+from authsim.cluster.resources.crl import (
+    CertAuthorityCRL,
+    KeyCRLs,
+    Revocation,
+    checked_serial,
+    crl_builder,
+    crl_problem,
+    fingerprint,
+    key_identifier,
+)
+from authsim.cluster.resources.override import CertAuthorityOverride
+from authsim.cluster.store import EtcdStore, Versioned
+from authsim.cluster.store.keys import crl_key
+from authsim.hsm import KeyStore
+
+log = logging.getLogger(__name__)
+CHECK_INTERVAL = 60.0  # seconds between checks when nothing changes (CRLs age)
+MIN_PREFIX = 8  # hex characters of a public key hash that pick a key
+
+
+@dataclass(frozen=True)
+class KeyIssuers:
+    """The certificates that issue CRLs for one CA key: its self-signed one and its override entries'."""
+
+    pair: CAKeyPair
+    ca_cert: x509.Certificate
+    overrides: dict[str, x509.Certificate]  # fingerprint -> override certificate
+
+    @property
+    def key_hash(self) -> str:
+        return self.pair.public_key_hash
+
+    def all(self) -> list[x509.Certificate]:
+        return [self.ca_cert, *self.overrides.values()]
+
+
+def key_issuers(ca: CertAuthority, override: CertAuthorityOverride | None) -> dict[str, KeyIssuers]:
+    """Per key hash of `ca`, the certificates that issue its CRLs. An override certificate that has
+    expired issues none (nothing it signed is still valid)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    found = {}
+    for _, pair in ca.all_keys():
+        overrides = {}
+        entry = None if override is None else override.entry(pair.public_key_hash)
+        if entry is not None and entry[1].certificate:
+            cert = x509.load_pem_x509_certificate(entry[1].certificate.encode())
+            if cert.not_valid_after_utc > now:
+                overrides[fingerprint(cert)] = cert
+        ca_cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
+        found[pair.public_key_hash] = KeyIssuers(pair, ca_cert, overrides)
+    return found
+
+
+def stale_reason(issuers: KeyIssuers, stored: CertAuthorityCRL | None, now: dt.datetime) -> str | None:
+    """Why the CRLs of a key must be signed again, or None when every one is current."""
+    crls = None if stored is None else stored.crls.get(issuers.key_hash)
+    if stored is None or crls is None:
+        return "missing"
+    serials = stored.serials(issuers.key_hash)
+    problem = crl_problem(crls.crl, issuers.ca_cert, serials, now)
+    if problem is not None:
+        return f"self-signed CRL: {problem}"
+    if set(crls.overrides) != set(issuers.overrides):
+        return "override CRLs do not match the override entries"
+    for print_, cert in issuers.overrides.items():
+        problem = crl_problem(crls.overrides[print_], cert, serials, now)
+        if problem is not None:
+            return f"override CRL {print_[:16]}: {problem}"
+    return None
+
+
+def sign_key_crls(
+    keystore: KeyStore, issuers: KeyIssuers, number: int, revoked: tuple[Revocation, ...]
+) -> KeyCRLs:
+    """Every CRL of one key, number `number`, signed in the token (blocking: call it off the loop)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    serials = {int(r.serial, 16): dt.datetime.fromisoformat(r.revoked_at) for r in revoked}
+    key = keystore.private_key(issuers.pair.key)
+
+    def signed(issuer: x509.Certificate) -> str:
+        builder = crl_builder(issuer, number, serials, now)
+        crl = keystore.run(lambda: builder.sign(key, hashes.SHA256()))
+        return crl.public_bytes(Encoding.PEM).decode()
+
+    overrides = {print_: signed(cert) for print_, cert in issuers.overrides.items()}
+    return KeyCRLs(number, signed(issuers.ca_cert), overrides, issuers.pair.key.host_id)
+
+
+def decoded(found: Versioned | None, cluster_name: str, ca_type: str) -> CertAuthorityCRL:
+    """The stored CRL resource (an empty one when there is none); StoredDataError when unreadable."""
+    if found is None:
+        return CertAuthorityCRL(cluster_name, ca_type)
+    try:
+        return CertAuthorityCRL.from_json(found.value, found.mod_revision)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StoredDataError(
+            f"ca_crls/{ca_type} (revision {found.mod_revision}) is unreadable ({e}): "
+            "nothing is signed or revoked under it until it is repaired"
+        ) from None
+
+
+def pick_key(ca: CertAuthority, public_key: str) -> CAKeyPair:
+    """The key of `ca` whose hash starts with `public_key` (at least 8 hex characters, any case); with
+    no prefix, the CA's only key."""
+    keys = [pair for _, pair in ca.all_keys()]
+    listing = ", ".join(p.public_key_hash[:16] for p in keys)
+    if not public_key:
+        if len(keys) != 1:
+            raise ValidationError(
+                [
+                    f"public_key: the {ca.ca_type} CA has {len(keys)} keys ({listing}): "
+                    "pick one with --public-key"
+                ]
+            )
+        return keys[0]
+    prefix = public_key.strip().lower()
+    if len(prefix) < MIN_PREFIX:
+        raise ValidationError([f"public_key: at least {MIN_PREFIX} hex characters, got {len(prefix)}"])
+    matches = [p for p in keys if p.public_key_hash.startswith(prefix)]
+    if len(matches) != 1:
+        what = "matches no key" if not matches else "matches several keys"
+        raise ValidationError([f"public_key: {prefix} {what} of the {ca.ca_type} CA ({listing})"])
+    return matches[0]
+
+
+def issuing_key(ca: CertAuthority, override: CertAuthorityOverride | None, cert: x509.Certificate) -> str:
+    """The hash of the key of `ca` that issued `cert`: its AKI is the SKI of the key's self-signed CA
+    certificate or of the key's override certificate, and that certificate's key verifies it."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        aki = None
+    for key_hash, issuers in key_issuers(ca, override).items():
+        for issuer in issuers.all():
+            if aki is not None and key_identifier(issuer) != aki:
+                continue
+            try:
+                cert.verify_directly_issued_by(issuer)
+            except (ValueError, TypeError, InvalidSignature):  # not this issuer
+                continue
+            return key_hash
+    raise NotFoundError(
+        f"certificate serial {cert.serial_number:x} was not issued by a key of the {ca.ca_type} CA"
+    )
+
+
+def publish(crl_dir: Path, crls: dict[str, CertAuthorityCRL]) -> None:
+    """Mirror the stored CRLs to the publication point, DER, each file replaced atomically when its
+    content changed (every node does it: the CRLs are public, and the same for all)."""
+    crl_dir.mkdir(parents=True, exist_ok=True)
+    for ca_type, resource in crls.items():
+        for key_hash, key_crls in resource.crls.items():
+            pems = {published_crl(crl_dir, ca_type, key_hash, False): key_crls.crl}
+            for pem in key_crls.overrides.values():  # one override entry per key
+                pems[published_crl(crl_dir, ca_type, key_hash, True)] = pem
+            for path, pem in pems.items():
+                _replace(path, x509.load_pem_x509_crl(pem.encode()).public_bytes(Encoding.DER))
+
+
+def _replace(path: Path, data: bytes) -> None:
+    if path.exists() and path.read_bytes() == data:
+        return
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class CRLs:
+    """The CRLs of one cluster as one node sees, signs and revokes them."""
+
+    def __init__(self, node: NodeConfig, store: EtcdStore, keystore: KeyStore, view: ClusterView) -> None:
+        self.node = node
+        self.store = store
+        self.keystore = keystore
+        self.view = view
+
+    async def run(self) -> None:
+        """Keep this node's keys' CRLs current: after every change the view sees, and on a timer."""
+        while True:
+            await self.view.ready.wait()
+            seen = self.view.revision
+            for ca_type in sorted(self.view.cert_authorities):
+                try:
+                    await self.keep(ca_type)
+                except AuthSimError as e:  # etcd away, a broken stored resource: next round
+                    log.warning("CRLs of %s not kept: %s", ca_type, e)
+                except Exception:  # a bug here must not stop the node from issuing: logged, next round
+                    log.exception("CRLs of %s not kept", ca_type)
+            if self.node.crl_dir:
+                try:
+                    await asyncio.to_thread(publish, Path(self.node.crl_dir), dict(self.view.crls))
+                except OSError as e:
+                    log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
+            await self.view.caught_up(seen + 1, CHECK_INTERVAL)
+
+    def _issuers(self, ca_type: str) -> dict[str, KeyIssuers]:
+        """Every key of `ca_type` with its CRL issuers, from the view."""
+        ca = self.view.cert_authority(ca_type)
+        stored = self.view.stored_override(ca_type)
+        override = stored.resource if stored is not None and stored.valid else None
+        return key_issuers(ca, override)
+
+    async def keep(self, ca_type: str, force_key: str = "") -> dict[str, KeyCRLs]:
+        """Sign the stale CRLs of this node's keys of `ca_type` (and those of `force_key`, its own, in
+        any case), and store them; what was stored."""
+        own = {h: i for h, i in self._issuers(ca_type).items() if i.pair.key.host_id == self.node.host_id}
+        current = self.view.crls.get(ca_type)
+        now = dt.datetime.now(dt.timezone.utc)
+        todo = [i for h, i in own.items() if h == force_key or stale_reason(i, current, now) is not None]
+        if not todo:
+            return {}
+        signed: dict[str, tuple[KeyCRLs, set[int]]] = {}
+        for issuers in todo:
+            revoked = current.revoked.get(issuers.key_hash, ()) if current is not None else ()
+            before = current.crls.get(issuers.key_hash) if current is not None else None
+            number = (before.crl_number if before else 0) + 1
+            crls = await asyncio.to_thread(sign_key_crls, self.keystore, issuers, number, revoked)
+            signed[issuers.key_hash] = (crls, {int(r.serial, 16) for r in revoked})
+            log.info("signed CRL %d of %s key %s", number, ca_type, issuers.key_hash[:16])
+        stored: dict[str, KeyCRLs] = {}
+
+        def merge(found: Versioned | None) -> bytes | None:
+            resource = decoded(found, self.node.cluster_name, ca_type)
+            stored.clear()
+            for key_hash, (crls, serials) in signed.items():
+                held = resource.crls.get(key_hash)
+                # a revocation landed since we signed, or another signature got there: the next round
+                if resource.serials(key_hash) != serials or (held and held.crl_number >= crls.crl_number):
+                    continue
+                resource = resource.with_crls(key_hash, crls)
+                stored[key_hash] = crls
+            return resource.to_json() if stored else None
+
+        known = (self.view.stored_crls.get(ca_type),) if self.view.ready.is_set() else None
+        await self.store.update(crl_key(self.node.cluster_name, ca_type), merge, known=known)
+        return stored
+
+    async def sign_now(self, ca_type: str, public_key: str) -> tuple[str, KeyCRLs]:
+        """Sign the CRLs of the key picked by `public_key` now; refused when another node holds it."""
+        issuers = self._issuers(ca_type)
+        pair = pick_key(self.view.cert_authority(ca_type), public_key)
+        if pair.key.host_id != self.node.host_id:
+            holder = self.view.node_names.get(pair.key.host_id, "another node")
+            raise KeyAccessError(
+                f"key {pair.public_key_hash[:16]} of the {ca_type} CA is held by node {holder} "
+                f"(host {pair.key.host_id}): only that node signs its CRLs, in its token",
+                owner_host_id=pair.key.host_id,
+                asking_host_id=self.node.host_id,
+            )
+        assert pair.public_key_hash in issuers
+        stored = await self.keep(ca_type, force_key=pair.public_key_hash)
+        if pair.public_key_hash not in stored:
+            raise AuthSimError(
+                f"the CRLs of key {pair.public_key_hash[:16]} changed while they were signed: try again"
+            )
+        return pair.public_key_hash, stored[pair.public_key_hash]
+
+    async def revoke(
+        self, ca_type: str, serial: str, public_key: str, certificate: str, request_id: str
+    ) -> tuple[str, str, bool, int]:
+        """Add a serial to the revoked list of the key that issued it: (key hash, serial, whether it was
+        revoked already, revision)."""
+        ca = self.view.cert_authority(ca_type)
+        if certificate:
+            try:
+                cert = x509.load_pem_x509_certificate(certificate.encode())
+            except ValueError:
+                raise ValidationError(["certificate: not a PEM certificate"]) from None
+            stored = self.view.stored_override(ca_type)
+            override = stored.resource if stored is not None and stored.valid else None
+            key_hash = issuing_key(ca, override, cert)
+            serial = format(cert.serial_number, "x")
+        else:
+            key_hash = pick_key(ca, public_key).public_key_hash
+            serial = checked_serial(serial)
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        revocation = Revocation(serial, now, request_id, self.node.name)
+        already = False
+
+        def add(found: Versioned | None) -> bytes | None:
+            nonlocal already
+            resource = decoded(found, self.node.cluster_name, ca_type)
+            already = resource.revocation(key_hash, serial) is not None
+            return None if already else resource.with_revocation(key_hash, revocation).to_json()
+
+        result = await self.store.update(crl_key(self.node.cluster_name, ca_type), add)
+        return key_hash, serial, already, result.revision
+
+    async def stored(self, ca_type: str) -> CertAuthorityCRL:
+        """The CRL resource of `ca_type` as etcd holds it now."""
+        found = await self.store.get(crl_key(self.node.cluster_name, ca_type))
+        return decoded(found, self.node.cluster_name, ca_type)
