@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from authsim.auth_node.ca_keys import ensure_ca_keys
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.csr import answer_csr_requests
+from authsim.auth_node.expiry_alerts import watch_expiry
 from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.auth_node.service import AuthService
@@ -114,6 +116,8 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
         tasks = [
             asyncio.create_task(keep_healthy(node, store, keystore, health_servicer)),
             asyncio.create_task(view.run()),
+            asyncio.create_task(watch_expiry(node, store, view)),
+            asyncio.create_task(answer_csr_requests(view, store, keystore)),
         ]
         for task in tasks:
             task.add_done_callback(lambda _: stop.set())
