@@ -231,6 +231,8 @@ async def _answers(
     """host id -> answer, from the watch until every host in `hosts` answered or `timeout` passed; then
     one read, which also finds answers a broken watch missed."""
     answers: dict[str, bytes] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
 
     async def watch() -> None:
         async with contextlib.aclosing(store.watch_prefix(prefix, after_revision + 1)) as changes:
@@ -245,8 +247,8 @@ async def _answers(
     except TimeoutError:
         pass
     except StoreUnavailableError as e:
-        log.warning("watch of CSR answers broke (%s); reading them once", e)
-        await asyncio.sleep(timeout)  # (a coarse wait: the watch is the normal path)
+        log.warning("watch of CSR answers broke (%s); reading them once at the deadline", e)
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
     if not hosts <= answers.keys():
         for key, value in await store.get_prefix(prefix):
             answers.setdefault(key[len(prefix) :], value.value)
