@@ -27,7 +27,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 def own_key(cluster: LocalCluster, node: str, ca_type: str = "windows") -> str:
     with cluster.client(node) as client:
-        [key] = [k.public_key_hash for k in client.node_status().keys if k.ca_type == ca_type]
+        [key] = [str(k.public_key_hash) for k in client.node_status().keys if k.ca_type == ca_type]
     return key
 
 
