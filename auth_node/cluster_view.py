@@ -46,6 +46,9 @@ class ClusterView:
         self.crls: dict[str, CertAuthorityCRL] = {}  # revoked serials and signed CRLs, per CA type
         self.stored_crls: dict[str, Versioned] = {}
         self._decoded: dict[str, StoredOverride | None] = {}  # decoded and checked on first use
+        # pending cluster-wide CSR requests (id, stored value) as they appear, for csr.answer_csr_requests;
+        # a listing after a broken watch queues the pending ones again (the answerer skips repeats)
+        self.csr_requests: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -167,6 +170,9 @@ class ClusterView:
                 found = node_name(value.value) if value is not None else None
                 if found is not None:
                     self.node_names[name] = found
+            elif kind == "csr_requests":
+                if value is not None:
+                    self.csr_requests.put_nowait((name, value.value))
             elif kind == "targets":
                 self.targets.pop(name, None)
                 if value is not None:

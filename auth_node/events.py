@@ -66,6 +66,8 @@ def session_start_event(
     }
     if not success:
         record["error"] = reason
+    if credential.not_after_clipped:  # the credential ends with its issuer, before its TTL would
+        record["not_after_clipped"] = True
     return record
 
 

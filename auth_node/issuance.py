@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from authsim.auth_node.token_signer import TokenSigner
 from authsim.cluster.errors import KeyAccessError, ValidationError, control_character
 from authsim.cluster.layout import published_crl
+from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride
@@ -60,6 +61,12 @@ class Credential:
     @property
     def pem(self) -> str:
         return self.certificate.public_bytes(Encoding.PEM).decode()
+
+    @property
+    def not_after_clipped(self) -> bool:
+        """True when the credential ends with its issuing certificate, before its TTL would: authsim
+        clips a credential to the override (or self-signed) certificate it chains to, never refuses it."""
+        return self.certificate.not_valid_after_utc >= self.issuer.certificate.not_valid_after_utc
 
 
 def resolve_issuer(
@@ -112,7 +119,7 @@ def _certificate(pem: str) -> x509.Certificate:
 
 
 def _check_valid(cert: x509.Certificate, what: str, hint: str = "") -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = clock.now()
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
         raise KeyAccessError(
             f"{what} is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
@@ -219,7 +226,7 @@ def _leaf_builder(
 ) -> x509.CertificateBuilder:
     """The leaf RFC 5280 client verifiers accept: CN = user and a SAN naming the user, SKI and AKI,
     valid within its issuer's validity; with `crl_uri`, a CRL distribution point naming it."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = clock.now()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.user)])
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     smartcard = CA_TYPES[request.ca_type].smartcard_logon

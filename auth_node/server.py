@@ -15,7 +15,9 @@ from authsim.auth_node.ca_keys import ensure_ca_keys
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.crls import CRLs
+from authsim.auth_node.csr import answer_csr_requests
 from authsim.auth_node.events import EventRecorder
+from authsim.auth_node.expiry_alerts import watch_expiry
 from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.auth_node.request_log import RequestLog
@@ -126,6 +128,8 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
             asyncio.create_task(keep_healthy(node, store, keystore, health_servicer)),
             asyncio.create_task(view.run()),
             asyncio.create_task(crls.run()),
+            asyncio.create_task(watch_expiry(node, store, view)),
+            asyncio.create_task(answer_csr_requests(view, store, keystore)),
         ]
         for task in tasks:
             task.add_done_callback(lambda _: stop.set())

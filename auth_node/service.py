@@ -26,7 +26,7 @@ from authsim.auth_node.ca_keys import (
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.crls import CRLs
-from authsim.auth_node.csr import create_override_csrs
+from authsim.auth_node.csr import OverrideCSR, create_override_csrs, gather_override_csrs
 from authsim.auth_node.events import (
     EventFilter,
     EventQuery,
@@ -37,6 +37,7 @@ from authsim.auth_node.events import (
     override_write_event,
 )
 from authsim.auth_node.exercise import exercise
+from authsim.auth_node.expiry_alerts import cluster_alerts
 from authsim.auth_node.issuance import (
     DEFAULT_TTL,
     KEY_RULE,
@@ -58,6 +59,7 @@ from authsim.cluster.errors import (
     ValidationError,
     cut,
 )
+from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import CA_TYPES, desktop_domain, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.crl import CertAuthorityCRL, KeyCRLs
@@ -205,7 +207,24 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
                         )
                     )
         status.problems.extend(str(o.error()) for o in await self.overrides.list() if not o.valid)
+        status.expiry_alerts.extend(await self._expiry_alerts())
         return status
+
+    async def _expiry_alerts(self) -> list[pb.ExpiryAlert]:
+        """The override certificates at an alert level by this node's clock, in the view's state."""
+        await self.view.wait_ready(VIEW_TIMEOUT)
+        return [
+            pb.ExpiryAlert(
+                ca_type=alert.ca_type,
+                public_key_hash=alert.public_key_hash,
+                level=alert.level.label,
+                not_after=alert.not_after.isoformat(),
+                node_name=self.view.node_names.get(host_id, ""),
+                message=alert.describe(),
+                disabled=alert.disabled,
+            )
+            for alert, host_id in cluster_alerts(self.view, clock.now())
+        ]
 
     @_domain_errors
     async def CreateOverrideCSR(
@@ -213,12 +232,30 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> pb.CreateOverrideCSRResponse:
         ca = await self._cert_authority(request.type)
         names = await node_names(self.store, self.node.cluster_name)
-        csrs, warnings = await create_override_csrs(
-            ca, self.keystore, names, request.subject, request.public_key_hash
-        )
+        csrs: list[OverrideCSR]
+        if request.gather:  # every node answers for its own keys, through etcd
+            csrs, warnings = await gather_override_csrs(
+                self.store,
+                ca,
+                self.node.name,
+                names,
+                request.subject,
+                request.public_key_hash,
+                request.timeout_seconds,
+            )
+        else:
+            csrs, warnings = await create_override_csrs(
+                ca, self.keystore, names, request.subject, request.public_key_hash
+            )
         return pb.CreateOverrideCSRResponse(
             csrs=[
-                pb.OverrideCSR(ca_type=c.ca_type, role=c.role, public_key_hash=c.public_key_hash, pem=c.pem)
+                pb.OverrideCSR(
+                    ca_type=c.ca_type,
+                    role=c.role,
+                    public_key_hash=c.public_key_hash,
+                    pem=c.pem,
+                    node_name=c.node_name,
+                )
                 for c in csrs
             ],
             warnings=warnings,
@@ -358,6 +395,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             issuer=credential.issuer.subject,
             not_after=cert.not_valid_after_utc.isoformat(),
             node_name=self.node.name,
+            not_after_clipped=credential.not_after_clipped,
         )
 
     @_domain_errors

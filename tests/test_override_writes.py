@@ -50,7 +50,7 @@ class World:
 
 
 def _csr(cluster: LocalCluster, node: str, out: Path, subject: str = "") -> bytes:
-    args = ["auth", "create-override-csr", "--type=windows", "--out", f"{out}/"]
+    args = ["auth", "create-override-csr", "--type=windows", "--local-only", "--out", f"{out}/"]
     result = cluster.authctl(*args, *(["--subject", subject] if subject else []), node=node)
     assert result.exit_code == 0, result.stderr
     (path,) = out.glob("*.pem")

@@ -63,7 +63,7 @@ def csr_subject(path: Path) -> str:
     ],
 )
 def test_csr_subject_cases(cluster: LocalCluster, tmp_path: Path, subject: str, expected: str) -> None:
-    args = ["auth", "create-override-csr", "--type=windows", "--out", f"{tmp_path}/"]
+    args = ["auth", "create-override-csr", "--type=windows", "--local-only", "--out", f"{tmp_path}/"]
     result = cluster.authctl(*args, *(["--subject", subject] if subject else []), node="node2")
     assert result.exit_code == 0, result.stderr
     (path,) = tmp_path.glob("windows-*-csr.pem")
@@ -80,6 +80,7 @@ def test_csr_refuses_other_cluster_oid_and_other_nodes_key(cluster: LocalCluster
         "auth",
         "create-override-csr",
         "--type=windows",
+        "--local-only",
         "--subject",
         "CN=x,1.3.9999.4.1=othercluster",
         node="node1",
@@ -88,7 +89,7 @@ def test_csr_refuses_other_cluster_oid_and_other_nodes_key(cluster: LocalCluster
     assert "subject: OID 1.3.9999.4.1 is 'othercluster', not the cluster name 'mycluster'" in result.stderr
     theirs = own_keys(cluster, "node2")[0]
     result = cluster.authctl(
-        "auth", "create-override-csr", "--type=windows", "--public-key", theirs, node="node1"
+        "auth", "create-override-csr", "--type=windows", "--local-only", "--public-key", theirs, node="node1"
     )
     assert result.exit_code == 1
     assert f"key {theirs[:16]} is held by node node2" in result.stderr
@@ -138,7 +139,7 @@ def test_seed_flow_with_openssl_as_the_external_ca(tmp_path: Path) -> None:
         for node in cluster.node_names:
             out = tmp_path / node / "csr-"
             result = cluster.authctl(
-                "auth", "create-override-csr", "--type=windows", "--out", str(out), node=node
+                "auth", "create-override-csr", "--type=windows", "--local-only", "--out", str(out), node=node
             )
             assert result.exit_code == 0, result.stderr
             (csr,) = out.parent.glob("csr-windows-*-csr.pem")
@@ -179,7 +180,7 @@ def test_another_nodes_key_is_refused_and_staging_disabled_is_allowed(tmp_path: 
         out = f"{tmp_path}/csr/"
         assert (
             cluster.authctl(
-                "auth", "create-override-csr", "--type=windows", "--out", out, node="node2"
+                "auth", "create-override-csr", "--type=windows", "--local-only", "--out", out, node="node2"
             ).exit_code
             == 0
         )

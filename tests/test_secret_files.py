@@ -216,7 +216,7 @@ def csr_hashes(cluster: LocalCluster, all_nodes: bool) -> list[pb.OverrideCSR]:
 
 def create_csr(cluster: LocalCluster, out: str, all_nodes: bool) -> tuple[int, str]:
     argv = ["auth", "create-override-csr", "--type", "windows", "--out", out]
-    result = cluster.authctl(*argv, *(["--all-nodes"] if all_nodes else []), node="node1")
+    result = cluster.authctl(*argv, "--all-nodes" if all_nodes else "--local-only", node="node1")
     return result.exit_code, result.stderr
 
 

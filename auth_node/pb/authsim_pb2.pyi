@@ -75,20 +75,40 @@ class HeldKey(_message.Message):
     def __init__(self, ca_type: _Optional[str] = ..., role: _Optional[str] = ..., public_key_hash: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_name", "host_id", "cluster_name", "token_label", "keys", "problems")
+    __slots__ = ("node_name", "host_id", "cluster_name", "token_label", "keys", "problems", "expiry_alerts")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_LABEL_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRY_ALERTS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     host_id: str
     cluster_name: str
     token_label: str
     keys: _containers.RepeatedCompositeFieldContainer[HeldKey]
     problems: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_name: _Optional[str] = ..., host_id: _Optional[str] = ..., cluster_name: _Optional[str] = ..., token_label: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[HeldKey, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+    expiry_alerts: _containers.RepeatedCompositeFieldContainer[ExpiryAlert]
+    def __init__(self, node_name: _Optional[str] = ..., host_id: _Optional[str] = ..., cluster_name: _Optional[str] = ..., token_label: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[HeldKey, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ..., expiry_alerts: _Optional[_Iterable[_Union[ExpiryAlert, _Mapping]]] = ...) -> None: ...
+
+class ExpiryAlert(_message.Message):
+    __slots__ = ("ca_type", "public_key_hash", "level", "not_after", "node_name", "message", "disabled")
+    CA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    ca_type: str
+    public_key_hash: str
+    level: str
+    not_after: str
+    node_name: str
+    message: str
+    disabled: bool
+    def __init__(self, ca_type: _Optional[str] = ..., public_key_hash: _Optional[str] = ..., level: _Optional[str] = ..., not_after: _Optional[str] = ..., node_name: _Optional[str] = ..., message: _Optional[str] = ..., disabled: _Optional[bool] = ...) -> None: ...
 
 class CertificateOverride(_message.Message):
     __slots__ = ("certificate", "public_key", "chain", "disabled")
@@ -117,26 +137,32 @@ class CertAuthorityOverride(_message.Message):
     def __init__(self, cluster_name: _Optional[str] = ..., type: _Optional[str] = ..., revision: _Optional[int] = ..., certificate_overrides: _Optional[_Iterable[_Union[CertificateOverride, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateOverrideCSRRequest(_message.Message):
-    __slots__ = ("type", "subject", "public_key_hash")
+    __slots__ = ("type", "subject", "public_key_hash", "gather", "timeout_seconds")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    GATHER_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     type: str
     subject: str
     public_key_hash: str
-    def __init__(self, type: _Optional[str] = ..., subject: _Optional[str] = ..., public_key_hash: _Optional[str] = ...) -> None: ...
+    gather: bool
+    timeout_seconds: float
+    def __init__(self, type: _Optional[str] = ..., subject: _Optional[str] = ..., public_key_hash: _Optional[str] = ..., gather: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class OverrideCSR(_message.Message):
-    __slots__ = ("ca_type", "role", "public_key_hash", "pem")
+    __slots__ = ("ca_type", "role", "public_key_hash", "pem", "node_name")
     CA_TYPE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
     PEM_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     ca_type: str
     role: str
     public_key_hash: str
     pem: str
-    def __init__(self, ca_type: _Optional[str] = ..., role: _Optional[str] = ..., public_key_hash: _Optional[str] = ..., pem: _Optional[str] = ...) -> None: ...
+    node_name: str
+    def __init__(self, ca_type: _Optional[str] = ..., role: _Optional[str] = ..., public_key_hash: _Optional[str] = ..., pem: _Optional[str] = ..., node_name: _Optional[str] = ...) -> None: ...
 
 class CreateOverrideCSRResponse(_message.Message):
     __slots__ = ("csrs", "warnings")
@@ -269,7 +295,7 @@ class CAOverrideInfo(_message.Message):
     def __init__(self, active: _Optional[bool] = ..., public_key_hash: _Optional[str] = ...) -> None: ...
 
 class SignResponse(_message.Message):
-    __slots__ = ("certificate", "chain", "ca_override", "serial", "issuer", "not_after", "node_name")
+    __slots__ = ("certificate", "chain", "ca_override", "serial", "issuer", "not_after", "node_name", "not_after_clipped")
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     CA_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +303,7 @@ class SignResponse(_message.Message):
     ISSUER_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_CLIPPED_FIELD_NUMBER: _ClassVar[int]
     certificate: str
     chain: _containers.RepeatedScalarFieldContainer[str]
     ca_override: CAOverrideInfo
@@ -284,7 +311,8 @@ class SignResponse(_message.Message):
     issuer: str
     not_after: str
     node_name: str
-    def __init__(self, certificate: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., ca_override: _Optional[_Union[CAOverrideInfo, _Mapping]] = ..., serial: _Optional[str] = ..., issuer: _Optional[str] = ..., not_after: _Optional[str] = ..., node_name: _Optional[str] = ...) -> None: ...
+    not_after_clipped: bool
+    def __init__(self, certificate: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., ca_override: _Optional[_Union[CAOverrideInfo, _Mapping]] = ..., serial: _Optional[str] = ..., issuer: _Optional[str] = ..., not_after: _Optional[str] = ..., node_name: _Optional[str] = ..., not_after_clipped: _Optional[bool] = ...) -> None: ...
 
 class ExerciseRequest(_message.Message):
     __slots__ = ("type", "user")

@@ -35,9 +35,12 @@ from authsim.cluster.errors import (
     quoted,
 )
 from authsim.cluster.local.state import cluster_dir
+from authsim.cluster.local.status import expiry_line
+from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.effective import EffectiveKey, effective_keys, effective_status
+from authsim.cluster.resources.expiry import expiry_level
 from authsim.cluster.resources.override import (
     CertAuthorityOverride,
     parse_override_documents,
@@ -198,9 +201,10 @@ def _print_overrides(
             )
             for problem in problems.get(resource.ca_type, []):
                 console.print(f"  breaks: {one_line(problem)}", markup=False)
-            table = Table("PUBLIC KEY HASH", "NODE", "SUBJECT", "NOT AFTER", "DISABLED")
+            table = Table("PUBLIC KEY HASH", "NODE", "SUBJECT", "NOT AFTER", "EXPIRY ALERT", "DISABLED")
+            now = clock.now()
             for entry in resource.certificate_overrides:
-                subject, not_after = "-", "-"
+                subject, not_after, level = "-", "-", "-"
                 if entry.certificate:
                     try:
                         cert = x509.load_pem_x509_certificate(entry.certificate.encode())
@@ -208,6 +212,8 @@ def _print_overrides(
                             one_line(display_name(cert.subject)),
                             cert.not_valid_after_utc.strftime("%Y-%m-%d"),
                         )
+                        alert = expiry_level(cert.not_valid_before_utc, cert.not_valid_after_utc, now)
+                        level = alert.label if alert else "-"
                     except ValueError:
                         subject = "(unreadable certificate)"
                 host = holders.get(entry.key_hash, "")
@@ -216,6 +222,7 @@ def _print_overrides(
                     cell(names.get(host, host or "not a CA key")),
                     cell(subject),
                     cell(not_after),
+                    cell(level),
                     cell("yes" if entry.disabled else "no"),
                 )
             console.print(table)
@@ -512,6 +519,17 @@ def status(nodes: NodeChoice, fmt: str) -> None:
             for k in reply.keys
         ],
         "problems": list(reply.problems),
+        "expiry_alerts": [
+            {
+                "ca_type": e.ca_type,
+                "public_key_hash": e.public_key_hash,
+                "node": e.node_name,
+                "level": e.level,
+                "not_after": e.not_after,
+                "disabled": e.disabled,
+            }
+            for e in reply.expiry_alerts
+        ],
     }
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
@@ -530,6 +548,8 @@ def status(nodes: NodeChoice, fmt: str) -> None:
         console.print(table)
         for problem in reply.problems:
             console.print(f"problem: {one_line(problem)}", markup=False, style="red")
+        for alert in reply.expiry_alerts:
+            console.print(one_line(expiry_line(alert)), markup=False, style="yellow")
 
 
 def print_cert_authority(ca: CertAuthority, keys: list[EffectiveKey], host_names: dict[str, str]) -> None:

@@ -36,42 +36,63 @@ def auth() -> None:
     pass
 
 
-@auth.command("create-override-csr", help="CSRs for the keys of CA TYPE that this node holds.")
+@auth.command(
+    "create-override-csr",
+    help="CSRs for the keys of CA TYPE: by default every node signs them for the keys of its own token "
+    "(asked through etcd); with --local-only only the chosen node's keys.",
+)
 @type_option
 @click.option(
     "--subject", default="", help="RFC 4514 subject, e.g. 'OU=My Organization Unit,CN=My Windows CA'"
 )
 @click.option("--public-key", "public_key", default="", help=f"only this key: {KEY_HELP}")
 @click.option("--out", default="", help="write one file per CSR: PREFIX<type>-<hash prefix>-csr.pem")
-@click.option("--all-nodes", is_flag=True, help="ask every node for the CSRs of its own keys")
+@click.option("--local-only", is_flag=True, help="only the keys in the chosen node's token (no etcd request)")
+@click.option("--all-nodes", is_flag=True, help="every node's keys: the default (kept for scripts)")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 600),
+    default=30.0,
+    show_default=True,
+    help="seconds to wait for the nodes' answers; a node that does not answer is a warning",
+)
 @click.pass_obj
 def create_override_csr(
-    nodes: NodeChoice, ca_type: str, subject: str, public_key: str, out: str, all_nodes: bool
+    nodes: NodeChoice,
+    ca_type: str,
+    subject: str,
+    public_key: str,
+    out: str,
+    local_only: bool,
+    all_nodes: bool,
+    timeout: float,
 ) -> None:
-    request = pb.CreateOverrideCSRRequest(type=ca_type, subject=subject, public_key_hash=public_key)
-    csrs: list[pb.OverrideCSR] = []
-    failed: list[str] = []
-    for client in nodes.all_clients() if all_nodes else [nodes.client()]:
-        with client:
-            try:
-                reply = client.call("CreateOverrideCSR", request)
-            except AuthSimError as e:
-                if not all_nodes:
-                    raise
-                failed.append(f"node {client.name}: {e}")  # the other nodes' CSRs are still written
-                continue
-        csrs.extend(reply.csrs)
-        if not all_nodes:  # with --all-nodes each skipped key is another node's own CSR
-            for warning in reply.warnings:
-                click.echo(f"warning: {escaped(warning)}", err=True)
+    if local_only and all_nodes:
+        raise click.UsageError("give --local-only or --all-nodes, not both")
+    request = pb.CreateOverrideCSRRequest(
+        type=ca_type,
+        subject=subject,
+        public_key_hash=public_key,
+        gather=not local_only,
+        timeout_seconds=timeout,
+    )
+    with nodes.client() as client:
+        client.timeout = max(client.timeout, timeout + GATHER_MARGIN)
+        reply = client.call("CreateOverrideCSR", request)
+    csrs = list(reply.csrs)
+    for warning in reply.warnings:
+        click.echo(f"warning: {escaped(warning)}", err=True)
+    if not csrs:
+        raise AuthSimError(f"no CSR for CA {ca_type}: see the warnings above")
     if not out:
         for csr in csrs:
             click.echo(csr.pem, nl=False)
     else:
         files = {path: csr.pem.encode() for csr, path in zip(csrs, csr_paths(out, csrs), strict=True)}
         write_outputs(files, public=files.keys())
-    if failed:
-        raise AuthSimError(f"no CSR from {len(failed)} node(s): " + "; ".join(failed))
+
+
+GATHER_MARGIN = 10.0  # seconds the RPC deadline leaves the node beyond --timeout to reply
 
 
 def csr_paths(prefix: str, csrs: list[pb.OverrideCSR]) -> list[Path]:
@@ -235,6 +256,14 @@ def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl:
         click.echo(
             escaped(f"issuer {reply.issuer}; override {state}, key {reply.ca_override.public_key_hash[:16]}")
         )
+        if reply.not_after_clipped:
+            click.echo(
+                escaped(
+                    f"warning: {reply.node_name}'s issuing certificate ends before the requested TTL: "
+                    f"the credential's not_after is clipped to {reply.not_after}"
+                ),
+                err=True,
+            )
 
 
 CREDENTIAL_SUFFIXES = (".key", ".crt", ".chain.pem", ".json")
@@ -255,6 +284,7 @@ def credential_files(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> di
                 "serial": reply.serial,
                 "issuer": reply.issuer,
                 "not_after": reply.not_after,
+                "not_after_clipped": reply.not_after_clipped,
                 "node": reply.node_name,
             },
             indent=2,

@@ -24,7 +24,7 @@ from authsim.cluster.cli.safe_text import cell, escaped
 from authsim.cluster.errors import ClusterError, one_line
 from authsim.cluster.local import identity, launcher
 from authsim.cluster.local.state import EtcdEntry, cluster_dir
-from authsim.cluster.local.status import ClusterStatus, collect_status
+from authsim.cluster.local.status import ClusterStatus, collect_status, expiry_line
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.store.keys import checked_cluster_name
 
@@ -237,3 +237,5 @@ def print_status(report: ClusterStatus) -> None:
         console.print(targets)
     for problem in report.problems:
         console.print(f"problem: {one_line(problem)}", markup=False, style="red")
+    for alert in report.expiry_alerts:
+        console.print(one_line(expiry_line(alert)), markup=False, style="yellow")

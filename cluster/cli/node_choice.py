@@ -44,14 +44,6 @@ class NodeChoice:
             "(nodes stopped, or etcd unreachable)"
         )
 
-    def all_clients(self) -> list[NodeClient]:
-        """A client for every node of the cluster dir (for --all-nodes)."""
-        identity = admin_identity(self.directory)
-        return [
-            NodeClient(admin_address(self.directory, e), identity, e.name)
-            for e in ClusterState.load(self.directory).nodes
-        ]
-
     def signer_client(self, ca_type: str) -> NodeClient:
         """The chosen node, or by default the node holding the active key of `ca_type` (it can sign)."""
         if self.node or self.auth_server:

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.errors import AuthSimError
 from authsim.cluster.local import downstream, processes
 from authsim.cluster.local.launcher import admin_identity, etcd_marker, node_marker
@@ -52,6 +53,25 @@ class ClusterStatus:
     nodes: list[NodeRow]
     targets: list[TargetRow] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # stored resources that break a rule, with the fix
+    expiry_alerts: list[ExpiryAlertRow] = field(default_factory=list)  # by the nodes' clocks
+
+
+@dataclass(frozen=True)
+class ExpiryAlertRow:
+    """An override certificate at an expiry alert level (RFD 0237), as a node reports it."""
+
+    ca_type: str
+    public_key_hash: str
+    node_name: str
+    message: str
+    disabled: bool
+
+
+def expiry_line(alert: pb.ExpiryAlert | ExpiryAlertRow) -> str:
+    """`expiry alert: windows key 4f2bb8a3eb309767 (node2) low: 150 days left (not after …)`."""
+    where = f" ({alert.node_name})" if alert.node_name else ""
+    disabled = " [entry disabled]" if alert.disabled else ""
+    return f"expiry alert: {alert.ca_type} key {alert.public_key_hash[:16]}{where} {alert.message}{disabled}"
 
 
 def collect_status(directory: Path) -> ClusterStatus:
@@ -59,6 +79,7 @@ def collect_status(directory: Path) -> ClusterStatus:
     identity = admin_identity(directory)
     rows = []
     problems: list[str] = []
+    alerts: list[ExpiryAlertRow] = []
     for entry in state.nodes:
         if not processes.is_running(entry.pid, node_marker(directory, entry.name)):
             rows.append(NodeRow(entry.name, entry.address, None, "STOPPED"))
@@ -72,11 +93,15 @@ def collect_status(directory: Path) -> ClusterStatus:
                 continue
         keys = [HeldKeyRow(k.ca_type, k.role, k.public_key_hash) for k in status.keys]
         problems += [p for p in status.problems if p not in problems]  # every node reads the same etcd
+        for a in status.expiry_alerts:
+            row = ExpiryAlertRow(a.ca_type, a.public_key_hash, a.node_name, a.message, a.disabled)
+            if all((r.ca_type, r.public_key_hash) != (row.ca_type, row.public_key_hash) for r in alerts):
+                alerts.append(row)
         rows.append(NodeRow(entry.name, entry.address, entry.pid, health, status.host_id, keys))
     etcd_running = (
         processes.is_running(state.etcd.pid, etcd_marker(directory)) if state.etcd.embedded else None
     )
-    return ClusterStatus(state, etcd_running, rows, _target_rows(directory, state), problems)
+    return ClusterStatus(state, etcd_running, rows, _target_rows(directory, state), problems, alerts)
 
 
 def _target_rows(directory: Path, state: ClusterState) -> list[TargetRow]:

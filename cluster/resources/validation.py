@@ -12,12 +12,13 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from authsim.cluster.errors import ValidationError, cut, quoted
+from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import MAX_ENTRIES, CertAuthorityOverride, CertificateOverride
@@ -343,7 +344,7 @@ def _lifetime_problems(e: _Entry, pair: CAKeyPair, ctx: OverrideContext) -> list
     assert e.cert is not None
     problems = []
     not_after = e.cert.not_valid_after_utc
-    if e.takes_effect and not_after < (ctx.now or datetime.now(timezone.utc)):
+    if e.takes_effect and not_after < (ctx.now or clock.now()):
         problems.append(f"{e.path}.certificate: expired on {_date(not_after)}")
     ca_not_after = _not_after(pair.cert_pem)
     if e.recertified and not_after > ca_not_after:

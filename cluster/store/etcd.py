@@ -25,6 +25,7 @@ from authsim.cluster.errors import (
     AuthSimError,
     ClusterError,
     ConflictError,
+    NotFoundError,
     OutcomeUnknownError,
     StoreAccessError,
     StoreUnavailableError,
@@ -315,6 +316,38 @@ class EtcdStore:
             revision = result.current.mod_revision if result.current else result.revision
             raise AlreadyExistsError(f"{key} already exists (revision {revision})")
         return result.revision
+
+    async def grant_lease(self, ttl: int) -> int:
+        """A lease of `ttl` seconds (keys put under it vanish when it ends or is revoked); its id."""
+        client = self._connected()
+        with self._map_errors():
+            reply = await client.leasestub.LeaseGrant(
+                rpc.LeaseGrantRequest(TTL=ttl), timeout=self.timeout, metadata=client.metadata
+            )
+        return int(reply.ID)
+
+    async def revoke_lease(self, lease: int) -> None:
+        """End lease `lease` now, deleting its keys; one already ended is no error."""
+        client = self._connected()
+        try:
+            with self._map_errors():
+                await client.leasestub.LeaseRevoke(
+                    rpc.LeaseRevokeRequest(ID=lease), timeout=self.timeout, metadata=client.metadata
+                )
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    async def put_leased(self, key: str, value: bytes, lease: int) -> int:
+        """Put `key` = `value` under `lease` (unconditionally); the write's revision. NotFoundError
+        when the lease has ended."""
+        try:
+            response = await self._call("Put", rpc.PutRequest(key=key.encode(), value=value, lease=lease))
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            raise NotFoundError(f"lease {lease:x} of {key} has ended") from None
+        return int(response.header.revision)
 
     async def delete(self, key: str, expected_revision: int, guard: Guard | None = None) -> CasResult:
         """Delete `key` if its mod_revision is `expected_revision`; same guard and failure branch as CAS."""

@@ -61,3 +61,23 @@ def events_prefix(cluster_name: str) -> str:
 def target_key(cluster_name: str, kind: str) -> str:
     """A downstream target's address, where nodes look it up to open sessions on it."""
     return f"{ROOT}/{cluster_name}/targets/{kind}"
+
+
+def expiry_alert_key(cluster_name: str, fingerprint: str, level: str) -> str:
+    """The marker that the alert `level` of the override certificate `fingerprint` (hex SHA-256 of its
+    DER) was recorded as an event: created once, so a restarted node does not record it again."""
+    return f"{ROOT}/{cluster_name}/expiry_alerts/{fingerprint}/{level}"
+
+
+def csr_request_key(cluster_name: str, request_id: str) -> str:
+    """A pending cluster-wide CSR request, under a lease: every node answers it for its own keys."""
+    return f"{ROOT}/{cluster_name}/csr_requests/{request_id}"
+
+
+def csr_answers_prefix(cluster_name: str, request_id: str) -> str:
+    return f"{ROOT}/{cluster_name}/csr_answers/{request_id}/"
+
+
+def csr_answer_key(cluster_name: str, request_id: str, host_id: str) -> str:
+    """One node's answer to a CSR request (its CSRs, or why it has none), under the request's lease."""
+    return f"{csr_answers_prefix(cluster_name, request_id)}{host_id}"

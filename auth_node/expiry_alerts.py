@@ -1,0 +1,98 @@
+"""Expiry alerts of override certificates (RFD 0237): listed for status, recorded once per level as events.
+
+Each node records the alerts of the entries of its own keys only, so each is recorded once in the
+cluster; a marker key in etcd (created if absent) makes "once" hold across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import uuid
+from typing import Any
+
+from authsim.auth_node.cluster_view import ClusterView
+from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.events import record_event
+from authsim.cluster.errors import AlreadyExistsError
+from authsim.cluster.resources import clock
+from authsim.cluster.resources.ca_types import CA_TYPES
+from authsim.cluster.resources.expiry import ExpiryAlert, override_alerts
+from authsim.cluster.store import EtcdStore
+from authsim.cluster.store.keys import expiry_alert_key
+
+log = logging.getLogger(__name__)
+CHECK_INTERVAL = 3600.0  # seconds between checks when nothing in the cluster changes
+EVENT = "cert_authority_override.expiry_alert"
+CODE = "TCO05W"
+
+
+def cluster_alerts(view: ClusterView, now: dt.datetime) -> list[tuple[ExpiryAlert, str]]:
+    """Every alert of the override resources in the view at `now`, with the host id holding its key
+    ("" when no key of the CA matches). Resources that break a rule are skipped (status reports them)."""
+    found = []
+    for ca_type in CA_TYPES:
+        stored = view.stored_override(ca_type)
+        if stored is None or not stored.valid:
+            continue
+        ca = view.cert_authorities.get(ca_type)
+        holders = {} if ca is None else {p.public_key_hash: p.key.host_id for _, p in ca.all_keys()}
+        found += [(a, holders.get(a.public_key_hash, "")) for a in override_alerts(stored.resource, now)]
+    return found
+
+
+def alert_event(node: NodeConfig, alert: ExpiryAlert, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "auth_node": node.name,
+        "ca_type": alert.ca_type,
+        "certificate_sha256": alert.fingerprint,
+        "cluster_name": node.cluster_name,
+        "code": CODE,
+        "disabled": alert.disabled,
+        "ei": 0,
+        "event": EVENT,
+        "level": alert.level.label,
+        "message": alert.describe(),
+        "not_after": alert.not_after.isoformat(),
+        "public_key_hash": alert.public_key_hash,
+        "sid": str(uuid.uuid4()),
+        "success": True,
+        "time": now.isoformat(timespec="milliseconds"),
+    }
+
+
+async def record_once(store: EtcdStore, node: NodeConfig, alert: ExpiryAlert, now: dt.datetime) -> bool:
+    """Record `alert` as an event unless its marker exists; True when this call recorded it. The marker
+    is written first: a node stopped in between loses the event rather than recording it twice."""
+    marker = expiry_alert_key(node.cluster_name, alert.fingerprint, alert.level.label)
+    event = alert_event(node, alert, now)
+    try:
+        await store.create(marker, json.dumps({"node": node.name, "sid": event["sid"]}).encode())
+    except AlreadyExistsError:
+        return False
+    await record_event(store, node.cluster_name, event, node.event_retention)
+    log.warning("expiry alert %s for %s key %s", alert.describe(), alert.ca_type, alert.public_key_hash[:16])
+    return True
+
+
+async def watch_expiry(node: NodeConfig, store: EtcdStore, view: ClusterView) -> None:
+    """Check this node's entries whenever the cluster changes and at least every CHECK_INTERVAL;
+    record each new level once. Errors are logged and the next check tries again."""
+    done: set[tuple[str, int]] = set()  # (fingerprint, level) known recorded: no etcd call again
+    while True:
+        await view.ready.wait()
+        revision = view.revision
+        try:
+            now = clock.now()
+            for alert, host_id in cluster_alerts(view, now):
+                if host_id != node.host_id or (alert.fingerprint, alert.level) in done:
+                    continue
+                await record_once(store, node, alert, now)
+                done.add((alert.fingerprint, alert.level))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # etcd away, a clock setting that does not parse: try at the next check
+            log.warning("expiry check failed: %s", e)
+        await view.caught_up(revision + 1, CHECK_INTERVAL)
