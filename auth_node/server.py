@@ -15,7 +15,9 @@ from authsim.auth_node.ca_keys import ensure_ca_keys
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
+from authsim.auth_node.overrides import Overrides
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
+from authsim.auth_node.rotation import RotationParts
 from authsim.auth_node.service import AuthService
 from authsim.cluster.errors import AuthSimError, ClusterError, StoreUnavailableError
 from authsim.cluster.mtls import TLSIdentity
@@ -114,6 +116,9 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
         tasks = [
             asyncio.create_task(keep_healthy(node, store, keystore, health_servicer)),
             asyncio.create_task(view.run()),
+            asyncio.create_task(
+                RotationParts(node, store, keystore, view, Overrides(store, node, view)).run()
+            ),
         ]
         for task in tasks:
             task.add_done_callback(lambda _: stop.set())
