@@ -91,14 +91,49 @@ async def _ensure_ca_key(store: EtcdStore, keystore: KeyStore, node: NodeConfig,
 
 
 def _own_key_pair(keystore: KeyStore, node: NodeConfig, ca_type: str) -> CAKeyPair:
-    """This node's key for `ca_type`: the one made earlier if the token still holds it, else a new one.
+    """This node's key for `ca_type`: the one made earlier if the token still holds it, else a new one."""
+    return _recorded_key_pair(keystore, node, ca_type)
+
+
+def rotation_key_pair(keystore: KeyStore, node: NodeConfig, ca_type: str) -> CAKeyPair:
+    """This node's new key for a rotation of `ca_type` (made once, reused when the node resumes)."""
+    return _recorded_key_pair(keystore, node, _rotation_record(ca_type))
+
+
+def adopt_rotation_key(node: NodeConfig, ca_type: str) -> None:
+    """At standby: the rotation's new key becomes this node's recorded key of `ca_type`."""
+    records = _read_records(node.layout.ca_keys)
+    if _rotation_record(ca_type) in records:
+        records[ca_type] = records.pop(_rotation_record(ca_type))
+        _write_records(node.layout.ca_keys, records)
+
+
+def forget_rotation_key(keystore: KeyStore, node: NodeConfig, ca_type: str, ca: CertAuthority) -> None:
+    """At rollback: destroy the rotation's new key if the CA does not hold it, and forget it."""
+    records = _read_records(node.layout.ca_keys)
+    known = records.pop(_rotation_record(ca_type), None)
+    if known is None:
+        return
+    ref = KeyRef(node.host_id, known["key_id"])
+    in_ca = any(p.public_key_hash == known["public_key_hash"] for _, p in ca.all_keys())
+    if not in_ca and keystore.holds(ref):
+        keystore.delete_key(ref)
+    _write_records(node.layout.ca_keys, records)
+
+
+def _rotation_record(ca_type: str) -> str:
+    return f"{ca_type}:rotation"
+
+
+def _recorded_key_pair(keystore: KeyStore, node: NodeConfig, name: str) -> CAKeyPair:
+    """The key recorded under `name` if the token still holds it, else a new one, recorded.
 
     The pending key is recorded in `ca-keys.json` before it is offered to etcd, so a node that dies
     between key generation and its compare-and-swap reuses the key instead of leaving an orphan.
     """
     record_path = node.layout.ca_keys
     records = _read_records(record_path)
-    known = records.get(ca_type)
+    known = records.get(name)
     if known is not None:
         ref = KeyRef(node.host_id, known["key_id"])
         if keystore.holds(ref):
@@ -106,11 +141,15 @@ def _own_key_pair(keystore: KeyStore, node: NodeConfig, ca_type: str) -> CAKeyPa
     ref, public_key = keystore.generate_rsa_key()
     cert = keystore.run(lambda: self_signed_ca_cert(keystore.private_key(ref), node.cluster_name))
     pair = CAKeyPair(cert.public_bytes(Encoding.PEM).decode().strip(), ref, public_key_hash(public_key))
-    records[ca_type] = {"key_id": ref.key_id, "cert": pair.cert_pem, "public_key_hash": pair.public_key_hash}
-    pending = record_path.with_suffix(".tmp")
-    pending.write_text(json.dumps(records, indent=2, sort_keys=True))
-    pending.replace(record_path)  # atomic: a crash never leaves half a record
+    records[name] = {"key_id": ref.key_id, "cert": pair.cert_pem, "public_key_hash": pair.public_key_hash}
+    _write_records(record_path, records)
     return pair
+
+
+def _write_records(path: Path, records: dict[str, dict[str, str]]) -> None:
+    pending = path.with_suffix(".tmp")
+    pending.write_text(json.dumps(records, indent=2, sort_keys=True))
+    pending.replace(path)  # atomic: a crash never leaves half a record
 
 
 def _read_records(path: Path) -> dict[str, dict[str, str]]:
@@ -130,6 +169,11 @@ async def promote_additional_keys(store: EtcdStore, cluster_name: str, ca_type: 
         if current is None:
             raise NotFoundError(f"cert_authority {ca_type} of cluster {cluster_name} not found")
         ca = read_cert_authority(current.value, current.mod_revision, cluster_name, ca_type).require()
+        if ca.rotation.state == "in_progress":
+            raise AuthSimError(
+                f"rotation of {ca_type} is in phase {ca.rotation.phase}: its additional keys are the "
+                f"rotation's new keys; continue with `authctl auth rotate --type {ca_type} --phase PHASE`"
+            )
         if not ca.additional_trusted_keys:
             return None
         keys = (*ca.active_keys, *ca.additional_trusted_keys)

@@ -251,6 +251,22 @@ class Overrides:
 
         return replace(await self._update(ca_type, remove, force, progress=progress), public_key=found_key)
 
+    async def prune_entries(self, ca_type: str) -> WriteResult:
+        """Remove the entries of keys no longer in the CA (after a rotation's standby or rollback);
+        checked against the CA as stored at the swap, like every write; no entry to remove: no write."""
+
+        def prune(previous: StoredOverride | None, ctx: OverrideContext) -> CertAuthorityOverride | None:
+            before = _base(previous)
+            if before is None or ctx.cert_authority is None:
+                return None
+            keys = {pair.public_key_hash for _, pair in ctx.cert_authority.all_keys()}
+            kept = tuple(e for e in before.certificate_overrides if e.key_hash in keys)
+            if len(kept) == len(before.certificate_overrides):
+                return None
+            return self._checked(replace(before, certificate_overrides=kept), before, ctx)
+
+        return await self._update(ca_type, prune, force=False)
+
     @staticmethod
     def _find(
         resource: CertAuthorityOverride | None, ctx: OverrideContext, ca_type: str, public_key: str

@@ -19,8 +19,10 @@ from authsim.auth_node.csr import answer_csr_requests
 from authsim.auth_node.events import EventRecorder
 from authsim.auth_node.expiry_alerts import watch_expiry
 from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
+from authsim.auth_node.overrides import Overrides
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.auth_node.request_log import RequestLog
+from authsim.auth_node.rotation import RotationParts
 from authsim.auth_node.service import AuthService
 from authsim.cluster.errors import AuthSimError, ClusterError, StoreUnavailableError
 from authsim.cluster.mtls import TLSIdentity
@@ -130,6 +132,9 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
             asyncio.create_task(crls.run()),
             asyncio.create_task(watch_expiry(node, store, view)),
             asyncio.create_task(answer_csr_requests(view, store, keystore)),
+            asyncio.create_task(
+                RotationParts(node, store, keystore, view, Overrides(store, node, view)).run()
+            ),
         ]
         for task in tasks:
             task.add_done_callback(lambda _: stop.set())

@@ -50,6 +50,7 @@ from authsim.auth_node.issuance import (
 from authsim.auth_node.overrides import Overrides, WriteProgress, WriteResult
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
+from authsim.auth_node.rotation import request_phase
 from authsim.auth_node.token_signer import TokenSigner
 from authsim.cluster.errors import (
     MAX_MESSAGE_CHARS,
@@ -165,7 +166,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         if stored is None:
             raise NotFoundError(f"cert_authority {ca_type} of cluster {self.node.cluster_name} not found")
         if stored.cert_authority is not None:
-            return stored.cert_authority.to_proto()
+            return stored.cert_authority.to_proto(await node_names(self.store, self.node.cluster_name))
         return pb.CertAuthority(
             cluster_name=self.node.cluster_name,
             type=ca_type,
@@ -435,9 +436,12 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def RotateCertAuthority(
         self, request: pb.RotateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.WriteResponse:
-        result = await promote_additional_keys(
-            self.store, self.node.cluster_name, resolve_ca_type(request.type).name
-        )
+        ca_type = resolve_ca_type(request.type).name
+        if request.phase:
+            names = await node_names(self.store, self.node.cluster_name)
+            result = await request_phase(self.store, self.node.cluster_name, ca_type, request.phase, names)
+        else:
+            result = await promote_additional_keys(self.store, self.node.cluster_name, ca_type)
         return pb.WriteResponse(revision=result.revision, attempts=result.attempts, changed=result.changed)
 
     async def _audited(

@@ -33,6 +33,7 @@ from authsim.cluster.store.rbac import grant_cluster_access
 from bench.events import record_cost
 from bench.issuance import issuance_rate, propagation, raw_sign_rate
 from bench.override_appends import interleaved_cas_latency, raw_cas_latency, simultaneous_appends
+from bench.rotation import auto_rotation
 
 BATCH = 32  # requests per SignBatch call
 
@@ -99,6 +100,7 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
     result["etcd"] = {"raw_cas_ms_median": raw_ms, "raw_cas_per_s": 1000 / raw_ms, "appends": appends}
     result["etcd_tls"] = tls_cost(tmp, 100 if quick else 300, rounds)
     result["up"] = [up_time(tmp, n) for n in ((3,) if quick else (3, 16))]
+    result["rotation"] = auto_rotation(tmp)
     return result
 
 
@@ -226,6 +228,15 @@ def report(result: dict[str, Any]) -> None:
         "",
         "",
         "p99 <= 250 ms",
+    )
+    rotation = result["rotation"]
+    table.add_row(
+        "rotate --auto, 3 nodes, overrides (external CA scripted)",
+        f"{rotation['seconds']:.1f} s: init {rotation['init_s']:.1f}, 3 entries {rotation['entries_s']:.1f}, "
+        f"to standby {rotation['to_standby_s']:.1f}",
+        "",
+        "",
+        "",
     )
     Console(width=140).print(
         f"raw etcd CAS Txn: median {etcd['raw_cas_ms_median']:.2f} ms "

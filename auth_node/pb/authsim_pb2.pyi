@@ -35,7 +35,7 @@ class CAKeyPair(_message.Message):
     def __init__(self, cert: _Optional[str] = ..., key: _Optional[_Union[KeyRef, _Mapping]] = ..., public_key_hash: _Optional[str] = ...) -> None: ...
 
 class CertAuthority(_message.Message):
-    __slots__ = ("cluster_name", "type", "revision", "active_keys", "additional_trusted_keys", "rotation_state", "problems")
+    __slots__ = ("cluster_name", "type", "revision", "active_keys", "additional_trusted_keys", "rotation_state", "problems", "rotation")
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class CertAuthority(_message.Message):
     ADDITIONAL_TRUSTED_KEYS_FIELD_NUMBER: _ClassVar[int]
     ROTATION_STATE_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     type: str
     revision: int
@@ -50,7 +51,34 @@ class CertAuthority(_message.Message):
     additional_trusted_keys: _containers.RepeatedCompositeFieldContainer[CAKeyPair]
     rotation_state: str
     problems: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cluster_name: _Optional[str] = ..., type: _Optional[str] = ..., revision: _Optional[int] = ..., active_keys: _Optional[_Iterable[_Union[CAKeyPair, _Mapping]]] = ..., additional_trusted_keys: _Optional[_Iterable[_Union[CAKeyPair, _Mapping]]] = ..., rotation_state: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+    rotation: Rotation
+    def __init__(self, cluster_name: _Optional[str] = ..., type: _Optional[str] = ..., revision: _Optional[int] = ..., active_keys: _Optional[_Iterable[_Union[CAKeyPair, _Mapping]]] = ..., additional_trusted_keys: _Optional[_Iterable[_Union[CAKeyPair, _Mapping]]] = ..., rotation_state: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ..., rotation: _Optional[_Union[Rotation, _Mapping]] = ...) -> None: ...
+
+class Rotation(_message.Message):
+    __slots__ = ("phase", "started", "old_active", "nodes")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    OLD_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    started: str
+    old_active: _containers.RepeatedScalarFieldContainer[str]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeRotation]
+    def __init__(self, phase: _Optional[str] = ..., started: _Optional[str] = ..., old_active: _Optional[_Iterable[str]] = ..., nodes: _Optional[_Iterable[_Union[NodeRotation, _Mapping]]] = ...) -> None: ...
+
+class NodeRotation(_message.Message):
+    __slots__ = ("host_id", "node_name", "old_keys", "new_key", "done")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    OLD_KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEW_KEY_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    node_name: str
+    old_keys: _containers.RepeatedScalarFieldContainer[str]
+    new_key: str
+    done: str
+    def __init__(self, host_id: _Optional[str] = ..., node_name: _Optional[str] = ..., old_keys: _Optional[_Iterable[str]] = ..., new_key: _Optional[str] = ..., done: _Optional[str] = ...) -> None: ...
 
 class GetCertAuthorityRequest(_message.Message):
     __slots__ = ("type",)
@@ -367,10 +395,12 @@ class FollowEventsRequest(_message.Message):
     def __init__(self, after_revision: _Optional[int] = ..., kind: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
-    __slots__ = ("type",)
+    __slots__ = ("type", "phase")
     TYPE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     type: str
-    def __init__(self, type: _Optional[str] = ...) -> None: ...
+    phase: str
+    def __init__(self, type: _Optional[str] = ..., phase: _Optional[str] = ...) -> None: ...
 
 class DeleteCertAuthorityRequest(_message.Message):
     __slots__ = ("type",)

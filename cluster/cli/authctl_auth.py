@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
 from authsim.cluster.cli.safe_text import escaped
 from authsim.cluster.errors import AuthSimError, ValidationError, quoted
+from authsim.cluster.local.node_client import NodeClient
+from authsim.cluster.resources.cert_authority import ROTATING_PHASES, ROTATION_PHASES
 from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.secret_files import name_problems, write_all
 
@@ -315,14 +318,93 @@ def _refuse_unwritable_names(paths: Iterable[Path]) -> None:
 
 
 @auth.command(
-    "rotate", help="Make every additional trusted key of CA TYPE active, so each node signs with its own."
+    "rotate",
+    help="Rotate CA TYPE by phases (--phase, or --auto through init, update_clients, update_servers, "
+    "standby), waiting until every node has done its part. Without either: make every additional "
+    "trusted key active, so each node signs with its own (refused during a phased rotation).",
 )
 @type_option
+@click.option("--phase", type=click.Choice(ROTATION_PHASES), default=None, help="the phase to move to")
+@click.option("--auto", is_flag=True, help="walk the phases up to standby, stopping where one is refused")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 3600),
+    default=60.0,
+    show_default=True,
+    help="seconds to wait for the nodes' parts of each phase",
+)
 @click.pass_obj
-def rotate(nodes: NodeChoice, ca_type: str) -> None:
+def rotate(nodes: NodeChoice, ca_type: str, phase: str | None, auto: bool, timeout: float) -> None:
+    if phase and auto:
+        raise click.UsageError("give --phase or --auto, not both")
     with nodes.client() as client:
-        reply: pb.WriteResponse = client.call("RotateCertAuthority", pb.RotateRequest(type=ca_type))
+        if phase is None and not auto:
+            _promote(client, ca_type)
+            return
+        phases = [phase] if phase else _remaining_phases(client.get_cert_authority(ca_type).rotation)
+        for step in phases:
+            _move_and_wait(client, ca_type, step, timeout)
+
+
+def _promote(client: NodeClient, ca_type: str) -> None:
+    reply: pb.WriteResponse = client.call("RotateCertAuthority", pb.RotateRequest(type=ca_type))
     if reply.changed:
         click.echo(f"cert_authority {ca_type}: every key is active now (revision {reply.revision})")
     else:
         click.echo(f"cert_authority {ca_type}: no additional keys, nothing to do (revision {reply.revision})")
+
+
+WALK = ("init", "update_clients", "update_servers", "standby")
+POLL_INTERVAL = 0.3  # seconds between two looks at the nodes' parts
+
+
+def _remaining_phases(rotation: pb.Rotation) -> list[str]:
+    """--auto: the unfinished current phase, then the ones after it up to standby (a new rotation
+    when the last one is over)."""
+    current = rotation.phase or "standby"
+    unfinished = any(n.done != current for n in rotation.nodes)
+    if current in ROTATING_PHASES:
+        return list(WALK[WALK.index(current) :])
+    return [current] if unfinished else list(WALK)
+
+
+def _move_and_wait(client: NodeClient, ca_type: str, phase: str, timeout: float) -> None:
+    """Ask for `phase`, then print each node's part as it is done; an error past the deadline."""
+    reply: pb.WriteResponse = client.call("RotateCertAuthority", pb.RotateRequest(type=ca_type, phase=phase))
+    state = "moved to" if reply.changed else "already in"
+    click.echo(f"cert_authority {ca_type}: rotation {state} phase {phase} (revision {reply.revision})")
+    deadline = time.monotonic() + timeout
+    reported: set[str] = set()
+    while True:
+        rotation = client.get_cert_authority(ca_type).rotation
+        if rotation.phase != phase:
+            raise AuthSimError(f"rotation of {ca_type}: moved on to phase {rotation.phase} meanwhile")
+        for part in rotation.nodes:
+            if part.done == phase and part.host_id not in reported:
+                reported.add(part.host_id)
+                click.echo(escaped(f"  node {_node(part)}: {_what_was_done(phase, part)}"))
+        pending = [_node(part) for part in rotation.nodes if part.done != phase]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise AuthSimError(
+                f"rotation of {ca_type}: after {timeout:g} s, phase {phase} is not done on node(s) "
+                f"{', '.join(pending)} (a stopped node does its part when it starts again; run this "
+                "command again to wait for it)"
+            )
+        time.sleep(POLL_INTERVAL)
+
+
+def _node(part: pb.NodeRotation) -> str:
+    return part.node_name or f"(host {part.host_id})"
+
+
+def _what_was_done(phase: str, part: pb.NodeRotation) -> str:
+    new, old = part.new_key[:16], ", ".join(k[:16] for k in part.old_keys)
+    return {
+        "init": f"new key {new} made in its token, trusted as an additional key",
+        "update_clients": f"signs with its new key {new}",
+        "update_servers": f"serves with its new key {new}",
+        "standby": f"old key(s) {old} destroyed in its token",
+        "rollback": f"new key {new or '(none)'} destroyed, signs with its old key(s) {old} again",
+    }[phase]

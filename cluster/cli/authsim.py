@@ -36,8 +36,11 @@ def cli() -> None:
     show_default=True,
     help="the demo's own cluster dir (replaced on every run)",
 )
-def demo(directory: str) -> None:
-    run_demo(Path(directory).absolute(), console)
+@click.option(
+    "--rotation", is_flag=True, help="then rotate the windows CA with its overrides enabled (issue 14)"
+)
+def demo(directory: str, rotation: bool) -> None:
+    run_demo(Path(directory).absolute(), console, rotation)
 
 
 @cli.command(

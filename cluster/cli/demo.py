@@ -87,8 +87,9 @@ class Demo:
         return json.loads(self.authctl(*args, "--format", "json", node=node, quiet=True))
 
 
-def run_demo(directory: Path, console: Console) -> None:
-    """The five steps; raises DemoError when a step does not behave as the seed says."""
+def run_demo(directory: Path, console: Console, rotation: bool = False) -> None:
+    """The five steps (then, with `rotation`, an override-aware rotation of the windows CA); raises
+    DemoError when a step does not behave as documented."""
     if directory.exists():
         console.print(f"removing the previous demo cluster in {directory}")
         launcher.down(directory, purge=True)
@@ -101,6 +102,9 @@ def run_demo(directory: Path, console: Console) -> None:
     _append_overrides(demo, signed)
     _exercise(demo, signed)
     console.rule("[bold green]The seed's five steps behaved as documented")
+    if rotation:
+        _rotate_windows(demo, signed)
+        console.rule("[bold green]The rotation of the windows CA behaved as documented")
     console.print(
         f"The cluster keeps running. Look around with `authctl --dir {directory} ...`; "
         f"stop it with `authsim down --dir {directory}`."
@@ -201,3 +205,49 @@ def _exercise(demo: Demo, signed: Signed) -> None:
         said = issued[-1][issued[-1].index("ISSUE:") :]  # from its verdict on (before it: the etypes)
         demo.console.print(f"the KDC: {said}", markup=False, soft_wrap=True)
     demo.authctl("get", "events", "--format", "text")
+
+
+def _rotate_windows(demo: Demo, signed: Signed) -> None:
+    """Issue 14: rotate the windows CA with overrides enabled, one new key per node's token."""
+    nodes = [f"node{i}" for i in range(1, 4)]
+    old = {e["public_key"] for e in demo.json("get", "ca_overrides/windows")["spec"]["certificate_overrides"]}
+    demo.step("Rotation 1/5. init: every node makes a new key in its own token")
+    demo.authctl("auth", "rotate", "--type=windows", "--phase=init")
+    hosts = {demo.json("status", node=n)["host_id"]: n for n in nodes}
+    parts = demo.json("get", "cas/windows")["spec"]["rotation"]["nodes"]
+    new = {hosts[h]: part["new"]["public_key_hash"] for h, part in parts.items()}
+    demo.check(len(new) == 3, "three new keys, each an additional trusted key of the windows CA")
+
+    demo.step("Rotation 2/5. Clients may not move yet: the new keys have no override")
+    demo.authctl("auth", "rotate", "--type=windows", "--auto", expect_ok=False)
+
+    demo.step("Rotation 3/5. Per node: the CSR for its new key, the external CA, downstream trust, its entry")
+    extca, certs = demo.work / "extca", demo.work / "rotated"
+    for node, key in new.items():
+        out = f"{demo.work}/rotation-csr/"
+        demo.authctl(
+            "auth", "create-override-csr", "--type", "windows", "--public-key", key, "--out", out, node=node
+        )
+        [csr] = Path(out).glob(f"windows-{key[:8]}*-csr.pem")
+        demo.run("authsim external-ca", "sign", "--dir", str(extca), str(csr), "--out-dir", str(certs))
+        [cert] = certs.glob(f"windows-{key[:8]}*.pem")
+        where = ("--dir", str(demo.directory))
+        demo.run("authsim trust", *where, "--target", "desktop", "--ntauth", str(cert))
+        demo.authctl("auth", "create-override", "--type=windows", str(cert), str(signed.chain), node=node)
+
+    demo.step("Rotation 4/5. --auto: update_clients, update_servers, standby")
+    demo.authctl("auth", "rotate", "--type=windows", "--auto")
+    entries = demo.json("get", "ca_overrides/windows")["spec"]["certificate_overrides"]
+    kept = {e["public_key"] for e in entries}
+    demo.check(kept == set(new.values()), "ca_overrides/windows: the new keys' entries only")
+    demo.check(not kept & old, "the old keys' entries left with the old keys at standby")
+    demo.authctl("get", "ca_overrides/windows", "--format", "text")
+
+    demo.step("Rotation 5/5. Sessions on the desktop with credentials from each node's new key")
+    for node, key in new.items():
+        event = json.loads(demo.authctl("exercise", "--type=windows", "--user", "alice", node=node))
+        override = event["ca_override"]
+        demo.check(
+            event["success"] and override["active"] and override["public_key_hash"] == key,
+            f"{node}: {event['event']} ({event['code']}): success, ca_override active, new key {key[:16]}",
+        )

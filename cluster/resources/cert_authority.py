@@ -35,6 +35,108 @@ class CAKeyPair:
         return cls(msg.cert, KeyRef(msg.key.host_id, msg.key.key_id), msg.public_key_hash)
 
 
+ROTATION_PHASES = ("standby", "init", "update_clients", "update_servers", "rollback")
+ROTATING_PHASES = ("init", "update_clients", "update_servers")  # a rotation is in progress
+
+
+@dataclass(frozen=True)
+class RotationKey:
+    """A key a rotation keeps track of on one node: its token object and its public key hash."""
+
+    key_id: str
+    public_key_hash: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"key_id": self.key_id, "public_key_hash": self.public_key_hash}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RotationKey:
+        return cls(str(data["key_id"]), str(data["public_key_hash"]))
+
+    @classmethod
+    def of(cls, pair: CAKeyPair) -> RotationKey:
+        return cls(pair.key.key_id, pair.public_key_hash)
+
+
+@dataclass(frozen=True)
+class NodeRotation:
+    """One node's part of a rotation: its keys before it, its new key, the last phase it finished."""
+
+    old: tuple[RotationKey, ...] = ()
+    new: RotationKey | None = None
+    done: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "old": [k.to_dict() for k in self.old],
+            "new": None if self.new is None else self.new.to_dict(),
+            "done": self.done,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NodeRotation:
+        new = data.get("new")
+        return cls(
+            tuple(RotationKey.from_dict(k) for k in data.get("old", [])),
+            None if new is None else RotationKey.from_dict(new),
+            str(data.get("done", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """The `rotation` block: the phase, when the rotation started, the keys active before it (what a
+    rollback restores) and each node's part, by host id."""
+
+    phase: str = "standby"
+    started: str = ""
+    old_active: tuple[str, ...] = ()  # public key hashes
+    nodes: dict[str, NodeRotation] = field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        return "in_progress" if self.phase in ROTATING_PHASES else "standby"
+
+    def pending(self) -> list[str]:
+        """Host ids whose part of the current phase is not done yet."""
+        return [host for host, part in self.nodes.items() if part.done != self.phase]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "phase": self.phase,
+            "started": self.started,
+            "old_active": list(self.old_active),
+            "nodes": {host: part.to_dict() for host, part in sorted(self.nodes.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rotation:
+        return cls(
+            phase=str(data.get("phase", "standby")),
+            started=str(data.get("started", "")),
+            old_active=tuple(str(h) for h in data.get("old_active", [])),
+            nodes={str(h): NodeRotation.from_dict(p) for h, p in data.get("nodes", {}).items()},
+        )
+
+    def to_proto(self, node_names: dict[str, str]) -> pb.Rotation:
+        return pb.Rotation(
+            phase=self.phase,
+            started=self.started,
+            old_active=self.old_active,
+            nodes=[
+                pb.NodeRotation(
+                    host_id=host,
+                    node_name=node_names.get(host, ""),
+                    old_keys=[k.public_key_hash for k in part.old],
+                    new_key="" if part.new is None else part.new.public_key_hash,
+                    done=part.done,
+                )
+                for host, part in sorted(self.nodes.items())
+            ],
+        )
+
+
 @dataclass(frozen=True)
 class CertAuthority:
     """The CA of one type: active keys sign, additional trusted keys are trusted and await rotation."""
@@ -43,8 +145,12 @@ class CertAuthority:
     ca_type: str
     active_keys: tuple[CAKeyPair, ...] = ()
     additional_trusted_keys: tuple[CAKeyPair, ...] = ()
-    rotation_state: str = "standby"
+    rotation: Rotation = field(default_factory=Rotation)
     revision: int = field(default=0, compare=False)
+
+    @property
+    def rotation_state(self) -> str:
+        return self.rotation.state
 
     def all_keys(self) -> list[tuple[str, CAKeyPair]]:
         """Every key with its role, active first."""
@@ -69,7 +175,7 @@ class CertAuthority:
                 "type": self.ca_type,
                 "active_keys": {"tls": [k.to_dict() for k in self.active_keys]},
                 "additional_trusted_keys": {"tls": [k.to_dict() for k in self.additional_trusted_keys]},
-                "rotation": {"state": self.rotation_state},
+                "rotation": self.rotation.to_dict(),
             },
         }
 
@@ -83,7 +189,7 @@ class CertAuthority:
             additional_trusted_keys=tuple(
                 CAKeyPair.from_dict(k) for k in spec["additional_trusted_keys"]["tls"]
             ),
-            rotation_state=str(spec.get("rotation", {}).get("state", "standby")),
+            rotation=Rotation.from_dict(spec.get("rotation", {})),
             revision=revision,
         )
 
@@ -100,7 +206,7 @@ class CertAuthority:
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
 
-    def to_proto(self) -> pb.CertAuthority:
+    def to_proto(self, node_names: dict[str, str] | None = None) -> pb.CertAuthority:
         return pb.CertAuthority(
             cluster_name=self.cluster_name,
             type=self.ca_type,
@@ -108,6 +214,7 @@ class CertAuthority:
             active_keys=[k.to_proto() for k in self.active_keys],
             additional_trusted_keys=[k.to_proto() for k in self.additional_trusted_keys],
             rotation_state=self.rotation_state,
+            rotation=self.rotation.to_proto(node_names or {}),
         )
 
     @classmethod
@@ -117,6 +224,23 @@ class CertAuthority:
             ca_type=msg.type,
             active_keys=tuple(CAKeyPair.from_proto(k) for k in msg.active_keys),
             additional_trusted_keys=tuple(CAKeyPair.from_proto(k) for k in msg.additional_trusted_keys),
-            rotation_state=msg.rotation_state,
+            rotation=_rotation_from_proto(msg.rotation),
             revision=msg.revision,
         )
+
+
+def _rotation_from_proto(msg: pb.Rotation) -> Rotation:
+    """The rotation block as a client sees it: hashes only (key ids stay with the nodes)."""
+    return Rotation(
+        phase=msg.phase or "standby",
+        started=msg.started,
+        old_active=tuple(msg.old_active),
+        nodes={
+            n.host_id: NodeRotation(
+                tuple(RotationKey("", h) for h in n.old_keys),
+                RotationKey("", n.new_key) if n.new_key else None,
+                n.done,
+            )
+            for n in msg.nodes
+        },
+    )

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from authsim.cluster.errors import StoredDataError, ValidationError, cut
-from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
+from authsim.cluster.resources.cert_authority import ROTATION_PHASES, CAKeyPair, CertAuthority
 from authsim.cluster.resources.override import CertAuthorityOverride, override_from_data
 from authsim.cluster.resources.validation import OverrideContext, key_hash_problems, validate_override
 from authsim.cluster.resources.x509 import public_key_hash
@@ -122,6 +122,11 @@ def read_cert_authority(raw: bytes, revision: int, cluster_name: str, ca_type: s
         problems.append(f"spec.type: must be {ca_type}, got {cut(ca.ca_type, 80)}")
     if not ca.active_keys:
         problems.append("spec.active_keys.tls: no active key")
+    if ca.rotation.phase not in ROTATION_PHASES:
+        problems.append(
+            f"spec.rotation.phase: must be one of {', '.join(ROTATION_PHASES)}, "
+            f"got {cut(ca.rotation.phase, 40)}"
+        )
     for role, keys in (
         ("active_keys", ca.active_keys),
         ("additional_trusted_keys", ca.additional_trusted_keys),
