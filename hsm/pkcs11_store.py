@@ -219,10 +219,10 @@ class Pkcs11KeyStore:  # implements authsim.hsm.keystore.KeyStore and HsmProbe
         try:
             return self.run(fn, *args)
         except pkcs11.PKCS11Error as e:
-            detail = f"{type(e).__name__} {e}".strip()
-            self._unavailable = f"failed: {detail}"
+            if self._unavailable is None:  # else it was cut after a hang: that is the story to tell
+                self._unavailable = f"failed: {type(e).__name__} {e}".strip()
             raise HsmUnavailableError(
-                f"{self._hsm} failed: {detail} (token {self.token_label}); "
+                f"{self._hsm} {self._unavailable} (token {self.token_label}); "
                 "the node reconnects once it answers"
             ) from e
 

@@ -19,6 +19,9 @@ DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 _MULTIARCH_PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"
 P11_KIT_CLIENT_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 SERVER_ADDRESS_ENV = "P11_KIT_SERVER_ADDRESS"  # where p11-kit-client.so finds its server
+HSM_PROCESS = "process"  # `up --hsm process`: the token served by its own HSM process (p11-kit server)
+HSM_INPROCESS = "inprocess"  # `up --hsm inprocess`: the node loads SoftHSM itself
+HSM_MODES = (HSM_PROCESS, HSM_INPROCESS)
 _MODULE_ENV = "AUTHSIM_PKCS11_MODULE"
 _SOFTHSM_UTIL = "softhsm2-util"
 
