@@ -222,7 +222,7 @@ class Pkcs11KeyStore:  # implements authsim.hsm.keystore.KeyStore and HsmProbe
             if self._unavailable is None:  # else it was cut after a hang: that is the story to tell
                 self._unavailable = f"failed: {type(e).__name__} {e}".strip()
             raise HsmUnavailableError(
-                f"{self._hsm} {self._unavailable} (token {self.token_label}); "
+                f"{self._hsm} {self._unavailable} (node {self.node_name}, token {self.token_label}); "
                 "the node reconnects once it answers"
             ) from e
 
