@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             format=f"%(asctime)s {node.name} %(levelname)s %(name)s: %(message)s",
             handlers=[NodeLogFile(args.log)] if args.log else None,
         )
-        keystore = Pkcs11KeyStore.open(node.token(), node.host_id, node.name)
+        keystore = Pkcs11KeyStore.open(node.token(), node.host_id, node.name, call_timeout=node.hsm_timeout)
     except AuthSimError as e:
         print(f"auth_node {name}: error: {e}", file=sys.stderr)
         return 2

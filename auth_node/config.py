@@ -13,7 +13,8 @@ from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.layout import NodeLayout
 from authsim.cluster.store import EtcdTLS
 from authsim.cluster.store.keys import checked_cluster_name
-from authsim.hsm import TokenConfig, load_token_config
+from authsim.hsm import DEFAULT_CALL_TIMEOUT, TokenConfig, load_token_config
+from authsim.hsm.provision import HSM_INPROCESS, HSM_MODES, HSM_PROCESS
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class NodeConfig:
     etcd_tls: EtcdTLS | None = None  # client TLS to etcd; absent from node.yaml files written before it
     event_retention: int = DEFAULT_RETENTION  # session-start events the cluster keeps (the newest)
     crl_dir: str = ""  # where the node mirrors the stored CRLs (DER), named in windows leaves; "": nowhere
+    hsm: str = HSM_INPROCESS  # `process`: the token is reached through the node's HSM process
+    hsm_timeout: float = DEFAULT_CALL_TIMEOUT  # seconds a token call may take (its deadline)
 
     @property
     def layout(self) -> NodeLayout:
@@ -38,7 +41,9 @@ class NodeConfig:
         return NodeLayout(self.node_dir)
 
     def token(self) -> TokenConfig:
-        return load_token_config(self.node_dir, self.token_label, self.pkcs11_module)
+        return load_token_config(
+            self.node_dir, self.token_label, self.pkcs11_module, hsm_process=self.hsm == HSM_PROCESS
+        )
 
     @property
     def log_file(self) -> Path:
@@ -70,6 +75,14 @@ class NodeConfig:
         if type(retention) is not int or retention < 1:
             raise ClusterError(
                 f"node config {path}: event_retention must be a whole number >= 1, not {retention!r}"
+            )
+        hsm = data.get("hsm", HSM_INPROCESS)
+        if hsm not in HSM_MODES:
+            raise ClusterError(f"node config {path}: hsm must be one of {', '.join(HSM_MODES)}, not {hsm!r}")
+        timeout = data.get("hsm_timeout", DEFAULT_CALL_TIMEOUT)
+        if type(timeout) not in (int, float) or timeout <= 0:
+            raise ClusterError(
+                f"node config {path}: hsm_timeout must be a number of seconds > 0, not {timeout!r}"
             )
         return cls(**data)
 

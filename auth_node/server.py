@@ -24,12 +24,12 @@ from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
 from authsim.auth_node.request_log import RequestLog
 from authsim.auth_node.rotation import RotationParts
 from authsim.auth_node.service import AuthService
-from authsim.cluster.errors import AuthSimError, ClusterError, StoreUnavailableError
+from authsim.cluster.errors import AuthSimError, ClusterError, HsmUnavailableError, StoreUnavailableError
 from authsim.cluster.mtls import TLSIdentity
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import register_node
 from authsim.cluster.store.keys import cluster_prefix
-from authsim.hsm import KeyStore
+from authsim.hsm import HsmProbe, KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,14 @@ async def _set_health(health_servicer: health.aio.HealthServicer, status: int) -
 async def keep_healthy(
     node: NodeConfig, store: EtcdStore, keystore: KeyStore, health_servicer: health.aio.HealthServicer
 ) -> None:
-    """SERVING once the CA keys are in place and while etcd answers; NOT_SERVING otherwise."""
+    """SERVING once the CA keys are in place and while etcd and the HSM answer; NOT_SERVING otherwise.
+    The HSM probe also reconnects to an HSM that answers again (no node restart)."""
     ready = False
     current = NOT_SERVING
     while True:
         try:
+            if isinstance(keystore, HsmProbe):
+                await asyncio.to_thread(keystore.probe)
             if not ready:
                 await ensure_ca_keys(store, keystore, node)
                 await register_node(store, node.cluster_name, node.host_id, node.name, node.listen)
@@ -101,6 +104,10 @@ async def keep_healthy(
             status = NOT_SERVING
             if current == SERVING:
                 log.warning("etcd unreachable, NOT_SERVING: %s", e)
+        except HsmUnavailableError as e:
+            status = NOT_SERVING
+            if current == SERVING:
+                log.warning("HSM unavailable, NOT_SERVING: %s", e)
         except AuthSimError as e:  # e.g. start-up CAS gave up under contention, a token error: retry
             status = NOT_SERVING
             log.warning("not ready, NOT_SERVING: %s", e)

@@ -128,6 +128,11 @@ class NodeUnavailableError(UnavailableError):
     """An Auth node cannot be reached or did not answer in time."""
 
 
+class HsmUnavailableError(UnavailableError, KeyAccessError):
+    """A node's HSM did not answer within the deadline, or failed (stopped, hung, gone): the node
+    reconnects on its own once it answers again; retrying later may succeed."""
+
+
 class StoreAccessError(AuthSimError):
     """etcd refused this client identity the key it asked for (etcd RBAC: outside its role's prefixes)."""
 

@@ -102,6 +102,21 @@ class NodeLayout(ServerTLSLayout):
         return self.local_socket_dir / "node.sock"
 
     @property
+    def hsm_socket(self) -> Path:
+        """The socket of the node's HSM process (`up --hsm process`): `hsm/hsm.sock`, or, when that
+        would pass the 107-byte limit of socket paths, one in the temp dir named by a hash of the node dir."""
+        inside = self.directory / "hsm" / "hsm.sock"
+        if len(str(inside).encode()) <= _MAX_SOCKET_PATH:
+            return inside
+        digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"authsim-hsm-{digest}" / "hsm.sock"
+
+    @property
+    def hsm_log(self) -> Path:
+        """The output of the node's HSM process."""
+        return self.directory / "hsm.log"
+
+    @property
     def admin_ca(self) -> Path:
         """The admin CA certificate: the only CA the node accepts client certificates from."""
         return self.directory / "admin-ca.pem"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -49,3 +49,17 @@ class KeyStore(Protocol):
     async def run_async(self, fn: Callable[..., T], *args: Any) -> T: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class HsmProbe(Protocol):
+    """A key store whose HSM can be checked, and reconnected once it answers again (a node's health)."""
+
+    @property
+    def available(self) -> bool:
+        """False from a token call that failed or ran past its deadline until `probe` reconnected."""
+        ...
+
+    def probe(self) -> None:
+        """Return when the HSM answers (reconnecting first if it did not); HsmUnavailableError if not."""
+        ...

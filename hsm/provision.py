@@ -17,6 +17,11 @@ from authsim.hsm import init_token
 
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 _MULTIARCH_PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"
+P11_KIT_CLIENT_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+SERVER_ADDRESS_ENV = "P11_KIT_SERVER_ADDRESS"  # where p11-kit-client.so finds its server
+HSM_PROCESS = "process"  # `up --hsm process`: the token served by its own HSM process (p11-kit server)
+HSM_INPROCESS = "inprocess"  # `up --hsm inprocess`: the node loads SoftHSM itself
+HSM_MODES = (HSM_PROCESS, HSM_INPROCESS)
 _MODULE_ENV = "AUTHSIM_PKCS11_MODULE"
 _SOFTHSM_UTIL = "softhsm2-util"
 
@@ -31,6 +36,16 @@ class TokenConfig:
     tokens_dir: Path
     pin_file: Path
     module_path: str
+    server_socket: Path | None = None  # the HSM process's socket (`--hsm process`); None: loaded in-process
+
+    @property
+    def node_module(self) -> str:
+        """The PKCS#11 module the node loads: p11-kit's client when an HSM process serves the token."""
+        return P11_KIT_CLIENT_MODULE if self.server_socket is not None else self.module_path
+
+    def server_address(self) -> str:
+        """The HSM process's address as p11-kit-client.so reads it from P11_KIT_SERVER_ADDRESS."""
+        return f"unix:path={self.server_socket}"
 
     def pin(self) -> str:
         """The token's user PIN, read from the node's PIN file."""
@@ -42,7 +57,18 @@ class TokenConfig:
             ) from None
 
     def process_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """A copy of `base` (default os.environ) with SOFTHSM2_CONF pointing at this node's conf."""
+        """A copy of `base` (default os.environ) for the node: SOFTHSM2_CONF pointing at this node's
+        conf, or, with an HSM process, P11_KIT_SERVER_ADDRESS at its socket (and no SOFTHSM2_CONF)."""
+        if self.server_socket is None:
+            return self.softhsm_env(base)
+        env = dict(os.environ if base is None else base)
+        env.pop("SOFTHSM2_CONF", None)
+        env[SERVER_ADDRESS_ENV] = self.server_address()
+        return env
+
+    def softhsm_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A copy of `base` (default os.environ) with SOFTHSM2_CONF pointing at this node's conf: for
+        whatever loads SoftHSM itself (an in-process node, the HSM process, provisioning)."""
         env = dict(os.environ if base is None else base)
         env["SOFTHSM2_CONF"] = str(self.softhsm_conf)
         return env
@@ -60,8 +86,11 @@ def resolve_module_path(module_path: str | None = None) -> str:
     return DEFAULT_PKCS11_MODULE
 
 
-def load_token_config(node_dir: Path, label: str, module_path: str | None = None) -> TokenConfig:
-    """The TokenConfig of an already provisioned node dir; touches nothing on disk."""
+def load_token_config(
+    node_dir: Path, label: str, module_path: str | None = None, *, hsm_process: bool = False
+) -> TokenConfig:
+    """The TokenConfig of an already provisioned node dir; touches nothing on disk. With `hsm_process`,
+    the node reaches its token through its HSM process's socket."""
     node = NodeLayout(Path(node_dir).absolute())
     return TokenConfig(
         node_dir=node.directory,
@@ -70,6 +99,7 @@ def load_token_config(node_dir: Path, label: str, module_path: str | None = None
         tokens_dir=node.tokens,
         pin_file=node.pin,
         module_path=resolve_module_path(module_path),
+        server_socket=node.hsm_socket if hsm_process else None,
     )
 
 
@@ -88,7 +118,7 @@ def provision_token(node_dir: Path, label: str, module_path: str | None = None) 
     if not config.softhsm_conf.exists() or config.softhsm_conf.read_text() != conf_text:
         config.softhsm_conf.write_text(conf_text)
 
-    env = config.process_env()
+    env = config.softhsm_env()
     if label in _token_labels(env):
         if not config.pin_file.exists():
             raise ClusterError(

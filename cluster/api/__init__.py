@@ -4,7 +4,7 @@
 (`pytest_plugin`, registered when authsim is installed) gives you one in a temp dir.
 """
 
-from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.api.local_cluster import Hsm, LocalCluster, local_cluster
 from authsim.cluster.cli.runner import CliResult
 
-__all__ = ["CliResult", "LocalCluster", "local_cluster"]
+__all__ = ["CliResult", "Hsm", "LocalCluster", "local_cluster"]

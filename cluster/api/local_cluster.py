@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,69 @@ from authsim.cluster.cli.authctl import main as authctl_main
 from authsim.cluster.cli.runner import CliResult, run_in_process
 from authsim.cluster.errors import AuthSimError
 from authsim.cluster.layout import ClusterLayout
-from authsim.cluster.local import launcher
+from authsim.cluster.local import hsm_process, launcher
 from authsim.cluster.local.external_ca import ExternalCA
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.state import ClusterState, admin_address
 from authsim.cluster.store import EtcdTLS
+
+
+class Hsm:
+    """One node's HSM process (`hsm="process"`), for scripting outages: `stop` kills its process
+    group (the HSM is gone at once), `start` starts it again on the same socket, `pause` SIGSTOPs it
+    (every call hangs), `resume` SIGCONTs it. The node reconnects by itself once it answers."""
+
+    def __init__(self, directory: Path, node: str) -> None:
+        self.directory = directory
+        self.node = node
+
+    @property
+    def state(self) -> str:
+        """RUNNING, PAUSED or STOPPED."""
+        state = ClusterState.load(self.directory)
+        return hsm_process.state_of(self.directory, state, state.node(self.node))
+
+    def stop(self) -> None:
+        hsm_process.control(self.directory, self.node, "stop")
+
+    def start(self) -> None:
+        hsm_process.control(self.directory, self.node, "start")
+
+    def pause(self) -> None:
+        hsm_process.control(self.directory, self.node, "pause")
+
+    def resume(self) -> None:
+        hsm_process.control(self.directory, self.node, "resume")
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[Hsm]:
+        """The HSM hangs for the body of the `with`, and answers again after it (also on failure)."""
+        self.pause()
+        try:
+            yield self
+        finally:
+            self.resume()
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[Hsm]:
+        """The HSM is gone for the body of the `with`, and started again after it (also on failure)."""
+        self.stop()
+        try:
+            yield self
+        finally:
+            self.start()
+
+    def pause_for(self, seconds: float) -> threading.Thread:
+        """Pause now and resume after `seconds` in the background (e.g. hang during an append);
+        join the returned thread to wait for the resume."""
+        self.pause()
+        thread = threading.Thread(target=self._resume_after, args=(seconds,), name=f"{self.node}-hsm")
+        thread.start()
+        return thread
+
+    def _resume_after(self, seconds: float) -> None:
+        time.sleep(seconds)
+        self.resume()
 
 
 class LocalCluster:
@@ -37,9 +97,17 @@ class LocalCluster:
         etcd_endpoints: list[str] | None = None,
         etcd_tls: EtcdTLS | None = None,
         event_retention: int | None = None,
+        hsm: str | None = None,
+        hsm_timeout: float | None = None,
     ) -> LocalCluster:
         options = launcher.UpOptions(
-            nodes, cluster_name, etcd_endpoints, etcd_tls=etcd_tls, event_retention=event_retention
+            nodes,
+            cluster_name,
+            etcd_endpoints,
+            etcd_tls=etcd_tls,
+            event_retention=event_retention,
+            hsm=hsm,
+            hsm_timeout=hsm_timeout,
         )
         launcher.up(directory, options)
         return cls(directory)
@@ -56,6 +124,25 @@ class LocalCluster:
         entry = self.state.node(node)
         address = admin_address(self.directory, entry)
         return NodeClient(address, launcher.admin_identity(self.directory), entry.name)
+
+    def hsm(self, node: str) -> Hsm:
+        """`node`'s HSM process, to stop, start, pause and resume (a cluster started with hsm="process")."""
+        self.state.node(node)  # an unknown node: ClusterError naming the nodes
+        return Hsm(self.directory, node)
+
+    def health(self, node: str) -> str:
+        """`node`'s gRPC health: SERVING, NOT_SERVING, or UNREACHABLE when it does not answer."""
+        with self.client(node) as client:
+            return client.health()
+
+    def wait_health(self, node: str, status: str = "SERVING", timeout: float = 30.0) -> float:
+        """Wait until `node` reports `status`; returns the seconds it took (AuthSimError after `timeout`)."""
+        started = time.monotonic()
+        while (health := self.health(node)) != status:
+            if time.monotonic() - started > timeout:
+                raise AuthSimError(f"{node} is {health}, not {status}, after {timeout:g} s")
+            time.sleep(0.05)
+        return time.monotonic() - started
 
     def host_id(self, node: str) -> str:
         return ClusterLayout(self.directory).node(node).host_id.read_text().strip()
@@ -113,9 +200,13 @@ def local_cluster(
     etcd_endpoints: list[str] | None = None,
     etcd_tls: EtcdTLS | None = None,
     event_retention: int | None = None,
+    hsm: str | None = None,
+    hsm_timeout: float | None = None,
 ) -> Iterator[LocalCluster]:
     """Start a cluster, yield it, and stop every process it started, also when the body fails."""
-    cluster = LocalCluster.start(directory, nodes, cluster_name, etcd_endpoints, etcd_tls, event_retention)
+    cluster = LocalCluster.start(
+        directory, nodes, cluster_name, etcd_endpoints, etcd_tls, event_retention, hsm, hsm_timeout
+    )
     try:
         yield cluster
     finally:

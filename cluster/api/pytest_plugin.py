@@ -13,6 +13,10 @@ fixture, configured by overriding the `authsim_session_options` fixture in your 
     def authsim_session_options():
         return {"nodes": 2, "cluster_name": "acme"}
 
+HSM outages: with `@pytest.mark.authsim(hsm="process")` each node's token is served by its own HSM
+process; `authsim_cluster.hsm("node2").pause_for(3)` makes it hang for 3 s (`stop`, `start`, `pause`,
+`resume`, and the `paused()`/`stopped()` context managers script the rest).
+
 Every process a fixture starts (etcd, nodes, targets, the KDC, PostgreSQL) is stopped by PID when the
 test (the session) ends.
 """
@@ -30,7 +34,8 @@ from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "authsim(nodes=3, cluster_name='mycluster', etcd_endpoints=None): configure authsim_cluster",
+        "authsim(nodes=3, cluster_name='mycluster', etcd_endpoints=None, hsm=None, hsm_timeout=None): "
+        "configure authsim_cluster",
     )
 
 

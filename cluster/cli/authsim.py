@@ -1,4 +1,4 @@
-"""`authsim`: up, status, down, forget, logs, demo, watch, trust, external-ca and provision."""
+"""`authsim`: up, status, down, forget, logs, hsm, demo, watch, trust, external-ca and provision."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.demo import run_demo
 from authsim.cluster.cli.external_ca import external_ca
-from authsim.cluster.cli.lifecycle import down, forget, status, up
+from authsim.cluster.cli.lifecycle import down, forget, hsm, status, up
 from authsim.cluster.cli.logs import logs
 from authsim.cluster.cli.provision import provision
 from authsim.cluster.cli.safe_text import cell_lines
@@ -62,6 +62,7 @@ cli.add_command(up)
 cli.add_command(status)
 cli.add_command(down)
 cli.add_command(forget)
+cli.add_command(hsm)
 cli.add_command(external_ca)
 cli.add_command(trust)
 cli.add_command(provision)

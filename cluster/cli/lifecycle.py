@@ -22,11 +22,12 @@ from authsim.cluster.cli.common import (
 )
 from authsim.cluster.cli.safe_text import cell, escaped
 from authsim.cluster.errors import ClusterError, one_line
-from authsim.cluster.local import identity, launcher
+from authsim.cluster.local import hsm_process, identity, launcher
 from authsim.cluster.local.state import EtcdEntry, cluster_dir
 from authsim.cluster.local.status import ClusterStatus, collect_status, expiry_line
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.store.keys import checked_cluster_name
+from authsim.hsm.provision import HSM_MODES
 
 console = make_console()
 
@@ -60,6 +61,20 @@ console = make_console()
     default=None,
     help="session-start events the cluster keeps, the newest (default 10000, or as at the last up)",
 )
+@click.option(
+    "--hsm",
+    type=click.Choice(list(HSM_MODES)),
+    default=None,
+    help="process: each node's token served by its own HSM process (p11-kit server) on a socket; "
+    f"inprocess: the node loads SoftHSM itself (default {launcher.DEFAULT_HSM}, or as at the last up)",
+)
+@click.option(
+    "--hsm-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="seconds a token call may take before the node counts its HSM unavailable "
+    "(default 3, or as at the last up)",
+)
 @click.option("--detach", is_flag=True, help="return once the cluster is up (stop it with `authsim down`)")
 def up(
     directory: str | None,
@@ -72,6 +87,8 @@ def up(
     etcd_cert: Path | None,
     etcd_key: Path | None,
     event_retention: int | None,
+    hsm: str | None,
+    hsm_timeout: float | None,
     detach: bool,
 ) -> None:
     path = cluster_dir(directory)
@@ -83,6 +100,8 @@ def up(
         etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key),
         event_retention,
         join,
+        hsm,
+        hsm_timeout,
     )
     with Progress(
         TextColumn("{task.description}"),
@@ -111,7 +130,19 @@ def up(
     console.print(f"stopped: {', '.join(stopped) or 'nothing'}")
 
 
-@click.command(help="Show nodes, health, and the CA keys each node's token holds.")
+@click.command(
+    help="HSM outages: stop (kill the HSM process's group), start (again, on the same socket), pause "
+    "(SIGSTOP: the HSM hangs), resume (SIGCONT) NODE's HSM. Needs `up --hsm process`."
+)
+@click.argument("action", type=click.Choice(list(hsm_process.ACTIONS)))
+@click.argument("node")
+@dir_option
+def hsm(action: str, node: str, directory: str | None) -> None:
+    state = hsm_process.control(cluster_dir(directory), node, action)
+    console.print(f"{node}'s HSM: {state}", markup=False)
+
+
+@click.command(help="Show nodes, health, each node's HSM, and the CA keys each node's token holds.")
 @dir_option
 def status(directory: str | None) -> None:
     print_status(collect_status(cluster_dir(directory)))
@@ -219,13 +250,13 @@ def print_status(report: ClusterStatus) -> None:
             f"  id {escaped(state.cluster_id or '-')}  etcd {escaped(etcd)} {where}",
         )
     )
-    table = Table("NODE", "ADDRESS", "PID", "HEALTH", "HOST ID", *(t.upper() for t in CA_TYPES))
+    table = Table("NODE", "ADDRESS", "PID", "HEALTH", "HSM", "HOST ID", *(t.upper() for t in CA_TYPES))
     for row in report.nodes:
         keys = [
             ", ".join(f"{k.role} {k.public_key_hash[:12]}" for k in row.keys if k.ca_type == ca) or "-"
             for ca in CA_TYPES
         ]
-        cells = [row.name, row.address, str(row.pid or "-"), row.health, row.host_id or "-", *keys]
+        cells = [row.name, row.address, str(row.pid or "-"), row.health, row.hsm, row.host_id or "-", *keys]
         table.add_row(*(cell(c) for c in cells))
     console.print(table)
     if report.targets:

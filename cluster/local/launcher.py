@@ -14,7 +14,7 @@ from pathlib import Path
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.cluster.errors import ClusterError, PortInUseError
 from authsim.cluster.layout import ClusterLayout
-from authsim.cluster.local import downstream, identity, interrupts, processes
+from authsim.cluster.local import downstream, hsm_process, identity, interrupts, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import PORT_ATTEMPTS, free_port, port_is_free
@@ -42,9 +42,11 @@ from authsim.cluster.store.keys import checked_cluster_name
 from authsim.cluster.store.rbac import grant_cluster_access
 from authsim.cluster.targets.trust import set_default_trust
 from authsim.hsm import provision_token
+from authsim.hsm.provision import HSM_INPROCESS, HSM_MODES, HSM_PROCESS
 
 NODE_MARKER = "authsim.auth_node"
 START_TIMEOUT = 60.0  # seconds for every node to report SERVING
+DEFAULT_HSM = HSM_INPROCESS  # a new cluster's `--hsm`
 
 Progress = Callable[[str, int, int], None]  # (message, nodes ready, nodes in all)
 
@@ -63,6 +65,8 @@ class UpOptions:
     etcd_tls: EtcdTLS | None = None  # client TLS to the `etcd_endpoints` (the embedded etcd has its own)
     event_retention: int | None = None  # events the cluster keeps (default: as before, else 10,000)
     join: bool = False  # a dir without a cluster id takes the id of the cluster already on the etcd
+    hsm: str | None = None  # `process` or `inprocess` (default: as before, else DEFAULT_HSM)
+    hsm_timeout: float | None = None  # seconds a token call may take (default: as before, else 3)
 
 
 def _checked(options: UpOptions) -> UpOptions:
@@ -156,6 +160,8 @@ def down(directory: Path, purge: bool = False, only: set[str] | None = None) -> 
             if processes.stop(entry.pid, node_marker(directory, entry.name)):
                 stopped.append(entry.name)
             entry.pid = None
+            if hsm_process.stop(directory, entry):
+                stopped.append(f"{entry.name} HSM")
         for kind, target in existing.targets.items():
             if only is not None and kind not in only:
                 continue
@@ -286,13 +292,21 @@ def _plan(
         etcd = EtcdEntry(
             endpoints=options.etcd_endpoints or [], embedded=not options.etcd_endpoints, tls=options.etcd_tls
         )
-        state = ClusterState(cluster_name=name, etcd=etcd)
+        state = ClusterState(cluster_name=name, etcd=etcd, hsm=DEFAULT_HSM)
     if options.join and state.etcd.embedded:
         raise ClusterError("--join joins a cluster on an existing etcd: give its endpoints with --etcd")
     if options.event_retention is not None:
         if options.event_retention < 1:
             raise ClusterError(f"event retention must be >= 1, not {options.event_retention}")
         state.event_retention = options.event_retention
+    if options.hsm is not None:
+        if options.hsm not in HSM_MODES:
+            raise ClusterError(f"--hsm must be one of {', '.join(HSM_MODES)}, not {options.hsm!r}")
+        state.hsm = options.hsm
+    if options.hsm_timeout is not None:
+        if options.hsm_timeout <= 0:
+            raise ClusterError(f"--hsm-timeout must be > 0 seconds, not {options.hsm_timeout:g}")
+        state.hsm_timeout = options.hsm_timeout
     wanted = options.nodes or len(state.nodes) or 3
     if wanted < len(state.nodes):
         raise ClusterError(
@@ -358,6 +372,8 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
         etcd_tls=etcd_tls,
         event_retention=state.event_retention,
         crl_dir=str(ClusterLayout(directory).crl_dir.resolve()),
+        hsm=state.hsm,
+        hsm_timeout=state.hsm_timeout,
     )
     config.save()
     return config
@@ -388,8 +404,12 @@ def _restart_node_elsewhere(
 
 
 def _launch_node(directory: Path, state: ClusterState, entry: NodeEntry) -> subprocess.Popen[bytes]:
-    """Start `entry`'s node, its PID recorded at once: `down` stops it whatever happens next."""
+    """Start `entry`'s node (after its HSM process, with `hsm: process`), its PID recorded at once:
+    `down` stops it whatever happens next."""
     config = _prepare_node(directory, state, entry)
+    if state.hsm == HSM_PROCESS:
+        with interrupts.deferred_interrupt():  # a process started is a process recorded
+            hsm_process.launch(directory, state, entry, config.token())
     with interrupts.deferred_interrupt():  # a process started is a process recorded
         process = _start_node(config)
         entry.pid = process.pid

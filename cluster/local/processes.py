@@ -62,6 +62,41 @@ def stop(pid: int | None, marker: str, timeout: float = 5.0) -> bool:
     return True
 
 
+def stop_group(pid: int | None, marker: str, timeout: float = 5.0) -> bool:
+    """`stop` for a process started in its own session and every process it forked (its group):
+    SIGTERM (and SIGCONT, should it be paused), then SIGKILL after `timeout`."""
+    if pid is None or not is_running(pid, marker):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        signal_group(pid, marker, sig)
+    if _wait_gone(pid, timeout):
+        return True
+    return kill_group(pid, marker, timeout)
+
+
+def kill_group(pid: int | None, marker: str, timeout: float = 5.0) -> bool:
+    """SIGKILL to the group of `pid` (a process in its own session); False when it was not running."""
+    if pid is None or not signal_group(pid, marker, signal.SIGKILL):
+        return False
+    if not _wait_gone(pid, timeout):
+        raise ClusterError(f"process {pid} still runs after SIGKILL")
+    return True
+
+
+def signal_group(pid: int | None, marker: str, sig: int) -> bool:
+    """Send `sig` to the process group led by `pid` when `pid` is still ours; False when it is not."""
+    if pid is None or not is_running(pid, marker):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    return True
+
+
+def paused(pid: int | None) -> bool:
+    """True when `pid` is stopped by a signal (SIGSTOP): state T."""
+    return pid is not None and _state(pid) == "T"
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     """Wait until `pid` has exited (reaped when it is our child, so no zombie lingers).
 

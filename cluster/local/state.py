@@ -12,6 +12,8 @@ from authsim.auth_node.events import DEFAULT_RETENTION
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.store import EtcdTLS
+from authsim.hsm.pkcs11_store import DEFAULT_CALL_TIMEOUT
+from authsim.hsm.provision import HSM_INPROCESS
 
 DEFAULT_DIR = Path(".authsim")
 
@@ -32,6 +34,7 @@ class NodeEntry:
     name: str
     address: str
     pid: int | None = None
+    hsm_pid: int | None = None  # its HSM process (`hsm: process`), started in its own session
 
 
 def admin_address(directory: Path, entry: NodeEntry) -> str:
@@ -76,6 +79,8 @@ class ClusterState:
     servers: dict[str, ServerEntry] = field(default_factory=dict)
     event_retention: int = DEFAULT_RETENTION  # `up --event-retention`; every node's config gets it
     cluster_id: str | None = None  # made by the first `up` and kept in etcd too; None before that
+    hsm: str = HSM_INPROCESS  # `up --hsm`: `process` (an HSM process per node) or `inprocess`
+    hsm_timeout: float = DEFAULT_CALL_TIMEOUT  # `up --hsm-timeout`: seconds a token call may take
 
     @staticmethod
     def path(directory: Path) -> Path:
@@ -105,6 +110,8 @@ class ClusterState:
             servers={k: ServerEntry(**v) for k, v in (data.get("servers") or {}).items()},
             event_retention=data.get("event_retention", DEFAULT_RETENTION),
             cluster_id=data.get("cluster_id"),
+            hsm=data.get("hsm", HSM_INPROCESS),
+            hsm_timeout=data.get("hsm_timeout", DEFAULT_CALL_TIMEOUT),
         )
 
     def node(self, name: str) -> NodeEntry:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.errors import AuthSimError
-from authsim.cluster.local import downstream, processes
+from authsim.cluster.local import downstream, hsm_process, processes
 from authsim.cluster.local.launcher import admin_identity, etcd_marker, node_marker
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.state import ClusterState, admin_address
@@ -33,6 +33,7 @@ class NodeRow:
     health: str
     host_id: str = ""
     keys: list[HeldKeyRow] = field(default_factory=list)
+    hsm: str = ""  # its HSM process: RUNNING, PAUSED, STOPPED; `in-process` when the node loads SoftHSM
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,16 @@ def collect_status(directory: Path) -> ClusterStatus:
     problems: list[str] = []
     alerts: list[ExpiryAlertRow] = []
     for entry in state.nodes:
+        hsm = hsm_process.state_of(directory, state, entry)
         if not processes.is_running(entry.pid, node_marker(directory, entry.name)):
-            rows.append(NodeRow(entry.name, entry.address, None, "STOPPED"))
+            rows.append(NodeRow(entry.name, entry.address, None, "STOPPED", hsm=hsm))
             continue
         with NodeClient(admin_address(directory, entry), identity, entry.name, timeout=3.0) as client:
             health = client.health()
             try:
                 status = client.node_status()
             except AuthSimError:
-                rows.append(NodeRow(entry.name, entry.address, entry.pid, health))
+                rows.append(NodeRow(entry.name, entry.address, entry.pid, health, hsm=hsm))
                 continue
         keys = [HeldKeyRow(k.ca_type, k.role, k.public_key_hash) for k in status.keys]
         problems += [p for p in status.problems if p not in problems]  # every node reads the same etcd
@@ -97,7 +99,7 @@ def collect_status(directory: Path) -> ClusterStatus:
             row = ExpiryAlertRow(a.ca_type, a.public_key_hash, a.node_name, a.message, a.disabled)
             if all((r.ca_type, r.public_key_hash) != (row.ca_type, row.public_key_hash) for r in alerts):
                 alerts.append(row)
-        rows.append(NodeRow(entry.name, entry.address, entry.pid, health, status.host_id, keys))
+        rows.append(NodeRow(entry.name, entry.address, entry.pid, health, status.host_id, keys, hsm))
     etcd_running = (
         processes.is_running(state.etcd.pid, etcd_marker(directory)) if state.etcd.embedded else None
     )
