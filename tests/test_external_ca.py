@@ -251,6 +251,22 @@ def test_openssl_command_gives_the_same_extensions(
     assert (theirs.not_valid_after_utc - theirs.not_valid_before_utc).days == 365
 
 
+def test_cli_init_writes_the_extfile_its_openssl_line_names(tmp_path: Path) -> None:
+    """`init` prints an OpenSSL command naming `-extfile ext.cnf`: that file is there, and the command,
+    run where it says, signs a CSR."""
+    ca_dir = tmp_path / "ca"
+    result = CliRunner().invoke(external_ca_cli.external_ca, ["init", "--dir", str(ca_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {ca_dir / 'ext.cnf'}" in result.output.splitlines()
+    assert f"(OpenSSL equivalent, run in {ca_dir}: {OPENSSL_SIGN_COMMAND})" in result.output
+    assert (ca_dir / "ext.cnf").read_text() == OPENSSL_EXTFILE
+    (ca_dir / "csr.pem").write_bytes(make_csr(PLAIN)[0])
+    command = [{"CSR": "csr.pem"}.get(arg, arg) for arg in shlex.split(OPENSSL_SIGN_COMMAND)]
+    openssl(*command[1:], cwd=ca_dir)
+    cert = x509.load_pem_x509_certificate((ca_dir / "cert.pem").read_bytes())
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
 def test_cli_sign_writes_one_file_per_csr(tmp_path: Path) -> None:
     runner = CliRunner()
     ca_dir, out = tmp_path / "ca", tmp_path / "out"
@@ -303,6 +319,7 @@ def test_cli_refuses_bad_csr_files(
         str(ca.directory),
         str(tmp_path / "two-csr.pem"),
         str(tmp_path / "chain-csr.pem"),
+        str(ca.chain_path),  # certificates, not a CSR: said as such, not as a taken name
     ]
     assert external_ca_cli.main([*argv, "--out-dir", str(out)]) == 1
     err = capsys.readouterr().err
@@ -310,6 +327,9 @@ def test_cli_refuses_bad_csr_files(
     assert (
         f"{tmp_path / 'chain-csr.pem'}: its certificate would be {out / 'chain.pem'}, which is taken" in err
     )
+    not_a_csr = "expected exactly one PEM CERTIFICATE REQUEST block, found 0 (found: CERTIFICATE)"
+    assert f"{ca.chain_path}: {not_a_csr}" in err
+    assert f"{ca.chain_path}: its certificate" not in err
     assert not out.exists()  # nothing written when any file fails
 
 

@@ -37,7 +37,7 @@ from authsim.cluster.errors import (
 from authsim.cluster.local.state import cluster_dir
 from authsim.cluster.local.status import expiry_line
 from authsim.cluster.resources import clock
-from authsim.cluster.resources.ca_types import resolve_ca_type
+from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
 from authsim.cluster.resources.effective import EffectiveKey, effective_keys, effective_status
 from authsim.cluster.resources.expiry import expiry_level
@@ -70,17 +70,21 @@ CA_KINDS = ("cas", "cert_authority", "cert_authorities")
 OVERRIDE_KINDS = ("ca_overrides", "ca_override", "cert_authority_override", "cert_authority_overrides")
 
 
-def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
+GET_TAKES = "cas[/TYPE], ca_overrides[/TYPE] or events"
+EDIT_TAKES = "ca_overrides/TYPE (a CA's keys are the nodes' own: see `authctl auth --help`)"
+RM_TAKES = "ca_overrides/TYPE, or cas/TYPE of a stored CA that breaks a rule"
+
+
+def _split(resource: str, kinds: tuple[str, ...], need_name: bool, command: str, takes: str) -> str:
+    """The TYPE of a KIND[/TYPE] `resource` that `authctl COMMAND` takes; anything else is refused,
+    saying what the command does take."""
     kind, _, name = resource.partition("/")
     if kind not in kinds or (need_name and not name):
-        known = "cas/TYPE, ca_overrides[/TYPE], events"
-        raise ValidationError(
-            [f"resource: {quoted(resource)} is not a resource authctl knows (known: {known})"]
-        )
+        raise ValidationError([f"resource: `authctl {command}` takes {takes}, not {quoted(resource)}"])
     return name
 
 
-@cli.command(help="Show a resource: cas/TYPE, ca_overrides[/TYPE] or events.")
+@cli.command(help="Show a resource: cas[/TYPE] (every CA type without TYPE), ca_overrides[/TYPE] or events.")
 @click.argument("resource")
 @click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="events: only the newest N")
@@ -124,7 +128,7 @@ def get(
             "--limit, --since, --kind, --code, --follow and --count are options of `get events`"
         )
     if resource.partition("/")[0] in OVERRIDE_KINDS:
-        name = _split(resource, OVERRIDE_KINDS, need_name=False)
+        name = _split(resource, OVERRIDE_KINDS, False, "get", GET_TAKES)
         with nodes.client() as client:
             reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
             found = [CertAuthorityOverride.from_proto(o) for o in reply.overrides]
@@ -134,34 +138,41 @@ def get(
         for ca_type, broken in problems.items():
             _warn_broken(f"ca_overrides/{ca_type}", broken, override_fix(ca_type))
         return
-    _show_cert_authority(nodes, _split(resource, CA_KINDS, need_name=True), fmt)
+    name = _split(resource, CA_KINDS, False, "get", GET_TAKES)
+    _show_cert_authorities(nodes, [name] if name else list(CA_TYPES), fmt, single=bool(name))
 
 
-def _show_cert_authority(nodes: NodeChoice, ca_type: str, fmt: str) -> None:
-    """`get cas/TYPE`: the CA, and in its status each key's holder and override (read as one snapshot)."""
+def _show_cert_authorities(nodes: NodeChoice, ca_types: list[str], fmt: str, single: bool) -> None:
+    """`get cas[/TYPE]`: each CA, and in its status each key's holder and override (each CA read as one
+    snapshot with its override). Several: YAML documents, a JSON list, or one table each."""
     with nodes.client() as client:
-        snapshot = read_snapshot(client, ca_type)
-    ca = CertAuthority.from_proto(snapshot.ca)
-    found = snapshot.override
-    override = None if found is None else CertAuthorityOverride.from_proto(found)
-    keys = effective_keys(ca, override)
+        snapshots = [read_snapshot(client, ca_type) for ca_type in ca_types]
     names = nodes.host_names()
-    status = effective_status(keys, 0 if override is None else override.revision, names)
-    data = ca.to_dict() | {"status": status}
-    if snapshot.ca.problems:
-        data = {k: v for k, v in data.items() if k != "spec"} | {
-            "status": {"problems": list(snapshot.ca.problems)}
-        }
+    documents = []
+    for snapshot in snapshots:
+        ca = CertAuthority.from_proto(snapshot.ca)
+        found = snapshot.override
+        override = None if found is None else CertAuthorityOverride.from_proto(found)
+        keys = effective_keys(ca, override)
+        status = effective_status(keys, 0 if override is None else override.revision, names)
+        data = ca.to_dict() | {"status": status}
+        if snapshot.ca.problems:
+            data = {k: v for k, v in data.items() if k != "spec"} | {
+                "status": {"problems": list(snapshot.ca.problems)}
+            }
+        documents.append(data)
+        if fmt == "text":
+            print_cert_authority(ca, keys, names)
     if fmt == "yaml":
-        click.echo(dump_yaml(data), nl=False)
+        click.echo("---\n".join(dump_yaml(d) for d in documents), nl=False)
     elif fmt == "json":
-        click.echo(json.dumps(data, indent=2))
-    else:
-        print_cert_authority(ca, keys, names)
-    if snapshot.ca.problems:
-        _warn_broken(f"cas/{ca.ca_type}", list(snapshot.ca.problems), cert_authority_fix(ca.ca_type))
-    elif found is not None and found.problems:
-        _warn_broken(f"ca_overrides/{ca.ca_type}", list(found.problems), override_fix(ca.ca_type))
+        click.echo(json.dumps(documents[0] if single else documents, indent=2))
+    for snapshot in snapshots:
+        ca_type, found = snapshot.ca.type, snapshot.override
+        if snapshot.ca.problems:
+            _warn_broken(f"cas/{ca_type}", list(snapshot.ca.problems), cert_authority_fix(ca_type))
+        elif found is not None and found.problems:
+            _warn_broken(f"ca_overrides/{ca_type}", list(found.problems), override_fix(ca_type))
 
 
 def _warn_broken(name: str, problems: list[str], fix: str) -> None:
@@ -441,7 +452,7 @@ def _write_all(nodes: NodeChoice, writes: list[Write], file: str, again: str) ->
 )
 @click.pass_obj
 def edit(nodes: NodeChoice, resource: str, force: bool) -> None:
-    name = _split(resource, OVERRIDE_KINDS, need_name=True)
+    name = _split(resource, OVERRIDE_KINDS, True, "edit", EDIT_TAKES)
     with nodes.client() as client:
         reply = client.call("ListOverrides", pb.GetOverrideRequest(type=name))
     original = CertAuthorityOverride.from_proto(reply.overrides[0]).to_yaml()
@@ -487,7 +498,7 @@ def _keep(edited: Path, name: str) -> Path:
 @click.pass_obj
 def rm(nodes: NodeChoice, resource: str, force: bool) -> None:
     if resource.partition("/")[0] in CA_KINDS:
-        name = _split(resource, CA_KINDS, need_name=True)
+        name = _split(resource, CA_KINDS, True, "rm", RM_TAKES)
         with nodes.client() as client:
             removed = client.call("DeleteCertAuthority", pb.DeleteCertAuthorityRequest(type=name))
         click.echo(
@@ -495,7 +506,7 @@ def rm(nodes: NodeChoice, resource: str, force: bool) -> None:
             "(`authsim down && authsim up`) to record their keys again"
         )
         return
-    name = _split(resource, OVERRIDE_KINDS, need_name=True)
+    name = _split(resource, OVERRIDE_KINDS, True, "rm", RM_TAKES)
     with nodes.client() as client:
         reply = client.call(
             "DeleteOverrideResource", pb.DeleteOverrideResourceRequest(type=name, force=force)

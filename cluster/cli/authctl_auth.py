@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from authsim.auth_node.issuance import user_problems
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
@@ -25,13 +28,37 @@ from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.secret_files import name_problems, write_all
 
 type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
-_FILE_SAFE = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # a user name that can be part of a file name
+_FILE_SAFE = re.compile(r"[A-Za-z0-9._@-]+")  # a user name that can be part of a file name
+FC = TypeVar("FC", bound=Callable[..., Any])
 force_option = click.option(
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
 )
 
 
 KEY_HELP = "its public key hash, or a unique prefix of at least 8 hex characters (as shown: 16)"
+
+
+def _out_prefix(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """--out PREFIX: an existing folder, with or without a trailing `/`, means the files go inside it."""
+    if value and not value.endswith(os.sep) and Path(value).is_dir():
+        return value + os.sep
+    return value or ""
+
+
+def out_option(help: str, required: bool = False) -> Callable[[FC], FC]:
+    """The --out PREFIX option of every command writing files named PREFIX...: one rule for folders."""
+    return click.option(
+        "--out",
+        required=required,
+        default=None if required else "",
+        callback=_out_prefix,
+        help=f"{help}; an existing folder (trailing / or not) means: inside it",
+    )
+
+
+def is_folder(prefix: str) -> bool:
+    """Whether an --out PREFIX names a folder (the files go inside it, named without a prefix)."""
+    return prefix.endswith(os.sep)
 
 
 @click.group(help="CA override commands, run against the node that holds the key.")
@@ -49,7 +76,7 @@ def auth() -> None:
     "--subject", default="", help="RFC 4514 subject, e.g. 'OU=My Organization Unit,CN=My Windows CA'"
 )
 @click.option("--public-key", "public_key", default="", help=f"only this key: {KEY_HELP}")
-@click.option("--out", default="", help="write one file per CSR: PREFIX<type>-<hash prefix>-csr.pem")
+@out_option("write one file per CSR: PREFIX<type>-<hash prefix>-csr.pem")
 @click.option("--local-only", is_flag=True, help="only the keys in the chosen node's token (no etcd request)")
 @click.option("--all-nodes", is_flag=True, help="every node's keys: the default (kept for scripts)")
 @click.option(
@@ -219,20 +246,13 @@ def pub_key_hash(cert: str) -> None:
 )
 @type_option
 @click.option("--user", "users", required=True, multiple=True, help="who a credential is for; repeatable")
-@click.option("--out", required=True, help="PREFIX of the files written")
+@out_option("PREFIX of the files written (PREFIX.crt, ...; a folder: FOLDER/USER.crt, ...)", required=True)
 @click.option(
     "--ttl", type=click.IntRange(1, 30 * 24 * 3600), default=3600, show_default=True, help="seconds"
 )
 @click.pass_obj
 def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl: int) -> None:
-    if len(users) > 1:
-        unsafe = [u for u in users if not _FILE_SAFE.fullmatch(u)]
-        if unsafe:
-            raise click.UsageError(
-                f"--user {quoted(unsafe[0])}: with several users each becomes part of a file name: "
-                "use letters, digits, '.', '_', '@' and '-'"
-            )
-    prefixes = [Path(out if len(users) == 1 else f"{out}-{user}") for user in users]
+    prefixes = _credential_prefixes(out, users)
     _refuse_unwritable_names([Path(f"{p}{suffix}") for p in prefixes for suffix in CREDENTIAL_SUFFIXES])
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in users]
     requests = [
@@ -270,6 +290,25 @@ def sign(nodes: NodeChoice, ca_type: str, users: tuple[str, ...], out: str, ttl:
 
 
 CREDENTIAL_SUFFIXES = (".key", ".crt", ".chain.pem", ".json")
+
+
+def _credential_prefixes(out: str, users: tuple[str, ...]) -> list[Path]:
+    """Each user's file prefix: PREFIX for one user, PREFIX-USER for several, FOLDER/USER when --out is
+    a folder. A user that becomes part of a file name must be short and file-safe (length first)."""
+    if len(users) == 1 and not is_folder(out):
+        return [Path(out)]
+    for user in users:
+        problems = user_problems(user)  # the node's rule, length first
+        if problems:
+            raise click.UsageError(f"--{problems[0]}")
+        if not _FILE_SAFE.fullmatch(user):
+            raise click.UsageError(
+                f"--user {quoted(user)}: it becomes part of a file name (several users, or --out a "
+                "folder): use letters, digits, '.', '_', '@' and '-'"
+            )
+    if is_folder(out):
+        return [Path(out, user) for user in users]
+    return [Path(f"{out}-{user}") for user in users]
 
 
 def credential_files(prefix: Path, reply: pb.SignResponse, key_pem: bytes) -> dict[Path, bytes]:

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from authsim.auth_node.pb import authsim_pb2 as pb
-from authsim.cluster.cli.authctl_auth import type_option, write_outputs
+from authsim.cluster.cli.authctl_auth import out_option, type_option, write_outputs
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import read_pem_block
 from authsim.cluster.errors import NodeUnavailableError, NotFoundError
@@ -89,7 +89,7 @@ def _lists(pem: str, serial: int) -> bool:
     "certificate) and PREFIX<type>-override-<hash8>.crl (issued by the key's override certificate).",
 )
 @type_option
-@click.option("--out", default="", help="PREFIX of the files written")
+@out_option("PREFIX of the files written")
 @click.option("--der", is_flag=True, help="DER instead of PEM")
 @click.pass_obj
 def crl(nodes: NodeChoice, ca_type: str, out: str, der: bool) -> None:

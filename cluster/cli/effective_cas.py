@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from authsim.auth_node.pb import authsim_pb2 as pb
-from authsim.cluster.cli.authctl_auth import short_hash_length, type_option, write_outputs
+from authsim.cluster.cli.authctl_auth import out_option, short_hash_length, type_option, write_outputs
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.safe_text import escaped
 from authsim.cluster.errors import UnavailableError
@@ -88,7 +88,7 @@ def read_snapshot(client: NodeClient, ca_type: str) -> Snapshot:
     show_default=True,
     help="file format; der (.cer files, as NTAuth takes them) needs --out",
 )
-@click.option("--out", default="", help="PREFIX of the files written (all or none)")
+@out_option("PREFIX of the files written (all or none)")
 @click.option("--self-signed", is_flag=True, help="only the self-signed CA certificates, overrides ignored")
 @click.pass_obj
 def export(nodes: NodeChoice, ca_type: str, fmt: str, out: str, self_signed: bool) -> None:

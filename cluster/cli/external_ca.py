@@ -36,8 +36,9 @@ def init_command(directory: str, name: str) -> None:
     for f in files:
         click.echo(f"{'Kept' if f in existed else 'Wrote'} {path / f}")
     click.echo(f"Wrote {ca.chain_path}")
+    click.echo(f"Wrote {ca.extfile_path}")
     click.echo(f"Sign CSRs with: authsim external-ca sign --dir {path} CSR_FILE... --out-dir DIR")
-    click.echo(f"(OpenSSL equivalent: {OPENSSL_SIGN_COMMAND})")
+    click.echo(f"(OpenSSL equivalent, run in {path}: {OPENSSL_SIGN_COMMAND})")
 
 
 @external_ca.command(help="Write the root's and the intermediate's CRLs (PEM, nothing revoked) to OUT.")
@@ -71,13 +72,14 @@ def sign(
     outputs: dict[Path, bytes] = {}
     for csr_file in csr_files:
         target = out / f"{cert_name(csr_file)}.pem"
-        if target.name == "chain.pem" or target in outputs or target.resolve() == Path(csr_file).resolve():
-            problems.append(f"{csr_file}: its certificate would be {target}, which is taken; rename the file")
-            continue
         try:
-            cert = ca.sign_csr(
-                read_pem_block(csr_file, "CERTIFICATE REQUEST"), days=days, defects=frozenset(defects)
-            )
+            csr = read_pem_block(csr_file, "CERTIFICATE REQUEST")  # not a CSR: said first
+            if _taken(target, csr_file, outputs):
+                problems.append(
+                    f"{csr_file}: its certificate would be {target}, which is taken; rename the file"
+                )
+                continue
+            cert = ca.sign_csr(csr, days=days, defects=frozenset(defects))
         except ValidationError as e:
             problems += [p if p.startswith(csr_file) else f"{csr_file}: {p}" for p in e.problems]
             continue
@@ -90,6 +92,11 @@ def sign(
         click.echo(f"Wrote {target}")
     (out / "chain.pem").write_bytes(ca.chain_pem)
     click.echo(f"Wrote {out / 'chain.pem'}")
+
+
+def _taken(target: Path, csr_file: str, outputs: dict[Path, bytes]) -> bool:
+    """The certificate's name is the chain's, another CSR's certificate's, or the CSR file itself."""
+    return target.name == "chain.pem" or target in outputs or target.resolve() == Path(csr_file).resolve()
 
 
 def cert_name(csr_file: str) -> str:

@@ -66,6 +66,11 @@ class ExternalCA:
         return self.directory / "chain.pem"
 
     @property
+    def extfile_path(self) -> Path:
+        """OPENSSL_EXTFILE, which OPENSSL_SIGN_COMMAND names (`init` writes it)."""
+        return self.directory / "ext.cnf"
+
+    @property
     def chain_pem(self) -> bytes:
         """Intermediate then root: the chain above a certificate this CA signs."""
         return _pem(self.intermediate) + _pem(self.root)
@@ -155,7 +160,7 @@ def init(directory: Path, name: str = "authsim external root") -> ExternalCA:
 
     Root: self-signed `CN=<name>`, no path length limit. Intermediate: `CN=<name> intermediate`,
     pathlen 1 (the override CA below it, pathlen 0, issues the leaves). Keys are RSA-2048, files 0600.
-    `chain.pem` is rewritten from the two certificates each time.
+    `chain.pem` is rewritten from the two certificates each time, `ext.cnf` (OPENSSL_EXTFILE) too.
     """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -173,6 +178,7 @@ def init(directory: Path, name: str = "authsim external root") -> ExternalCA:
         )
     ca = ExternalCA.load(directory)
     ca.chain_path.write_bytes(ca.chain_pem)
+    ca.extfile_path.write_text(OPENSSL_EXTFILE)
     return ca
 
 
