@@ -94,7 +94,7 @@ def test_cli_errors_are_one_line(cluster: LocalCluster) -> None:
     for args, node, needle in [
         (("get", "cas/nope"), None, "type: unknown CA type 'nope'"),
         (("get", "cas/windows"), "node9", "no node named 'node9'"),
-        (("get", "widgets/x"), None, "is not a resource authctl knows"),
+        (("get", "widgets/x"), None, "`authctl get` takes cas[/TYPE], ca_overrides[/TYPE] or events"),
     ]:
         result = cluster.authctl(*args, node=node)
         assert result.exit_code != 0

@@ -300,11 +300,13 @@ def _credential_prefixes(out: str, users: tuple[str, ...]) -> list[Path]:
     for user in users:
         problems = user_problems(user)  # the node's rule, length first
         if problems:
-            raise click.UsageError(f"--{problems[0]}")
+            raise ValidationError([f"--{problems[0]}"])
         if not _FILE_SAFE.fullmatch(user):
-            raise click.UsageError(
-                f"--user {quoted(user)}: it becomes part of a file name (several users, or --out a "
-                "folder): use letters, digits, '.', '_', '@' and '-'"
+            raise ValidationError(
+                [
+                    f"--user {quoted(user)}: it becomes part of a file name (several users, or --out a "
+                    "folder): use letters, digits, '.', '_', '@' and '-'"
+                ]
             )
     if is_folder(out):
         return [Path(out, user) for user in users]
