@@ -170,6 +170,13 @@ def ensure_node_identity(cluster_dir: Path, cluster_name: str, node_dir: Path, n
     return TLSIdentity(identity.cert, identity.key, node.admin_ca)
 
 
+def issued_cluster_name(cert_path: Path) -> str:
+    """The cluster a certificate of this PKI was made for: its subject's O (see `_name`)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    names = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(names[0].value) if names else ""
+
+
 def ensure_server_identity(
     cluster_dir: Path, cluster_name: str, directory: Path, names: list[str]
 ) -> TLSIdentity:

@@ -589,3 +589,43 @@ def test_serve_needs_the_provisioned_server(tmp_path: Path, capsys: pytest.Captu
         said = capsys.readouterr().err
         assert f"no {downstream.LABELS[name]} in " in said and "first (`targets_provision pki`)" in said
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_provision_pki_advertise_records_addresses_authctl_can_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --advertise cluster.yaml names nodes as the compose network does (NAME:PORT); with it,
+    one given host:port per node (docker-compose publishes node1..3 on 127.0.0.1:3025-3027)."""
+    base = ["pki", f"--dir={tmp_path / 'pki'}", "--nodes=node1,node2", "--port=3025"]
+    admin = tmp_path / "admin"
+    assert provision_main([*base, f"--admin-dir={tmp_path / 'net'}"]) == 0
+    assert [n.address for n in ClusterState.load(tmp_path / "net").nodes] == ["node1:3025", "node2:3025"]
+    advertised = ["127.0.0.1:3025", "127.0.0.1:3026"]
+    assert provision_main([*base, f"--admin-dir={admin}", f"--advertise={','.join(advertised)}"]) == 0
+    assert [(n.name, n.address) for n in ClusterState.load(admin).nodes] == [
+        ("node1", "127.0.0.1:3025"),
+        ("node2", "127.0.0.1:3026"),
+    ]
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert provision_main([*base, f"--admin-dir={other}", "--advertise=127.0.0.1:3025"]) == 2
+    assert "--advertise: give one host:port per node of --nodes (2), got 1" in capsys.readouterr().err
+    assert provision_main([*base, f"--admin-dir={other}", "--advertise=127.0.0.1,127.0.0.1:3026"]) == 2
+    assert "'127.0.0.1' is not host:port" in capsys.readouterr().err
+    assert not other.exists()  # refused before anything was written
+
+
+def test_provision_node_takes_the_cluster_name_of_the_pki(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = tmp_path / "pki"
+    assert provision_main(["pki", f"--dir={pki}", "--cluster-name=prod", "--nodes=node1"]) == 0
+    node = ["node", f"--pki={pki}", "--name=node1", "--etcd=127.0.0.1:2379"]
+    capsys.readouterr()
+    assert provision_main([*node, f"--dir={tmp_path / 'mismatch'}", "--cluster-name=mycluster"]) == 1
+    said = capsys.readouterr().err
+    assert f"--cluster-name 'mycluster': the PKI in {pki} was made for cluster 'prod'" in said
+    assert not (tmp_path / "mismatch").exists()  # refused before a token was made
+    state = NodeLayout(tmp_path / "state")
+    assert provision_main([*node, f"--dir={state.directory}"]) == 0
+    assert NodeConfig.load(state.config).cluster_name == "prod"

@@ -25,6 +25,7 @@ from authsim.cluster.mtls import (
     ensure_etcd_client_identity,
     ensure_etcd_member_identity,
     ensure_node_identity,
+    issued_cluster_name,
 )
 from authsim.cluster.secret_files import write_all
 from authsim.cluster.store import EtcdTLS
@@ -49,6 +50,16 @@ def _node_names(ctx: click.Context, param: click.Parameter, value: str) -> list[
             f"comma-separated; got {value!r}"
         )
     return names
+
+
+def _addresses(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    """`--advertise host:port[,host:port...]` as a list ([] when not given)."""
+    addresses = _names(value or "")
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(f"{address!r} is not host:port")
+    return addresses
 
 
 def _copy(sources: tuple[Path, ...], targets: tuple[Path, ...]) -> None:
@@ -86,6 +97,13 @@ def provision() -> None:
     default="",
     help="etcd endpoints host:port,..., recorded in cluster.yaml",
 )
+@click.option(
+    "--advertise",
+    callback=_addresses,
+    default="",
+    help="where authctl reaches the nodes, one host:port per node in --nodes order, recorded in "
+    "cluster.yaml (default NAME:PORT, which resolves only on the nodes' network, e.g. docker-compose's)",
+)
 @etcd_tls_options
 @click.option(
     "--etcd-ca",
@@ -102,12 +120,17 @@ def pki(
     nodes: list[str],
     port: int,
     etcd: list[str],
+    advertise: list[str],
     etcd_cacert: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
     etcd_ca: bool,
 ) -> None:
     checked_cluster_name(cluster_name)
+    if advertise and len(advertise) != len(nodes):
+        raise click.UsageError(
+            f"--advertise: give one host:port per node of --nodes ({len(nodes)}), got {len(advertise)}"
+        )
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
     if (tls is not None or etcd_ca) and not etcd:
         what = (
@@ -134,7 +157,8 @@ def pki(
         ensure_node_identity(ca_dir, cluster_name, node_dir, name)
     if etcd_ca:
         tls = _etcd_pki(directory.absolute(), ca_dir, admin_dir, cluster_name, nodes, etcd)
-    entries = [NodeEntry(name, f"{name}:{port}") for name in nodes]
+    addresses = advertise or [f"{name}:{port}" for name in nodes]
+    entries = [NodeEntry(name, address) for name, address in zip(nodes, addresses, strict=True)]
     ClusterState(cluster_name, EtcdEntry(etcd, embedded=False, tls=tls), entries).save(admin_dir)
     click.echo(f"PKI of cluster {cluster_name} for {', '.join(nodes)} in {directory}")
 
@@ -164,7 +188,11 @@ def _etcd_pki(
 )
 @click.option("--pki", "pki_dir", type=dir_type, required=True, help="the DIR `provision pki` wrote")
 @click.option("--name", required=True, help="node name, as given to `provision pki --nodes`")
-@click.option("--cluster-name", default="mycluster", show_default=True)
+@click.option(
+    "--cluster-name",
+    default=None,
+    help="the cluster's name (default: the one `provision pki` made the PKI for; another is refused)",
+)
 @click.option("--listen", default=f"0.0.0.0:{NODE_PORT}", show_default=True, help="gRPC listen host:port")
 @click.option(
     "--etcd", callback=etcd_endpoints, required=True, help="etcd endpoints host:port[,host:port...]"
@@ -182,7 +210,7 @@ def node(
     directory: Path,
     pki_dir: Path,
     name: str,
-    cluster_name: str,
+    cluster_name: str | None,
     listen: str,
     etcd: list[str],
     etcd_cacert: Path | None,
@@ -191,7 +219,6 @@ def node(
     pkcs11_module: str | None,
     event_retention: int,
 ) -> None:
-    checked_cluster_name(cluster_name)
     if not etcd:
         raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
@@ -203,6 +230,7 @@ def node(
             f"no TLS files for node {name} in {issued.directory}: "
             "run `authsim provision pki --nodes ...` naming it"
         )
+    cluster_name = _pki_cluster_name(issued.tls_cert, pki_dir, cluster_name)
     directory = directory.absolute()
     directory.mkdir(parents=True, exist_ok=True)
     token = provision_token(directory, f"authsim-{name}", pkcs11_module)
@@ -224,6 +252,18 @@ def node(
         event_retention=event_retention,
     )
     click.echo(f"Wrote {config.save()}")
+
+
+def _pki_cluster_name(tls_cert: Path, pki_dir: Path, given: str | None) -> str:
+    """The cluster name the PKI's certificate for this node was made for; a different --cluster-name
+    is refused naming both (the node would join a cluster its certificates are not for)."""
+    issued = issued_cluster_name(tls_cert)
+    if given is not None and given != issued:
+        raise ClusterError(
+            f"--cluster-name {given!r}: the PKI in {pki_dir} was made for cluster {issued!r}; "
+            f"give --cluster-name {issued} (or leave it out)"
+        )
+    return checked_cluster_name(issued)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
