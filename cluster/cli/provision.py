@@ -219,6 +219,8 @@ def node(
     pkcs11_module: str | None,
     event_retention: int,
 ) -> None:
+    if cluster_name is not None:
+        checked_cluster_name(cluster_name)
     if not etcd:
         raise click.BadParameter("give at least one etcd endpoint", param_hint="--etcd")
     tls = etcd_tls_from_options(etcd_cacert, etcd_cert, etcd_key)
