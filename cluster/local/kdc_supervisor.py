@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from authsim.cluster.targets.server_log import end_of
 
 POLL_INTERVAL = 0.2  # seconds between looks at the KDC's trust files
 STOP_TIMEOUT = 5.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Supervisor:
@@ -69,7 +71,8 @@ class Supervisor:
         assert self.kdc.port is not None
         argv, env = self.kdc.command(self.kdc.port)
         offset = end_of(self.kdc.layout.log)
-        self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)  # output: our log
+        # output: our log; preexec_fn is safe here, the supervisor runs no threads
+        self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
         if not self.kdc.ready(self.child, offset, SERVING, READY_TIMEOUT):
             raise ClusterError(f"krb5kdc did not start on {self.kdc.address}")
         self.started_with = trust.digest
@@ -95,6 +98,12 @@ class Supervisor:
 
     def _stop(self, _signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed when the supervisor dies, even by SIGKILL (no orphan KDC
+    left holding the port)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
