@@ -43,6 +43,7 @@ from authsim.cluster.resources.crl import (
     fingerprint,
     key_identifier,
 )
+from authsim.cluster.resources.key_prefix import SHOWN, resolve_key_hash
 from authsim.cluster.resources.override import CertAuthorityOverride
 from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.keys import crl_key
@@ -50,7 +51,6 @@ from authsim.hsm import KeyStore
 
 log = logging.getLogger(__name__)
 CHECK_INTERVAL = 60.0  # seconds between checks when nothing changes (CRLs age)
-MIN_PREFIX = 8  # hex characters of a public key hash that pick a key
 
 
 @dataclass(frozen=True)
@@ -135,27 +135,20 @@ def decoded(found: Versioned | None, cluster_name: str, ca_type: str) -> CertAut
 
 
 def pick_key(ca: CertAuthority, public_key: str) -> CAKeyPair:
-    """The key of `ca` whose hash starts with `public_key` (at least 8 hex characters, any case); with
-    no prefix, the CA's only key."""
-    keys = [pair for _, pair in ca.all_keys()]
-    listing = ", ".join(p.public_key_hash[:16] for p in keys)
+    """The key of `ca` named by `public_key` (`resolve_key_hash`: a unique prefix of at least 8 hex
+    characters, any case); with no prefix, the CA's only key."""
+    keys = {pair.public_key_hash: pair for _, pair in ca.all_keys()}
     if not public_key:
         if len(keys) != 1:
+            listing = ", ".join(h[:SHOWN] for h in keys)
             raise ValidationError(
                 [
                     f"public_key: the {ca.ca_type} CA has {len(keys)} keys ({listing}): "
                     "pick one with --public-key"
                 ]
             )
-        return keys[0]
-    prefix = public_key.strip().lower()
-    if len(prefix) < MIN_PREFIX:
-        raise ValidationError([f"public_key: at least {MIN_PREFIX} hex characters, got {len(prefix)}"])
-    matches = [p for p in keys if p.public_key_hash.startswith(prefix)]
-    if len(matches) != 1:
-        what = "matches no key" if not matches else "matches several keys"
-        raise ValidationError([f"public_key: {prefix} {what} of the {ca.ca_type} CA ({listing})"])
-    return matches[0]
+        return next(iter(keys.values()))
+    return keys[resolve_key_hash(public_key, keys, f"the {ca.ca_type} CA")]
 
 
 def issuing_key(ca: CertAuthority, override: CertAuthorityOverride | None, cert: x509.Certificate) -> str:

@@ -216,8 +216,20 @@ class KdcLayout:
         return self.directory / "anchors.pem"
 
     @property
+    def crls(self) -> Path:
+        """The CRLs the running KDC checks (`pkinit_revoke`), written by its supervisor; absent: none."""
+        return self.directory / "crls.pem"
+
+    @property
+    def serving(self) -> Path:
+        """The digest of the trust (anchors and CRLs) the running KDC was started with, written by its
+        supervisor once the KDC serves, deleted when the supervisor exits."""
+        return self.directory / "serving"
+
+    @property
     def pid_file(self) -> Path:
-        return self.directory / "krb5kdc.pid"
+        """The PID of the KDC's supervisor (`authsim.cluster.local.kdc_supervisor`) while it runs."""
+        return self.directory / "supervisor.pid"
 
     @property
     def log(self) -> Path:

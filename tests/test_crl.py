@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
-from authsim.cluster.errors import KeyAccessError
+from authsim.cluster.errors import KeyAccessError, ValidationError
 from authsim.cluster.local.external_ca import ExternalCA, init
 from authsim.cluster.resources.crl import CertAuthorityCRL, crl_builder, crl_problem, fingerprint
 from authsim.cluster.store import EtcdStore
@@ -261,6 +261,27 @@ def test_revoke_by_serial_alone_needs_the_key_when_the_ca_has_several(flow: Flow
     assert "has 2 keys" in result.stderr and "--public-key" in result.stderr
     for key_hash in flow.ca_certs():
         assert key_hash[:16] in result.stderr
+
+
+def test_revoke_and_sign_crls_name_keys_as_every_command_does(flow: Flow) -> None:
+    """`--public-key` of `auth revoke` and SignCRLs go through `resolve_key_hash`: any case, its messages."""
+    key = flow.key_of(NODES[0])
+    keys = ", ".join(sorted(k[:16] for k in flow.ca_certs()))
+    for given, said in [
+        ("0123456", "public_key: 0123456 is 7 hex characters, give at least 8"),
+        ("not-hex!", "public_key: must be a public key hash or a prefix of one"),
+        ("0" * 16, f"public_key: no key of the windows CA starts with {'0' * 16} (its keys: {keys})"),
+    ]:
+        if key.startswith(given):
+            continue
+        args = ["auth", "revoke", "--type=windows", "--serial", "abc123", "--public-key", given]
+        result = flow.cluster.authctl(*args)
+        assert result.exit_code != 0 and said in result.stderr, (given, result.stderr)
+    with flow.cluster.client(NODES[0]) as client:
+        signed = client.call("SignCRLs", pb.SignCRLsRequest(type="windows", public_key=key[:8].upper()))
+        assert signed.public_key_hash == key
+        with pytest.raises(ValidationError, match="give at least 8"):
+            client.call("SignCRLs", pb.SignCRLsRequest(type="windows", public_key=key[:6]))
 
 
 def test_auth_crl_writes_every_crl_pem_and_der(flow: Flow, tmp_path: Path) -> None:

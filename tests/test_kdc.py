@@ -22,9 +22,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.cluster.errors import ClusterError, ValidationError
 from authsim.cluster.local import launcher, processes
-from authsim.cluster.local.kdc import Kdc
+from authsim.cluster.local.kdc import SUPERVISED, Kdc
 from authsim.cluster.resources.x509 import key_usage
 from authsim.cluster.targets.kerberos import LogonResult
+from authsim.cluster.targets.server_log import end_of, since
 from authsim.cluster.targets.trust import read_trust
 from tests.certs import CertKey, external_ca, rsa_key
 from tests.downstream import CLUSTER, DOMAIN, Overridden, overridden_cluster
@@ -95,10 +96,12 @@ def test_reload_anchors_restarts_the_kdc_on_its_port_with_the_new_trust(flow: Ov
     under_override = flow.sign("alice")
     with flow.disabled():
         self_signed = flow.sign("alice")
-    port, pid = kdc.port, kdc.pid
+    port, pid, offset = kdc.port, kdc.pid, end_of(kdc.layout.log)
     kdc.reload_anchors(read_trust(flow.cluster.directory, "desktop").ntauth)
     try:
-        assert kdc.port == port and kdc.pid != pid and not processes.is_running(pid, kdc.marker)
+        # the supervisor (the PID `down` stops) stays; the krb5kdc it runs was started again
+        assert kdc.port == port and kdc.pid == pid and processes.is_running(pid, kdc.marker)
+        assert f"{SUPERVISED} on {kdc.address}" in since(kdc.layout.log, offset)
         assert kdc.logon(self_signed.cert, self_signed.key, "alice", workstation(flow)).ok
         refused = kdc.logon(under_override.cert, under_override.key, "alice", workstation(flow))
         assert refused.reason.startswith(UNKNOWN_ISSUER.format(2)), refused  # leaf, override, intermediate

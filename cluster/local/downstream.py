@@ -43,8 +43,10 @@ def server_running(directory: Path, name: str, entry: ServerEntry) -> bool:
 
 
 def stop_server(directory: Path, name: str, entry: ServerEntry) -> bool:
-    """Stop the server by its recorded PID; False when it was not running."""
-    return processes.stop(entry.pid, server_marker(directory, name), timeout=10.0)
+    """Stop the server by its recorded PID (the KDC's supervisor with its krb5kdc, their process
+    group); False when it was not running."""
+    stop = processes.stop_group if name == "kdc" else processes.stop
+    return stop(entry.pid, server_marker(directory, name), timeout=10.0)
 
 
 def setup_server(directory: Path, state: ClusterState, name: str) -> Server:
@@ -119,8 +121,9 @@ def load_trust(directory: Path, server: Server) -> None:
 
 
 def reload_trust(directory: Path, kind: str) -> str | None:
-    """After `authsim trust --target kind`: the server behind it takes the new trust (the KDC restarts
-    on its port, PostgreSQL reloads); what happened, or None when the cluster runs no such server."""
+    """After `authsim trust --target kind`: the server behind it takes the new trust (the KDC's
+    supervisor restarts it on its port, PostgreSQL reloads); what happened, or None when the cluster
+    runs no such server."""
     if not ClusterState.path(directory).exists():  # a targets dir of its own (docker-compose)
         return None
     state = ClusterState.load(directory)
@@ -132,13 +135,10 @@ def reload_trust(directory: Path, kind: str) -> str | None:
     server.port = int(entry.address.rsplit(":", 1)[1])
     load_trust(directory, server)
     if isinstance(server, Kdc):
-        entry.pid = server.pid
-        state.save(directory)
-        return f"{LABELS[name]} restarted on {entry.address} with the new anchors"
+        return f"{LABELS[name]} restarted on {entry.address} with the new anchors and CRLs"
     return f"{LABELS[name]} reloaded its CA file"
 
 
 def _server(directory: Path, name: str, domain: str) -> Server:
     """The server of `directory` named `name` (for the KDC, of `domain`), without a process."""
-    layout = ClusterLayout(directory)
-    return Kdc(layout.kdc, domain) if name == "kdc" else Postgres(layout.postgres)
+    return Kdc(directory, domain) if name == "kdc" else Postgres(ClusterLayout(directory).postgres)

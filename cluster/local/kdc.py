@@ -16,8 +16,14 @@ How MIT krb5 1.20 decides (checked against its source and by hand):
 - The KDC signs its reply with its own certificate (EKU id-pkinit-KPKdc, SAN krbtgt/REALM@REALM) and
   first checks that certificate's chain against its own `pkinit_anchors`: the KDC's CA is an anchor
   too. It is a CA of its own (`mtls.ensure_kdc_identity`) that signs nothing else.
-- The KDC reads `pkinit_anchors` once, at start; SIGHUP only reopens its log. `reload_anchors` restarts
-  it on the same port.
+- The KDC reads `pkinit_anchors` and `pkinit_revoke` once, at start; SIGHUP only reopens its log. So
+  krb5kdc runs under a supervisor (`kdc_supervisor`, the process `start` starts and `authsim down`
+  stops, its PID never changing) that restarts it on the same port when its anchors or the CRLs in
+  force (`targets.kdc_trust`) change.
+- CRLs: the KDC checks every certificate of the chain against the CRLs it has for its issuer
+  (`X509_V_FLAG_CRL_CHECK_ALL`) and, without `pkinit_require_crl_checking`, accepts an issuer it has no
+  CRL for (the external CA's, unless the admin gave them): a CRL that lists the serial refuses it
+  (`REVOKED_CERTIFICATE`), one past its nextUpdate refuses every certificate of its issuer.
 - The KDC reads `KRB5_CONFIG` as well as its profile: the client's PKINIT settings (its anchors and
   pool) must not be in the KDC's `krb5.conf`, or the KDC would trust them. Logons use a config of
   their own in a temp dir.
@@ -28,10 +34,13 @@ How MIT krb5 1.20 decides (checked against its source and by hand):
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +54,7 @@ from authsim.cluster.local import processes
 from authsim.cluster.local.ports import free_port, on_free_ports
 from authsim.cluster.mtls import ensure_kdc_identity
 from authsim.cluster.secret_files import write_private
-from authsim.cluster.targets import kerberos
+from authsim.cluster.targets import kdc_trust, kerberos
 from authsim.cluster.targets.kerberos import (
     LIBDEFAULTS,
     LogonResult,
@@ -58,19 +67,21 @@ from authsim.cluster.targets.kerberos import (
 from authsim.cluster.targets.server_log import end_of, last_line, since
 
 HOST = "127.0.0.1"
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = 15.0
+SUPERVISOR = "authsim.cluster.local.kdc_supervisor"
 _DOMAIN = re.compile(
     r"(?=.{1,200}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
-_SERVING = "commencing operation"  # what krb5kdc logs once its sockets are bound
+SERVING = "commencing operation"  # what krb5kdc logs once its sockets are bound
+SUPERVISED = "kdc supervisor: serving"  # what the supervisor logs once its krb5kdc serves
 
 
 @dataclass
 class Kdc:
-    """The KDC of `domain` in `layout`; `port` once started (or known), `process` when this process
-    started it."""
+    """The KDC of `domain` in the cluster dir `directory`; `port` once started (or known), `process` (its
+    supervisor) when this process started it."""
 
-    layout: KdcLayout
+    directory: Path
     domain: str
     port: int | None = None
     process: subprocess.Popen[bytes] | None = None
@@ -91,12 +102,16 @@ class Kdc:
             raise ValidationError(
                 [f"domain: a DNS name of letters, digits, - and . (at most 200), got {domain!r}"]
             )
-        kdc = cls(ClusterLayout(cluster_dir).kdc, domain)
+        kdc = cls(cluster_dir, domain)
         ensure_kdc_identity(ca_dir or cluster_dir, cluster_name, kdc.layout, kdc.realm)
         kdc._write_config()
         kdc._create_database()
         kdc._write_anchors(anchors)
         return kdc
+
+    @property
+    def layout(self) -> KdcLayout:
+        return ClusterLayout(self.directory).kdc
 
     @property
     def realm(self) -> str:
@@ -108,16 +123,16 @@ class Kdc:
 
     @property
     def marker(self) -> str:
-        """A string only this KDC's command line holds (for `processes.is_running` / `stop`)."""
-        return f"-P {self.layout.pid_file}"
+        """A string only this KDC's supervisor's command line holds (for `processes.is_running` / `stop`)."""
+        return f"{SUPERVISOR} --dir {self.directory} --domain "
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
-        """Start krb5kdc in the foreground of its own session and wait until it serves. Without a port,
-        one is picked, and picked again if another process takes it first."""
+        """Start the KDC's supervisor in its own session and wait until its krb5kdc serves. Without a
+        port, one is picked, and picked again if another process takes it first."""
         if self.port is not None:
             self._start_on(self.port, timeout)
         else:
@@ -125,12 +140,14 @@ class Kdc:
 
     def _start_on(self, port: int, timeout: float) -> None:
         """Start on `port`; PortInUseError when another process holds it."""
-        argv, env = self.command(port)
+        argv = [sys.executable, "-m", SUPERVISOR, "--dir", str(self.directory), "--domain", self.domain]
+        argv += ["--port", str(port)]
         offset = end_of(self.layout.log)
-        process = processes.spawn(argv, self.layout.log, env)
-        if self._ready(process, offset, timeout):
+        process = processes.spawn(argv, self.layout.log, dict(os.environ, PYTHONUNBUFFERED="1"))
+        if self.ready(process, offset, SUPERVISED, timeout):
             self.port, self.process = port, process
             return
+        _kill_group(process)
         taken = "Address already in use" in since(self.layout.log, offset)
         raise (PortInUseError if taken else ClusterError)(
             f"krb5kdc did not start on {HOST}:{port}; end of {self.layout.log}: "
@@ -139,26 +156,24 @@ class Kdc:
 
     def command(self, port: int) -> tuple[list[str], dict[str, str]]:
         """krb5kdc's command line and environment to serve in the foreground on `port` (its config is
-        written for that port here)."""
+        written for that port here, checking the CRLs in `layout.crls` when that file exists)."""
         self._write_config(port)
-        return [find_binary("krb5kdc"), "-n", "-P", str(self.layout.pid_file)], self._env()
+        return [find_binary("krb5kdc"), "-n"], self._env()
 
-    def _ready(self, process: subprocess.Popen[bytes], offset: int, timeout: float) -> bool:
-        """True once `process` logs that it serves (after binding its sockets); False (and no process
-        left) when it exited or did not get there in `timeout` seconds."""
+    def ready(self, process: subprocess.Popen[bytes], offset: int, line: str, timeout: float) -> bool:
+        """True once `process` logs `line` (past `offset` of the log); False when it exited or did not
+        get there in `timeout` seconds (it is then left to the caller to stop)."""
         deadline = time.monotonic() + timeout
-        while process.poll() is None:
-            if _SERVING in since(self.layout.log, offset):
+        while process.poll() is None and time.monotonic() < deadline:
+            if line in since(self.layout.log, offset):
                 return True
-            if time.monotonic() > deadline:
-                _stop_child(process, self.marker)
-                return False
             time.sleep(0.02)
         return False
 
     def stop(self) -> bool:
-        """Stop the KDC by PID (only when that PID is still this KDC); False when it was not running."""
-        stopped = processes.stop(self._running_pid(), self.marker)
+        """Stop the KDC's supervisor and its krb5kdc (its process group) by PID, only when that PID is
+        still this KDC's supervisor; False when it was not running."""
+        stopped = processes.stop_group(self._running_pid(), self.marker)
         if self.process is not None:
             self.process.poll()
         self.process = None
@@ -168,7 +183,7 @@ class Kdc:
         return processes.is_running(self._running_pid(), self.marker)
 
     def _running_pid(self) -> int | None:
-        """The PID of the process this object started, else the one in krb5kdc's PID file."""
+        """The PID of the supervisor this object started, else the one in the supervisor's PID file."""
         if self.pid is not None:
             return self.pid
         with contextlib.suppress(OSError, ValueError):
@@ -185,12 +200,20 @@ class Kdc:
         kerberos.add_user(self.layout, self.domain, user)
 
     def reload_anchors(self, anchors: Sequence[x509.Certificate]) -> None:
-        """Trust exactly `anchors` for client certificates from now on. The KDC reads its anchors only
-        at start, so a running KDC is restarted on the same port."""
+        """Trust exactly `anchors` for client certificates from now on: a running KDC is restarted on
+        its port by its supervisor (with the CRLs in force too); this returns once it was."""
         self._write_anchors(anchors)
         if self.running():
-            self.stop()
-            self.start()
+            problem = kdc_trust.wait_current(self.directory)
+            if problem is not None:
+                raise ClusterError(problem)
+
+    def write_crls(self, crls: bytes) -> None:
+        """The CRLs the KDC checks from its next start (PEM; b"": none, no `pkinit_revoke`)."""
+        if crls:
+            write_private(self.layout.crls, crls)
+        else:
+            self.layout.crls.unlink(missing_ok=True)
 
     def logon(
         self, credential: bytes, key: bytes, user: str, store: Sequence[x509.Certificate]
@@ -204,6 +227,7 @@ class Kdc:
         """The KDC's krb5.conf (no PKINIT settings) and kdc.conf (listening on `port` when given)."""
         layout, realm = self.layout, self.realm
         listen = f"    kdc_listen = {HOST}:{port}\n    kdc_tcp_listen = {HOST}:{port}\n" if port else ""
+        revoke = f"        pkinit_revoke = FILE:{layout.crls}\n" if layout.crls.exists() else ""
         layout.krb5_conf.write_text(f"[libdefaults]\n    default_realm = {realm}\n{LIBDEFAULTS}{_PLUGINS}")
         layout.kdc_conf.write_text(
             f"[kdcdefaults]\n{listen}"
@@ -213,6 +237,7 @@ class Kdc:
             f"        pkinit_identity = FILE:{layout.cert},{layout.key}\n"
             f"        pkinit_anchors = FILE:{layout.kdc_ca}\n"
             f"        pkinit_anchors = FILE:{layout.anchors}\n"
+            f"{revoke}"
             "        pkinit_eku_checking = scLogin\n"
             "        pkinit_allow_upn = true\n"
             "    }\n"
@@ -245,9 +270,11 @@ class Kdc:
 _PLUGINS = "[plugins]\n    kdcpreauth = {\n        disable = spake\n        disable = otp\n    }\n"
 
 
-def _stop_child(process: subprocess.Popen[bytes], marker: str) -> None:
-    processes.stop(process.pid, marker)
-    process.poll()
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill a supervisor that did not get ready, with its krb5kdc (its process group, its session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _free_tcp_udp_port() -> int:

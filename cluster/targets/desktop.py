@@ -3,7 +3,9 @@
 A TLS server (`sessions`) answering one session request with `{"success", "reason", "desktop_name"}`.
 A logon passes the one rule a Windows domain controller adds to PKINIT, that the issuing CA is in the
 NTAuth store (read on every request), then MIT Kerberos decides (`kerberos.logon`: EKU smartcardLogon,
-UPN SAN `user@<domain>`, the chain to the KDC's `pkinit_anchors`), and its refusal is the reason.
+UPN SAN `user@<domain>`, the chain to the KDC's `pkinit_anchors`, no certificate of it in the CRLs of
+`pkinit_revoke`), and its refusal is the reason. A logon first waits until the KDC runs with the
+current anchors and CRLs (`kdc_trust.wait_current`).
 
 `verify_desktop_credential` is the rules as a pure function, for unit tests of credentials; what a
 session trusts is the KDC's verdict.
@@ -25,6 +27,7 @@ from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.mtls import TLSIdentity
 from authsim.cluster.resources.x509 import display_name
 from authsim.cluster.targets import kerberos
+from authsim.cluster.targets.kdc_trust import wait_current
 from authsim.cluster.targets.sessions import Answer, SessionRequest, serve_sessions
 from authsim.cluster.targets.trust import read_trust
 
@@ -106,6 +109,9 @@ def desktop_answer(cluster_dir: Path, domain: str, kdc_address: str) -> Answer:
     def answer(request: SessionRequest) -> tuple[bool, str]:
         trust = read_trust(cluster_dir, "desktop")
         problem = ntauth_problem(request.leaf, trust.ntauth)
+        if problem is not None:
+            return False, problem
+        problem = wait_current(cluster_dir)
         if problem is not None:
             return False, problem
         kerberos.add_user(layout, domain, request.user)
