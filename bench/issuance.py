@@ -19,13 +19,14 @@ from authsim.cluster.api.local_cluster import LocalCluster
 from authsim.cluster.local.external_ca import init
 from authsim.cluster.local.launcher import admin_identity
 from authsim.cluster.mtls import NODE_TLS_NAME
-from authsim.hsm import provision_token
+from authsim.hsm import load_token_config, provision_token
+from authsim.hsm.provision import HSM_INPROCESS, HSM_PROCESS
 
 RAW_SIGN = """
 import sys, time, uuid
 from pathlib import Path
 from authsim.hsm import Pkcs11KeyStore, load_token_config
-config = load_token_config(Path(sys.argv[1]), "bench")
+config = load_token_config(Path(sys.argv[1]), "bench", hsm_process=sys.argv[3] == "process")
 store = Pkcs11KeyStore.open(config, str(uuid.uuid4()), "bench")
 ref, _ = store.generate_rsa_key()
 data = b"x" * 512
@@ -40,11 +41,14 @@ store.close()
 """
 
 
-def raw_sign_rate(tmp: Path, seconds: float) -> float:
-    """RSA-2048 SHA256-PKCS#1 signatures per second straight through python-pkcs11, one session."""
-    token = provision_token(tmp / "rawtoken", "bench")
+def raw_sign_rate(tmp: Path, seconds: float, hsm: str = HSM_INPROCESS) -> float:
+    """RSA-2048 SHA256-PKCS#1 signatures per second through one Pkcs11KeyStore session: SoftHSM loaded
+    in-process, or (`hsm="process"`) through an HSM process's socket."""
+    token = provision_token(tmp / f"rawtoken-{hsm}", "bench")
+    if hsm == HSM_PROCESS:
+        token = load_token_config(token.node_dir, "bench", hsm_process=True)
     done = subprocess.run(
-        [sys.executable, "-c", RAW_SIGN, str(token.node_dir), str(seconds)],
+        [sys.executable, "-c", RAW_SIGN, str(token.node_dir), str(seconds), hsm],
         env=token.process_env(),
         capture_output=True,
         text=True,

@@ -31,6 +31,7 @@ from authsim.cluster.store import EtcdStore, EtcdTLS
 from authsim.cluster.store.keys import cluster_prefix
 from authsim.cluster.store.rbac import grant_cluster_access
 from bench.events import record_cost
+from bench.hsm import hsm_rows
 from bench.issuance import issuance_rate, propagation, raw_sign_rate
 from bench.override_appends import interleaved_cas_latency, raw_cas_latency, simultaneous_appends
 from bench.rotation import auto_rotation
@@ -101,7 +102,45 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
     result["etcd_tls"] = tls_cost(tmp, 100 if quick else 300, rounds)
     result["up"] = [up_time(tmp, n) for n in ((3,) if quick else (3, 16))]
     result["rotation"] = auto_rotation(tmp)
+    result["hsm"] = hsm_rows(tmp, _passable(tmp) / "hsm", seconds, BATCH, 3 if quick else 10)
     return result
+
+
+def hsm_report(table: Table, hsm: dict[str, Any], inprocess: float, inprocess_batched: float) -> None:
+    """The rows of issue 16: the HSM process's socket against SoftHSM in-process, the same run."""
+    raw = f"{hsm['raw_inprocess_signs_per_s']:.0f} signs/s in-process"
+    table.add_row(
+        "signs/s through an HSM process's socket",
+        f"{hsm['raw_socket_signs_per_s']:.0f}",
+        raw,
+        f"{hsm['socket_ratio']:.2f}",
+        "socket cost",
+    )
+    for label, ours, theirs in (
+        ("credentials/s, hsm process, Sign calls", hsm["credentials_per_s"], inprocess),
+        ("credentials/s, hsm process, SignBatch", hsm["batched_credentials_per_s"], inprocess_batched),
+    ):
+        table.add_row(
+            label,
+            f"{ours:.0f}",
+            f"{theirs:.0f} in-process",
+            f"{ours / theirs:.2f}",
+            f">= {hsm['socket_ratio']:.2f}",
+        )
+    table.add_row(
+        f"resume / start to first signature (median of {hsm['rounds']})",
+        f"{hsm['resume_to_signature_s_median']:.2f} s / {hsm['start_to_signature_s_median']:.2f} s",
+        "",
+        "",
+        "",
+    )
+
+
+def _passable(tmp: Path) -> Path:
+    """`tmp` made passable by others (o+x): as root, a `hsm="process"` cluster's nodes run as their own
+    users and must reach their dirs."""
+    tmp.chmod(tmp.stat().st_mode | 0o011)
+    return tmp
 
 
 def tls_cost(tmp: Path, count: int, rounds: int) -> dict[str, float]:
@@ -238,6 +277,7 @@ def report(result: dict[str, Any]) -> None:
         "",
         "",
     )
+    hsm_report(table, result["hsm"], issuance["credentials_per_s"], issuance["batched_credentials_per_s"])
     Console(width=140).print(
         f"raw etcd CAS Txn: median {etcd['raw_cas_ms_median']:.2f} ms "
         f"({etcd['raw_cas_per_s']:.0f}/s, one client); {result['cpu_count']} cores"

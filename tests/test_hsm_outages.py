@@ -24,6 +24,7 @@ from authsim.cluster.errors import AuthSimError, UnavailableError
 from authsim.cluster.local import processes
 from authsim.cluster.local.external_ca import ExternalCA, init
 from authsim.cluster.local.hsm_process import hsm_marker
+from tests.attacker import passable_dir
 
 DEADLINE = 1.5  # the cluster's --hsm-timeout
 SLACK = 1.0  # what a call may take beyond the deadline: the RPC, the CLI, a loaded machine
@@ -43,7 +44,10 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("outages")
     ca = init(tmp / "extca")
-    with local_cluster(tmp / "c", nodes=3, hsm="process", hsm_timeout=DEADLINE) as cluster:
+    with (
+        passable_dir() as reachable,  # as root, the nodes run as their own users (test_hsm_isolation.py)
+        local_cluster(reachable / "c", nodes=3, hsm="process", hsm_timeout=DEADLINE) as cluster,
+    ):
         ca_doc = json.loads(cluster.authctl("get", "cas/windows", "--format", "json").stdout)
         active_host = ca_doc["spec"]["active_keys"]["tls"][0]["key"]["host_id"]
         active = next(n for n in cluster.node_names if cluster.host_id(n) == active_host)

@@ -16,7 +16,8 @@ from pathlib import Path
 from authsim.auth_node.config import NodeConfig
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout
-from authsim.cluster.local import processes
+from authsim.cluster.local import hsm_users, processes
+from authsim.cluster.local.hsm_users import Isolation
 from authsim.cluster.local.state import ClusterState, NodeEntry
 from authsim.hsm import TokenConfig
 from authsim.hsm.provision import HSM_PROCESS
@@ -31,17 +32,20 @@ def hsm_marker(directory: Path, name: str) -> str:
     return str(ClusterLayout(directory).node(name).hsm_socket)
 
 
-def start(token: TokenConfig, log: Path) -> subprocess.Popen[bytes]:
-    """Start p11-kit's server for `token` on its socket (a stale socket file is replaced)."""
+def start(token: TokenConfig, log: Path, isolation: Isolation | None = None) -> subprocess.Popen[bytes]:
+    """Start p11-kit's server for `token` on its socket (a stale socket file is replaced); with
+    `isolation`, as the HSM user, accepting only the node user's connections."""
     server_socket = token.server_socket
     if server_socket is None:
         raise ClusterError(f"token {token.label} has no HSM process socket (hsm: inprocess)")
     exe = shutil.which("p11-kit")
     if exe is None:
         raise ClusterError("p11-kit not found on PATH: install p11-kit and p11-kit-modules (scripts/setup)")
-    _private_folder(server_socket.parent)
+    _socket_folder(server_socket.parent, isolation)
     server_socket.unlink(missing_ok=True)
     argv = [exe, "server", "-f", "-n", str(server_socket), "--provider", token.module_path]
+    if isolation is not None:
+        argv += isolation.server_flags()
     argv.append(f"pkcs11:token={token.label}")
     return processes.spawn(argv, log, token.softhsm_env())
 
@@ -70,15 +74,19 @@ def state_of(directory: Path, state: ClusterState, entry: NodeEntry) -> str:
 
 
 def launch(directory: Path, state: ClusterState, entry: NodeEntry, token: TokenConfig) -> None:
-    """Start `entry`'s HSM process unless it runs, its PID recorded at once, and wait until it accepts."""
+    """Start `entry`'s HSM process unless it runs, its PID recorded at once, and wait until it accepts
+    (isolated when `entry` runs as a user of its own: then its socket is handed to that user)."""
     if processes.is_running(entry.hsm_pid, hsm_marker(directory, entry.name)):
         return
     log = ClusterLayout(directory).node(entry.name).hsm_log
-    process = start(token, log)
+    isolation = hsm_users.recorded(entry.user)
+    process = start(token, log, isolation)
     entry.hsm_pid = process.pid
     state.save(directory)
     assert token.server_socket is not None  # start() refused a token without one
     wait_ready(process, token.server_socket, log)
+    if isolation is not None:
+        hsm_users.hand_socket_to_node(token.server_socket, isolation)
 
 
 def stop(directory: Path, entry: NodeEntry) -> bool:
@@ -124,12 +132,18 @@ def _accepts(server_socket: Path) -> bool:
     return True
 
 
-def _private_folder(folder: Path) -> None:
-    """Make `folder` (mode 0700, ours); refuse one that is a link, not ours or open to others."""
+def _socket_folder(folder: Path, isolation: Isolation | None) -> None:
+    """Make `folder`: ours alone (0700), or with `isolation` the HSM user's, passable by the node users
+    (0710); refuse one that is a link, or owned by anyone else (one in the temp dir could have been
+    made by another user first)."""
+    uid, gid, mode = hsm_users.socket_folder_owner(isolation)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (os.geteuid(), uid):
         raise ClusterError(
-            f"HSM socket folder {folder} must be a real folder owned by uid {os.geteuid()} with mode 0700 "
+            f"HSM socket folder {folder} must be a real folder owned by uid {uid} "
             f"(it is {stat.filemode(info.st_mode)}, uid {info.st_uid}): remove it and start again"
         )
+    if (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) != (uid, gid, mode):
+        os.chown(folder, uid, gid)
+        os.chmod(folder, mode)

@@ -14,7 +14,7 @@ from pathlib import Path
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.cluster.errors import ClusterError, PortInUseError
 from authsim.cluster.layout import ClusterLayout
-from authsim.cluster.local import downstream, hsm_process, identity, interrupts, processes
+from authsim.cluster.local import downstream, hsm_process, hsm_users, identity, interrupts, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.ports import PORT_ATTEMPTS, free_port, port_is_free
@@ -379,7 +379,8 @@ def _prepare_node(directory: Path, state: ClusterState, entry: NodeEntry) -> Nod
     return config
 
 
-def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
+def _start_node(config: NodeConfig, user: str | None) -> subprocess.Popen[bytes]:
+    """Start the node process, as `user` when it has one (hsm_users)."""
     env = config.token().process_env()
     env["PYTHONUNBUFFERED"] = "1"
     argv = [
@@ -391,7 +392,8 @@ def _start_node(config: NodeConfig) -> subprocess.Popen[bytes]:
         "--log",
         str(config.log_file),
     ]
-    return processes.spawn(argv, config.log_file, env)
+    isolation = hsm_users.recorded(user)
+    return processes.spawn(isolation.node_argv(argv) if isolation else argv, config.log_file, env)
 
 
 def _restart_node_elsewhere(
@@ -405,13 +407,20 @@ def _restart_node_elsewhere(
 
 def _launch_node(directory: Path, state: ClusterState, entry: NodeEntry) -> subprocess.Popen[bytes]:
     """Start `entry`'s node (after its HSM process, with `hsm: process`), its PID recorded at once:
-    `down` stops it whatever happens next."""
+    `down` stops it whatever happens next. With `hsm: process` and a root launcher, the node runs as
+    its own user and cannot read its token (hsm_users)."""
     config = _prepare_node(directory, state, entry)
+    entry.user = None
+    if hsm_users.wanted(state.hsm):
+        isolation = hsm_users.ensure(entry.name)
+        hsm_users.prepare_cluster_dir(directory)
+        hsm_users.secure_node_dir(config.layout, isolation)
+        entry.user = isolation.node.name
     if state.hsm == HSM_PROCESS:
         with interrupts.deferred_interrupt():  # a process started is a process recorded
             hsm_process.launch(directory, state, entry, config.token())
     with interrupts.deferred_interrupt():  # a process started is a process recorded
-        process = _start_node(config)
+        process = _start_node(config, entry.user)
         entry.pid = process.pid
         state.save(directory)
     return process

@@ -35,6 +35,7 @@ class NodeEntry:
     address: str
     pid: int | None = None
     hsm_pid: int | None = None  # its HSM process (`hsm: process`), started in its own session
+    user: str | None = None  # the OS user it runs as, isolated from its token (hsm_users); None: ours
 
 
 def admin_address(directory: Path, entry: NodeEntry) -> str:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.errors import AuthSimError
-from authsim.cluster.local import downstream, hsm_process, processes
+from authsim.cluster.local import downstream, hsm_process, hsm_users, processes
 from authsim.cluster.local.launcher import admin_identity, etcd_marker, node_marker
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.local.state import ClusterState, admin_address
 from authsim.cluster.local.target_process import target_marker
+from authsim.hsm.provision import HSM_PROCESS
 
 PING_TIMEOUT = 1.0
 
@@ -33,7 +34,7 @@ class NodeRow:
     health: str
     host_id: str = ""
     keys: list[HeldKeyRow] = field(default_factory=list)
-    hsm: str = ""  # its HSM process: RUNNING, PAUSED, STOPPED; `in-process` when the node loads SoftHSM
+    hsm: str = ""  # its HSM process: RUNNING, PAUSED, STOPPED and its isolation; `in-process` without one
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def collect_status(directory: Path) -> ClusterStatus:
     alerts: list[ExpiryAlertRow] = []
     for entry in state.nodes:
         hsm = hsm_process.state_of(directory, state, entry)
+        if state.hsm == HSM_PROCESS:
+            hsm = f"{hsm} ({hsm_users.describe(entry.user)})"
         if not processes.is_running(entry.pid, node_marker(directory, entry.name)):
             rows.append(NodeRow(entry.name, entry.address, None, "STOPPED", hsm=hsm))
             continue
