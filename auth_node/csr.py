@@ -83,6 +83,15 @@ def csr_subject(ca_cert_subject: x509.Name, cluster_name: str, custom: str = "")
     return with_cluster_name(name, cluster_name)
 
 
+def _resolved(ca: CertAuthority, public_key_hash: str) -> str:
+    """The full hash of the CA key that `public_key_hash` (a hash or a unique prefix of one) names; ""
+    for none."""
+    if not public_key_hash:
+        return ""
+    known = (pair.public_key_hash for _, pair in ca.all_keys())
+    return resolve_key_hash(public_key_hash, known, f"the {ca.ca_type} CA", "public_key_hash")
+
+
 async def create_override_csrs(
     ca: CertAuthority,
     keystore: KeyStore,
@@ -92,9 +101,7 @@ async def create_override_csrs(
 ) -> tuple[list[OverrideCSR], list[str]]:
     """One CSR per key of `ca` in this node's token (active first), and warnings for the keys skipped;
     `public_key_hash`, a hash or a unique prefix of one, picks one key."""
-    if public_key_hash:
-        known = (pair.public_key_hash for _, pair in ca.all_keys())
-        public_key_hash = resolve_key_hash(public_key_hash, known, f"the {ca.ca_type} CA", "public_key_hash")
+    public_key_hash = _resolved(ca, public_key_hash)
     own = [(role, pair) for role, pair in ca.all_keys() if pair.key.host_id == keystore.host_id]
     others = [(role, pair) for role, pair in ca.all_keys() if pair.key.host_id != keystore.host_id]
     if public_key_hash:
@@ -206,6 +213,7 @@ async def gather_override_csrs(
             [f"timeout_seconds: must be between 0 and {MAX_GATHER_TIMEOUT:g}, got {timeout:g}"]
         )
     timeout = timeout or DEFAULT_GATHER_TIMEOUT
+    public_key_hash = _resolved(ca, public_key_hash)  # the request names the full hash
     keys = targeted_keys(ca, subject, public_key_hash)
     lease = await store.grant_lease(math.ceil(timeout) + LEASE_MARGIN)
     request_id = uuid.uuid4().hex

@@ -89,7 +89,7 @@ def _sign(world: World, node: str) -> tuple[float, Any]:
 
 
 def _csr(world: World, node: str, out: Path) -> tuple[float, Any]:
-    args = ("auth", "create-override-csr", "--type=windows", "--out", f"{out}/")
+    args = ("auth", "create-override-csr", "--type=windows", "--local-only", "--out", f"{out}/")
     return _timed(lambda: _cli(world.cluster.authctl(*args, node=node)))
 
 

@@ -148,8 +148,19 @@ def test_a_csr_is_asked_for_by_prefix(cluster: LocalCluster) -> None:
         cluster, "auth", "create-override-csr", "--type=db_client", "--public-key", theirs[:10], node="node2"
     )
     assert pem.startswith("-----BEGIN CERTIFICATE REQUEST-----")
-    held = refused(
+    relayed = ok(  # through node1, the cluster asks node2 (the key's holder)
         cluster, "auth", "create-override-csr", "--type=db_client", "--public-key", theirs[:8], node="node1"
+    )
+    assert relayed.startswith("-----BEGIN CERTIFICATE REQUEST-----")
+    held = refused(
+        cluster,
+        "auth",
+        "create-override-csr",
+        "--type=db_client",
+        "--local-only",
+        "--public-key",
+        theirs[:8],
+        node="node1",
     )
     assert f"key {theirs[:16]} is held by node node2" in held
     unknown = refused(

@@ -732,6 +732,14 @@ def test_a_key_given_twice_is_refused_with_its_line() -> None:
         parse_override_yaml(nested)
 
 
+def test_a_key_that_is_a_mapping_or_list_is_refused_with_its_line() -> None:
+    with pytest.raises(ValidationError) as raised:
+        parse_override_yaml("{ {name: mycluster}: 1 }\n")
+    assert raised.value.problems == ["resource: a key must be a plain value, got a mapping at line 1"]
+    with pytest.raises(ValidationError, match=r"got a list at line 2"):
+        parse_override_yaml("kind: x\n? [a, b]\n: 1\n")
+
+
 def test_a_revision_beyond_int64_is_refused() -> None:
     text = doc(metadata={"name": CLUSTER, "revision": 1 << 63})
     with pytest.raises(ValidationError) as raised:

@@ -301,8 +301,11 @@ class _LimitedLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, Hashable) and key in seen:
-                line = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):
+                kind = "a mapping" if isinstance(key, dict) else "a list"
+                raise ValidationError([f"resource: a key must be a plain value, got {kind} at line {line}"])
+            if key in seen:
                 raise ValidationError([f"resource: key {_got(key)} appears twice (again at line {line})"])
             seen.add(key)
         return super().construct_mapping(node, deep)
