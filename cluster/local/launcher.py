@@ -117,8 +117,9 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
         if state.etcd.embedded:
             if "etcd" not in running:
                 progress("starting etcd", 0, len(state.nodes))
-                _start_etcd(directory, state)
-                state.save(directory)
+                with interrupts.deferred_interrupt():  # a process started is a process recorded
+                    _start_etcd(directory, state)
+                    state.save(directory)
             _grant_etcd_access(state)
             with interrupts.deferred_interrupt():  # a cluster id claimed on etcd is one saved in the dir
                 identity.claim(directory, state, options.join, existing is None)
