@@ -1,7 +1,14 @@
-"""What the CLIs share: one-line errors and a non-zero exit instead of tracebacks, the etcd TLS options."""
+"""What the CLIs share: one-line errors and a non-zero exit instead of tracebacks, the etcd TLS options,
+`--format`.
+
+Exit status of both CLIs: 0 done (`status`: every part healthy); 1 an error, printed as one
+`error: ...` line (`status`: a part is not healthy); 2 a usage error: an unknown option or a wrong
+value, or a dir without a cluster; 3 a write's outcome is unknown; 130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,8 +18,14 @@ import click
 from rich.console import Console
 
 from authsim.cluster.errors import AuthSimError, OutcomeUnknownError, one_line
+from authsim.cluster.local.state import ClusterState, cluster_dir
+from authsim.cluster.resources.yaml_codec import dump_yaml
 from authsim.cluster.store import EtcdTLS
 
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+UNHEALTHY_EXIT = 1  # `status`: a part of the cluster is not healthy
+USAGE_EXIT = 2  # click's own for a usage error; also a dir without a cluster
 OUTCOME_UNKNOWN_EXIT = 3  # a write was sent but its answer lost: it may or may not have landed
 
 dir_option = click.option(
@@ -30,9 +43,47 @@ def etcd_endpoints(ctx: click.Context, param: click.Parameter, value: str | None
     return endpoints
 
 
+class NoClusterError(click.ClickException):
+    """The dir holds no cluster: exit status 2, as for a usage error, printed as `error: ...`."""
+
+    exit_code = USAGE_EXIT
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def cluster_dir_of_cluster(directory: str | None) -> Path:
+    """`cluster_dir(directory)`; NoClusterError when it holds no cluster.yaml."""
+    path = cluster_dir(directory)
+    if not ClusterState.path(path).exists():
+        raise NoClusterError(
+            f"no cluster in {path} ({ClusterState.path(path).name} missing): run `authsim up --dir {path}`"
+        )
+    return path
+
+
+def format_option(default: str) -> Callable[[_Command], _Command]:
+    """`--format text|json|yaml`."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json", "yaml"]),
+        default=default,
+        show_default=True,
+        help="text: tables for people; json or yaml: every field, for scripts",
+    )
+
+
+def print_data(data: object, fmt: str) -> None:
+    """`data` as JSON or YAML on stdout."""
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else dump_yaml(data), nl=fmt == "json")
+
+
 def make_console() -> Console:
-    """A console for tables: the terminal's width, or 160 columns when output is a pipe or a file."""
-    return Console(width=None if sys.stdout.isatty() else 160)
+    """A console for tables: the terminal's width; when output is a pipe or a file, $COLUMNS if set,
+    else 160 columns."""
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS", "").isdigit()
+    return Console(width=160 if piped else None)
 
 
 def run_cli(group: click.Command, argv: Sequence[str] | None, prog_name: str) -> int:
@@ -59,9 +110,6 @@ def run_cli(group: click.Command, argv: Sequence[str] | None, prog_name: str) ->
     except click.exceptions.Exit as e:
         return e.exit_code
     return 0
-
-
-_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
 def etcd_tls_options(command: _Command) -> _Command:
