@@ -19,11 +19,19 @@ from rich.table import Table
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.cli.authctl_auth import auth
 from authsim.cluster.cli.authctl_crl import crl, revoke
-from authsim.cluster.cli.common import dir_option, make_console, run_cli
+from authsim.cluster.cli.common import (
+    UNHEALTHY_EXIT,
+    cluster_dir_of_cluster,
+    dir_option,
+    format_option,
+    make_console,
+    print_data,
+    run_cli,
+)
 from authsim.cluster.cli.effective_cas import export, read_snapshot
 from authsim.cluster.cli.events import EventSelection, show_events, since_unix_ns
 from authsim.cluster.cli.node_choice import NodeChoice
-from authsim.cluster.cli.safe_text import cell
+from authsim.cluster.cli.safe_text import cell, cell_lines
 from authsim.cluster.errors import (
     AuthSimError,
     ConflictError,
@@ -35,7 +43,7 @@ from authsim.cluster.errors import (
     quoted,
 )
 from authsim.cluster.local.state import cluster_dir
-from authsim.cluster.local.status import expiry_line
+from authsim.cluster.local.status import Reachability, expiry_line, reachability
 from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
@@ -503,12 +511,23 @@ def rm(nodes: NodeChoice, resource: str, force: bool) -> None:
     click.echo(f"cert_authority_override {name} removed (revision {reply.revision})")
 
 
-@cli.command(help="Show the node: its host id, token and the CA keys its token holds.")
-@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+@cli.command(
+    help="Show the node (its host id, token and the CA keys its token holds), and whether etcd, every "
+    "node of the dir's cluster.yaml and every target answer from here. Exit status: 0 when all are "
+    "healthy (SERVING, no stored resource breaking a rule), 1 when one is not (listed under "
+    "`unhealthy`) or no node answers, 2 when the dir holds no cluster.",
+    epilog="Examples:\n\n\b\n  authctl status\n  authctl --node node2 status --format json\n"
+    "  authctl --dir prov/admin status --format yaml",
+)
+@format_option("text")
 @click.pass_obj
 def status(nodes: NodeChoice, fmt: str) -> None:
+    if nodes.auth_server is None:
+        cluster_dir_of_cluster(str(nodes.directory))
     with nodes.client() as client:
         reply = client.node_status()
+    seen = None if nodes.auth_server else reachability(nodes.directory)
+    unhealthy = (seen.unhealthy() if seen else []) + [f"problem: {p}" for p in reply.problems]
     data = {
         "node": reply.node_name,
         "host_id": reply.host_id,
@@ -530,26 +549,52 @@ def status(nodes: NodeChoice, fmt: str) -> None:
             }
             for e in reply.expiry_alerts
         ],
+        "healthy": not unhealthy,
+        "unhealthy": unhealthy,
     }
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
-    elif fmt == "yaml":
-        click.echo(dump_yaml(data), nl=False)
+    if seen is not None:
+        data |= {
+            "etcd": {"endpoints": seen.etcd_endpoints, "health": seen.etcd_health, "error": seen.etcd_error},
+            "nodes": [{"name": r.name, "address": r.address, "health": r.health} for r in seen.nodes],
+            "targets": [{"name": r.name, "address": r.address, "health": r.health} for r in seen.targets],
+        }
+    if fmt == "text":
+        _print_node_status(reply, seen)
+        down = [part for part in unhealthy if not part.startswith("problem: ")]
+        if down:
+            console.print(f"unhealthy: {', '.join(down)}", markup=False, style="red")
     else:
-        console.print(
-            cell(
-                f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
-                f"token {reply.token_label}"
-            )
+        print_data(data, fmt)
+    if unhealthy:
+        raise click.exceptions.Exit(UNHEALTHY_EXIT)
+
+
+def _print_node_status(reply: pb.NodeStatus, seen: Reachability | None) -> None:
+    console.print(
+        cell(
+            f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
+            f"token {reply.token_label}"
         )
-        table = Table("CA TYPE", "ROLE", "PUBLIC KEY HASH", "KEY ID")
-        for k in reply.keys:
-            table.add_row(cell(k.ca_type), cell(k.role), cell(k.public_key_hash), cell(k.key_id))
-        console.print(table)
-        for problem in reply.problems:
-            console.print(f"problem: {one_line(problem)}", markup=False, style="red")
-        for alert in reply.expiry_alerts:
-            console.print(one_line(expiry_line(alert)), markup=False, style="yellow")
+    )
+    table = Table("CA TYPE", "ROLE", "PUBLIC KEY HASH", "KEY ID")
+    for column in table.columns:
+        column.overflow = "fold"
+    for k in reply.keys:
+        table.add_row(cell(k.ca_type), cell(k.role), cell(k.public_key_hash), cell(k.key_id))
+    console.print(table)
+    if seen is not None:
+        parts = Table("PART", "ADDRESS", "HEALTH")
+        parts.columns[1].no_wrap = True
+        parts.add_row(cell("etcd"), cell_lines("\n".join(seen.etcd_endpoints)), cell(seen.etcd_health))
+        for row in seen.nodes + seen.targets:
+            parts.add_row(cell(row.name), cell(row.address), cell(row.health))
+        console.print(parts)
+        if seen.etcd_error:
+            console.print(f"etcd: {one_line(seen.etcd_error)}", markup=False, style="red")
+    for problem in reply.problems:
+        console.print(f"problem: {one_line(problem)}", markup=False, style="red")
+    for alert in reply.expiry_alerts:
+        console.print(one_line(expiry_line(alert)), markup=False, style="yellow")
 
 
 def print_cert_authority(ca: CertAuthority, keys: list[EffectiveKey], host_names: dict[str, str]) -> None:

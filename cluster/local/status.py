@@ -148,6 +148,35 @@ def collect_status(directory: Path) -> ClusterStatus:
     return ClusterStatus(state, etcd_running, rows, targets, problems, alerts, health, error)
 
 
+@dataclass(frozen=True)
+class Reachability:
+    """What an admin dir can see of its cluster from where it is (`authctl status`): whether etcd
+    answers, each node's health over gRPC, whether each target's port answers."""
+
+    etcd_endpoints: list[str]
+    etcd_health: str
+    etcd_error: str
+    nodes: list[TargetRow]
+    targets: list[TargetRow]
+
+    def unhealthy(self) -> list[str]:
+        failed = [] if self.etcd_health == "SERVING" else [f"etcd {self.etcd_health}"]
+        return failed + [f"{r.name} {r.health}" for r in self.nodes + self.targets if r.health != "SERVING"]
+
+
+def reachability(directory: Path) -> Reachability:
+    """etcd, the nodes and the targets of the cluster in `directory`, as seen from here."""
+    state = ClusterState.load(directory)
+    identity = admin_identity(directory)
+    nodes = []
+    for entry in state.nodes:
+        with NodeClient(admin_address(directory, entry), identity, entry.name, timeout=3.0) as client:
+            nodes.append(TargetRow(entry.name, entry.address, None, client.health()))
+    targets = [_row(f"{kind} target", t.address, None, True) for kind, t in state.targets.items()]
+    targets += [_row(downstream.LABELS[n], s.address, None, True) for n, s in state.servers.items()]
+    return Reachability(state.etcd.endpoints, *etcd_health(state.etcd, state.cluster_name), nodes, targets)
+
+
 def etcd_health(etcd: EtcdEntry, cluster_name: str) -> tuple[str, str]:
     """SERVING when `etcd` answers a read of the cluster's keys with its recorded client identity;
     else UNREACHABLE or REFUSED (the identity), with the reason."""
