@@ -71,7 +71,7 @@ FORMATS = click.Choice(["yaml", "json", "text"])
 def cli(ctx: click.Context, directory: str | None, node: str | None, auth_server: str | None) -> None:
     if node and auth_server:
         raise click.UsageError("give --node or --auth-server, not both")
-    ctx.obj = NodeChoice(cluster_dir(directory), node, auth_server)
+    ctx.obj = NodeChoice(cluster_dir(directory), node, auth_server, list(ctx.obj or []))
 
 
 CA_KINDS = ("cas", "cert_authority", "cert_authorities")

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from authsim.cluster.errors import AuthSimError, OutcomeUnknownError, one_line
+from authsim.cluster.errors import AuthSimError, OutcomeUnknownError, exact_node_commands, one_line
 from authsim.cluster.local.state import ClusterState, cluster_dir
 from authsim.cluster.resources.yaml_codec import dump_yaml
 from authsim.cluster.store import EtcdTLS
@@ -88,14 +88,16 @@ def make_console() -> Console:
 
 def run_cli(group: click.Command, argv: Sequence[str] | None, prog_name: str) -> int:
     """Run a click group; a domain error prints `error: ...` on stderr and exits 1 (3: a write's outcome
-    is unknown)."""
+    is unknown). An error naming the command to run on another node names it in full (authctl's
+    arguments, the node changed); the group gets the arguments as its context's `obj`."""
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        group.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
+        group.main(args=args, prog_name=prog_name, standalone_mode=False, obj=args)
     except OutcomeUnknownError as e:
-        click.echo(f"error: {one_line(str(e))}", err=True)
+        click.echo(f"error: {exact_node_commands(one_line(str(e)), args)}", err=True)
         return OUTCOME_UNKNOWN_EXIT
     except AuthSimError as e:
-        click.echo(f"error: {one_line(str(e))}", err=True)
+        click.echo(f"error: {exact_node_commands(one_line(str(e)), args)}", err=True)
         return 1
     except OSError as e:  # a file named on the command line: missing, unreadable, a directory
         where = f": {e.filename}" if e.filename else ""
