@@ -17,6 +17,7 @@ from cryptography import x509
 from rich.table import Table
 
 from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.authctl_auth import auth
 from authsim.cluster.cli.authctl_crl import crl, revoke
 from authsim.cluster.cli.common import (
@@ -65,7 +66,12 @@ FORMATS = click.Choice(["yaml", "json", "text"])
 @click.group(help="Administer an authsim cluster through one of its Auth nodes.")
 @click.version_option(package_name="authsim", message="%(prog)s %(version)s")
 @dir_option
-@click.option("--node", default=None, help="node to talk to, by name (default: the first healthy node)")
+@click.option(
+    "--node",
+    default=None,
+    shell_complete=completion.node_names,
+    help="node to talk to, by name (default: the first healthy node)",
+)
 @click.option("--auth-server", default=None, help="node address host:port instead of --node")
 @click.pass_context
 def cli(ctx: click.Context, directory: str | None, node: str | None, auth_server: str | None) -> None:
@@ -89,8 +95,8 @@ def _split(resource: str, kinds: tuple[str, ...], need_name: bool) -> str:
 
 
 @cli.command(help="Show a resource: cas/TYPE, ca_overrides[/TYPE] or events.")
-@click.argument("resource")
-@click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True)
+@click.argument("resource", shell_complete=completion.any_resource)
+@click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True, help="output format")
 @click.option("--limit", type=click.IntRange(1), default=None, help="events: only the newest N")
 @click.option(
     "--since",
@@ -260,9 +266,13 @@ def _write(
 
 @cli.command(help="Open a session on the downstream target with a fresh credential; records the event.")
 @click.option(
-    "--type", "ca_type", required=True, help="windows (desktop target) or db_client (database target)"
+    "--type",
+    "ca_type",
+    required=True,
+    shell_complete=completion.ca_types,
+    help="windows (desktop target) or db_client (database target)",
 )
-@click.option("--user", required=True)
+@click.option("--user", required=True, help="the user the credential is for")
 @click.pass_obj
 def exercise(nodes: NodeChoice, ca_type: str, user: str) -> None:
     with nodes.signer_client(ca_type) as client:
@@ -443,7 +453,7 @@ def _write_all(nodes: NodeChoice, writes: list[Write], file: str, again: str) ->
 
 
 @cli.command(help="Edit ca_overrides/TYPE in $EDITOR; saved only if nobody changed it meanwhile.")
-@click.argument("resource")
+@click.argument("resource", shell_complete=completion.override)
 @click.option(
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
 )
@@ -490,7 +500,7 @@ def _keep(edited: Path, name: str) -> Path:
 
 
 @cli.command(help="Remove ca_overrides/TYPE, or a stored cas/TYPE that breaks a rule.")
-@click.argument("resource")
+@click.argument("resource", shell_complete=completion.removable)
 @click.option("--force", is_flag=True, help="also when it holds an enabled override of an active key")
 @click.pass_obj
 def rm(nodes: NodeChoice, resource: str, force: bool) -> None:

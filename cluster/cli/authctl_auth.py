@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
 from authsim.cluster.cli.safe_text import escaped
@@ -24,7 +25,13 @@ from authsim.cluster.resources.cert_authority import ROTATING_PHASES, ROTATION_P
 from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.secret_files import name_problems, write_all
 
-type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
+type_option = click.option(
+    "--type",
+    "ca_type",
+    required=True,
+    shell_complete=completion.ca_types,
+    help="CA type: windows or db_client",
+)
 _FILE_SAFE = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # a user name that can be part of a file name
 force_option = click.option(
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"

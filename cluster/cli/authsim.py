@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.demo import run_demo
 from authsim.cluster.cli.external_ca import external_ca
@@ -46,7 +47,7 @@ def demo(directory: str, rotation: bool) -> None:
 @cli.command(
     help="Live view of ca_overrides/TYPE: each new revision, who wrote it, what changed, CAS attempts."
 )
-@click.argument("resource")
+@click.argument("resource", shell_complete=completion.override)
 @dir_option
 @click.option(
     "--count", type=click.IntRange(0), default=0, help="stop after this many new revisions (0: never)"

@@ -118,7 +118,10 @@ def etcd_tls_options(command: _Command) -> _Command:
     """The options --etcd-cacert, --etcd-cert and --etcd-key (`authsim up`, `authsim provision`)."""
     options = [
         click.option(
-            "--etcd-cacert", type=Path, default=None, help="TLS to --etcd: CA certificate that signed etcd's"
+            "--etcd-cacert",
+            type=Path,
+            default=None,
+            help="TLS to --etcd: the CA certificate (PEM) that signed etcd's server certificate",
         ),
         click.option("--etcd-cert", type=Path, default=None, help="TLS to --etcd: client certificate (PEM)"),
         click.option(

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.common import (
     UNHEALTHY_EXIT,
     cluster_dir_of_cluster,
@@ -138,7 +139,7 @@ def up(
     "(SIGSTOP: the HSM hangs), resume (SIGCONT) NODE's HSM. Needs `up --hsm process`."
 )
 @click.argument("action", type=click.Choice(list(hsm_process.ACTIONS)))
-@click.argument("node")
+@click.argument("node", shell_complete=completion.node_names)
 @dir_option
 def hsm(action: str, node: str, directory: str | None) -> None:
     state = hsm_process.control(cluster_dir(directory), node, action)

@@ -75,7 +75,7 @@ def provision() -> None:
     help="where the CA private keys stay (default DIR; keep it private)",
 )
 @click.option("--admin-dir", type=dir_type, default=None, help="authctl's cluster dir (default DIR)")
-@click.option("--cluster-name", default="mycluster", show_default=True)
+@click.option("--cluster-name", default="mycluster", show_default=True, help="the cluster's name")
 @click.option("--nodes", callback=_node_names, required=True, help="node names, comma-separated")
 @click.option(
     "--port", type=click.IntRange(1, 65535), default=NODE_PORT, show_default=True, help="node gRPC port"
@@ -164,7 +164,12 @@ def _etcd_pki(
 )
 @click.option("--pki", "pki_dir", type=dir_type, required=True, help="the DIR `provision pki` wrote")
 @click.option("--name", required=True, help="node name, as given to `provision pki --nodes`")
-@click.option("--cluster-name", default="mycluster", show_default=True)
+@click.option(
+    "--cluster-name",
+    default="mycluster",
+    show_default=True,
+    help="the cluster's name, as given to `provision pki`",
+)
 @click.option("--listen", default=f"0.0.0.0:{NODE_PORT}", show_default=True, help="gRPC listen host:port")
 @click.option(
     "--etcd", callback=etcd_endpoints, required=True, help="etcd endpoints host:port[,host:port...]"
