@@ -31,6 +31,7 @@ from authsim.cluster.cli.common import (
 )
 from authsim.cluster.cli.effective_cas import export, read_snapshot
 from authsim.cluster.cli.events import EventSelection, show_events, since_unix_ns
+from authsim.cluster.cli.examples import add_examples
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.safe_text import cell, cell_lines
 from authsim.cluster.errors import (
@@ -525,9 +526,7 @@ def rm(nodes: NodeChoice, resource: str, force: bool) -> None:
     help="Show the node (its host id, token and the CA keys its token holds), and whether etcd, every "
     "node of the dir's cluster.yaml and every target answer from here. Exit status: 0 when all are "
     "healthy (SERVING, no stored resource breaking a rule), 1 when one is not (listed under "
-    "`unhealthy`) or no node answers, 2 when the dir holds no cluster.",
-    epilog="Examples:\n\n\b\n  authctl status\n  authctl --node node2 status --format json\n"
-    "  authctl --dir prov/admin status --format yaml",
+    "`unhealthy`) or no node answers, 2 when the dir holds no cluster."
 )
 @format_option("text")
 @click.pass_obj
@@ -648,6 +647,9 @@ auth.add_command(revoke)
 auth.add_command(crl)
 cli.add_command(auth)
 auth.add_command(export)
+
+
+add_examples(cli, "authctl")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

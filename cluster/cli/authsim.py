@@ -11,6 +11,7 @@ import click
 from authsim.cluster.cli import completion
 from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.demo import run_demo
+from authsim.cluster.cli.examples import add_examples
 from authsim.cluster.cli.external_ca import external_ca
 from authsim.cluster.cli.lifecycle import down, forget, hsm, status, up
 from authsim.cluster.cli.logs import logs
@@ -68,6 +69,9 @@ cli.add_command(external_ca)
 cli.add_command(trust)
 cli.add_command(provision)
 cli.add_command(logs)
+
+
+add_examples(cli, "authsim")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,9 +150,7 @@ def hsm(action: str, node: str, directory: str | None) -> None:
     help="Show etcd, the nodes (health, HSM, the CA keys each node's token holds) and the targets. "
     "Exit status: 0 when every part is healthy (SERVING; HSM processes running; no stored resource "
     "breaking a rule), 1 when one is not (listed under `unhealthy`), 2 when DIR holds no cluster or "
-    "the options are wrong.",
-    epilog="Examples:\n\n\b\n  authsim status\n  authsim status --format json | jq .unhealthy\n"
-    "  authsim status --dir prov/admin || echo 'not healthy'",
+    "the options are wrong."
 )
 @dir_option
 @format_option("text")
