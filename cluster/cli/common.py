@@ -92,7 +92,8 @@ def run_cli(group: click.Command, argv: Sequence[str] | None, prog_name: str) ->
     arguments, the node changed); the group gets the arguments as its context's `obj`."""
     args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        group.main(args=args, prog_name=prog_name, standalone_mode=False, obj=args)
+        # without standalone mode, click returns the status of a `click.exceptions.Exit` (`status`)
+        returned = group.main(args=args, prog_name=prog_name, standalone_mode=False, obj=args)
     except OutcomeUnknownError as e:
         click.echo(f"error: {exact_node_commands(one_line(str(e)), args)}", err=True)
         return OUTCOME_UNKNOWN_EXIT
@@ -111,7 +112,7 @@ def run_cli(group: click.Command, argv: Sequence[str] | None, prog_name: str) ->
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
-    return 0
+    return returned if isinstance(returned, int) else 0
 
 
 def etcd_tls_options(command: _Command) -> _Command:

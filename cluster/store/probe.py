@@ -55,7 +55,7 @@ def _tls_cause(endpoint: str, tls: EtcdTLS | None) -> str | None:
     options, or it serves none and we do, or the handshake refuses a certificate."""
     if tls is None:
         if _serves_tls(endpoint):
-            return f"etcd serves TLS: give {TLS_OPTIONS} (its CA certificate and a client certificate)"
+            return f"it serves TLS: give {TLS_OPTIONS} (its CA certificate and a client certificate)"
         return None
     try:
         context = ssl.create_default_context(cafile=str(tls.cacert))
@@ -77,7 +77,7 @@ def _tls_cause(endpoint: str, tls: EtcdTLS | None) -> str | None:
         return f"TLS: etcd's certificate is not trusted ({e.verify_message}): check --etcd-cacert"
     except ssl.SSLError as e:
         if not _serves_tls(endpoint):
-            return f"etcd serves no TLS (plain http): leave out {TLS_OPTIONS}"
+            return f"it serves no TLS (plain http): leave out {TLS_OPTIONS}"
         return f"TLS refused ({one_line(e.reason or str(e))}): check --etcd-cert and --etcd-key"
     except OSError as e:
         return f"TLS handshake failed ({one_line(e.strerror or str(e))})"
