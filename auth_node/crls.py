@@ -30,6 +30,7 @@ from authsim.cluster.errors import (
     NotFoundError,
     StoredDataError,
     ValidationError,
+    node_command,
 )
 from authsim.cluster.layout import published_crl
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
@@ -277,7 +278,8 @@ class CRLs:
             holder = self.view.node_names.get(pair.key.host_id, "another node")
             raise KeyAccessError(
                 f"key {pair.public_key_hash[:16]} of the {ca_type} CA is held by node {holder} "
-                f"(host {pair.key.host_id}): only that node signs its CRLs, in its token",
+                f"(host {pair.key.host_id}): only that node signs its CRLs, in its token"
+                + (f" ({node_command(holder)})" if pair.key.host_id in self.view.node_names else ""),
                 owner_host_id=pair.key.host_id,
                 asking_host_id=self.node.host_id,
             )

@@ -23,6 +23,7 @@ from authsim.cluster.errors import (
     StoreUnavailableError,
     ValidationError,
     cut,
+    node_command,
     quoted,
 )
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
@@ -107,11 +108,12 @@ async def create_override_csrs(
     if public_key_hash:
         own = [(r, p) for r, p in own if p.public_key_hash == public_key_hash]
         if not own:  # a key of the CA, so another node's
-            holder = _holder(next(p for _, p in others if p.public_key_hash == public_key_hash), node_names)
+            holder_pair = next(p for _, p in others if p.public_key_hash == public_key_hash)
+            holder = _holder(holder_pair, node_names)
             raise ValidationError(
                 [
                     f"public_key: key {public_key_hash[:16]} is held by {holder}: "
-                    "run create-override-csr on that node"
+                    f"run create-override-csr on that node{_command(holder_pair, node_names)}"
                 ]
             )
         others = []
@@ -123,7 +125,7 @@ async def create_override_csrs(
         )
     warnings = [
         f"skipped {role} key {p.public_key_hash[:16]}: held by {_holder(p, node_names)}, "
-        "run create-override-csr on that node"
+        f"run create-override-csr on that node{_command(p, node_names)}"
         for role, p in others
     ]
     csrs = []
@@ -131,6 +133,12 @@ async def create_override_csrs(
         pem = await asyncio.to_thread(_sign_csr, keystore, pair, ca.cluster_name, subject)
         csrs.append(OverrideCSR(ca.ca_type, role, pair.public_key_hash, pem, keystore.node_name))
     return csrs, warnings
+
+
+def _command(pair: CAKeyPair, node_names: dict[str, str]) -> str:
+    """` (authctl --node NAME …)` for the node holding `pair`, "" when its name is not known."""
+    name = node_names.get(pair.key.host_id)
+    return f" ({node_command(name)})" if name else ""
 
 
 def _holder(pair: CAKeyPair, node_names: dict[str, str]) -> str:
@@ -277,7 +285,7 @@ def _merged(
         if raw is None:
             warnings.append(
                 f"{missing} did not answer within {timeout:g}s (stopped, or cut off from etcd): "
-                f"run create-override-csr on that node when it is back"
+                f"run create-override-csr on that node when it is back{_command(pair, node_names)}"
             )
             continue
         try:

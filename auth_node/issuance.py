@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authsim.auth_node.token_signer import TokenSigner
-from authsim.cluster.errors import KeyAccessError, ValidationError, control_character
+from authsim.cluster.errors import KeyAccessError, ValidationError, control_character, node_command
 from authsim.cluster.layout import published_crl
 from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import CA_TYPES
@@ -81,7 +81,9 @@ def resolve_issuer(
     if not active:
         role = "only an additional key" if ca.keys_of_host(host_id) else "no key"
         holders = ", ".join(
-            f"{node_names.get(p.key.host_id, 'host')} ({p.key.host_id})" for p in ca.active_keys
+            f"{node_names.get(p.key.host_id, 'host')} ({p.key.host_id})"
+            + (f" {node_command(node_names[p.key.host_id])}" if p.key.host_id in node_names else "")
+            for p in ca.active_keys
         )
         raise KeyAccessError(
             f"node {node} holds {role} of the {ca.ca_type} CA, so it cannot sign: run "

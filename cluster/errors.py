@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import unicodedata
 
 MAX_QUOTED = 80  # characters of caller input an error message quotes
@@ -39,6 +41,27 @@ def cut(text: str, limit: int) -> str:
 def quoted(value: object, limit: int = MAX_QUOTED) -> str:
     """Caller input as an error message quotes it: in quotes, one line, cut to `limit` characters."""
     return f"'{cut(str(value), limit - 2)}'"
+
+
+def node_command(node_name: str) -> str:
+    """What a refusal naming another node says to run there: `authctl --node NAME …`, the `…` standing
+    for the refused command's own arguments (authctl writes them in: `exact_node_commands`)."""
+    return f"`authctl --node {node_name} …`"
+
+
+def exact_node_commands(message: str, args: list[str]) -> str:
+    """`message` with each `node_command` in it completed with `args`, the refused authctl command's
+    arguments (any --node or --auth-server of theirs left out)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--node", "--auth-server"):
+            skip = True
+        elif not arg.startswith(("--node=", "--auth-server=")):
+            kept.append(arg)
+    rest = shlex.join(kept)
+    return re.sub(r"`authctl --node (\S+) …`", lambda m: f"`authctl --node {m[1]} {rest}`", message)
 
 
 def control_character(text: str) -> str | None:

@@ -341,7 +341,7 @@ def test_console_scripts_run_as_installed(cluster: LocalCluster) -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    nodes = [line for line in done.stdout.splitlines() if line.startswith("│ node")]
+    nodes = [line for line in done.stdout.splitlines() if line.startswith("│ node") and "127.0.0.1:" in line]
     assert len(nodes) == 3 and all("SERVING" in line for line in nodes), done.stdout
     assert "(embedded, TLS, running)" in done.stdout
 

@@ -507,7 +507,7 @@ BAD_AGAINST_CA = [
         "other-nodes-key",
         lambda w: doc(entry(w.ov_b)),
         f"{E0}: public key {{hb}} is held by node auth2 (host host-b): "
-        "enable it by running this command on that node",
+        "enable it by running this command on that node (`authctl --node auth2 …`)",
     ),
     Case(
         "other-nodes-key-forced",
@@ -783,7 +783,7 @@ def test_validator_returns_every_problem_at_once() -> None:
         f"spec.certificate_overrides[2]: public key {values['hx']} is not a key of the windows CA "
         "(run `authctl auth create-override-csr --type windows` to get a CSR for a CA key)",
         f"{E1}: public key {values['hb']} is held by node auth2 (host host-b): "
-        "enable it by running this command on that node",
+        "enable it by running this command on that node (`authctl --node auth2 …`)",
     ]
 
 

@@ -17,13 +17,23 @@ from cryptography import x509
 from rich.table import Table
 
 from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.authctl_auth import auth
 from authsim.cluster.cli.authctl_crl import crl, revoke
-from authsim.cluster.cli.common import dir_option, make_console, run_cli
+from authsim.cluster.cli.common import (
+    UNHEALTHY_EXIT,
+    cluster_dir_of_cluster,
+    dir_option,
+    format_option,
+    make_console,
+    print_data,
+    run_cli,
+)
 from authsim.cluster.cli.effective_cas import export, read_snapshot
 from authsim.cluster.cli.events import EventSelection, show_events, since_unix_ns
+from authsim.cluster.cli.examples import add_examples
 from authsim.cluster.cli.node_choice import NodeChoice
-from authsim.cluster.cli.safe_text import cell
+from authsim.cluster.cli.safe_text import cell, cell_lines
 from authsim.cluster.errors import (
     AuthSimError,
     ConflictError,
@@ -35,7 +45,7 @@ from authsim.cluster.errors import (
     quoted,
 )
 from authsim.cluster.local.state import cluster_dir
-from authsim.cluster.local.status import expiry_line
+from authsim.cluster.local.status import Reachability, expiry_line, reachability
 from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import CA_TYPES, resolve_ca_type
 from authsim.cluster.resources.cert_authority import CertAuthority
@@ -57,13 +67,18 @@ FORMATS = click.Choice(["yaml", "json", "text"])
 @click.group(help="Administer an authsim cluster through one of its Auth nodes.")
 @click.version_option(package_name="authsim", message="%(prog)s %(version)s")
 @dir_option
-@click.option("--node", default=None, help="node to talk to, by name (default: the first healthy node)")
+@click.option(
+    "--node",
+    default=None,
+    shell_complete=completion.node_names,
+    help="node to talk to, by name (default: the first healthy node)",
+)
 @click.option("--auth-server", default=None, help="node address host:port instead of --node")
 @click.pass_context
 def cli(ctx: click.Context, directory: str | None, node: str | None, auth_server: str | None) -> None:
     if node and auth_server:
         raise click.UsageError("give --node or --auth-server, not both")
-    ctx.obj = NodeChoice(cluster_dir(directory), node, auth_server)
+    ctx.obj = NodeChoice(cluster_dir(directory), node, auth_server, list(ctx.obj or []))
 
 
 CA_KINDS = ("cas", "cert_authority", "cert_authorities")
@@ -85,8 +100,8 @@ def _split(resource: str, kinds: tuple[str, ...], need_name: bool, command: str,
 
 
 @cli.command(help="Show a resource: cas[/TYPE] (every CA type without TYPE), ca_overrides[/TYPE] or events.")
-@click.argument("resource")
-@click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True)
+@click.argument("resource", shell_complete=completion.any_resource)
+@click.option("--format", "fmt", type=FORMATS, default="yaml", show_default=True, help="output format")
 @click.option("--limit", type=click.IntRange(1), default=None, help="events: only the newest N")
 @click.option(
     "--since",
@@ -263,9 +278,13 @@ def _write(
 
 @cli.command(help="Open a session on the downstream target with a fresh credential; records the event.")
 @click.option(
-    "--type", "ca_type", required=True, help="windows (desktop target) or db_client (database target)"
+    "--type",
+    "ca_type",
+    required=True,
+    shell_complete=completion.ca_types,
+    help="windows (desktop target) or db_client (database target)",
 )
-@click.option("--user", required=True)
+@click.option("--user", required=True, help="the user the credential is for")
 @click.pass_obj
 def exercise(nodes: NodeChoice, ca_type: str, user: str) -> None:
     with nodes.signer_client(ca_type) as client:
@@ -446,7 +465,7 @@ def _write_all(nodes: NodeChoice, writes: list[Write], file: str, again: str) ->
 
 
 @cli.command(help="Edit ca_overrides/TYPE in $EDITOR; saved only if nobody changed it meanwhile.")
-@click.argument("resource")
+@click.argument("resource", shell_complete=completion.override)
 @click.option(
     "--force", is_flag=True, help="skip the checks against the CA (never the per-node ownership rule)"
 )
@@ -493,7 +512,7 @@ def _keep(edited: Path, name: str) -> Path:
 
 
 @cli.command(help="Remove ca_overrides/TYPE, or a stored cas/TYPE that breaks a rule.")
-@click.argument("resource")
+@click.argument("resource", shell_complete=completion.removable)
 @click.option("--force", is_flag=True, help="also when it holds an enabled override of an active key")
 @click.pass_obj
 def rm(nodes: NodeChoice, resource: str, force: bool) -> None:
@@ -514,12 +533,21 @@ def rm(nodes: NodeChoice, resource: str, force: bool) -> None:
     click.echo(f"cert_authority_override {name} removed (revision {reply.revision})")
 
 
-@cli.command(help="Show the node: its host id, token and the CA keys its token holds.")
-@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+@cli.command(
+    help="Show the node (its host id, token and the CA keys its token holds), and whether etcd, every "
+    "node of the dir's cluster.yaml and every target answer from here. Exit status: 0 when all are "
+    "healthy (SERVING, no stored resource breaking a rule), 1 when one is not (listed under "
+    "`unhealthy`) or no node answers, 2 when the dir holds no cluster."
+)
+@format_option("text")
 @click.pass_obj
 def status(nodes: NodeChoice, fmt: str) -> None:
+    if nodes.auth_server is None:
+        cluster_dir_of_cluster(str(nodes.directory))
     with nodes.client() as client:
         reply = client.node_status()
+    seen = None if nodes.auth_server else reachability(nodes.directory)
+    unhealthy = (seen.unhealthy() if seen else []) + [f"problem: {p}" for p in reply.problems]
     data = {
         "node": reply.node_name,
         "host_id": reply.host_id,
@@ -541,26 +569,52 @@ def status(nodes: NodeChoice, fmt: str) -> None:
             }
             for e in reply.expiry_alerts
         ],
+        "healthy": not unhealthy,
+        "unhealthy": unhealthy,
     }
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
-    elif fmt == "yaml":
-        click.echo(dump_yaml(data), nl=False)
+    if seen is not None:
+        data |= {
+            "etcd": {"endpoints": seen.etcd_endpoints, "health": seen.etcd_health, "error": seen.etcd_error},
+            "nodes": [{"name": r.name, "address": r.address, "health": r.health} for r in seen.nodes],
+            "targets": [{"name": r.name, "address": r.address, "health": r.health} for r in seen.targets],
+        }
+    if fmt == "text":
+        _print_node_status(reply, seen)
+        down = [part for part in unhealthy if not part.startswith("problem: ")]
+        if down:
+            console.print(f"unhealthy: {', '.join(down)}", markup=False, style="red")
     else:
-        console.print(
-            cell(
-                f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
-                f"token {reply.token_label}"
-            )
+        print_data(data, fmt)
+    if unhealthy:
+        raise click.exceptions.Exit(UNHEALTHY_EXIT)
+
+
+def _print_node_status(reply: pb.NodeStatus, seen: Reachability | None) -> None:
+    console.print(
+        cell(
+            f"node {reply.node_name}  host id {reply.host_id}  cluster {reply.cluster_name}  "
+            f"token {reply.token_label}"
         )
-        table = Table("CA TYPE", "ROLE", "PUBLIC KEY HASH", "KEY ID")
-        for k in reply.keys:
-            table.add_row(cell(k.ca_type), cell(k.role), cell(k.public_key_hash), cell(k.key_id))
-        console.print(table)
-        for problem in reply.problems:
-            console.print(f"problem: {one_line(problem)}", markup=False, style="red")
-        for alert in reply.expiry_alerts:
-            console.print(one_line(expiry_line(alert)), markup=False, style="yellow")
+    )
+    table = Table("CA TYPE", "ROLE", "PUBLIC KEY HASH", "KEY ID")
+    for column in table.columns:
+        column.overflow = "fold"
+    for k in reply.keys:
+        table.add_row(cell(k.ca_type), cell(k.role), cell(k.public_key_hash), cell(k.key_id))
+    console.print(table)
+    if seen is not None:
+        parts = Table("PART", "ADDRESS", "HEALTH")
+        parts.columns[1].no_wrap = True
+        parts.add_row(cell("etcd"), cell_lines("\n".join(seen.etcd_endpoints)), cell(seen.etcd_health))
+        for row in seen.nodes + seen.targets:
+            parts.add_row(cell(row.name), cell(row.address), cell(row.health))
+        console.print(parts)
+        if seen.etcd_error:
+            console.print(f"etcd: {one_line(seen.etcd_error)}", markup=False, style="red")
+    for problem in reply.problems:
+        console.print(f"problem: {one_line(problem)}", markup=False, style="red")
+    for alert in reply.expiry_alerts:
+        console.print(one_line(expiry_line(alert)), markup=False, style="yellow")
 
 
 def print_cert_authority(ca: CertAuthority, keys: list[EffectiveKey], host_names: dict[str, str]) -> None:
@@ -604,6 +658,9 @@ auth.add_command(revoke)
 auth.add_command(crl)
 cli.add_command(auth)
 auth.add_command(export)
+
+
+add_examples(cli, "authctl")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

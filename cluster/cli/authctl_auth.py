@@ -18,16 +18,23 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from authsim.auth_node.issuance import user_problems
 from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.node_choice import NodeChoice
 from authsim.cluster.cli.pem_files import ca_public_key, read_pem_certificate
 from authsim.cluster.cli.safe_text import escaped
-from authsim.cluster.errors import AuthSimError, ValidationError, quoted
+from authsim.cluster.errors import AuthSimError, ValidationError, exact_node_commands, quoted
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.resources.cert_authority import ROTATING_PHASES, ROTATION_PHASES
 from authsim.cluster.resources.x509 import public_key_hash
 from authsim.cluster.secret_files import name_problems, write_all
 
-type_option = click.option("--type", "ca_type", required=True, help="CA type: windows or db_client")
+type_option = click.option(
+    "--type",
+    "ca_type",
+    required=True,
+    shell_complete=completion.ca_types,
+    help="CA type: windows or db_client",
+)
 _FILE_SAFE = re.compile(r"[A-Za-z0-9._@-]+")  # a user name that can be part of a file name
 FC = TypeVar("FC", bound=Callable[..., Any])
 force_option = click.option(
@@ -111,7 +118,7 @@ def create_override_csr(
         reply = client.call("CreateOverrideCSR", request)
     csrs = list(reply.csrs)
     for warning in reply.warnings:
-        click.echo(f"warning: {escaped(warning)}", err=True)
+        click.echo(f"warning: {escaped(exact_node_commands(warning, nodes.args))}", err=True)
     if not csrs:
         raise AuthSimError(f"no CSR for CA {ca_type}: see the warnings above")
     if not out:

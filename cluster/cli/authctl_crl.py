@@ -31,7 +31,14 @@ POLL_SECONDS = 0.2
 @click.option(
     "--cert", default=None, type=click.Path(dir_okay=False, allow_dash=True), help="the credential (PEM)"
 )
-@click.option("--wait", "wait", type=click.FloatRange(0), default=WAIT_SECONDS, show_default=True)
+@click.option(
+    "--wait",
+    "wait",
+    type=click.FloatRange(0),
+    default=WAIT_SECONDS,
+    show_default=True,
+    help="seconds to wait for the key's holder to sign CRLs that list the serial",
+)
 @click.pass_obj
 def revoke(
     nodes: NodeChoice, ca_type: str, serial: str, public_key: str, cert: str | None, wait: float

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import click
 
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.common import dir_option, make_console, run_cli
 from authsim.cluster.cli.demo import run_demo
+from authsim.cluster.cli.examples import add_examples
 from authsim.cluster.cli.external_ca import external_ca
 from authsim.cluster.cli.lifecycle import down, forget, hsm, status, up
 from authsim.cluster.cli.logs import logs
@@ -46,7 +48,7 @@ def demo(directory: str, rotation: bool) -> None:
 @cli.command(
     help="Live view of ca_overrides/TYPE: each new revision, who wrote it, what changed, CAS attempts."
 )
-@click.argument("resource")
+@click.argument("resource", shell_complete=completion.override)
 @dir_option
 @click.option(
     "--count", type=click.IntRange(0), default=0, help="stop after this many new revisions (0: never)"
@@ -67,6 +69,9 @@ cli.add_command(external_ca)
 cli.add_command(trust)
 cli.add_command(provision)
 cli.add_command(logs)
+
+
+add_examples(cli, "authsim")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

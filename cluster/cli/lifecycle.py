@@ -13,19 +13,23 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.common import (
+    UNHEALTHY_EXIT,
+    cluster_dir_of_cluster,
     dir_option,
     etcd_endpoints,
     etcd_tls_from_options,
     etcd_tls_options,
+    format_option,
     make_console,
+    print_data,
 )
-from authsim.cluster.cli.safe_text import cell, escaped
+from authsim.cluster.cli.safe_text import cell, cell_lines, escaped
 from authsim.cluster.errors import ClusterError, one_line
 from authsim.cluster.local import hsm_process, identity, launcher
 from authsim.cluster.local.state import EtcdEntry, cluster_dir
 from authsim.cluster.local.status import ClusterStatus, collect_status, expiry_line
-from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.store.keys import checked_cluster_name
 from authsim.hsm.provision import HSM_MODES
 
@@ -135,17 +139,29 @@ def up(
     "(SIGSTOP: the HSM hangs), resume (SIGCONT) NODE's HSM. Needs `up --hsm process`."
 )
 @click.argument("action", type=click.Choice(list(hsm_process.ACTIONS)))
-@click.argument("node")
+@click.argument("node", shell_complete=completion.node_names)
 @dir_option
 def hsm(action: str, node: str, directory: str | None) -> None:
     state = hsm_process.control(cluster_dir(directory), node, action)
     console.print(f"{node}'s HSM: {state}", markup=False)
 
 
-@click.command(help="Show nodes, health, each node's HSM, and the CA keys each node's token holds.")
+@click.command(
+    help="Show etcd, the nodes (health, HSM, the CA keys each node's token holds) and the targets. "
+    "Exit status: 0 when every part is healthy (SERVING; HSM processes running; no stored resource "
+    "breaking a rule), 1 when one is not (listed under `unhealthy`), 2 when DIR holds no cluster or "
+    "the options are wrong."
+)
 @dir_option
-def status(directory: str | None) -> None:
-    print_status(collect_status(cluster_dir(directory)))
+@format_option("text")
+def status(directory: str | None, fmt: str) -> None:
+    report = collect_status(cluster_dir_of_cluster(directory))
+    if fmt == "text":
+        print_status(report)
+    else:
+        print_data(report.to_dict(), fmt)
+    if report.unhealthy():
+        raise click.exceptions.Exit(UNHEALTHY_EXIT)
 
 
 @click.command(help="Stop the cluster's processes; tokens, keys and etcd data stay unless --purge.")
@@ -237,6 +253,7 @@ def forget(
 
 
 def print_status(report: ClusterStatus) -> None:
+    """The report as tables that fit 80 columns: addresses are never cut (other cells wrap)."""
     state = report.state
     etcd = ", ".join(state.etcd.endpoints)
     if report.etcd_running is None:
@@ -250,23 +267,45 @@ def print_status(report: ClusterStatus) -> None:
             f"  id {escaped(state.cluster_id or '-')}  etcd {escaped(etcd)} {where}",
         )
     )
-    table = Table("NODE", "ADDRESS", "PID", "HEALTH", "HSM", "HOST ID", *(t.upper() for t in CA_TYPES))
+    nodes = _table("NODE", "ADDRESS", "PID", "HEALTH", "HSM")
     for row in report.nodes:
-        keys = [
-            ", ".join(f"{k.role} {k.public_key_hash[:12]}" for k in row.keys if k.ca_type == ca) or "-"
-            for ca in CA_TYPES
-        ]
-        cells = [row.name, row.address, str(row.pid or "-"), row.health, row.hsm, row.host_id or "-", *keys]
-        table.add_row(*(cell(c) for c in cells))
-    console.print(table)
-    if report.targets:
-        targets = Table("TARGET", "ADDRESS", "PID", "HEALTH")
-        for target in report.targets:
-            targets.add_row(
-                *(cell(c) for c in (target.name, target.address, str(target.pid or "-"), target.health))
-            )
-        console.print(targets)
+        nodes.add_row(*(cell(c) for c in (row.name, row.address, str(row.pid or "-"), row.health, row.hsm)))
+    console.print(nodes)
+    services = _table("SERVICE", "ADDRESS", "PID", "HEALTH")
+    etcd_pid = state.etcd.pid if report.etcd_running else None
+    services.add_row(
+        cell("etcd"),
+        cell_lines("\n".join(state.etcd.endpoints)),
+        cell(str(etcd_pid or "-")),
+        cell(report.etcd_health),
+    )
+    for target in report.targets:
+        services.add_row(
+            *(cell(c) for c in (target.name, target.address, str(target.pid or "-"), target.health))
+        )
+    console.print(services)
+    keys = _table("NODE", "HOST ID", "CA KEYS IN ITS TOKEN")
+    for row in report.nodes:
+        held = "\n".join(f"{k.ca_type} {k.role} {k.public_key_hash[:12]}" for k in row.keys) or "-"
+        keys.add_row(cell(row.name), cell(row.host_id or "-"), cell_lines(held))
+    console.print(keys)
+    if report.etcd_error:
+        console.print(f"etcd: {one_line(report.etcd_error)}", markup=False, style="red", soft_wrap=True)
     for problem in report.problems:
         console.print(f"problem: {one_line(problem)}", markup=False, style="red")
     for alert in report.expiry_alerts:
         console.print(one_line(expiry_line(alert)), markup=False, style="yellow")
+    down = [part for part in report.unhealthy() if not part.startswith("problem: ")]
+    if down:
+        console.print(f"unhealthy: {', '.join(down)}", markup=False, style="red")
+
+
+_WHOLE = ("NODE", "SERVICE", "ADDRESS", "HOST ID")  # columns never wrapped nor cut
+
+
+def _table(*headers: str) -> Table:
+    """A table whose _WHOLE columns are never wrapped nor cut; the other cells wrap to fit."""
+    table = Table()
+    for header in headers:
+        table.add_column(header, no_wrap=header in _WHOLE, overflow="fold")
+    return table

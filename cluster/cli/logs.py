@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from authsim.cluster.cli import completion
 from authsim.cluster.cli.common import dir_option
 from authsim.cluster.errors import NotFoundError
 from authsim.cluster.layout import ClusterLayout
@@ -47,7 +48,7 @@ def follow(path: Path) -> None:
     "postgres (their servers). Without NAME, list the logs with their paths and sizes.\n\n"
     "Example: authsim logs node2 --lines 20 --follow"
 )
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.log_names)
 @dir_option
 @click.option("--lines", "-n", type=click.IntRange(0), default=50, show_default=True, help="lines to show")
 @click.option(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from authsim.cluster.errors import AuthSimError, ClusterError
@@ -18,6 +18,7 @@ class NodeChoice:
     directory: Path
     node: str | None
     auth_server: str | None
+    args: list[str] = field(default_factory=list)  # the authctl command's arguments, for hints
 
     def host_names(self) -> dict[str, str]:
         return host_names(self.directory)

@@ -86,7 +86,7 @@ def provision() -> None:
     help="where the CA private keys stay (default DIR; keep it private)",
 )
 @click.option("--admin-dir", type=dir_type, default=None, help="authctl's cluster dir (default DIR)")
-@click.option("--cluster-name", default="mycluster", show_default=True)
+@click.option("--cluster-name", default="mycluster", show_default=True, help="the cluster's name")
 @click.option("--nodes", callback=_node_names, required=True, help="node names, comma-separated")
 @click.option(
     "--port", type=click.IntRange(1, 65535), default=NODE_PORT, show_default=True, help="node gRPC port"

@@ -38,7 +38,8 @@ from authsim.cluster.mtls import (
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.store import EtcdStore, EtcdTLS
 from authsim.cluster.store.addresses import register_targets
-from authsim.cluster.store.keys import checked_cluster_name
+from authsim.cluster.store.keys import checked_cluster_name, cluster_prefix
+from authsim.cluster.store.probe import check_etcd
 from authsim.cluster.store.rbac import grant_cluster_access
 from authsim.cluster.targets.trust import set_default_trust
 from authsim.hsm import provision_token
@@ -105,6 +106,7 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
     owner = True  # whether this dir made the cluster (a joined dir starts no targets)
     with interrupts.deferred_interrupt():  # a cluster id claimed on etcd is one saved in the dir
         if not state.etcd.embedded:  # before anything is written: a refused dir stays as it was
+            check_etcd(state.etcd.endpoints, state.etcd.tls, cluster_prefix(state.cluster_name))
             owner = identity.made_here(
                 directory, identity.claim(directory, state, options.join, existing is None)
             )
@@ -120,6 +122,8 @@ def up(directory: Path, options: UpOptions, progress: Progress = lambda *_: None
                 with interrupts.deferred_interrupt():  # a process started is a process recorded
                     _start_etcd(directory, state)
                     state.save(directory)
+            log = ClusterLayout(directory).etcd.log
+            check_etcd(state.etcd.endpoints, state.etcd.tls, cluster_prefix(state.cluster_name), log)
             _grant_etcd_access(state)
             with interrupts.deferred_interrupt():  # a cluster id claimed on etcd is one saved in the dir
                 identity.claim(directory, state, options.join, existing is None)
@@ -269,6 +273,18 @@ def _node_running(directory: Path, entry: NodeEntry) -> bool:
     return processes.is_running(entry.pid, node_marker(directory, entry.name))
 
 
+def _base_port(base_port: int, index: int) -> int:
+    """`--base-port` + `index`, the port of the new node number `index` + 1; ClusterError naming it when
+    it is taken (a port asked for is never silently replaced)."""
+    port = base_port + index
+    if not port_is_free(port):
+        raise ClusterError(
+            f"--base-port {base_port}: port {port} (for node{index + 1}) is in use: stop what listens "
+            "there, or choose another --base-port (or none: free ports are picked)"
+        )
+    return port
+
+
 def _pick_port(preferred: int | None) -> int:
     return preferred if preferred and port_is_free(preferred) else free_port()
 
@@ -314,7 +330,7 @@ def _plan(
             f"{directory} already has {len(state.nodes)} nodes; nodes are never removed by `up`"
         )
     for i in range(len(state.nodes), wanted):
-        port = options.base_port + i if options.base_port else free_port()
+        port = _base_port(options.base_port, i) if options.base_port else free_port()
         state.nodes.append(NodeEntry(name=f"node{i + 1}", address=f"127.0.0.1:{port}"))
     for entry in state.nodes:
         if entry.name in running:
@@ -545,12 +561,21 @@ def wait_serving(
                 if clients[name].health() == "SERVING":
                     waiting.remove(name)
             if time.monotonic() > deadline:
-                raise ClusterError(f"nodes not SERVING after {START_TIMEOUT:.0f} s: {', '.join(waiting)}")
+                raise ClusterError(_not_serving(directory, waiting))
             time.sleep(0.1)
         progress("all nodes SERVING", len(state.nodes), len(state.nodes))
     finally:
         for client in clients.values():
             client.close()
+
+
+def _not_serving(directory: Path, waiting: list[str]) -> str:
+    """The error of nodes still not SERVING at the deadline: which, and where their logs are."""
+    logs = ", ".join(str(ClusterLayout(directory).node(name).log) for name in waiting)
+    return (
+        f"nodes not SERVING after {START_TIMEOUT:.0f} s: {', '.join(waiting)}; their logs say why: {logs} "
+        f"(`authsim logs {waiting[0]} --dir {directory}`)"
+    )
 
 
 def register_target_addresses(state: ClusterState) -> None:

@@ -1,19 +1,23 @@
-"""What `authsim status` reports: each node's process, health and the CA keys its token holds, and each
-target and the real server behind it (process, and whether its port answers)."""
+"""What `authsim status` reports: etcd (process, and whether it answers a read), each node's process,
+health and the CA keys its token holds, and each target and the real server behind it (process, and
+whether its port answers); and which of them are not healthy (`unhealthy`), for the exit status."""
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from authsim.auth_node.pb import authsim_pb2 as pb
-from authsim.cluster.errors import AuthSimError
+from authsim.cluster.errors import AuthSimError, StoreAccessError, StoreUnavailableError
 from authsim.cluster.local import downstream, hsm_process, hsm_users, processes
 from authsim.cluster.local.launcher import admin_identity, etcd_marker, node_marker
 from authsim.cluster.local.node_client import NodeClient
-from authsim.cluster.local.state import ClusterState, admin_address
+from authsim.cluster.local.state import ClusterState, EtcdEntry, admin_address
 from authsim.cluster.local.target_process import target_marker
+from authsim.cluster.store.keys import cluster_prefix
+from authsim.cluster.store.probe import check_etcd
 from authsim.hsm.provision import HSM_PROCESS
 
 PING_TIMEOUT = 1.0
@@ -56,6 +60,42 @@ class ClusterStatus:
     targets: list[TargetRow] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # stored resources that break a rule, with the fix
     expiry_alerts: list[ExpiryAlertRow] = field(default_factory=list)  # by the nodes' clocks
+    etcd_health: str = "SERVING"  # SERVING, STOPPED (the embedded etcd's process), UNREACHABLE, REFUSED
+    etcd_error: str = ""  # why etcd is not SERVING
+
+    def unhealthy(self) -> list[str]:
+        """Each part that is not healthy, as `NAME HEALTH`, and each stored resource that breaks a rule;
+        empty when everything is (expiry alerts are warnings, not failures)."""
+        failed = [] if self.etcd_health == "SERVING" else [f"etcd {self.etcd_health}"]
+        for node in self.nodes:
+            if node.health != "SERVING":
+                failed.append(f"{node.name} {node.health}")
+            if node.hsm in (hsm_process.STOPPED, hsm_process.PAUSED):
+                failed.append(f"{node.name} HSM {node.hsm}")
+        failed += [f"{t.name} {t.health}" for t in self.targets if t.health != "SERVING"]
+        return failed + [f"problem: {p}" for p in self.problems]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (`authsim status --format json|yaml`)."""
+        etcd = self.state.etcd
+        return {
+            "healthy": not self.unhealthy(),
+            "unhealthy": self.unhealthy(),
+            "cluster_name": self.state.cluster_name,
+            "cluster_id": self.state.cluster_id,
+            "etcd": {
+                "endpoints": etcd.endpoints,
+                "embedded": etcd.embedded,
+                "tls": etcd.tls is not None,
+                "pid": etcd.pid if self.etcd_running else None,
+                "health": self.etcd_health,
+                "error": self.etcd_error,
+            },
+            "nodes": [asdict(n) for n in self.nodes],
+            "targets": [asdict(t) for t in self.targets],
+            "problems": self.problems,
+            "expiry_alerts": [asdict(a) for a in self.expiry_alerts],
+        }
 
 
 @dataclass(frozen=True)
@@ -106,7 +146,50 @@ def collect_status(directory: Path) -> ClusterStatus:
     etcd_running = (
         processes.is_running(state.etcd.pid, etcd_marker(directory)) if state.etcd.embedded else None
     )
-    return ClusterStatus(state, etcd_running, rows, _target_rows(directory, state), problems, alerts)
+    health, error = ("STOPPED", "") if etcd_running is False else etcd_health(state.etcd, state.cluster_name)
+    targets = _target_rows(directory, state)
+    return ClusterStatus(state, etcd_running, rows, targets, problems, alerts, health, error)
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """What an admin dir can see of its cluster from where it is (`authctl status`): whether etcd
+    answers, each node's health over gRPC, whether each target's port answers."""
+
+    etcd_endpoints: list[str]
+    etcd_health: str
+    etcd_error: str
+    nodes: list[TargetRow]
+    targets: list[TargetRow]
+
+    def unhealthy(self) -> list[str]:
+        failed = [] if self.etcd_health == "SERVING" else [f"etcd {self.etcd_health}"]
+        return failed + [f"{r.name} {r.health}" for r in self.nodes + self.targets if r.health != "SERVING"]
+
+
+def reachability(directory: Path) -> Reachability:
+    """etcd, the nodes and the targets of the cluster in `directory`, as seen from here."""
+    state = ClusterState.load(directory)
+    identity = admin_identity(directory)
+    nodes = []
+    for entry in state.nodes:
+        with NodeClient(admin_address(directory, entry), identity, entry.name, timeout=3.0) as client:
+            nodes.append(TargetRow(entry.name, entry.address, None, client.health()))
+    targets = [_row(f"{kind} target", t.address, None, True) for kind, t in state.targets.items()]
+    targets += [_row(downstream.LABELS[n], s.address, None, True) for n, s in state.servers.items()]
+    return Reachability(state.etcd.endpoints, *etcd_health(state.etcd, state.cluster_name), nodes, targets)
+
+
+def etcd_health(etcd: EtcdEntry, cluster_name: str) -> tuple[str, str]:
+    """SERVING when `etcd` answers a read of the cluster's keys with its recorded client identity;
+    else UNREACHABLE or REFUSED (the identity), with the reason."""
+    try:
+        check_etcd(etcd.endpoints, etcd.tls, cluster_prefix(cluster_name))
+    except StoreAccessError as e:
+        return "REFUSED", str(e)
+    except StoreUnavailableError as e:
+        return "UNREACHABLE", str(e)
+    return "SERVING", ""
 
 
 def _target_rows(directory: Path, state: ClusterState) -> list[TargetRow]:

@@ -17,7 +17,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from authsim.cluster.errors import ValidationError, cut, quoted
+from authsim.cluster.errors import ValidationError, cut, node_command, quoted
 from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import resolve_ca_type
 from authsim.cluster.resources.cert_authority import CAKeyPair, CertAuthority
@@ -398,9 +398,10 @@ def _ownership_problems(entries: list[_Entry], ca: CertAuthority, ctx: OverrideC
             continue
         name = ctx.node_names.get(owner)
         holder = f"node {name}" if name else "another node"
+        there = f" ({node_command(name)})" if name else ""
         problems.append(
             f"{e.path}: public key {e.key_hash} is held by {holder} (host {owner}): "
-            "enable it by running this command on that node"
+            f"enable it by running this command on that node{there}"
         )
     return problems
 
