@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             format=f"%(asctime)s {node.name} %(levelname)s %(name)s: %(message)s",
             handlers=[NodeLogFile(args.log)] if args.log else None,
         )
+        faulthandler.enable()  # a crash in a C extension leaves the Python stacks in the node's log
         keystore = Pkcs11KeyStore.open(node.token(), node.host_id, node.name, call_timeout=node.hsm_timeout)
     except AuthSimError as e:
         print(f"auth_node {name}: error: {e}", file=sys.stderr)

@@ -21,7 +21,6 @@ from authsim.auth_node.expiry_alerts import watch_expiry
 from authsim.auth_node.listeners import bind_failure, local_socket, raise_fd_limit, server_options
 from authsim.auth_node.overrides import Overrides
 from authsim.auth_node.pb import authsim_pb2, authsim_pb2_grpc
-from authsim.auth_node.request_log import RequestLog
 from authsim.auth_node.rotation import RotationParts
 from authsim.auth_node.service import AuthService
 from authsim.cluster.errors import AuthSimError, ClusterError, HsmUnavailableError, StoreUnavailableError
@@ -56,9 +55,7 @@ def create_server(
 ) -> tuple[grpc.aio.Server, int, Path | None]:
     """A gRPC server for `node` that accepts only clients with a certificate from the admin CA, on its
     TCP address and on its local socket (when the path fits); returns the server, its port, the socket."""
-    server = grpc.aio.server(
-        options=server_options(raise_fd_limit()), interceptors=[RequestLog(SERVICE_NAME)]
-    )
+    server = grpc.aio.server(options=server_options(raise_fd_limit()))
     service = AuthService(node, store, keystore, view, recorder, crls)
     authsim_pb2_grpc.add_AuthServiceServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

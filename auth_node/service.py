@@ -50,6 +50,7 @@ from authsim.auth_node.issuance import (
 from authsim.auth_node.overrides import Overrides, WriteProgress, WriteResult
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
+from authsim.auth_node.request_log import CallRecord
 from authsim.auth_node.rotation import request_phase
 from authsim.auth_node.token_signer import TokenSigner
 from authsim.cluster.errors import (
@@ -82,19 +83,28 @@ CANCELLED = "cancelled: the caller went away before the write finished; it may o
 
 
 def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
-    """Answer a domain error with its status code and one-line message."""
+    """Answer a domain error with its status code and one-line message; log the call as it ends."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        call = CallRecord(method.__name__, context)
+        outcome = "OK"
         try:
             return await method(self, request, context)
         except AuthSimError as e:
+            outcome = status_code_for(e).name
             message = _error_message(e, method.__name__)
             await context.abort(status_code_for(e), message, trailing_metadata=error_metadata(e))
             raise AssertionError("unreachable") from e
-        except (grpc.aio.AbortError, asyncio.CancelledError):
+        except grpc.aio.AbortError:  # the method aborted the call itself (it is still running)
+            code = context.code()
+            outcome = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
             raise
         except Exception as e:  # a bug: one line to the caller, the traceback in the node's log
+            outcome = "INTERNAL"
             log.exception("%s failed", method.__name__)
             await context.abort(
                 grpc.StatusCode.INTERNAL,
@@ -102,6 +112,8 @@ def _domain_errors(method: Method[Req, Resp]) -> Method[Req, Resp]:
                 trailing_metadata=((ERROR_MARKER, "AuthSimError"),),
             )
             raise AssertionError("unreachable") from e
+        finally:
+            call.done(outcome)
 
     return wrapper
 
@@ -421,6 +433,8 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: pb.FollowEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ListEventsResponse]:
         """Each event as it is recorded, one per reply, until the caller cancels."""
+        call = CallRecord("FollowEvents", context)
+        outcome = "CANCELLED"  # also when the caller's going away closes this generator
         try:
             if request.after_revision < 0:
                 raise ValidationError([f"after_revision: must not be negative, got {request.after_revision}"])
@@ -429,8 +443,12 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
                 self.store, self.node.cluster_name, request.after_revision, only
             ):
                 yield pb.ListEventsResponse(events=[event], revision=revision)
+            outcome = "OK"
         except AuthSimError as e:
+            outcome = status_code_for(e).name
             await context.abort(status_code_for(e), str(e), trailing_metadata=error_metadata(e))
+        finally:
+            call.done(outcome)
 
     @_domain_errors
     async def RotateCertAuthority(

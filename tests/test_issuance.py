@@ -372,6 +372,26 @@ def test_demo_script_passes_on_a_fresh_checkout(tmp_path: Path) -> None:
         subprocess.run([str(BIN / "authsim"), "down", "--dir", str(directory)], capture_output=True)
 
 
+def test_demo_rotation_walks_the_windows_ca_to_standby(tmp_path: Path) -> None:
+    """`authsim demo --rotation`: after the five steps, the windows CA rotates by phases with its
+    overrides enabled (the gating refusal, per-node CSRs and entries, standby, sessions under the new
+    keys accepted by the real KDC); the demo checks each step itself and exits 0 only if all held."""
+    directory = tmp_path / "demo"
+    try:
+        done = subprocess.run(
+            [str(BIN / "authsim"), "demo", "--rotation", "--dir", str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=dict(os.environ, CI="true"),
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "The seed's five steps behaved as documented" in done.stdout
+        assert "The rotation of the windows CA behaved as documented" in done.stdout
+    finally:
+        subprocess.run([str(BIN / "authsim"), "down", "--dir", str(directory)], capture_output=True)
+
+
 def _spki() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)

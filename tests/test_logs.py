@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import select
 import stat
@@ -12,9 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import grpc
 import pytest
 
+from authsim.auth_node.pb import authsim_pb2 as pb
+from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
+from authsim.cluster.layout import ClusterLayout
+from authsim.cluster.local import processes
+from authsim.cluster.local.launcher import admin_identity
+from authsim.cluster.mtls import NODE_TLS_NAME
 
 BIN = Path(sys.executable).parent
 
@@ -103,3 +112,35 @@ def test_the_log_is_rotated_by_size_and_output_follows_the_current_file(tmp_path
     )
     for path in tmp_path.iterdir():
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+
+def test_the_node_survives_streams_and_calls_its_callers_abandon(cluster: LocalCluster) -> None:
+    """Callers that go away mid-call (a FollowEvents stream dropped, a Sign cancelled): each call is
+    logged CANCELLED, and the node keeps serving (the request log never reads a call gRPC has freed)."""
+    key, cert, server_ca = admin_identity(cluster.directory).read()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=server_ca, private_key=key, certificate_chain=cert
+    )
+    options = [("grpc.ssl_target_name_override", NODE_TLS_NAME)]
+    address = cluster.state.node("node1").address
+    pid = cluster.state.node("node1").pid
+
+    async def abandon() -> None:
+        for _ in range(5):
+            channel = grpc.aio.secure_channel(address, credentials, options=options)
+            stub = pb_grpc.AuthServiceStub(channel)
+            streams = [stub.FollowEvents(pb.FollowEventsRequest()) for _ in range(20)]
+            calls = [stub.GetNodeStatus(pb.NodeStatusRequest()) for _ in range(20)]
+            await asyncio.sleep(0.3)
+            for call in streams + calls:
+                call.cancel()
+            await channel.close(grace=None)
+        gc.collect()
+
+    asyncio.run(abandon())
+    time.sleep(1.0)  # abandoned streams are finalised after their callers left
+    assert cluster.authctl("status").exit_code == 0
+    assert processes.is_running(pid, "authsim.auth_node")
+    log = ClusterLayout(cluster.directory).node("node1").log.read_text()
+    assert log.count("FollowEvents by admin from ") >= 100 and "FollowEvents by admin" in log
+    assert ": CANCELLED in " in log

@@ -39,7 +39,7 @@ def cli() -> None:
     help="the demo's own cluster dir (replaced on every run)",
 )
 @click.option(
-    "--rotation", is_flag=True, help="then rotate the windows CA with its overrides enabled (issue 14)"
+    "--rotation", is_flag=True, help="then rotate the windows CA by phases, with its overrides enabled"
 )
 def demo(directory: str, rotation: bool) -> None:
     run_demo(Path(directory).absolute(), console, rotation)
