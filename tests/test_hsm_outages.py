@@ -202,9 +202,9 @@ def test_hsm_outage_during_override_writes(world: World, kind: str) -> None:
     assert len(after["spec"]["certificate_overrides"]) == len(before["spec"]["certificate_overrides"]) + 1
 
 
-def test_hsm_processes_are_stopped_by_down(tmp_path: Path) -> None:
+def test_hsm_processes_are_stopped_by_down() -> None:
     """`down` stops each node's HSM process group, and `status` showed each HSM's state."""
-    with local_cluster(tmp_path / "c", nodes=1, hsm="process") as cluster:
+    with passable_dir() as reachable, local_cluster(reachable / "c", nodes=1, hsm="process") as cluster:
         entry = cluster.state.node("node1")
         marker = hsm_marker(cluster.directory, "node1")
         assert processes.is_running(entry.hsm_pid, marker)
