@@ -14,7 +14,8 @@ COPY pyproject.toml README.md ./
 COPY auth_node ./auth_node
 COPY cluster ./cluster
 COPY hsm ./hsm
-RUN pip install --no-cache-dir . && rm -rf build
+COPY build_backend ./build_backend
+RUN pip install --no-cache-dir .
 
 # Mount points of the named volumes, owned by the runtime user so fresh volumes inherit it; the KDC's
 # and PostgreSQL's volumes are mounted inside the targets volume, where the target code finds them.

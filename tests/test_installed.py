@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["pyproject.toml", "README.md", "auth_node", "cluster", "hsm"]
+SOURCES = ["pyproject.toml", "README.md", "auth_node", "cluster", "hsm", "build_backend"]
 
 CONSUMER_TEST = """
 import json
@@ -44,15 +44,24 @@ def run(*argv: str | Path, cwd: Path | None = None, timeout: float = 300) -> str
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel built from a copy of the sources (the build leaves nothing in the checkout)."""
-    source = tmp_path_factory.mktemp("source")
+def copy_of_the_sources(source: Path) -> Path:
+    source.mkdir(exist_ok=True)
     for name in SOURCES:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(ROOT / name, source / name)
+    return source
+
+
+def tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built from a copy of the sources (the build leaves nothing in the checkout)."""
+    source = copy_of_the_sources(tmp_path_factory.mktemp("source"))
     dist = tmp_path_factory.mktemp("dist")
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, source)
     [built] = dist.glob("authsim-*.whl")
@@ -65,6 +74,27 @@ def test_the_wheel_adds_only_authsim_import_names_and_is_typed(wheel: Path) -> N
     assert top_level == {"authsim"}
     assert {"authsim/auth_node/py.typed", "authsim/cluster/py.typed", "authsim/hsm/py.typed"} <= set(names)
     assert "authsim/cluster/api/pytest_plugin.py" in names
+
+
+def test_a_non_editable_install_leaves_the_source_tree_as_it_was(tmp_path: Path) -> None:
+    source = copy_of_the_sources(tmp_path / "source")
+    before = tree(source)
+    target = tmp_path / "target"
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-t",
+        target,
+        ".",
+        cwd=source,
+    )
+    assert (target / "authsim" / "cluster" / "py.typed").exists()
+    assert tree(source) == before  # no build/, no authsim.egg-info/
 
 
 def test_a_project_with_its_own_cluster_package_runs_the_fixture(wheel: Path, tmp_path: Path) -> None:
