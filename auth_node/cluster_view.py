@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 
 from authsim.cluster.errors import NotFoundError, StoreUnavailableError
 from authsim.cluster.resources.cert_authority import CertAuthority
@@ -18,10 +19,11 @@ from authsim.cluster.resources.stored import (
 )
 from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.addresses import node_name, target_address
-from authsim.cluster.store.keys import cluster_prefix
+from authsim.cluster.store.keys import cluster_prefix, override_prefix
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
+UPDATES_KEPT = 256  # recent update revisions kept per override key, for writers waiting their turn
 
 
 class ClusterView:
@@ -52,6 +54,9 @@ class ClusterView:
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
+        # key -> the mod_revisions of its latest updates seen, for override writers waiting their turn
+        self._updates: dict[str, deque[int]] = {}
+        self._overrides = override_prefix(cluster_name)
 
     async def run(self) -> None:
         """List, then watch from the listing's revision; on any failure, list and watch again."""
@@ -76,6 +81,8 @@ class ClusterView:
                 async with contextlib.aclosing(self.store.watch_prefix(self.prefix, start + 1)) as changes:
                     async for key, value, revision in changes:
                         self._apply(key, value)
+                        if key.startswith(self._overrides):
+                            self._updates.setdefault(key, deque(maxlen=UPDATES_KEPT)).append(revision)
                         await self._advance(revision)
             except asyncio.CancelledError:
                 raise
@@ -133,6 +140,37 @@ class ClusterView:
             except TimeoutError:
                 return False
         return True
+
+    def current(self) -> bool:
+        return self.ready.is_set()
+
+    async def updates_after(self, key: str, revision: int, count: int, quiet: float) -> int:
+        """Wait until `count` updates of `key` after `revision` have shown up, or none for `quiet` s;
+        how many did (the `KeyUpdates` of a write queue)."""
+        updates = self._updates.setdefault(key, deque(maxlen=UPDATES_KEPT))
+
+        def seen() -> int:
+            return sum(1 for r in updates if r > revision)
+
+        async with self._changed:
+            while (before := seen()) < count and self.ready.is_set():
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: seen() > before), quiet)
+                except TimeoutError:
+                    break
+        return seen()
+
+    def values_since(
+        self, key: str, guard_key: str | None, revision: int
+    ) -> tuple[Versioned | None, Versioned | None] | None:
+        """An override key and its CA's key as this copy holds them, once it reflects `revision`."""
+        if self.revision < revision or not self.ready.is_set():
+            return None
+        return self._stored(key), None if guard_key is None else self._stored(guard_key)
+
+    def _stored(self, key: str) -> Versioned | None:
+        kind, _, name = key[len(self.prefix) :].partition("/")
+        return {"ca_overrides": self.stored_overrides, "cas": self.stored_cas}[kind].get(name)
 
     async def _advance(self, revision: int) -> None:
         async with self._changed:
