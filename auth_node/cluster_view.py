@@ -47,7 +47,9 @@ class ClusterView:
         self.stored_cas: dict[str, Versioned] = {}
         self.crls: dict[str, CertAuthorityCRL] = {}  # revoked serials and signed CRLs, per CA type
         self.stored_crls: dict[str, Versioned] = {}
-        self._decoded: dict[str, StoredOverride | None] = {}  # decoded and checked on first use
+        # the latest override read of each type, by the mod_revision it was read at: decoded and checked
+        # on first use, and the base of the next read (entries unchanged since are not parsed again)
+        self._decoded: dict[str, tuple[int, StoredOverride]] = {}
         # pending cluster-wide CSR requests (id, stored value) as they appear, for csr.answer_csr_requests;
         # a listing after a broken watch queues the pending ones again (the answerer skips repeats)
         self.csr_requests: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -104,15 +106,21 @@ class ClusterView:
         """The override resource of `ca_type` in this copy, with the rules it breaks. Decoded on first
         use, not on every change: with N nodes appending, each change reaches every node, and most nodes
         never read it."""
-        if ca_type not in self._decoded:
-            found = self.stored_overrides.get(ca_type)
-            decoded = None
-            if found is not None:
-                decoded = read_override(found.value, found.mod_revision, self.cluster_name, ca_type)
-                if not decoded.valid:
-                    log.error("%s", decoded.error())
-            self._decoded[ca_type] = decoded
-        return self._decoded[ca_type]
+        found = self.stored_overrides.get(ca_type)
+        if found is None:
+            return None
+        revision, decoded = self._decoded.get(ca_type) or (0, None)
+        if revision != found.mod_revision or decoded is None:
+            decoded = read_override(found.value, found.mod_revision, self.cluster_name, ca_type, decoded)
+            if not decoded.valid:
+                log.error("%s", decoded.error())
+            self._decoded[ca_type] = (found.mod_revision, decoded)
+        return decoded
+
+    def last_read_override(self, ca_type: str) -> StoredOverride | None:
+        """The override of `ca_type` as last read here, whatever its revision (a base for reading
+        another revision of it)."""
+        return self._decoded.get(ca_type, (0, None))[1]
 
     def override(self, ca_type: str) -> CertAuthorityOverride | None:
         """The override resource of `ca_type` to issue under; StoredDataError when it breaks a rule."""
@@ -194,7 +202,6 @@ class ClusterView:
                     self.stored_cas[name] = value
             elif kind == "ca_overrides":
                 self.stored_overrides.pop(name, None)
-                self._decoded.pop(name, None)
                 if value is not None:
                     self.stored_overrides[name] = value
             elif kind == "ca_crls":

@@ -118,7 +118,8 @@ class Overrides:
         return [self._read(key[len(prefix) :], value) for key, value in found]
 
     def _read(self, ca_type: str, found: Versioned) -> StoredOverride:
-        return read_override(found.value, found.mod_revision, self.node.cluster_name, ca_type)
+        previous = self.view.last_read_override(ca_type)
+        return read_override(found.value, found.mod_revision, self.node.cluster_name, ca_type, previous)
 
     async def _context(self, force: bool) -> OverrideContext:
         """What a write is checked against, but for the CA, which each attempt reads with the resource:
