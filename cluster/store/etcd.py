@@ -171,11 +171,12 @@ class Queue(Protocol):
     placed: bool  # whether the ticket may be in the queue (set by the Txns)
 
     def usable(self) -> bool:
-        """Whether waiting can work now (the watch that shows the key's updates is current)."""
+        """Whether queueing can work now: the watch that shows the key's updates is current and there
+        is a session lease."""
         ...
 
-    async def lease(self) -> int:
-        """The session lease tickets are put under."""
+    def lease(self) -> int:
+        """The session lease tickets are put under (0: none now)."""
         ...
 
     def lease_ended(self, lease: int) -> None:
@@ -599,7 +600,7 @@ class EtcdStore:
                 if result.succeeded:
                     return UpdateResult(result.revision, attempt, True)
                 current, guard, confirmed = result.current, result.guard, True
-                if queued is not None:
+                if queued is not None and result.tickets:  # enqueued (its own ticket is listed)
                     turn = await queued.wait_turn(key, guard_key, result)
                     if turn is not None:  # the watch's values, newer than the failure branch's
                         (current, guard), confirmed = turn, False
@@ -735,7 +736,7 @@ class EtcdStore:
     ) -> CasResult:
         """One attempt's Txn: a compare-and-swap of `value`, or a conditional delete for DELETE; with
         `queue`, queued (see `Queue`). A ticket put under a lease etcd no longer knows fails the whole
-        Txn ("lease not found"), applying nothing: it goes again under a new lease."""
+        Txn ("lease not found"), applying nothing: it goes again unqueued (the session grants anew)."""
         if queue is None:
             if value is DELETE:
                 return await self.delete(key, expected, guard)
@@ -746,7 +747,7 @@ class EtcdStore:
             op = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
         else:
             op = rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
-        lease = await queue.lease()
+        lease = queue.lease()
         queue.placed = True  # until a success branch deletes it
         try:
             result = await self._guarded(key, expected, op, guard, (queue, lease))
@@ -754,7 +755,7 @@ class EtcdStore:
             if e.code() != grpc.StatusCode.NOT_FOUND:
                 raise
             queue.lease_ended(lease)
-            result = await self._guarded(key, expected, op, guard, (queue, await queue.lease()))
+            return await self._guarded(key, expected, op, guard)
         queue.placed = not result.succeeded
         return result
 

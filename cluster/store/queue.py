@@ -15,6 +15,7 @@ each writer's own compare-and-swap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SESSION_TTL = 10  # seconds a dead node's tickets outlive it
 STALL = 0.05  # seconds without an update of the key after which the first writer ahead is taken as hung
+RETRY_DELAY = 1.0  # seconds before asking etcd for the session lease again
 
 
 class KeyUpdates(Protocol):
@@ -49,38 +51,36 @@ class KeyUpdates(Protocol):
 
 class Session:
     """A node's session lease: the keys put under it (its writers' tickets) go when it ends, within
-    `ttl` seconds of the node's death. Granted on first use, renewed by `run`, granted anew once ended."""
+    `ttl` seconds of the node's death. `run` grants it, renews it every third of its TTL, and grants a
+    new one once it ended; while there is none, writers do not queue (they retry at random)."""
 
     def __init__(self, store: EtcdStore, ttl: int = SESSION_TTL) -> None:
         self.store = store
         self.ttl = ttl
-        self._lease = 0
-        self._granting = asyncio.Lock()
-
-    async def lease(self) -> int:
-        if not self._lease:
-            async with self._granting:
-                if not self._lease:
-                    self._lease = await self.store.grant_lease(self.ttl)
-        return self._lease
+        self.lease = 0  # 0: none now
+        self._ended = asyncio.Event()
 
     def ended(self, lease: int) -> None:
-        """etcd no longer knows `lease`: the next `lease()` grants a new one."""
-        if self._lease == lease:
-            self._lease = 0
+        """etcd no longer knows `lease`: `run` grants a new one at once."""
+        if self.lease == lease:
+            self.lease = 0
+            self._ended.set()
 
     async def run(self) -> None:
-        """Renew the lease every third of its TTL while the node runs."""
         while True:
-            await asyncio.sleep(self.ttl / 3)
-            lease = self._lease
-            if not lease:
-                continue
             try:
-                if not await self.store.refresh_lease(lease):
-                    self.ended(lease)
+                if not self.lease:
+                    self.lease = await self.store.grant_lease(self.ttl)
+                elif not await self.store.refresh_lease(self.lease):
+                    self.lease = 0
+                    continue
             except StoreUnavailableError as e:
-                log.warning("session lease %x not renewed: %s", lease, e)
+                log.warning("session lease not granted or renewed: %s", e)
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            self._ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), self.ttl / 3)
 
 
 @dataclass
@@ -96,10 +96,10 @@ class WriteQueue:
     placed: bool = False  # whether the ticket may be in the queue
 
     def usable(self) -> bool:
-        return self.watch.current()
+        return self.watch.current() and self.session.lease != 0
 
-    async def lease(self) -> int:
-        return await self.session.lease()
+    def lease(self) -> int:
+        return self.session.lease
 
     def lease_ended(self, lease: int) -> None:
         self.session.ended(lease)
