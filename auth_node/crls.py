@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import tempfile
@@ -78,12 +79,18 @@ def key_issuers(ca: CertAuthority, override: CertAuthorityOverride | None) -> di
         overrides = {}
         entry = None if override is None else override.entry(pair.public_key_hash)
         if entry is not None and entry[1].certificate:
-            cert = x509.load_pem_x509_certificate(entry[1].certificate.encode())
+            cert = _certificate(entry[1].certificate)
             if cert.not_valid_after_utc > now:
                 overrides[fingerprint(cert)] = cert
-        ca_cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
+        ca_cert = _certificate(pair.cert_pem)
         found[pair.public_key_hash] = KeyIssuers(pair, ca_cert, overrides)
     return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate(pem: str) -> x509.Certificate:
+    """A CA or override certificate, parsed once: the CRL check runs on every change of its CA type."""
+    return x509.load_pem_x509_certificate(pem.encode())
 
 
 def stale_reason(issuers: KeyIssuers, stored: CertAuthorityCRL | None, now: dt.datetime) -> str | None:
