@@ -112,6 +112,8 @@ class WriteQueue:
         while ahead:
             if await self.watch.updates_after(key, after, len(ahead), self.stall) >= len(ahead):
                 break
+            if not self.usable():  # the watch broke, not a writer ahead: try now, evict no one
+                return None
             page = await self.store.get_page(self.tickets)  # stalled: who is still ahead?
             ahead, after = self._ahead(page.items), page.revision
             if ahead and await self._evict(*ahead[0]):
