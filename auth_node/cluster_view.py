@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 
 from authsim.cluster.errors import NotFoundError, StoreUnavailableError
 from authsim.cluster.resources.cert_authority import CertAuthority
@@ -18,10 +19,11 @@ from authsim.cluster.resources.stored import (
 )
 from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.addresses import node_name, target_address
-from authsim.cluster.store.keys import cluster_prefix
+from authsim.cluster.store.keys import cluster_prefix, override_prefix
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
+UPDATES_KEPT = 256  # recent update revisions kept per override key, for writers waiting their turn
 
 
 class ClusterView:
@@ -45,13 +47,18 @@ class ClusterView:
         self.stored_cas: dict[str, Versioned] = {}
         self.crls: dict[str, CertAuthorityCRL] = {}  # revoked serials and signed CRLs, per CA type
         self.stored_crls: dict[str, Versioned] = {}
-        self._decoded: dict[str, StoredOverride | None] = {}  # decoded and checked on first use
+        # the latest override read of each type, by the mod_revision it was read at: decoded and checked
+        # on first use, and the base of the next read (entries unchanged since are not parsed again)
+        self._decoded: dict[str, tuple[int, StoredOverride]] = {}
         # pending cluster-wide CSR requests (id, stored value) as they appear, for csr.answer_csr_requests;
         # a listing after a broken watch queues the pending ones again (the answerer skips repeats)
         self.csr_requests: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
+        # key -> the mod_revisions of its latest updates seen, for override writers waiting their turn
+        self._updates: dict[str, deque[int]] = {}
+        self._overrides = override_prefix(cluster_name)
 
     async def run(self) -> None:
         """List, then watch from the listing's revision; on any failure, list and watch again."""
@@ -76,6 +83,8 @@ class ClusterView:
                 async with contextlib.aclosing(self.store.watch_prefix(self.prefix, start + 1)) as changes:
                     async for key, value, revision in changes:
                         self._apply(key, value)
+                        if key.startswith(self._overrides):
+                            self._updates.setdefault(key, deque(maxlen=UPDATES_KEPT)).append(revision)
                         await self._advance(revision)
             except asyncio.CancelledError:
                 raise
@@ -97,15 +106,21 @@ class ClusterView:
         """The override resource of `ca_type` in this copy, with the rules it breaks. Decoded on first
         use, not on every change: with N nodes appending, each change reaches every node, and most nodes
         never read it."""
-        if ca_type not in self._decoded:
-            found = self.stored_overrides.get(ca_type)
-            decoded = None
-            if found is not None:
-                decoded = read_override(found.value, found.mod_revision, self.cluster_name, ca_type)
-                if not decoded.valid:
-                    log.error("%s", decoded.error())
-            self._decoded[ca_type] = decoded
-        return self._decoded[ca_type]
+        found = self.stored_overrides.get(ca_type)
+        if found is None:
+            return None
+        revision, decoded = self._decoded.get(ca_type) or (0, None)
+        if revision != found.mod_revision or decoded is None:
+            decoded = read_override(found.value, found.mod_revision, self.cluster_name, ca_type, decoded)
+            if not decoded.valid:
+                log.error("%s", decoded.error())
+            self._decoded[ca_type] = (found.mod_revision, decoded)
+        return decoded
+
+    def last_read_override(self, ca_type: str) -> StoredOverride | None:
+        """The override of `ca_type` as last read here, whatever its revision (a base for reading
+        another revision of it)."""
+        return self._decoded.get(ca_type, (0, None))[1]
 
     def override(self, ca_type: str) -> CertAuthorityOverride | None:
         """The override resource of `ca_type` to issue under; StoredDataError when it breaks a rule."""
@@ -134,6 +149,37 @@ class ClusterView:
                 return False
         return True
 
+    def current(self) -> bool:
+        return self.ready.is_set()
+
+    async def updates_after(self, key: str, revision: int, count: int, quiet: float) -> int:
+        """Wait until `count` updates of `key` after `revision` have shown up, or none for `quiet` s;
+        how many did (the `KeyUpdates` of a write queue)."""
+        updates = self._updates.setdefault(key, deque(maxlen=UPDATES_KEPT))
+
+        def seen() -> int:
+            return sum(1 for r in updates if r > revision)
+
+        async with self._changed:
+            while (before := seen()) < count and self.ready.is_set():
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: seen() > before), quiet)
+                except TimeoutError:
+                    break
+        return seen()
+
+    def values_since(
+        self, key: str, guard_key: str | None, revision: int
+    ) -> tuple[Versioned | None, Versioned | None] | None:
+        """An override key and its CA's key as this copy holds them, once it reflects `revision`."""
+        if self.revision < revision or not self.ready.is_set():
+            return None
+        return self._stored(key), None if guard_key is None else self._stored(guard_key)
+
+    def _stored(self, key: str) -> Versioned | None:
+        kind, _, name = key[len(self.prefix) :].partition("/")
+        return {"ca_overrides": self.stored_overrides, "cas": self.stored_cas}[kind].get(name)
+
     async def _advance(self, revision: int) -> None:
         async with self._changed:
             self.revision = max(self.revision, revision)
@@ -156,7 +202,6 @@ class ClusterView:
                     self.stored_cas[name] = value
             elif kind == "ca_overrides":
                 self.stored_overrides.pop(name, None)
-                self._decoded.pop(name, None)
                 if value is not None:
                     self.stored_overrides[name] = value
             elif kind == "ca_crls":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import tempfile
@@ -79,12 +80,18 @@ def key_issuers(ca: CertAuthority, override: CertAuthorityOverride | None) -> di
         overrides = {}
         entry = None if override is None else override.entry(pair.public_key_hash)
         if entry is not None and entry[1].certificate:
-            cert = x509.load_pem_x509_certificate(entry[1].certificate.encode())
+            cert = _certificate(entry[1].certificate)
             if cert.not_valid_after_utc > now:
                 overrides[fingerprint(cert)] = cert
-        ca_cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
+        ca_cert = _certificate(pair.cert_pem)
         found[pair.public_key_hash] = KeyIssuers(pair, ca_cert, overrides)
     return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate(pem: str) -> x509.Certificate:
+    """A CA or override certificate, parsed once: the CRL check runs on every change of its CA type."""
+    return x509.load_pem_x509_certificate(pem.encode())
 
 
 def stale_reason(issuers: KeyIssuers, stored: CertAuthorityCRL | None, now: dt.datetime) -> str | None:
@@ -210,23 +217,42 @@ class CRLs:
         self.view = view
 
     async def run(self) -> None:
-        """Keep this node's keys' CRLs current: after every change the view sees, and on a timer."""
+        """Keep this node's keys' CRLs current: after every change the view sees of what they depend on
+        (a CA type's CA, override entries, CRLs), and on a timer (CRLs age). A change of anything else
+        (another resource, an override's status) costs no check: with N nodes appending, each change
+        reaches every node."""
+        checked: dict[str, tuple[object, ...]] = {}  # CA type -> what its CRLs were last found current for
+        published: dict[str, CertAuthorityCRL] | None = None
         while True:
             await self.view.ready.wait()
             seen = self.view.revision
             for ca_type in sorted(self.view.cert_authorities):
+                inputs = self._inputs(ca_type)
+                if checked.get(ca_type) == inputs:
+                    continue
                 try:
                     await self.keep(ca_type)
+                    checked[ca_type] = inputs
                 except AuthSimError as e:  # etcd away, a broken stored resource: next round
                     log.warning("CRLs of %s not kept: %s", ca_type, e)
                 except Exception:  # a bug here must not stop the node from issuing: logged, next round
                     log.exception("CRLs of %s not kept", ca_type)
-            if self.node.crl_dir:
+            crls = dict(self.view.crls)
+            if self.node.crl_dir and crls != published:
                 try:
-                    await asyncio.to_thread(publish, Path(self.node.crl_dir), dict(self.view.crls))
+                    await asyncio.to_thread(publish, Path(self.node.crl_dir), crls)
+                    published = crls
                 except OSError as e:
                     log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
-            await self.view.caught_up(seen + 1, CHECK_INTERVAL)
+            if not await self.view.caught_up(seen + 1, CHECK_INTERVAL):  # the timer: check everything
+                checked.clear()
+                published = None
+
+    def _inputs(self, ca_type: str) -> tuple[object, ...]:
+        """What the CRLs of `ca_type` depend on in the view (compared by identity first: cheap)."""
+        stored = self.view.stored_override(ca_type)
+        entries = stored.resource.certificate_overrides if stored is not None and stored.valid else None
+        return (self.view.cert_authorities.get(ca_type), entries, self.view.crls.get(ca_type))
 
     def _issuers(self, ca_type: str) -> dict[str, KeyIssuers]:
         """Every key of `ca_type` with its CRL issuers, from the view."""

@@ -78,21 +78,36 @@ async def record_once(store: EtcdStore, node: NodeConfig, alert: ExpiryAlert, no
 
 
 async def watch_expiry(node: NodeConfig, store: EtcdStore, view: ClusterView) -> None:
-    """Check this node's entries whenever the cluster changes and at least every CHECK_INTERVAL;
-    record each new level once. Errors are logged and the next check tries again."""
+    """Check this node's entries whenever the CAs or override entries change and at least every
+    CHECK_INTERVAL; record each new level once. Errors are logged and the next check tries again."""
     done: set[tuple[str, int]] = set()  # (fingerprint, level) known recorded: no etcd call again
+    checked: tuple[object, ...] | None = None  # the inputs of the last check that went through
     while True:
         await view.ready.wait()
         revision = view.revision
+        inputs = _inputs(view)
         try:
-            now = clock.now()
-            for alert, host_id in cluster_alerts(view, now):
-                if host_id != node.host_id or (alert.fingerprint, alert.level) in done:
-                    continue
-                await record_once(store, node, alert, now)
-                done.add((alert.fingerprint, alert.level))
+            if inputs != checked:
+                now = clock.now()
+                for alert, host_id in cluster_alerts(view, now):
+                    if host_id != node.host_id or (alert.fingerprint, alert.level) in done:
+                        continue
+                    await record_once(store, node, alert, now)
+                    done.add((alert.fingerprint, alert.level))
+                checked = inputs
         except asyncio.CancelledError:
             raise
         except Exception as e:  # etcd away, a clock setting that does not parse: try at the next check
             log.warning("expiry check failed: %s", e)
-        await view.caught_up(revision + 1, CHECK_INTERVAL)
+        if not await view.caught_up(revision + 1, CHECK_INTERVAL):  # the timer: time moved on
+            checked = None
+
+
+def _inputs(view: ClusterView) -> tuple[object, ...]:
+    """What the alerts depend on in the view but the time: each CA type's CA and override entries."""
+    found: list[object] = []
+    for ca_type in CA_TYPES:
+        stored = view.stored_override(ca_type)
+        entries = stored.resource.certificate_overrides if stored is not None and stored.valid else None
+        found += [view.cert_authorities.get(ca_type), entries]
+    return tuple(found)

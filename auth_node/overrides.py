@@ -33,7 +33,13 @@ from authsim.cluster.resources.stored import StoredOverride, read_cert_authority
 from authsim.cluster.resources.validation import OverrideContext, check_override
 from authsim.cluster.store import DELETE, EtcdStore, Versioned
 from authsim.cluster.store.addresses import node_names
-from authsim.cluster.store.keys import cert_authority_key, override_key, override_prefix
+from authsim.cluster.store.keys import (
+    cert_authority_key,
+    override_key,
+    override_prefix,
+    override_tickets_prefix,
+)
+from authsim.cluster.store.queue import Session, WriteQueue
 
 
 class Removal(enum.Enum):
@@ -88,12 +94,17 @@ def _base(stored: StoredOverride | None) -> CertAuthorityOverride | None:
 
 
 class Overrides:
-    """The override resources of one cluster, as seen and written by one node."""
+    """The override resources of one cluster, as seen and written by one node. With the node's
+    `session`, a write whose compare-and-swap failed waits its turn in the key's queue (shown by the
+    view's watch) instead of retrying at random."""
 
-    def __init__(self, store: EtcdStore, node: NodeConfig, view: ClusterView) -> None:
+    def __init__(
+        self, store: EtcdStore, node: NodeConfig, view: ClusterView, session: Session | None = None
+    ) -> None:
         self.store = store
         self.node = node
         self.view = view
+        self.session = session
 
     async def get(self, ca_type: str) -> StoredOverride:
         found = await self.store.get(override_key(self.node.cluster_name, ca_type))
@@ -107,7 +118,8 @@ class Overrides:
         return [self._read(key[len(prefix) :], value) for key, value in found]
 
     def _read(self, ca_type: str, found: Versioned) -> StoredOverride:
-        return read_override(found.value, found.mod_revision, self.node.cluster_name, ca_type)
+        previous = self.view.last_read_override(ca_type)
+        return read_override(found.value, found.mod_revision, self.node.cluster_name, ca_type, previous)
 
     async def _context(self, force: bool) -> OverrideContext:
         """What a write is checked against, but for the CA, which each attempt reads with the resource:
@@ -366,12 +378,21 @@ class Overrides:
                 encode,
                 known=known,
                 mine=mine,
+                queue=self._queue(ca_type, request_id),
             )
         except OutcomeUnknownError as e:
             raise OutcomeUnknownError(
                 f"{e}; {_how_to_check(ca_type, request_id, removing)}", request_id
             ) from e
         return WriteResult(result.revision, result.attempts, result.changed, request_id=request_id)
+
+    def _queue(self, ca_type: str, request_id: str) -> WriteQueue | None:
+        """The write's place in the queue of `ca_type`'s writers: a ticket named by node and request."""
+        if self.session is None:
+            return None
+        tickets = override_tickets_prefix(self.node.cluster_name, ca_type)
+        ticket = f"{tickets}{self.node.host_id}/{request_id}"
+        return WriteQueue(self.store, self.session, self.view, tickets, ticket)
 
     async def _check(self, ca_type: str, change: Change, base: OverrideContext) -> WriteResult:
         """Every problem `change` finds with the stored state, nothing written."""

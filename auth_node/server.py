@@ -28,6 +28,7 @@ from authsim.cluster.mtls import TLSIdentity
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import register_node
 from authsim.cluster.store.keys import cluster_prefix
+from authsim.cluster.store.queue import Session
 from authsim.hsm import HsmProbe, KeyStore
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,12 @@ def create_server(
     health_servicer: health.aio.HealthServicer,
     recorder: EventRecorder,
     crls: CRLs,
+    session: Session,
 ) -> tuple[grpc.aio.Server, int, Path | None]:
     """A gRPC server for `node` that accepts only clients with a certificate from the admin CA, on its
     TCP address and on its local socket (when the path fits); returns the server, its port, the socket."""
     server = grpc.aio.server(options=server_options(raise_fd_limit()))
-    service = AuthService(node, store, keystore, view, recorder, crls)
+    service = AuthService(node, store, keystore, view, recorder, crls, session)
     authsim_pb2_grpc.add_AuthServiceServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -123,7 +125,10 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
         view = ClusterView(store, node.cluster_name)
         recorder = EventRecorder(store, node.cluster_name, node.event_retention)
         crls = CRLs(node, store, keystore, view)
-        server, port, socket = create_server(node, store, keystore, view, health_servicer, recorder, crls)
+        session = Session(store)  # override writers' place in a queue outlives the node by its TTL at most
+        server, port, socket = create_server(
+            node, store, keystore, view, health_servicer, recorder, crls, session
+        )
         await server.start()
         log.info("node %s (host %s) listening on port %d and %s", node.name, node.host_id, port, socket)
         stop = asyncio.Event()
@@ -133,11 +138,12 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
         tasks = [
             asyncio.create_task(keep_healthy(node, store, keystore, health_servicer)),
             asyncio.create_task(view.run()),
+            asyncio.create_task(session.run()),
             asyncio.create_task(crls.run()),
             asyncio.create_task(watch_expiry(node, store, view)),
             asyncio.create_task(answer_csr_requests(view, store, keystore)),
             asyncio.create_task(
-                RotationParts(node, store, keystore, view, Overrides(store, node, view)).run()
+                RotationParts(node, store, keystore, view, Overrides(store, node, view, session)).run()
             ),
         ]
         for task in tasks:

@@ -69,6 +69,7 @@ from authsim.cluster.resources.override import CertAuthorityOverride, Certificat
 from authsim.cluster.rpc_errors import ERROR_MARKER, REQUEST_ID, error_metadata, status_code_for
 from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import node_names
+from authsim.cluster.store.queue import Session
 from authsim.hsm import KeyStore
 
 Req = TypeVar("Req")
@@ -136,6 +137,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         view: ClusterView,
         recorder: EventRecorder,
         crls: CRLs,
+        session: Session,
     ) -> None:
         self.node = node
         self.store = store
@@ -143,7 +145,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.view = view
         self.recorder = recorder  # override writes' audit events
         self.crls = crls
-        self.overrides = Overrides(store, node, view)
+        self.overrides = Overrides(store, node, view, session)
         self.signer = TokenSigner(keystore)
         self.domain = desktop_domain(node.cluster_name)  # windows leaves' UPN suffix
 

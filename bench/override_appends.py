@@ -3,6 +3,7 @@ at the same moment, on a plain or a TLS etcd. Run through scripts/bench (bench/r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -11,10 +12,15 @@ import time
 from pathlib import Path
 
 from authsim.auth_node.pb import authsim_pb2 as pb
-from authsim.cluster.api.local_cluster import local_cluster
+from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.external_ca import init
+from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.store import EtcdStore, EtcdTLS
+from authsim.cluster.store.keys import override_key, override_tickets_prefix
+from authsim.cluster.store.queue import SESSION_TTL, STALL
+
+CHANGE_SPACING = 0.02  # seconds between the changes whose watch CPU is measured
 
 
 async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:
@@ -65,11 +71,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 def simultaneous_appends(
-    nodes: int, rounds: int, etcd: EtcdServer, tmp: Path, tls: EtcdTLS | None = None
+    nodes: int,
+    rounds: int,
+    etcd: EtcdServer,
+    tmp: Path,
+    tls: EtcdTLS | None = None,
+    dead_writer: bool = False,
+    watched_changes: int = 0,
 ) -> dict[str, float]:
     """N nodes append their own entry at the same moment, `rounds` times: time until all landed, the
     attempts taken, and how many cores all processes kept busy meanwhile (etcd, nodes, this client).
-    With `tls`, etcd serves TLS and the nodes present that client identity."""
+    Each round also times the serial baseline: one client doing the N appends one after another
+    through the same node API. With `dead_writer`, each round also appends at once behind the ticket
+    of a writer that died while queued (its ticket first in the queue, under a live lease). With
+    `watched_changes`, that many changes of the override made straight in etcd (status only) give the
+    nodes' CPU per watched change. With `tls`, etcd serves TLS and the nodes present that identity."""
     endpoint = etcd.endpoint
     name = f"bench{nodes}{'tls' if tls else ''}"
     ca = init(tmp / f"extca-{name}")
@@ -79,39 +95,129 @@ def simultaneous_appends(
         certs = cluster.override_certs(ca, "windows")
         clients = {n: cluster.client(n) for n in cluster.node_names}
         pids = [p for p in [etcd.pid, *(cluster.state.node(n).pid for n in cluster.node_names)] if p]
-        times: list[float] = []
+        at_once: list[float] = []
+        serial: list[float] = []
+        behind_dead: list[float] = []
         attempts: list[int] = []
         cpu_used = 0.0
-        for _ in range(rounds):
+
+        def fresh() -> None:
             cluster.authctl("rm", "ca_overrides/windows", "--force")
-            barrier = threading.Barrier(nodes, timeout=30)
-            replies: list[pb.WriteResponse] = []
 
-            def append(node: str, barrier: threading.Barrier, replies: list[pb.WriteResponse]) -> None:
-                request = pb.CreateOverrideRequest(type="windows", certificate=certs[node])
-                barrier.wait()
-                replies.append(clients[node].call("CreateOverride", request))
-
-            threads = [threading.Thread(target=append, args=(n, barrier, replies)) for n in certs]
+        for _ in range(rounds):
+            fresh()
             cpu_before = sum(cpu_seconds(p) for p in pids) + time.process_time()
-            started = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            times.append(time.perf_counter() - started)
+            seconds, replies = _append_at_once(clients, certs)
             cpu_used += sum(cpu_seconds(p) for p in pids) + time.process_time() - cpu_before
+            at_once.append(seconds)
             attempts.extend(r.attempts for r in replies)
-            stored = cluster.authctl("get", "ca_overrides/windows", "--format", "json").stdout
-            assert len(json.loads(stored)["spec"]["certificate_overrides"]) == nodes, "an append was lost"
+            _check_all_landed(cluster, nodes)
+            fresh()
+            serial.append(_append_serially(clients, certs))
+            _check_all_landed(cluster, nodes)
+            if dead_writer:
+                fresh()
+                lease = asyncio.run(_dead_ticket(endpoint, tls, name))
+                behind_dead.append(_append_at_once(clients, certs)[0])
+                asyncio.run(_revoke(endpoint, tls, lease))
+                _check_all_landed(cluster, nodes)
+        watch = _watch_cpu(endpoint, tls, name, pids[1:], watched_changes) if watched_changes else {}
         for client in clients.values():
             client.close()
-    return {
+    result: dict[str, float] = {
         "nodes": nodes,
         "rounds": rounds,
-        "all_landed_ms_median": statistics.median(times) * 1000,
-        "all_landed_ms_max": max(times) * 1000,
+        "all_landed_ms_median": statistics.median(at_once) * 1000,
+        "all_landed_ms_max": max(at_once) * 1000,
+        "serial_ms_median": statistics.median(serial) * 1000,
         "attempts_mean": statistics.fmean(attempts),
         "attempts_max": max(attempts),
-        "cores_busy": cpu_used / sum(times),
+        "cores_busy": cpu_used / sum(at_once),
+        **watch,
+    }
+    if behind_dead:
+        result["behind_dead_writer_ms_median"] = statistics.median(behind_dead) * 1000
+        result["stall_ms"] = STALL * 1000
+    return result
+
+
+def _append_at_once(
+    clients: dict[str, NodeClient], certs: dict[str, str]
+) -> tuple[float, list[pb.WriteResponse]]:
+    """Each node appends its entry, all released by one barrier: seconds until all landed, the replies."""
+    barrier = threading.Barrier(len(certs), timeout=30)
+    replies: list[pb.WriteResponse] = []
+
+    def append(node: str) -> None:
+        request = pb.CreateOverrideRequest(type="windows", certificate=certs[node])
+        barrier.wait()
+        replies.append(clients[node].call("CreateOverride", request))
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in certs]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started, replies
+
+
+def _append_serially(clients: dict[str, NodeClient], certs: dict[str, str]) -> float:
+    """One client does the N appends one after another, each through its node: seconds in all."""
+    started = time.perf_counter()
+    for node, cert in certs.items():
+        clients[node].call("CreateOverride", pb.CreateOverrideRequest(type="windows", certificate=cert))
+    return time.perf_counter() - started
+
+
+def _check_all_landed(cluster: LocalCluster, nodes: int) -> None:
+    stored = cluster.authctl("get", "ca_overrides/windows", "--format", "json").stdout
+    assert len(json.loads(stored)["spec"]["certificate_overrides"]) == nodes, "an append was lost"
+
+
+async def _dead_ticket(endpoint: str, tls: EtcdTLS | None, cluster_name: str) -> int:
+    """The ticket of a writer that died while queued, first in the queue of the windows override; the
+    lease it is under (alive: as if the node died a moment ago)."""
+    async with EtcdStore([endpoint], tls=tls) as store:
+        lease = await store.grant_lease(SESSION_TTL)
+        ticket = f"{override_tickets_prefix(cluster_name, 'windows')}dead-host/dead-request"
+        await store.put_leased(ticket, b"", lease)
+        return lease
+
+
+async def _revoke(endpoint: str, tls: EtcdTLS | None, lease: int) -> None:
+    async with EtcdStore([endpoint], tls=tls) as store:
+        await store.revoke_lease(lease)
+
+
+def _watch_cpu(
+    endpoint: str, tls: EtcdTLS | None, cluster_name: str, nodes: list[int], changes: int
+) -> dict[str, float]:
+    """The nodes' CPU per change of the override they watch (made straight in etcd, status only, so
+    no node writes; spaced, so each node handles each change on its own), less their CPU when idle for
+    as long."""
+
+    async def change_all() -> float:
+        key = override_key(cluster_name, "windows")
+        async with EtcdStore([endpoint], tls=tls) as store:
+            started = time.perf_counter()
+            for i in range(changes):
+                found = await store.get(key)
+                assert found is not None
+                data = json.loads(found.value)
+                data.setdefault("status", {})["bench_change"] = i
+                await store.compare_and_swap(key, found.mod_revision, json.dumps(data).encode())
+                await asyncio.sleep(CHANGE_SPACING)
+            await asyncio.sleep(0.2)  # the last deliveries
+            return time.perf_counter() - started
+
+    before = sum(cpu_seconds(p) for p in nodes)
+    seconds = asyncio.run(change_all())
+    busy = sum(cpu_seconds(p) for p in nodes) - before
+    before = sum(cpu_seconds(p) for p in nodes)
+    time.sleep(seconds)
+    idle = sum(cpu_seconds(p) for p in nodes) - before
+    return {
+        "watched_changes": changes,
+        "watch_cpu_us_per_change_per_node": max(busy - idle, 0.0) / (changes * len(nodes)) * 1e6,
     }

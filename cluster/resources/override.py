@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -145,12 +145,18 @@ class CertAuthorityOverride:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], revision: int = 0) -> CertAuthorityOverride:
+    def from_dict(
+        cls, data: dict[str, Any], revision: int = 0, known: Mapping[int, CertificateOverride] | None = None
+    ) -> CertAuthorityOverride:
+        """The resource in checked `data`; `known`: entries by index already parsed (kept as they are)."""
         entries = (data.get("spec") or {}).get("certificate_overrides") or ()
+        reused = known or {}
         return cls(
             cluster_name=str(data["metadata"]["name"]),
             ca_type=str(data["sub_kind"]),
-            certificate_overrides=tuple(CertificateOverride.from_dict(e) for e in entries),
+            certificate_overrides=tuple(
+                reused[i] if i in reused else CertificateOverride.from_dict(e) for i, e in enumerate(entries)
+            ),
             revision=revision,
             last_write=(data.get("status") or {}).get("last_write"),
         )
@@ -230,19 +236,45 @@ def parse_override_documents(text: str | bytes) -> list[CertAuthorityOverride]:
 
 
 def override_from_data(
-    data: Any, revision_required: bool = False, revision: int = 0
+    data: Any,
+    revision_required: bool = False,
+    revision: int = 0,
+    known: Sequence[CertificateOverride] = (),
 ) -> CertAuthorityOverride:
     """The resource in decoded YAML/JSON `data`, after structural checks; every problem in one
-    ValidationError. `revision` when `data` carries none (a stored value: etcd's revision)."""
+    ValidationError. `revision` when `data` carries none (a stored value: etcd's revision). An entry
+    exactly as one of the `known` entries holds it (the previous revision's) is that entry, not
+    checked and parsed again."""
     if not isinstance(data, dict):
         shape = "a mapping with kind, sub_kind, version, metadata and spec"
         raise ValidationError([f"resource: must be {shape}, got {_type_of(data)}"])
-    problems = _document_problems(data, revision_required)
+    reused = _known_entries(data, known)
+    problems = _document_problems(data, revision_required, reused)
     if problems:
         raise ValidationError(problems)
     data.pop("status", None)  # system-managed: the node writes it, whatever a user put there is ignored
     data["sub_kind"] = resolve_ca_type(data["sub_kind"], "sub_kind").name
-    return CertAuthorityOverride.from_dict(data, data["metadata"].get("revision") or revision)
+    return CertAuthorityOverride.from_dict(data, data["metadata"].get("revision") or revision, reused)
+
+
+def _known_entries(
+    data: dict[Any, Any], known: Sequence[CertificateOverride]
+) -> dict[int, CertificateOverride]:
+    """Index → the known entry, for each entry of `data` whose mapping is exactly that entry's stored
+    form (so it passes the structural checks and parses to it)."""
+    spec = data.get("spec")
+    entries = spec.get("certificate_overrides") if isinstance(spec, dict) else None
+    if not known or not isinstance(entries, list):
+        return {}
+    by_certificate = {entry.certificate: entry for entry in known}
+    found = {}
+    for index, raw in enumerate(entries):
+        certificate = raw.get("certificate") if isinstance(raw, dict) else None
+        entry = by_certificate.get(certificate) if isinstance(certificate, str) else None
+        stored = {} if entry is None else entry.to_dict()
+        if entry is not None and raw == stored and all(type(raw[k]) is type(v) for k, v in stored.items()):
+            found[index] = entry  # (types too: 1 == True, but `disabled: 1` breaks a rule)
+    return found
 
 
 def _no_document() -> ValidationError:
@@ -384,13 +416,15 @@ def _reader_problem(error: yaml.reader.ReaderError) -> str:
     return f"{_NOT_UTF8}: {what} at offset {error.position}"
 
 
-def _document_problems(data: dict[Any, Any], revision_required: bool) -> list[str]:
+def _document_problems(
+    data: dict[Any, Any], revision_required: bool, known: Mapping[int, CertificateOverride]
+) -> list[str]:
     problems = _unknown_fields(data, _TOP_FIELDS, "")
     problems += _constant_problems(data, "kind", KIND)
     problems += _constant_problems(data, "version", VERSION)
     problems += _sub_kind_problems(data.get("sub_kind"))
     problems += _metadata_problems(data.get("metadata"), revision_required)
-    problems += _spec_problems(data.get("spec", _MISSING))
+    problems += _spec_problems(data.get("spec", _MISSING), known)
     return problems
 
 
@@ -436,7 +470,7 @@ def _metadata_problems(metadata: Any, revision_required: bool) -> list[str]:
     return problems
 
 
-def _spec_problems(spec: Any) -> list[str]:
+def _spec_problems(spec: Any, known: Mapping[int, CertificateOverride]) -> list[str]:
     if spec is _MISSING:
         return ["spec: required ({} for an empty override)"]
     if not isinstance(spec, dict):
@@ -450,7 +484,8 @@ def _spec_problems(spec: Any) -> list[str]:
     if len(entries) > MAX_ENTRIES:
         return [*problems, f"spec.certificate_overrides: {len(entries)} entries, at most {MAX_ENTRIES}"]
     for index, entry in enumerate(entries):
-        problems += _entry_problems(entry, f"spec.certificate_overrides[{index}]")
+        if index not in known:
+            problems += _entry_problems(entry, f"spec.certificate_overrides[{index}]")
     return problems
 
 

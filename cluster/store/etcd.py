@@ -10,7 +10,7 @@ import ssl
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aetcd
 import aetcd.exceptions
@@ -155,6 +155,40 @@ class CasResult:
     revision: int
     current: Versioned | None = None
     guard: Versioned | None = None
+    tickets: tuple[tuple[str, Versioned], ...] = ()  # a queued swap that failed: the queue then, keys only
+
+
+class Queue(Protocol):
+    """Where a writer whose compare-and-swap failed waits its turn (`cluster.store.queue.WriteQueue`).
+
+    Its Txn carries the queue: success also deletes the writer's ticket; failure also puts the ticket
+    (under the session lease; a re-put keeps its create_revision, so its place) and lists the tickets.
+    Tickets only decide when to try again: correctness still comes from the compare-and-swap alone.
+    """
+
+    ticket: str  # this writer's ticket key
+    tickets: str  # the prefix of the tickets of the key written
+    placed: bool  # whether the ticket may be in the queue (set by the Txns)
+
+    def usable(self) -> bool:
+        """Whether queueing can work now: the watch that shows the key's updates is current and there
+        is a session lease."""
+        ...
+
+    def lease(self) -> int:
+        """The session lease tickets are put under (0: none now)."""
+        ...
+
+    def lease_ended(self, lease: int) -> None:
+        """etcd no longer knows `lease`: grant a new one next time."""
+        ...
+
+    async def wait_turn(
+        self, key: str, guard_key: str | None, failed: CasResult
+    ) -> tuple[Versioned | None, Versioned | None] | None:
+        """Return once the writers ahead have written `key`: the values to try next (of the key and
+        the guard key, from the watch), or None to try with those `failed` read."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -338,6 +372,17 @@ class EtcdStore:
             if e.code() != grpc.StatusCode.NOT_FOUND:
                 raise
 
+    async def refresh_lease(self, lease: int) -> int:
+        """Renew `lease` for its full TTL; the seconds it now has left, 0 when it has ended."""
+        client = self._connected()
+        with self._map_errors():
+            replies = client.leasestub.LeaseKeepAlive(
+                iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=self.timeout, metadata=client.metadata
+            )
+            async for reply in replies:
+                return max(int(reply.TTL), 0)
+        return 0
+
     async def put_leased(self, key: str, value: bytes, lease: int) -> int:
         """Put `key` = `value` under `lease` (unconditionally); the write's revision. NotFoundError
         when the lease has ended."""
@@ -469,12 +514,39 @@ class EtcdStore:
         deadline: float = 10.0,
         known: tuple[Versioned | None, Versioned | None] | None = None,
         mine: Callable[[Versioned], bool] | None = None,
+        queue: Queue | None = None,
     ) -> UpdateResult:
         """`update`, where `fn(current, guard)` also sees the value of `guard_key` and the write lands
         only if that key is still as `fn` saw it (both compared in the one Txn; both re-read by its
         failure branch): a write checked against another key cannot slip past a change to it.
         `known=(value, guard value)` and `mine` as for `update`.
+
+        With a `queue` (while it is usable), a writer whose compare-and-swap failed does not back off at
+        random: its failed Txn enqueued it, and it waits until the writers ahead of it have written the
+        key (`Queue.wait_turn`), then tries at once with the value its watch shows; its ticket leaves
+        the queue with its successful Txn, or when the update ends otherwise.
         """
+        limits = (max_attempts, deadline)
+        if queue is None:
+            return await self._attempts(key, guard_key, fn, limits, known, mine, None)
+        try:
+            return await self._attempts(key, guard_key, fn, limits, known, mine, queue)
+        finally:
+            if queue.placed:
+                await self._leave(queue)
+
+    async def _attempts(
+        self,
+        key: str,
+        guard_key: str | None,
+        fn: Callable[[Versioned | None, Versioned | None], bytes | None],
+        limits: tuple[int, float],
+        known: tuple[Versioned | None, Versioned | None] | None,
+        mine: Callable[[Versioned], bool] | None,
+        queue: Queue | None,
+    ) -> UpdateResult:
+        """The loop of `update_guarded`, within `limits` (max_attempts, deadline)."""
+        max_attempts, deadline = limits
         loop = asyncio.get_running_loop()
         started = loop.time()
         current, guard = known if known else (None, None)
@@ -486,7 +558,7 @@ class EtcdStore:
         unanswered: StoreUnavailableError | None = None  # the last call etcd did not answer
         attempt = expected = 0
         while True:
-            writing = False
+            writing = waited = False
             try:
                 if not fresh:
                     if guard_key:
@@ -520,15 +592,19 @@ class EtcdStore:
                 if new_value is None:
                     return UpdateResult(expected, attempt, False)
                 guarded = (guard_key, guard.mod_revision if guard else 0) if guard_key else None
+                queued = queue if queue is not None and queue.usable() else None
                 writing = True
                 lost_since = expected if new_value is not DELETE else 0
-                if new_value is DELETE:
-                    result = await self.delete(key, expected, guarded)
-                else:
-                    result = await self.compare_and_swap(key, expected, new_value, guarded)
+                result = await self._swap(key, expected, new_value, guarded, queued)
+                writing = False
                 if result.succeeded:
                     return UpdateResult(result.revision, attempt, True)
                 current, guard, confirmed = result.current, result.guard, True
+                if queued is not None and result.tickets:  # enqueued (its own ticket is listed)
+                    turn = await queued.wait_turn(key, guard_key, result)
+                    if turn is not None:  # the watch's values, newer than the failure branch's
+                        (current, guard), confirmed = turn, False
+                    waited = True  # try again at once: the writers ahead have written
             except StoreUnavailableError as e:
                 # etcd down, leader changed: read again and let `mine`, then `fn`, decide.
                 fresh = False
@@ -536,6 +612,8 @@ class EtcdStore:
                 if writing:
                     lost = e
             delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** max(attempt - 1, 0)))
+            if waited:
+                delay = 0.0
             if not fresh:
                 delay = max(delay, _UNAVAILABLE_PAUSE)
             elapsed = loop.time() - started
@@ -555,7 +633,8 @@ class EtcdStore:
                     expected_revision=expected,
                     actual_revision=current.mod_revision if current else 0,
                 )
-            await asyncio.sleep(delay)
+            if delay:
+                await asyncio.sleep(delay)
 
     async def _landed(
         self, key: str, since: int, current: Versioned | None, mine: Callable[[Versioned], bool]
@@ -614,22 +693,77 @@ class EtcdStore:
             return await getattr(stub, method)(request, timeout=self.timeout, metadata=client.metadata)
 
     async def _guarded(
-        self, key: str, expected_revision: int, op: Any, guard: Guard | None = None
+        self,
+        key: str,
+        expected_revision: int,
+        op: Any,
+        guard: Guard | None = None,
+        queue: tuple[Queue, int] | None = None,
     ) -> CasResult:
-        """Txn: if `key` (and the guard key) are at the expected revisions then `op` else Get both."""
+        """Txn: if `key` (and the guard key) are at the expected revisions then `op` else Get both.
+        With a `queue` (and its lease): success also deletes the writer's ticket; failure also puts it
+        under the lease and lists the queue's tickets (keys only)."""
         compares, reads = [], []
         for k, expected in [(key, expected_revision), *([guard] if guard else [])]:
             if expected < 0:
                 raise ValueError(f"expected revision of {k} must be >= 0, not {expected}")
             compares.append(_compare(k, expected))
             reads.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())))
-        response = await self._call("Txn", rpc.TxnRequest(compare=compares, success=[op], failure=reads))
+        success, failure = [op], list(reads)
+        if queue is not None:
+            (waiting, lease), ticket = queue, queue[0].ticket.encode()
+            start, end = _prefix_range(waiting.tickets)
+            success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=ticket)))
+            failure.append(rpc.RequestOp(request_put=rpc.PutRequest(key=ticket, lease=lease)))
+            failure.append(
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=start, range_end=end, keys_only=True))
+            )
+        response = await self._call("Txn", rpc.TxnRequest(compare=compares, success=success, failure=failure))
         revision = int(response.header.revision)
         if response.succeeded:
             return CasResult(True, revision)
-        found = [kvs[0] if (kvs := r.response_range.kvs) else None for r in response.responses]
+        found = [kvs[0] if (kvs := r.response_range.kvs) else None for r in response.responses[: len(reads)]]
         values = [None if kv is None else _versioned(kv) for kv in found]
-        return CasResult(False, revision, values[0], values[1] if guard else None)
+        tickets: tuple[tuple[str, Versioned], ...] = ()
+        if queue is not None:
+            tickets = tuple(
+                (kv.key.decode(), _versioned(kv)) for kv in response.responses[-1].response_range.kvs
+            )
+        return CasResult(False, revision, values[0], values[1] if guard else None, tickets)
+
+    async def _swap(
+        self, key: str, expected: int, value: bytes, guard: Guard | None, queue: Queue | None
+    ) -> CasResult:
+        """One attempt's Txn: a compare-and-swap of `value`, or a conditional delete for DELETE; with
+        `queue`, queued (see `Queue`). A ticket put under a lease etcd no longer knows fails the whole
+        Txn ("lease not found"), applying nothing: it goes again unqueued (the session grants anew)."""
+        if queue is None:
+            if value is DELETE:
+                return await self.delete(key, expected, guard)
+            return await self.compare_and_swap(key, expected, value, guard)
+        if value is DELETE:
+            if expected < 1:
+                raise ValueError(f"delete of {key} needs the revision it read (> 0), not {expected}")
+            op = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
+        else:
+            op = rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
+        lease = queue.lease()
+        queue.placed = True  # until a success branch deletes it
+        try:
+            result = await self._guarded(key, expected, op, guard, (queue, lease))
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            queue.lease_ended(lease)
+            return await self._guarded(key, expected, op, guard)
+        queue.placed = not result.succeeded
+        return result
+
+    async def _leave(self, queue: Queue) -> None:
+        """Take this writer's ticket out of the queue; when etcd does not answer, its lease ending or
+        the next writer's stall check takes it out."""
+        with contextlib.suppress(StoreUnavailableError):
+            await self._call("DeleteRange", rpc.DeleteRangeRequest(key=queue.ticket.encode()))
 
     async def _call(self, method: str, request: Any, wait: bool = True, read: bool = False) -> Any:
         """One unary KV call (Range, Txn, DeleteRange) within the timeout, errors mapped.

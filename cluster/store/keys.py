@@ -58,6 +58,17 @@ def events_prefix(cluster_name: str) -> str:
     return f"{ROOT}-events/{cluster_name}/"
 
 
+def queue_prefix(cluster_name: str) -> str:
+    """Writers' tickets, each under its node's session lease (`cluster.store.queue`): outside the
+    cluster prefix, so no node's watch is woken by a writer taking or leaving its place."""
+    return f"{ROOT}-queue/{cluster_name}/"
+
+
+def override_tickets_prefix(cluster_name: str, ca_type: str) -> str:
+    """The queue of writers of `ca_type`'s override resource."""
+    return f"{queue_prefix(cluster_name)}ca_overrides/{ca_type}/"
+
+
 def target_key(cluster_name: str, kind: str) -> str:
     """A downstream target's address, where nodes look it up to open sessions on it."""
     return f"{ROOT}/{cluster_name}/targets/{kind}"

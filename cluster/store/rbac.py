@@ -7,19 +7,20 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from authsim.cluster.store.etcd import EtcdStore
-from authsim.cluster.store.keys import cluster_prefix, events_prefix
+from authsim.cluster.store.keys import cluster_prefix, events_prefix, queue_prefix
 
 ROOT_USER = "root"  # etcd refuses to enable auth without it; no password, so no one logs in as it
 ROOT_ROLE = "root"
 
 
 def cluster_role(cluster_name: str) -> str:
-    """The role that may read and write the cluster's prefix and its events prefix, and nothing else."""
+    """The role that may read and write the cluster's prefix, its events and queue prefixes, and nothing
+    else."""
     return f"authsim-{cluster_name}"
 
 
 def cluster_prefixes(cluster_name: str) -> tuple[str, ...]:
-    return (cluster_prefix(cluster_name), events_prefix(cluster_name))
+    return (cluster_prefix(cluster_name), events_prefix(cluster_name), queue_prefix(cluster_name))
 
 
 async def grant_cluster_access(store: EtcdStore, cluster_name: str, admin: str, nodes: list[str]) -> None:
