@@ -50,7 +50,7 @@ from authsim.auth_node.issuance import (
 from authsim.auth_node.overrides import Overrides, WriteProgress, WriteResult
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.auth_node.pb import authsim_pb2_grpc as pb_grpc
-from authsim.auth_node.request_log import CallRecord
+from authsim.auth_node.request_log import CallRecord, caller
 from authsim.auth_node.rotation import request_phase
 from authsim.auth_node.token_signer import TokenSigner
 from authsim.cluster.errors import (
@@ -475,6 +475,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         """The reply to override write `write`, whose audit event (success or refusal) is recorded on the
         side: the caller gets what the write did, whatever becomes of the event."""
         progress = WriteProgress(_request_id(context))
+        admin = caller(context)  # read now: a cancelled call's context may point at a freed call
 
         def audit(outcome: OverrideWriteOutcome, key: str = public_key) -> None:
             try:
@@ -482,7 +483,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
                 event = override_write_event(
                     self.node.cluster_name,
                     self.node.name,
-                    _admin(context),
+                    admin,
                     operation,
                     shown_type,
                     key,
@@ -568,13 +569,6 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
             public_key=result.public_key,
             request_id=result.request_id,
         )
-
-
-def _admin(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Who calls: the subject CN of the client certificate the node accepted (it accepts no caller
-    without one from the admin CA)."""
-    names = context.auth_context().get("x509_common_name") or [b""]
-    return bytes(names[0]).decode("utf-8", "replace")
 
 
 def _shown_type(type_name: str) -> str:
