@@ -564,6 +564,9 @@ def test_compose_commands_serve_nodes_and_targets(
     finally:
         for process, marker in targets:
             processes.stop(process.pid, marker)
+            if process.poll() is None:  # `serve kdc` execs krb5kdc, whose command line names no dir
+                process.kill()
+            process.wait(timeout=10)
         for process, config in started:
             processes.stop(process.pid, str(config.layout.config))
         if etcd is not None:
