@@ -28,8 +28,6 @@ from authsim.cluster.local.hsm_process import hsm_marker
 from authsim.hsm import P11_KIT_CLIENT_MODULE
 from tests.attacker import passable_dir
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="HSM isolation needs root (it makes users)")
-
 # Opens the token through the HSM socket (P11_KIT_SERVER_ADDRESS) with the PIN on stdin and signs.
 SIGN = """
 import sys, pkcs11
