@@ -18,7 +18,7 @@ from typing import Any
 from authsim.auth_node.issuance import Credential
 from authsim.cluster.errors import StoreUnavailableError, ValidationError, quoted
 from authsim.cluster.resources.ca_types import CA_TYPES
-from authsim.cluster.store import EtcdStore
+from authsim.cluster.store import EtcdStore, Trim
 from authsim.cluster.store.keys import events_prefix
 
 log = logging.getLogger(__name__)
@@ -144,28 +144,56 @@ def override_write_event(
     return record
 
 
+@dataclass
+class Retention:
+    """How many events the cluster keeps, and what this node knows of how many there are: a count is
+    an O(events) scan in etcd, so a node counts only when the events may be more than `keep` plus a
+    slack of 1 % (none below 100): it knows the count at its last trim, and that at most one event was
+    added per etcd revision since. The newest `keep` events always stay; between trims, at most the
+    slack more do."""
+
+    keep: int
+    count: int = -1  # the events counted at `revision` by this node's last trim (-1: not yet counted)
+    revision: int = 0
+
+    @property
+    def slack(self) -> int:
+        return self.keep // 100
+
+    def may_exceed(self, revision: int) -> bool:
+        """Whether the events may number more than keep + slack at `revision` (a count is due)."""
+        return self.count < 0 or self.count + (revision - self.revision) > self.keep + self.slack
+
+    def counted(self, trim: Trim) -> None:
+        if trim.revision >= self.revision:
+            self.count, self.revision = trim.kept, trim.revision
+
+
 async def record_event(
-    store: EtcdStore, cluster_name: str, event: dict[str, Any], retention: int = DEFAULT_RETENTION
+    store: EtcdStore, cluster_name: str, event: dict[str, Any], retention: Retention
 ) -> None:
     """Store `event` under a key that sorts by recording time, then trim the cluster's events to the
-    newest `retention`. A trim etcd did not answer is left to the next event (the event is stored)."""
+    newest `retention.keep` when they may be over by more than its slack. A trim etcd did not answer is
+    left to the next event (the event is stored)."""
     prefix = events_prefix(cluster_name)
     key = f"{prefix}{time.time_ns():020d}-{uuid.uuid4()}"
-    await store.create(key, json.dumps(event, sort_keys=True).encode())
+    revision = await store.create(key, json.dumps(event, sort_keys=True).encode())
+    if not retention.may_exceed(revision):
+        return
     try:
-        await store.trim_prefix(prefix, retention)
+        retention.counted(await store.trim_prefix(prefix, retention.keep))
     except StoreUnavailableError as e:
-        log.warning("events of %s not trimmed to %d this time: %s", cluster_name, retention, e)
+        log.warning("events of %s not trimmed to %d this time: %s", cluster_name, retention.keep, e)
 
 
 class EventRecorder:
-    """Records a node's audit events in the background: what they record never waits for them, and an
-    event that cannot be recorded (etcd refuses or does not answer) is a warning in the node's log."""
+    """Records a node's events: on the side for audit events (what they record never waits for them;
+    an event that cannot be recorded is a warning in the node's log), or awaited (`record_now`)."""
 
     def __init__(self, store: EtcdStore, cluster_name: str, retention: int = DEFAULT_RETENTION) -> None:
         self.store = store
         self.cluster_name = cluster_name
-        self.retention = retention
+        self.retention = Retention(retention)
         self._pending: set[asyncio.Task[None]] = set()
 
     def record(self, event: dict[str, Any]) -> None:
@@ -173,11 +201,12 @@ class EventRecorder:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def record_now(self, event: dict[str, Any]) -> None:
+        await record_event(self.store, self.cluster_name, event, self.retention)
+
     async def _record(self, event: dict[str, Any]) -> None:
         try:
-            await asyncio.wait_for(
-                record_event(self.store, self.cluster_name, event, self.retention), RECORD_TIMEOUT
-            )
+            await asyncio.wait_for(self.record_now(event), RECORD_TIMEOUT)
         except Exception as e:  # whatever went wrong, the write it records stands: log it and go on
             log.warning(
                 "event %s %s not recorded: %s: %s", event.get("code"), event.get("uid"), type(e).__name__, e

@@ -10,19 +10,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
-from authsim.auth_node.events import record_event, session_start_event
+from authsim.auth_node.events import EventRecorder, session_start_event
 from authsim.auth_node.issuance import Credential, CredentialRequest
 from authsim.auth_node.target_sessions import SessionResult, open_db_session, open_desktop_session
 from authsim.cluster.errors import NotFoundError
 from authsim.cluster.resources.ca_types import CA_TYPES
-from authsim.cluster.store import EtcdStore
 
 TARGET_TIMEOUT = 20.0  # seconds for a session on a downstream target (logons at one server take turns)
 Issue = Callable[[Sequence[CredentialRequest]], Awaitable[list[Credential]]]
 
 
 async def exercise(
-    node: NodeConfig, store: EtcdStore, view: ClusterView, issue: Issue, ca_type: str, user: str
+    node: NodeConfig, recorder: EventRecorder, view: ClusterView, issue: Issue, ca_type: str, user: str
 ) -> dict[str, Any]:
     """A session on the target of `ca_type` as `user` with a fresh credential; the event recorded."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -46,7 +45,7 @@ async def exercise(
         result.resource_name,
         node.name,
     )
-    await record_event(store, node.cluster_name, event, node.event_retention)
+    await recorder.record_now(event)
     return event
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
-from authsim.auth_node.events import record_event
+from authsim.auth_node.events import EventRecorder
 from authsim.cluster.errors import AlreadyExistsError
 from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import CA_TYPES
@@ -63,7 +63,9 @@ def alert_event(node: NodeConfig, alert: ExpiryAlert, now: dt.datetime) -> dict[
     }
 
 
-async def record_once(store: EtcdStore, node: NodeConfig, alert: ExpiryAlert, now: dt.datetime) -> bool:
+async def record_once(
+    store: EtcdStore, recorder: EventRecorder, node: NodeConfig, alert: ExpiryAlert, now: dt.datetime
+) -> bool:
     """Record `alert` as an event unless its marker exists; True when this call recorded it. The marker
     is written first: a node stopped in between loses the event rather than recording it twice."""
     marker = expiry_alert_key(node.cluster_name, alert.fingerprint, alert.level.label)
@@ -72,12 +74,14 @@ async def record_once(store: EtcdStore, node: NodeConfig, alert: ExpiryAlert, no
         await store.create(marker, json.dumps({"node": node.name, "sid": event["sid"]}).encode())
     except AlreadyExistsError:
         return False
-    await record_event(store, node.cluster_name, event, node.event_retention)
+    await recorder.record_now(event)
     log.warning("expiry alert %s for %s key %s", alert.describe(), alert.ca_type, alert.public_key_hash[:16])
     return True
 
 
-async def watch_expiry(node: NodeConfig, store: EtcdStore, view: ClusterView) -> None:
+async def watch_expiry(
+    node: NodeConfig, store: EtcdStore, recorder: EventRecorder, view: ClusterView
+) -> None:
     """Check this node's entries whenever the CAs or override entries change and at least every
     CHECK_INTERVAL; record each new level once. Errors are logged and the next check tries again."""
     done: set[tuple[str, int]] = set()  # (fingerprint, level) known recorded: no etcd call again
@@ -92,7 +96,7 @@ async def watch_expiry(node: NodeConfig, store: EtcdStore, view: ClusterView) ->
                 for alert, host_id in cluster_alerts(view, now):
                     if host_id != node.host_id or (alert.fingerprint, alert.level) in done:
                         continue
-                    await record_once(store, node, alert, now)
+                    await record_once(store, recorder, node, alert, now)
                     done.add((alert.fingerprint, alert.level))
                 checked = inputs
         except asyncio.CancelledError:

@@ -419,7 +419,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> pb.ExerciseResponse:
         """Issue a credential, open a session on the downstream target with it, record the event."""
         ca_type = resolve_ca_type(request.type).name
-        event = await exercise(self.node, self.store, self.view, self.issue, ca_type, request.user)
+        event = await exercise(self.node, self.recorder, self.view, self.issue, ca_type, request.user)
         return pb.ExerciseResponse(event=json.dumps(event, sort_keys=True))
 
     @_domain_errors

@@ -29,6 +29,7 @@ from authsim.auth_node.events import (
     MAX_EVENT_BYTES,
     PAGE_BYTES,
     EventQuery,
+    Retention,
     list_events,
     record_event,
     shown_event,
@@ -47,7 +48,7 @@ from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.state import ClusterState, EtcdEntry
 from authsim.cluster.local.status import ClusterStatus, HeldKeyRow, NodeRow
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
-from authsim.cluster.store import EtcdStore, EtcdTLS
+from authsim.cluster.store import EtcdStore, EtcdTLS, Trim
 from authsim.cluster.store.keys import events_prefix
 
 RETENTION = 4  # the test cluster keeps this many events
@@ -112,10 +113,11 @@ async def test_concurrent_recorders_leave_exactly_the_newest_retention(
     for recorder in recorders:
         await recorder.connect()
     try:
+        retentions = {id(r): Retention(7) for r in recorders}  # each node's own
 
         async def record(recorder: EtcdStore, n: int) -> None:
             for _ in range(n):
-                await record_event(recorder, cluster, event_at(time.time_ns()), retention=7)
+                await record_event(recorder, cluster, event_at(time.time_ns()), retentions[id(recorder)])
 
         await asyncio.gather(*(record(r, 30) for r in recorders))
         recorded = await store.get_prefix(events_prefix(cluster))
@@ -131,14 +133,42 @@ async def test_concurrent_recorders_leave_exactly_the_newest_retention(
         await store.delete_prefix(events_prefix(cluster))
 
 
+async def test_a_node_counts_its_events_only_when_they_may_exceed_the_retention_by_its_slack(
+    key_prefix: str, store: EtcdStore
+) -> None:
+    """Retention 200 keeps up to 2 more between trims: 250 events by one node leave the newest 200 to
+    202, and the node counted (a trim) far fewer times than it recorded (about once per 3 events once
+    full, where it used to count after every event)."""
+    cluster = key_prefix.strip("/").replace("/", "-") + "-slack"
+    trims: list[Trim] = []
+
+    class CountingStore(EtcdStore):
+        async def trim_prefix(self, prefix: str, keep: int) -> Trim:
+            trims.append(await super().trim_prefix(prefix, keep))
+            return trims[-1]
+
+    retention = Retention(200)
+    assert retention.slack == 2
+    async with CountingStore(store.endpoints, tls=store.tls) as node:
+        try:
+            for n in range(250):
+                await record_event(node, cluster, event_at(time.time_ns(), user=f"u{n}"), retention)
+            kept = [json.loads(v.value)["user"] for _, v in await store.get_prefix(events_prefix(cluster))]
+        finally:
+            await store.delete_prefix(events_prefix(cluster))
+    assert 200 <= len(kept) <= 202 and kept[-200:] == [f"u{n}" for n in range(50, 250)]
+    assert len(trims) < 40
+
+
 async def test_trim_of_a_long_excess_deletes_the_oldest_in_one_go(key_prefix: str, store: EtcdStore) -> None:
     """More keys over the retention than one probe reads (64): the cutoff is read at the probe's revision."""
     prefix = f"{key_prefix}trim/"
     for start in range(0, 300, 100):
         await asyncio.gather(*(store.create(f"{prefix}{i:05d}", b"x") for i in range(start, start + 100)))
-    assert await store.trim_prefix(prefix, 10) == 290
+    trimmed = await store.trim_prefix(prefix, 10)
+    assert (trimmed.deleted, trimmed.kept) == (290, 10)
     assert [k for k, _ in await store.get_prefix(prefix)] == [f"{prefix}{i:05d}" for i in range(290, 300)]
-    assert await store.trim_prefix(prefix, 10) == 0
+    assert (await store.trim_prefix(prefix, 10)).deleted == 0
 
 
 async def test_pages_are_ordered_newest_last_and_select_since_and_limit(

@@ -4,6 +4,15 @@
 cluster-name rule); `addresses` keeps the nodes' and targets' addresses there; `identity` a cluster's id.
 """
 
-from authsim.cluster.store.etcd import DELETE, CasResult, EtcdStore, EtcdTLS, Page, UpdateResult, Versioned
+from authsim.cluster.store.etcd import (
+    DELETE,
+    CasResult,
+    EtcdStore,
+    EtcdTLS,
+    Page,
+    Trim,
+    UpdateResult,
+    Versioned,
+)
 
-__all__ = ["DELETE", "CasResult", "EtcdStore", "EtcdTLS", "Page", "UpdateResult", "Versioned"]
+__all__ = ["DELETE", "CasResult", "EtcdStore", "EtcdTLS", "Page", "Trim", "UpdateResult", "Versioned"]

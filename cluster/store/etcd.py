@@ -143,6 +143,16 @@ class Vacancy:
 
 
 @dataclass(frozen=True)
+class Trim:
+    """What one `trim_prefix` did: the keys it deleted, and the keys under the prefix it left, counted at
+    `revision` (the count's; later writes may have added more)."""
+
+    deleted: int
+    kept: int
+    revision: int
+
+
+@dataclass(frozen=True)
 class CasResult:
     """The outcome of one compare-and-swap (or conditional delete) Txn.
 
@@ -304,8 +314,8 @@ class EtcdStore:
         response = await self._call("Range", request)
         return [kv.key.decode() for kv in response.kvs]
 
-    async def trim_prefix(self, prefix: str, keep: int) -> int:
-        """Delete the first keys under `prefix` (key order) so that `keep` remain; the number deleted.
+    async def trim_prefix(self, prefix: str, keep: int) -> Trim:
+        """Delete the first keys under `prefix` (key order) so that `keep` remain.
 
         Cheap when nothing is over: one Range of the first `_TRIM_PROBE` keys (keys only) that also
         counts them all; when over, the cutoff key is found at that Range's revision and everything up
@@ -318,18 +328,19 @@ class EtcdStore:
         key, range_end = _prefix_range(prefix)
         probe = rpc.RangeRequest(key=key, range_end=range_end, limit=_TRIM_PROBE, keys_only=True)
         response = await self._call("Range", probe)
-        excess = int(response.count) - keep
+        counted, revision = int(response.count), int(response.header.revision)
+        excess = counted - keep
         if excess <= 0:
-            return 0
+            return Trim(0, counted, revision)
         if excess <= len(response.kvs):
             cutoff = bytes(response.kvs[excess - 1].key)
         else:
             oldest = rpc.RangeRequest(
-                key=key, range_end=range_end, limit=excess, keys_only=True, revision=response.header.revision
+                key=key, range_end=range_end, limit=excess, keys_only=True, revision=revision
             )
             cutoff = bytes((await self._call("Range", oldest)).kvs[-1].key)
         deleted = await self._call("DeleteRange", rpc.DeleteRangeRequest(key=key, range_end=cutoff + b"\0"))
-        return int(deleted.deleted)
+        return Trim(int(deleted.deleted), keep, revision)
 
     async def compare_and_swap(
         self, key: str, expected_revision: int, value: bytes, guard: Guard | None = None
