@@ -180,17 +180,25 @@ def issuing_key(ca: CertAuthority, override: CertAuthorityOverride | None, cert:
     )
 
 
-def publish(crl_dir: Path, crls: dict[str, CertAuthorityCRL]) -> None:
-    """Mirror the stored CRLs to the publication point, DER, each file replaced atomically when its
-    content changed (every node does it: the CRLs are public, and the same for all)."""
+def publish(
+    crl_dir: Path, crls: dict[str, CertAuthorityCRL], host_id: str, published: dict[Path, str]
+) -> None:
+    """Mirror the stored CRLs that node `host_id` signed to the publication point, DER, each file
+    replaced atomically when its content changed: each holder publishes its keys' CRLs, so one change
+    costs one node one file, not every node every file. `published` holds the PEM last written to each
+    path: a CRL unchanged since is not looked at again."""
     crl_dir.mkdir(parents=True, exist_ok=True)
     for ca_type, resource in crls.items():
         for key_hash, key_crls in resource.crls.items():
+            if key_crls.host_id != host_id:
+                continue
             pems = {published_crl(crl_dir, ca_type, key_hash, False): key_crls.crl}
             for pem in key_crls.overrides.values():  # one override entry per key
                 pems[published_crl(crl_dir, ca_type, key_hash, True)] = pem
             for path, pem in pems.items():
-                _replace(path, x509.load_pem_x509_crl(pem.encode()).public_bytes(Encoding.DER))
+                if published.get(path) != pem:
+                    _replace(path, x509.load_pem_x509_crl(pem.encode()).public_bytes(Encoding.DER))
+                    published[path] = pem
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -223,6 +231,7 @@ class CRLs:
         reaches every node."""
         checked: dict[str, tuple[object, ...]] = {}  # CA type -> what its CRLs were last found current for
         published: dict[str, CertAuthorityCRL] | None = None
+        files: dict[Path, str] = {}  # the PEM of each file published
         while True:
             await self.view.ready.wait()
             seen = self.view.revision
@@ -240,13 +249,14 @@ class CRLs:
             crls = dict(self.view.crls)
             if self.node.crl_dir and crls != published:
                 try:
-                    await asyncio.to_thread(publish, Path(self.node.crl_dir), crls)
+                    await asyncio.to_thread(publish, Path(self.node.crl_dir), crls, self.node.host_id, files)
                     published = crls
                 except OSError as e:
                     log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
             if not await self.view.caught_up(seen + 1, CHECK_INTERVAL):  # the timer: check everything
                 checked.clear()
                 published = None
+                files.clear()
 
     def _inputs(self, ca_type: str) -> tuple[object, ...]:
         """What the CRLs of `ca_type` depend on in the view (compared by identity first: cheap)."""

@@ -29,9 +29,10 @@ EVENT = "cert_authority_override.expiry_alert"
 CODE = "TCO05W"
 
 
-def cluster_alerts(view: ClusterView, now: dt.datetime) -> list[tuple[ExpiryAlert, str]]:
-    """Every alert of the override resources in the view at `now`, with the host id holding its key
-    ("" when no key of the CA matches). Resources that break a rule are skipped (status reports them)."""
+def cluster_alerts(view: ClusterView, now: dt.datetime, holder: str = "") -> list[tuple[ExpiryAlert, str]]:
+    """Every alert of the override resources in the view at `now` (with `holder`, of that host's keys
+    only), with the host id holding its key ("" when no key of the CA matches). Resources that break a
+    rule are skipped (status reports them)."""
     found = []
     for ca_type in CA_TYPES:
         stored = view.stored_override(ca_type)
@@ -39,7 +40,10 @@ def cluster_alerts(view: ClusterView, now: dt.datetime) -> list[tuple[ExpiryAler
             continue
         ca = view.cert_authorities.get(ca_type)
         holders = {} if ca is None else {p.public_key_hash: p.key.host_id for _, p in ca.all_keys()}
-        found += [(a, holders.get(a.public_key_hash, "")) for a in override_alerts(stored.resource, now)]
+        keys = {k for k, host in holders.items() if host == holder} if holder else None
+        found += [
+            (a, holders.get(a.public_key_hash, "")) for a in override_alerts(stored.resource, now, keys)
+        ]
     return found
 
 
@@ -89,12 +93,12 @@ async def watch_expiry(
     while True:
         await view.ready.wait()
         revision = view.revision
-        inputs = _inputs(view)
+        inputs = _inputs(view, node.host_id)
         try:
             if inputs != checked:
                 now = clock.now()
-                for alert, host_id in cluster_alerts(view, now):
-                    if host_id != node.host_id or (alert.fingerprint, alert.level) in done:
+                for alert, _ in cluster_alerts(view, now, node.host_id):
+                    if (alert.fingerprint, alert.level) in done:
                         continue
                     await record_once(store, recorder, node, alert, now)
                     done.add((alert.fingerprint, alert.level))
@@ -107,11 +111,16 @@ async def watch_expiry(
             checked = None
 
 
-def _inputs(view: ClusterView) -> tuple[object, ...]:
-    """What the alerts depend on in the view but the time: each CA type's CA and override entries."""
+def _inputs(view: ClusterView, host_id: str) -> tuple[object, ...]:
+    """What this node's alerts depend on in the view but the time: each CA type's CA and the override
+    entries of this node's keys (another node's entry changing costs no check)."""
     found: list[object] = []
     for ca_type in CA_TYPES:
+        ca = view.cert_authorities.get(ca_type)
         stored = view.stored_override(ca_type)
-        entries = stored.resource.certificate_overrides if stored is not None and stored.valid else None
-        found += [view.cert_authorities.get(ca_type), entries]
+        if ca is None or stored is None or not stored.valid:
+            found += [ca, stored is not None]
+            continue
+        own = {pair.public_key_hash for _, pair in ca.keys_of_host(host_id)}
+        found += [ca, tuple(e for e in stored.resource.certificate_overrides if e.key_hash in own)]
     return tuple(found)

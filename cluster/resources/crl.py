@@ -10,6 +10,7 @@ override write retry.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -156,12 +157,9 @@ class CertAuthorityCRL:
 def crl_problem(pem: str, issuer: x509.Certificate, serials: set[int], now: dt.datetime) -> str | None:
     """Why the CRL `pem` of `issuer` must be signed again (None: it is good as it is): unreadable, not
     verified by the issuer's key, another issuer, not the `serials` revoked, less than half its life left."""
-    try:
-        crl = x509.load_pem_x509_crl(pem.encode())
-    except ValueError:
-        return "unreadable"
-    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-        return "not signed by its issuer"
+    crl = _signed_crl(pem, issuer)
+    if isinstance(crl, str):
+        return crl
     if {r.serial_number for r in crl} != serials:
         return "revoked serials differ from spec"
     next_update = crl.next_update_utc
@@ -170,6 +168,19 @@ def crl_problem(pem: str, issuer: x509.Certificate, serials: set[int], now: dt.d
     if now >= crl.last_update_utc + (next_update - crl.last_update_utc) / 2:
         return "less than half its life left"
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed_crl(pem: str, issuer: x509.Certificate) -> x509.CertificateRevocationList | str:
+    """The CRL `pem` once it parses and `issuer` signed it, else why not. Parsed and verified once per
+    CRL and issuer: every node checks its keys' CRLs on every change of its CA type's CRLs."""
+    try:
+        crl = x509.load_pem_x509_crl(pem.encode())
+    except ValueError:
+        return "unreadable"
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+        return "not signed by its issuer"
+    return crl
 
 
 def crl_builder(

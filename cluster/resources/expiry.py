@@ -80,12 +80,15 @@ class ExpiryAlert:
         return f"{self.level.label}: {_left(self.remaining)} left (not after {when})"
 
 
-def override_alerts(resource: CertAuthorityOverride, now: dt.datetime) -> list[ExpiryAlert]:
-    """An alert for each entry of `resource` whose certificate is at a level above none at `now`
-    (enabled or disabled entries: a staged certificate expires too); unreadable ones are skipped."""
+def override_alerts(
+    resource: CertAuthorityOverride, now: dt.datetime, keys: set[str] | None = None
+) -> list[ExpiryAlert]:
+    """An alert for each entry of `resource` (with `keys`, of those key hashes only) whose certificate
+    is at a level above none at `now` (enabled or disabled entries: a staged certificate expires too);
+    unreadable ones are skipped."""
     alerts = []
     for entry in resource.certificate_overrides:
-        if not entry.certificate:
+        if not entry.certificate or (keys is not None and entry.key_hash not in keys):
             continue
         try:
             cert = x509.load_pem_x509_certificate(entry.certificate.encode())
