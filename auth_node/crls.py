@@ -180,25 +180,29 @@ def issuing_key(ca: CertAuthority, override: CertAuthorityOverride | None, cert:
     )
 
 
-def publish(
+def unpublished(
     crl_dir: Path, crls: dict[str, CertAuthorityCRL], host_id: str, published: dict[Path, str]
-) -> None:
-    """Mirror the stored CRLs that node `host_id` signed to the publication point, DER, each file
-    replaced atomically when its content changed: each holder publishes its keys' CRLs, so one change
-    costs one node one file, not every node every file. `published` holds the PEM last written to each
-    path: a CRL unchanged since is not looked at again."""
-    crl_dir.mkdir(parents=True, exist_ok=True)
+) -> dict[Path, str]:
+    """The files of the CRLs that node `host_id` signed (its keys') whose PEM differs from what
+    `published` says was written there: each holder publishes its own keys' CRLs, so one change costs
+    one node one file, not every node every file."""
+    files = {}
     for ca_type, resource in crls.items():
         for key_hash, key_crls in resource.crls.items():
             if key_crls.host_id != host_id:
                 continue
-            pems = {published_crl(crl_dir, ca_type, key_hash, False): key_crls.crl}
+            files[published_crl(crl_dir, ca_type, key_hash, False)] = key_crls.crl
             for pem in key_crls.overrides.values():  # one override entry per key
-                pems[published_crl(crl_dir, ca_type, key_hash, True)] = pem
-            for path, pem in pems.items():
-                if published.get(path) != pem:
-                    _replace(path, x509.load_pem_x509_crl(pem.encode()).public_bytes(Encoding.DER))
-                    published[path] = pem
+                files[published_crl(crl_dir, ca_type, key_hash, True)] = pem
+    return {path: pem for path, pem in files.items() if published.get(path) != pem}
+
+
+def publish(files: dict[Path, str]) -> None:
+    """Write each CRL to its file at the publication point, DER, replaced atomically when its content
+    changed (blocking: call it off the loop)."""
+    for path, pem in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _replace(path, x509.load_pem_x509_crl(pem.encode()).public_bytes(Encoding.DER))
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -230,8 +234,7 @@ class CRLs:
         (another resource, an override's status) costs no check: with N nodes appending, each change
         reaches every node."""
         checked: dict[str, tuple[object, ...]] = {}  # CA type -> what its CRLs were last found current for
-        published: dict[str, CertAuthorityCRL] | None = None
-        files: dict[Path, str] = {}  # the PEM of each file published
+        published: dict[Path, str] = {}  # the PEM of each file published
         while True:
             await self.view.ready.wait()
             seen = self.view.revision
@@ -246,17 +249,17 @@ class CRLs:
                     log.warning("CRLs of %s not kept: %s", ca_type, e)
                 except Exception:  # a bug here must not stop the node from issuing: logged, next round
                     log.exception("CRLs of %s not kept", ca_type)
-            crls = dict(self.view.crls)
-            if self.node.crl_dir and crls != published:
+            if self.node.crl_dir:
+                files = unpublished(Path(self.node.crl_dir), self.view.crls, self.node.host_id, published)
                 try:
-                    await asyncio.to_thread(publish, Path(self.node.crl_dir), crls, self.node.host_id, files)
-                    published = crls
+                    if files:
+                        await asyncio.to_thread(publish, files)
+                        published.update(files)
                 except OSError as e:
                     log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
             if not await self.view.caught_up(seen + 1, CHECK_INTERVAL):  # the timer: check everything
                 checked.clear()
-                published = None
-                files.clear()
+                published.clear()
 
     def _inputs(self, ca_type: str) -> tuple[object, ...]:
         """What the CRLs of `ca_type` depend on in the view (compared by identity first: cheap)."""
