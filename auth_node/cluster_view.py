@@ -19,11 +19,11 @@ from authsim.cluster.resources.stored import (
 )
 from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.addresses import node_name, target_address
-from authsim.cluster.store.keys import cluster_prefix, override_prefix
+from authsim.cluster.store.keys import cluster_prefix, crl_prefix, override_prefix
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
-UPDATES_KEPT = 256  # recent update revisions kept per override key, for writers waiting their turn
+UPDATES_KEPT = 256  # recent update revisions kept per queued key, for writers waiting their turn
 
 
 class ClusterView:
@@ -56,9 +56,9 @@ class ClusterView:
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
-        # key -> the mod_revisions of its latest updates seen, for override writers waiting their turn
+        # key -> the mod_revisions of its latest updates seen, for writers waiting their turn (queue.py)
         self._updates: dict[str, deque[int]] = {}
-        self._overrides = override_prefix(cluster_name)
+        self._queued = (override_prefix(cluster_name), crl_prefix(cluster_name))  # the keys writers queue for
 
     async def run(self) -> None:
         """List, then watch from the listing's revision; on any failure, list and watch again."""
@@ -83,7 +83,7 @@ class ClusterView:
                 async with contextlib.aclosing(self.store.watch_prefix(self.prefix, start + 1)) as changes:
                     async for key, value, revision in changes:
                         self._apply(key, value)
-                        if key.startswith(self._overrides):
+                        if key.startswith(self._queued):
                             self._updates.setdefault(key, deque(maxlen=UPDATES_KEPT)).append(revision)
                         await self._advance(revision)
             except asyncio.CancelledError:
@@ -171,14 +171,16 @@ class ClusterView:
     def values_since(
         self, key: str, guard_key: str | None, revision: int
     ) -> tuple[Versioned | None, Versioned | None] | None:
-        """An override key and its CA's key as this copy holds them, once it reflects `revision`."""
+        """A queued key (an override's, a CRL resource's) and its guard key (its CA's) as this copy
+        holds them, once it reflects `revision`."""
         if self.revision < revision or not self.ready.is_set():
             return None
         return self._stored(key), None if guard_key is None else self._stored(guard_key)
 
     def _stored(self, key: str) -> Versioned | None:
         kind, _, name = key[len(self.prefix) :].partition("/")
-        return {"ca_overrides": self.stored_overrides, "cas": self.stored_cas}[kind].get(name)
+        stored = {"ca_overrides": self.stored_overrides, "cas": self.stored_cas, "ca_crls": self.stored_crls}
+        return stored[kind].get(name)
 
     async def _advance(self, revision: int) -> None:
         async with self._changed:

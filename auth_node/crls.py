@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,8 @@ from authsim.cluster.resources.crl import (
 from authsim.cluster.resources.key_prefix import SHOWN, resolve_key_hash
 from authsim.cluster.resources.override import CertAuthorityOverride
 from authsim.cluster.store import EtcdStore, Versioned
-from authsim.cluster.store.keys import crl_key
+from authsim.cluster.store.keys import crl_key, crl_tickets_prefix
+from authsim.cluster.store.queue import Session, WriteQueue, writer_queue
 from authsim.hsm import KeyStore
 
 log = logging.getLogger(__name__)
@@ -222,11 +224,19 @@ def _replace(path: Path, data: bytes) -> None:
 class CRLs:
     """The CRLs of one cluster as one node sees, signs and revokes them."""
 
-    def __init__(self, node: NodeConfig, store: EtcdStore, keystore: KeyStore, view: ClusterView) -> None:
+    def __init__(
+        self,
+        node: NodeConfig,
+        store: EtcdStore,
+        keystore: KeyStore,
+        view: ClusterView,
+        session: Session | None = None,
+    ) -> None:
         self.node = node
         self.store = store
         self.keystore = keystore
         self.view = view
+        self.session = session  # with it, writers of a CRL resource take turns (queue.py)
 
     async def run(self) -> None:
         """Keep this node's keys' CRLs current: after every change the view sees of what they depend on
@@ -306,7 +316,8 @@ class CRLs:
             return resource.to_json() if stored else None
 
         known = (self.view.stored_crls.get(ca_type),) if self.view.ready.is_set() else None
-        await self.store.update(crl_key(self.node.cluster_name, ca_type), merge, known=known)
+        key = crl_key(self.node.cluster_name, ca_type)
+        await self.store.update(key, merge, known=known, queue=self._queue(ca_type))
         return stored
 
     async def sign_now(self, ca_type: str, public_key: str) -> tuple[str, KeyCRLs]:
@@ -358,8 +369,16 @@ class CRLs:
             already = resource.revocation(key_hash, serial) is not None
             return None if already else resource.with_revocation(key_hash, revocation).to_json()
 
-        result = await self.store.update(crl_key(self.node.cluster_name, ca_type), add)
+        key = crl_key(self.node.cluster_name, ca_type)
+        result = await self.store.update(key, add, queue=self._queue(ca_type))
         return key_hash, serial, already, result.revision
+
+    def _queue(self, ca_type: str) -> WriteQueue | None:
+        """A write's place in the queue of `ca_type`'s CRL writers."""
+        tickets = crl_tickets_prefix(self.node.cluster_name, ca_type)
+        return writer_queue(
+            self.store, self.session, self.view, tickets, f"{self.node.host_id}/{uuid.uuid4().hex}"
+        )
 
     async def stored(self, ca_type: str) -> CertAuthorityCRL:
         """The CRL resource of `ca_type` as etcd holds it now."""

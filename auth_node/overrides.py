@@ -39,7 +39,7 @@ from authsim.cluster.store.keys import (
     override_prefix,
     override_tickets_prefix,
 )
-from authsim.cluster.store.queue import Session, WriteQueue
+from authsim.cluster.store.queue import Session, WriteQueue, writer_queue
 
 
 class Removal(enum.Enum):
@@ -388,11 +388,8 @@ class Overrides:
 
     def _queue(self, ca_type: str, request_id: str) -> WriteQueue | None:
         """The write's place in the queue of `ca_type`'s writers: a ticket named by node and request."""
-        if self.session is None:
-            return None
         tickets = override_tickets_prefix(self.node.cluster_name, ca_type)
-        ticket = f"{tickets}{self.node.host_id}/{request_id}"
-        return WriteQueue(self.store, self.session, self.view, tickets, ticket)
+        return writer_queue(self.store, self.session, self.view, tickets, f"{self.node.host_id}/{request_id}")
 
     async def _check(self, ca_type: str, change: Change, base: OverrideContext) -> WriteResult:
         """Every problem `change` finds with the stored state, nothing written."""

@@ -124,8 +124,8 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
     async with EtcdStore(list(node.etcd_endpoints), tls=node.etcd_tls) as store:
         view = ClusterView(store, node.cluster_name)
         recorder = EventRecorder(store, node.cluster_name, node.event_retention)
-        crls = CRLs(node, store, keystore, view)
-        session = Session(store)  # override writers' place in a queue outlives the node by its TTL at most
+        session = Session(store)  # writers' places in a queue outlive the node by its TTL at most
+        crls = CRLs(node, store, keystore, view, session)
         server, port, socket = create_server(
             node, store, keystore, view, health_servicer, recorder, crls, session
         )

@@ -9,9 +9,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
+import pytest
+
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.cluster.store import EtcdStore, Versioned
-from authsim.cluster.store.keys import cluster_prefix, override_key, override_tickets_prefix, queue_prefix
+from authsim.cluster.store.keys import (
+    cluster_prefix,
+    crl_key,
+    crl_tickets_prefix,
+    override_key,
+    override_tickets_prefix,
+    queue_prefix,
+)
 from authsim.cluster.store.queue import STALL, Session, WriteQueue
 
 
@@ -74,11 +83,24 @@ async def test_a_writer_behind_a_dead_writers_ticket_lands_after_one_stall_and_t
         await store.revoke_lease(dead)
 
 
-async def test_writers_at_once_take_at_most_two_attempts_and_leave_no_ticket(store: EtcdStore) -> None:
-    """Eight writers start from the same (stale) value at once: one lands at once, every other is
-    enqueued by its failed Txn and lands on its 2nd attempt, after the writers ahead of it."""
+QUEUED_KEYS = {  # the keys writers queue for: (key, its queue's tickets prefix)
+    "override": lambda cluster: (
+        override_key(cluster, "windows"),
+        override_tickets_prefix(cluster, "windows"),
+    ),
+    "crl": lambda cluster: (crl_key(cluster, "windows"), crl_tickets_prefix(cluster, "windows")),
+}
+
+
+@pytest.mark.parametrize("kind", QUEUED_KEYS)
+async def test_writers_at_once_take_at_most_two_attempts_and_leave_no_ticket(
+    store: EtcdStore, kind: str
+) -> None:
+    """Eight writers of an override (or of a CRL resource: its holders after a change) start from the
+    same (stale) value at once: one lands at once, every other is enqueued by its failed Txn and lands
+    on its 2nd attempt, after the writers ahead of it, shown by the watch: no one waits out a stall."""
     async with watched(store) as (cluster, view, session):
-        key, tickets = override_key(cluster, "windows"), override_tickets_prefix(cluster, "windows")
+        key, tickets = QUEUED_KEYS[kind](cluster)
         writers = [
             store.update_guarded(
                 key,
@@ -89,7 +111,9 @@ async def test_writers_at_once_take_at_most_two_attempts_and_leave_no_ticket(sto
             )
             for i in range(8)
         ]
+        started = time.perf_counter()
         results = await asyncio.gather(*writers)
+        assert time.perf_counter() - started < 1.0  # the stall period
         assert sorted(r.attempts for r in results) == [1] + [2] * 7
         stored = await store.get(key)
         assert stored is not None and sorted(stored.value) == sorted(b"abcdefgh")

@@ -482,6 +482,7 @@ class EtcdStore:
         deadline: float = 10.0,
         known: tuple[Versioned | None] | None = None,
         mine: Callable[[Versioned], bool] | None = None,
+        queue: Queue | None = None,
     ) -> UpdateResult:
         """Read, `fn(current)`, compare-and-swap; on conflict retry `fn` on the value the Txn returned.
 
@@ -504,6 +505,7 @@ class EtcdStore:
         land (then the loop goes on as after a conflict). Else `fn` judges the value as usual; but an
         AuthSimError from it (a refusal that may be about our own write, overwritten since) becomes
         OutcomeUnknownError, and so does reaching the deadline or `max_attempts` with the write unsettled.
+        With a `queue`, writers take turns instead of backing off (see `update_guarded`).
         """
         return await self.update_guarded(
             key,
@@ -513,6 +515,7 @@ class EtcdStore:
             deadline=deadline,
             known=None if known is None else (known[0], None),
             mine=mine,
+            queue=queue,
         )
 
     async def update_guarded(

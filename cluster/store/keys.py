@@ -41,6 +41,10 @@ def crl_key(cluster_name: str, ca_type: str) -> str:
     return f"{ROOT}/{cluster_name}/ca_crls/{ca_type}"
 
 
+def crl_prefix(cluster_name: str) -> str:
+    return f"{ROOT}/{cluster_name}/ca_crls/"
+
+
 def override_prefix(cluster_name: str) -> str:
     return f"{ROOT}/{cluster_name}/ca_overrides/"
 
@@ -67,6 +71,11 @@ def queue_prefix(cluster_name: str) -> str:
 def override_tickets_prefix(cluster_name: str, ca_type: str) -> str:
     """The queue of writers of `ca_type`'s override resource."""
     return f"{queue_prefix(cluster_name)}ca_overrides/{ca_type}/"
+
+
+def crl_tickets_prefix(cluster_name: str, ca_type: str) -> str:
+    """The queue of writers of `ca_type`'s CRL resource (each key's holder, after a change)."""
+    return f"{queue_prefix(cluster_name)}ca_crls/{ca_type}/"
 
 
 def target_key(cluster_name: str, kind: str) -> str:

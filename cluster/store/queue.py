@@ -134,3 +134,13 @@ class WriteQueue:
         if result.succeeded:
             log.info("queue: took out %s, its writer silent for %.0f ms", ticket, self.stall * 1000)
         return result.succeeded or result.current is None
+
+
+def writer_queue(
+    store: EtcdStore, session: Session | None, watch: KeyUpdates, tickets: str, writer: str
+) -> WriteQueue | None:
+    """The place of one write, named `writer` (unique: its node's host id and the write's id), in the
+    queue whose tickets live under `tickets`; None without a session (the write backs off instead)."""
+    if session is None:
+        return None
+    return WriteQueue(store, session, watch, tickets, f"{tickets}{writer}")
