@@ -23,6 +23,7 @@ from authsim.cluster.store.keys import cluster_prefix, crl_prefix, override_pref
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
+SETTLE = 0.01  # seconds background work waits after a change for the rest of a burst
 UPDATES_KEPT = 256  # recent update revisions kept per queued key, for writers waiting their turn
 
 
@@ -147,6 +148,16 @@ class ClusterView:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.revision >= revision), timeout)
             except TimeoutError:
                 return False
+        return True
+
+    async def next_change(self, seen: int, timeout: float) -> bool:
+        """For background work (CRLs, alerts, rotation parts): wait until the copy moves past revision
+        `seen` (False after `timeout` seconds without a change), then a moment longer, so that a burst
+        of changes (N nodes appending) is one round of work, not one per change, and the replies waiting
+        for that change go first."""
+        if not await self.caught_up(seen + 1, timeout):
+            return False
+        await asyncio.sleep(SETTLE)
         return True
 
     def current(self) -> bool:

@@ -267,7 +267,7 @@ class CRLs:
                         published.update(files)
                 except OSError as e:
                     log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
-            if not await self.view.caught_up(seen + 1, CHECK_INTERVAL):  # the timer: check everything
+            if not await self.view.next_change(seen, CHECK_INTERVAL):  # the timer: check everything
                 checked.clear()
                 published.clear()
 

@@ -107,7 +107,7 @@ async def watch_expiry(
             raise
         except Exception as e:  # etcd away, a clock setting that does not parse: try at the next check
             log.warning("expiry check failed: %s", e)
-        if not await view.caught_up(revision + 1, CHECK_INTERVAL):  # the timer: time moved on
+        if not await view.next_change(revision, CHECK_INTERVAL):  # the timer: time moved on
             checked = None
 
 

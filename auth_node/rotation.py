@@ -212,7 +212,7 @@ class RotationParts:
                     raise
                 except Exception as e:  # a token or etcd failure: tried again on the next round
                     log.warning("rotation of %s, phase %s: %s", ca.ca_type, ca.rotation.phase, e)
-            await self.view.caught_up(seen + 1, RETRY_DELAY)
+            await self.view.next_change(seen, RETRY_DELAY)
 
     async def do_part(self, ca: CertAuthority, part: NodeRotation) -> None:
         phase = ca.rotation.phase

@@ -102,7 +102,10 @@ def simultaneous_appends(
         cpu_used = 0.0
 
         def fresh() -> None:
+            """No override, and the cluster quiet again (the holders' CRLs re-signed without the
+            removed entries): each round starts from the same state, none pays for the last one."""
             cluster.authctl("rm", "ca_overrides/windows", "--force")
+            asyncio.run(_quiet(endpoint, tls))
 
         for _ in range(rounds):
             fresh()
@@ -112,6 +115,7 @@ def simultaneous_appends(
             at_once.append(seconds)
             attempts.extend(r.attempts for r in replies)
             _check_all_landed(cluster, nodes)
+            asyncio.run(_quiet(endpoint, tls))  # the new entries' CRLs are signed after the appends
             fresh()
             serial.append(_append_serially(clients, certs))
             _check_all_landed(cluster, nodes)
@@ -173,6 +177,20 @@ def _append_serially(clients: dict[str, NodeClient], certs: dict[str, str]) -> f
 def _check_all_landed(cluster: LocalCluster, nodes: int) -> None:
     stored = cluster.authctl("get", "ca_overrides/windows", "--format", "json").stdout
     assert len(json.loads(stored)["spec"]["certificate_overrides"]) == nodes, "an append was lost"
+
+
+async def _quiet(endpoint: str, tls: EtcdTLS | None, still: float = 0.2, limit: float = 10.0) -> None:
+    """Return once etcd's revision has not moved for `still` seconds (nothing is being written)."""
+    async with EtcdStore([endpoint], tls=tls) as store:
+        deadline = time.monotonic() + limit
+        revision = await store.ping()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(still)
+            now = await store.ping()
+            if now == revision:
+                return
+            revision = now
+    raise AssertionError(f"etcd kept being written for {limit:g} s after the appends")
 
 
 async def _dead_ticket(endpoint: str, tls: EtcdTLS | None, cluster_name: str) -> int:
