@@ -69,8 +69,9 @@ console = make_console()
     "--hsm",
     type=click.Choice(list(HSM_MODES)),
     default=None,
-    help="process: each node's token served by its own HSM process (p11-kit server) on a socket; "
-    f"inprocess: the node loads SoftHSM itself (default {launcher.DEFAULT_HSM}, or as at the last up)",
+    help="process: each node's token served by its own HSM process (p11-kit server) on a socket (as root, "
+    "node and HSM run as users of their own when the folders above --dir let others pass); inprocess: the "
+    f"node loads SoftHSM itself (default {launcher.DEFAULT_HSM}, or as at the last up)",
 )
 @click.option(
     "--hsm-timeout",
