@@ -30,6 +30,7 @@ from authsim.cluster.mtls import ADMIN_CN, ensure_etcd_client_identity, ensure_e
 from authsim.cluster.store import EtcdStore, EtcdTLS
 from authsim.cluster.store.keys import cluster_prefix
 from authsim.cluster.store.rbac import grant_cluster_access
+from authsim.hsm.provision import HSM_INPROCESS
 from bench.events import record_cost
 from bench.hsm import hsm_rows
 from bench.issuance import issuance_rate, propagation, raw_sign_rate
@@ -50,7 +51,8 @@ def rss_mib(pid: int | None) -> float:
 def up_time(tmp: Path, nodes: int) -> dict[str, Any]:
     """`authsim up` of a fresh cluster (tokens, keys, etcd, the KDC's database, initdb, targets) until
     every node is SERVING and both targets and their real servers (KDC, PostgreSQL) serve; then `up`
-    again of the same, stopped, dir (warm)."""
+    again of the same, stopped, dir (warm). The default `--hsm` (an HSM process per node; as root in
+    `tmp`, which others cannot pass yet, not isolated)."""
     directory = tmp / f"up{nodes}"
     started = time.perf_counter()
     state = up(directory, UpOptions(nodes=nodes))
@@ -69,7 +71,8 @@ def measure(quick: bool, tmp: Path) -> dict[str, Any]:
     rounds = 5 if quick else 20
     result: dict[str, Any] = {"cpu_count": os.cpu_count(), "quick": quick}
     raw_sign = raw_sign_rate(tmp, seconds)
-    with local_cluster(tmp / "c", nodes=3) as cluster:
+    # in-process: raw SoftHSM's ceiling, and the baseline of the HSM process rows (hsm_report)
+    with local_cluster(tmp / "c", nodes=3, hsm=HSM_INPROCESS) as cluster:
         assert cluster.authctl("auth", "rotate", "--type=db_client").exit_code == 0
         rate = max(issuance_rate(cluster, "node2", seconds, n) for n in (4, 16, 64))
         batched = max(issuance_rate(cluster, "node2", seconds, n, BATCH) for n in (2, 4))

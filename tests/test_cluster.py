@@ -181,10 +181,12 @@ def test_down_and_up_keep_host_ids_keys_and_resources(tmp_path: Path) -> None:
         hosts = {n: cluster.host_id(n) for n in cluster.node_names}
         state = cluster.state
         pids = [n.pid for n in state.nodes] + [t.pid for t in state.targets.values()] + [state.etcd.pid]
-        pids += [s.pid for s in state.servers.values()]
+        pids += [n.hsm_pid for n in state.nodes] + [s.pid for s in state.servers.values()]
         assert cluster.stop() == [
             "node1",
+            "node1 HSM",
             "node2",
+            "node2 HSM",
             "desktop target",
             "db target",
             "desktop KDC",
@@ -298,7 +300,7 @@ def _run_node(directory: Path, node: str) -> subprocess.CompletedProcess[str]:
 
 def test_wrong_pin_or_missing_token_stops_the_node_with_a_clear_message(tmp_path: Path) -> None:
     directory = tmp_path / "c"
-    with local_cluster(directory, nodes=1):
+    with local_cluster(directory, nodes=1, hsm="inprocess"):  # run by hand below, loading SoftHSM itself
         pass
     node = ClusterLayout(directory).node("node1")
     pin = node.pin.read_text()

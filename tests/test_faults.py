@@ -13,6 +13,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.errors import AuthSimError
@@ -167,8 +169,10 @@ def test_node_killed_in_its_cas_loop_applies_nothing_twice(tmp_path: Path) -> No
         appenders.check_resource()
 
 
-def test_token_taken_away_gives_clear_errors_and_other_nodes_keep_signing(tmp_path: Path) -> None:
-    with local_cluster(tmp_path / "c", nodes=2) as cluster:
+@pytest.mark.parametrize("hsm", ["process", "inprocess"])
+def test_token_taken_away_gives_clear_errors_and_other_nodes_keep_signing(tmp_path: Path, hsm: str) -> None:
+    """The token's files gone from under its HSM process, or from under a node loading SoftHSM itself."""
+    with local_cluster(tmp_path / "c", nodes=2, hsm=hsm) as cluster:
         for ca_type in ("windows", "db_client"):
             assert cluster.authctl("auth", "rotate", f"--type={ca_type}").exit_code == 0
         tokens = ClusterLayout(cluster.directory).node("node1").tokens

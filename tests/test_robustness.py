@@ -124,7 +124,7 @@ def test_purge_and_demo_delete_only_a_dir_authsim_made(tmp_path: Path) -> None:
 def test_a_partial_down_keeps_the_pid_of_the_etcd_it_did_not_stop(tmp_path: Path) -> None:
     directory = tmp_path / "c"
     with local_cluster(directory, nodes=1) as cluster:
-        assert down(directory, only={"node1"}) == ["node1"]
+        assert down(directory, only={"node1"}) == ["node1", "node1 HSM"]
         etcd_pid = cluster.state.etcd.pid
         assert etcd_pid is not None and processes.is_running(etcd_pid, etcd_marker(directory))
         assert "etcd" in cluster.stop(purge=True)  # stopped by the PID kept, then deleted

@@ -13,9 +13,10 @@ fixture, configured by overriding the `authsim_session_options` fixture in your 
     def authsim_session_options():
         return {"nodes": 2, "cluster_name": "acme"}
 
-HSM outages: with `@pytest.mark.authsim(hsm="process")` each node's token is served by its own HSM
-process; `authsim_cluster.hsm("node2").pause_for(3)` makes it hang for 3 s (`stop`, `start`, `pause`,
-`resume`, and the `paused()`/`stopped()` context managers script the rest).
+HSM outages: each node's token is served by its own HSM process (`hsm="process"`, the default;
+`hsm="inprocess"` has the node load SoftHSM itself); `authsim_cluster.hsm("node2").pause_for(3)` makes it
+hang for 3 s (`stop`, `start`, `pause`, `resume`, and the `paused()`/`stopped()` context managers script
+the rest).
 
 Every process a fixture starts (etcd, nodes, targets, the KDC, PostgreSQL) is stopped by PID when the
 test (the session) ends.

@@ -27,7 +27,7 @@ from authsim.cluster.cli.common import (
 )
 from authsim.cluster.cli.safe_text import cell, cell_lines, escaped
 from authsim.cluster.errors import ClusterError, one_line
-from authsim.cluster.local import hsm_process, identity, launcher
+from authsim.cluster.local import hsm_process, hsm_users, identity, launcher
 from authsim.cluster.local.state import EtcdEntry, cluster_dir
 from authsim.cluster.local.status import ClusterStatus, collect_status, expiry_line
 from authsim.cluster.store.keys import checked_cluster_name
@@ -69,8 +69,9 @@ console = make_console()
     "--hsm",
     type=click.Choice(list(HSM_MODES)),
     default=None,
-    help="process: each node's token served by its own HSM process (p11-kit server) on a socket; "
-    f"inprocess: the node loads SoftHSM itself (default {launcher.DEFAULT_HSM}, or as at the last up)",
+    help="process: each node's token served by its own HSM process (p11-kit server) on a socket (as root, "
+    "node and HSM run as users of their own when the folders above --dir let others pass); inprocess: the "
+    f"node loads SoftHSM itself (default {launcher.DEFAULT_HSM}, or as at the last up)",
 )
 @click.option(
     "--hsm-timeout",
@@ -120,8 +121,10 @@ def up(
         def show(message: str, ready: int, total: int) -> None:
             bar.update(task, description=message, completed=ready, total=total)
 
-        launcher.up(path, options, show)
+        state = launcher.up(path, options, show)
     print_status(collect_status(path))
+    for not_isolated in dict.fromkeys(n.not_isolated for n in state.nodes if n.not_isolated):
+        click.echo(f"warning: {escaped(hsm_users.warning(not_isolated))}", err=True)
     if detach:
         console.print(f"Cluster is up. Stop it with: authsim down --dir {path}")
         return

@@ -12,7 +12,9 @@ isolation of issue 16.
 The HSM process accepts only its node's uid (p11-kit's `-u`: any other peer's connection is closed),
 and its socket is handed to the node user (0600) once it listens. The accounts are made with useradd
 the first time a root `up` needs them; the same node name in two clusters of one machine is one user.
-Without root none of this is possible: the nodes and HSM processes run as the launcher's user.
+Without root none of this is possible: the nodes and HSM processes run as the launcher's user. Nor when
+a folder above the cluster dir lets no other user pass (`unreachable`): then root runs them, the dir
+left as an in-process cluster's (no o+x added, nothing handed over), and `up` and `status` say why.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from authsim.hsm.provision import HSM_PROCESS
 HSM_USER = "authsim-hsm"
 NODE_GROUP = "authsim-nodes"
 NOT_ISOLATED = "not isolated: needs root"
+PASSABLE_DIR_ADVICE = "use a --dir below folders others may pass, e.g. /srv or /var/tmp, for per-node users"
 _ACCOUNT_ATTEMPTS = 20  # useradd/groupadd fail while another one holds /etc/passwd's lock
 _NO_LOGIN = ["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"]
 
@@ -72,12 +75,29 @@ def wanted(hsm_mode: str) -> bool:
     return hsm_mode == HSM_PROCESS and os.geteuid() == 0
 
 
-def describe(user: str | None) -> str:
-    """How status shows a node's isolation: the user it runs as, or that it has none (and why, when the
-    launcher is not root)."""
+def describe(user: str | None, not_isolated: str | None = None) -> str:
+    """How status shows a node's isolation: the user it runs as, or that it has none and why (the
+    recorded reason of a root `up`, or that the launcher is not root)."""
     if user:
         return f"isolated: {user}"
+    if not_isolated:
+        return f"not isolated: {not_isolated}"
     return NOT_ISOLATED if os.geteuid() != 0 else "not isolated"
+
+
+def unreachable(directory: Path) -> str | None:
+    """Why the node and HSM users could not reach `directory`: the first folder above it that does not
+    let other users pass (o+x); None when every one does."""
+    for folder in reversed(directory.resolve().parents):
+        mode = os.stat(folder).st_mode
+        if not mode & stat.S_IXOTH:
+            return f"folder {folder} is {stat.filemode(mode)}, not passable by other users"
+    return None
+
+
+def warning(not_isolated: str) -> str:
+    """The line `up` prints when a root `up --hsm process` could not isolate the nodes."""
+    return f"nodes not isolated (they run as root): {not_isolated}; {PASSABLE_DIR_ADVICE}"
 
 
 def ensure(node_name: str) -> Isolation:
@@ -96,18 +116,10 @@ def recorded(user: str | None) -> Isolation | None:
 
 
 def prepare_cluster_dir(directory: Path) -> None:
-    """Let the node and HSM users reach their dirs: each folder above the cluster dir must let others
-    pass (o+x); the cluster dir and `nodes/` are given o+x (not o+r), the CRL dir is written by every
-    node (group authsim-nodes, 0775)."""
+    """Let the node and HSM users reach their dirs (the folders above it let them pass: `unreachable`):
+    the cluster dir and `nodes/` are given o+x (not o+r), the CRL dir is written by every node (group
+    authsim-nodes, 0775)."""
     resolved = directory.resolve()
-    for folder in reversed(resolved.parents):
-        mode = os.stat(folder).st_mode
-        if not mode & stat.S_IXOTH:
-            raise ClusterError(
-                f"HSM isolation: the node users cannot reach {resolved}: {folder} is "
-                f"{stat.filemode(mode)}, not passable by other users (o+x); use a --dir below folders "
-                "others may pass (e.g. /tmp, /srv), or add o+x to that folder"
-            )
     layout = ClusterLayout(resolved)
     for folder in (resolved, layout.nodes_dir):
         folder.mkdir(exist_ok=True)

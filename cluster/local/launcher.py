@@ -13,7 +13,7 @@ from pathlib import Path
 
 from authsim.auth_node.config import NodeConfig, ensure_host_id
 from authsim.cluster.errors import ClusterError, PortInUseError
-from authsim.cluster.layout import ClusterLayout
+from authsim.cluster.layout import ClusterLayout, NodeLayout
 from authsim.cluster.local import downstream, hsm_process, hsm_users, identity, interrupts, processes
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.node_client import NodeClient
@@ -43,11 +43,11 @@ from authsim.cluster.store.probe import check_etcd
 from authsim.cluster.store.rbac import grant_cluster_access
 from authsim.cluster.targets.trust import set_default_trust
 from authsim.hsm import provision_token
-from authsim.hsm.provision import HSM_INPROCESS, HSM_MODES, HSM_PROCESS
+from authsim.hsm.provision import HSM_MODES, HSM_PROCESS
 
 NODE_MARKER = "authsim.auth_node"
 START_TIMEOUT = 60.0  # seconds for every node to report SERVING
-DEFAULT_HSM = HSM_INPROCESS  # a new cluster's `--hsm`
+DEFAULT_HSM = HSM_PROCESS  # a new cluster's `--hsm`
 
 Progress = Callable[[str, int, int], None]  # (message, nodes ready, nodes in all)
 
@@ -425,14 +425,11 @@ def _restart_node_elsewhere(
 def _launch_node(directory: Path, state: ClusterState, entry: NodeEntry) -> subprocess.Popen[bytes]:
     """Start `entry`'s node (after its HSM process, with `hsm: process`), its PID recorded at once:
     `down` stops it whatever happens next. With `hsm: process` and a root launcher, the node runs as
-    its own user and cannot read its token (hsm_users)."""
+    its own user and cannot read its token (hsm_users), when those users can reach the cluster dir."""
     config = _prepare_node(directory, state, entry)
-    entry.user = None
+    entry.user, entry.not_isolated = None, None
     if hsm_users.wanted(state.hsm):
-        isolation = hsm_users.ensure(entry.name)
-        hsm_users.prepare_cluster_dir(directory)
-        hsm_users.secure_node_dir(config.layout, isolation)
-        entry.user = isolation.node.name
+        _isolate(directory, entry, config.layout)
     if state.hsm == HSM_PROCESS:
         with interrupts.deferred_interrupt():  # a process started is a process recorded
             hsm_process.launch(directory, state, entry, config.token())
@@ -441,6 +438,17 @@ def _launch_node(directory: Path, state: ClusterState, entry: NodeEntry) -> subp
         entry.pid = process.pid
         state.save(directory)
     return process
+
+
+def _isolate(directory: Path, entry: NodeEntry, node: NodeLayout) -> None:
+    """Make `entry` run as its own user, its dir handed over (hsm_users), when the node users can reach
+    the cluster dir; else record why not, and leave every file and mode as they are."""
+    entry.not_isolated = hsm_users.unreachable(directory)
+    if entry.not_isolated is None:
+        isolation = hsm_users.ensure(entry.name)
+        hsm_users.prepare_cluster_dir(directory)
+        hsm_users.secure_node_dir(node, isolation)
+        entry.user = isolation.node.name
 
 
 def write_default_trust(directory: Path, state: ClusterState, targets_dir: Path | None = None) -> list[Path]:

@@ -36,6 +36,7 @@ class NodeEntry:
     pid: int | None = None
     hsm_pid: int | None = None  # its HSM process (`hsm: process`), started in its own session
     user: str | None = None  # the OS user it runs as, isolated from its token (hsm_users); None: ours
+    not_isolated: str | None = None  # why a root launcher could not isolate it (hsm_users.unreachable)
 
 
 def admin_address(directory: Path, entry: NodeEntry) -> str:
@@ -80,7 +81,9 @@ class ClusterState:
     servers: dict[str, ServerEntry] = field(default_factory=dict)
     event_retention: int = DEFAULT_RETENTION  # `up --event-retention`; every node's config gets it
     cluster_id: str | None = None  # made by the first `up` and kept in etcd too; None before that
-    hsm: str = HSM_INPROCESS  # `up --hsm`: `process` (an HSM process per node) or `inprocess`
+    # `up --hsm`: `process` (an HSM process per node) or `inprocess`; a new cluster's is the launcher's
+    # DEFAULT_HSM, one recorded before `hsm` was (its nodes load their tokens themselves) is `inprocess`
+    hsm: str = HSM_INPROCESS
     hsm_timeout: float = DEFAULT_CALL_TIMEOUT  # `up --hsm-timeout`: seconds a token call may take
 
     @staticmethod

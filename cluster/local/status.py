@@ -125,7 +125,7 @@ def collect_status(directory: Path) -> ClusterStatus:
     for entry in state.nodes:
         hsm = hsm_process.state_of(directory, state, entry)
         if state.hsm == HSM_PROCESS:
-            hsm = f"{hsm} ({hsm_users.describe(entry.user)})"
+            hsm = f"{hsm} ({hsm_users.describe(entry.user, entry.not_isolated)})"
         if not processes.is_running(entry.pid, node_marker(directory, entry.name)):
             rows.append(NodeRow(entry.name, entry.address, None, "STOPPED", hsm=hsm))
             continue
