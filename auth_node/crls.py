@@ -73,12 +73,14 @@ class KeyIssuers:
         return [self.ca_cert, *self.overrides.values()]
 
 
-def key_issuers(ca: CertAuthority, override: CertAuthorityOverride | None) -> dict[str, KeyIssuers]:
-    """Per key hash of `ca`, the certificates that issue its CRLs. An override certificate that has
-    expired issues none (nothing it signed is still valid)."""
+def key_issuers(
+    ca: CertAuthority, override: CertAuthorityOverride | None, host_id: str = ""
+) -> dict[str, KeyIssuers]:
+    """Per key hash of `ca` (with `host_id`, of that node's keys only), the certificates that issue its
+    CRLs. An override certificate that has expired issues none (nothing it signed is still valid)."""
     now = dt.datetime.now(dt.timezone.utc)
     found = {}
-    for _, pair in ca.all_keys():
+    for _, pair in ca.keys_of_host(host_id) if host_id else ca.all_keys():
         overrides = {}
         entry = None if override is None else override.entry(pair.public_key_hash)
         if entry is not None and entry[1].certificate:
@@ -278,16 +280,16 @@ class CRLs:
         return (self.view.cert_authorities.get(ca_type), entries, self.view.crls.get(ca_type))
 
     def _issuers(self, ca_type: str) -> dict[str, KeyIssuers]:
-        """Every key of `ca_type` with its CRL issuers, from the view."""
+        """This node's keys of `ca_type` with their CRL issuers, from the view."""
         ca = self.view.cert_authority(ca_type)
         stored = self.view.stored_override(ca_type)
         override = stored.resource if stored is not None and stored.valid else None
-        return key_issuers(ca, override)
+        return key_issuers(ca, override, self.node.host_id)
 
     async def keep(self, ca_type: str, force_key: str = "") -> dict[str, KeyCRLs]:
         """Sign the stale CRLs of this node's keys of `ca_type` (and those of `force_key`, its own, in
         any case), and store them; what was stored."""
-        own = {h: i for h, i in self._issuers(ca_type).items() if i.pair.key.host_id == self.node.host_id}
+        own = self._issuers(ca_type)
         current = self.view.crls.get(ca_type)
         now = dt.datetime.now(dt.timezone.utc)
         todo = [i for h, i in own.items() if h == force_key or stale_reason(i, current, now) is not None]

@@ -38,8 +38,10 @@ def checked_serial(text: str) -> str:
     return cleaned.lstrip("0") or "0"
 
 
+@functools.lru_cache(maxsize=1024)
 def fingerprint(cert: x509.Certificate) -> str:
-    """The hex SHA-256 of a certificate's DER: an override CRL's key in status."""
+    """The hex SHA-256 of a certificate's DER: an override CRL's key in status (computed once per
+    certificate: every change of an override has its key's holder look its entry up by it)."""
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
