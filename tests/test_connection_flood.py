@@ -50,11 +50,13 @@ SIGN_WITHIN = 2.0  # seconds: the issue's bound for the admin's sign under the f
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     """One node, in a folder every local user may enter (as a home dir often is): only the socket
-    folder's own mode keeps `nobody` away from the local socket."""
+    folder's own mode keeps `nobody` away from the local socket. In-process HSM: with HSM processes
+    as root the node runs as its own user and its whole dir is closed to others
+    (tests/test_hsm_isolation.py), which would hide the socket folder's mode from this test."""
     root = Path(tempfile.mkdtemp(prefix="flood-"))
     os.chmod(root, 0o755)
     try:
-        with local_cluster(root / "c", nodes=1, cluster_name="flooded") as running:
+        with local_cluster(root / "c", nodes=1, cluster_name="flooded", hsm="inprocess") as running:
             yield running
     finally:
         shutil.rmtree(root)
