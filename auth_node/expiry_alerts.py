@@ -20,7 +20,6 @@ from authsim.cluster.errors import AlreadyExistsError
 from authsim.cluster.resources import clock
 from authsim.cluster.resources.ca_types import CA_TYPES
 from authsim.cluster.resources.expiry import ExpiryAlert, override_alerts
-from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.keys import expiry_alert_key
 
 log = logging.getLogger(__name__)
@@ -68,14 +67,14 @@ def alert_event(node: NodeConfig, alert: ExpiryAlert, now: dt.datetime) -> dict[
 
 
 async def record_once(
-    store: EtcdStore, recorder: EventRecorder, node: NodeConfig, alert: ExpiryAlert, now: dt.datetime
+    recorder: EventRecorder, node: NodeConfig, alert: ExpiryAlert, now: dt.datetime
 ) -> bool:
     """Record `alert` as an event unless its marker exists; True when this call recorded it. The marker
     is written first: a node stopped in between loses the event rather than recording it twice."""
     marker = expiry_alert_key(node.cluster_name, alert.fingerprint, alert.level.label)
     event = alert_event(node, alert, now)
     try:
-        await store.create(marker, json.dumps({"node": node.name, "sid": event["sid"]}).encode())
+        await recorder.store.create(marker, json.dumps({"node": node.name, "sid": event["sid"]}).encode())
     except AlreadyExistsError:
         return False
     await recorder.record_now(event)
@@ -83,9 +82,7 @@ async def record_once(
     return True
 
 
-async def watch_expiry(
-    node: NodeConfig, store: EtcdStore, recorder: EventRecorder, view: ClusterView
-) -> None:
+async def watch_expiry(node: NodeConfig, recorder: EventRecorder, view: ClusterView) -> None:
     """Check this node's entries whenever the CAs or override entries change and at least every
     CHECK_INTERVAL; record each new level once. Errors are logged and the next check tries again."""
     done: set[tuple[str, int]] = set()  # (fingerprint, level) known recorded: no etcd call again
@@ -100,7 +97,7 @@ async def watch_expiry(
                 for alert, _ in cluster_alerts(view, now, node.host_id):
                     if (alert.fingerprint, alert.level) in done:
                         continue
-                    await record_once(store, recorder, node, alert, now)
+                    await record_once(recorder, node, alert, now)
                     done.add((alert.fingerprint, alert.level))
                 checked = inputs
         except asyncio.CancelledError:

@@ -140,7 +140,7 @@ async def run_node(node: NodeConfig, keystore: KeyStore) -> int:
             asyncio.create_task(view.run()),
             asyncio.create_task(session.run()),
             asyncio.create_task(crls.run()),
-            asyncio.create_task(watch_expiry(node, store, recorder, view)),
+            asyncio.create_task(watch_expiry(node, recorder, view)),
             asyncio.create_task(answer_csr_requests(view, store, keystore)),
             asyncio.create_task(
                 RotationParts(node, store, keystore, view, Overrides(store, node, view, session)).run()

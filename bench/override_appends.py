@@ -190,7 +190,7 @@ async def _quiet(endpoint: str, tls: EtcdTLS | None, still: float = 0.2, limit: 
             if now == revision:
                 return
             revision = now
-    raise AssertionError(f"etcd kept being written for {limit:g} s after the appends")
+    raise AssertionError(f"etcd kept being written for {limit:g} s: the cluster never went quiet")
 
 
 async def _dead_ticket(endpoint: str, tls: EtcdTLS | None, cluster_name: str) -> int:
