@@ -57,6 +57,12 @@ class ClusterView:
         self.revision = 0  # the etcd revision this copy reflects at least
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
+        # background work is released once per burst of changes, all of it at the same moment: one
+        # wake-up of this process per burst, not one per task (each costs as much CPU as the change)
+        self._released_at = 0  # the revision background work was last released at
+        self._release_pending = False
+        # background tasks waiting for a release past the revision each has seen
+        self._waiting: list[tuple[int, asyncio.Future[bool]]] = []
         # key -> the mod_revisions of its latest updates seen, for writers waiting their turn (queue.py)
         self._updates: dict[str, deque[int]] = {}
         self._queued = (override_prefix(cluster_name), crl_prefix(cluster_name))  # the keys writers queue for
@@ -151,14 +157,32 @@ class ClusterView:
         return True
 
     async def next_change(self, seen: int, timeout: float) -> bool:
-        """For background work (CRLs, alerts, rotation parts): wait until the copy moves past revision
-        `seen` (False after `timeout` seconds without a change), then a moment longer, so that a burst
-        of changes (N nodes appending) is one round of work, not one per change, and the replies waiting
-        for that change go first."""
-        if not await self.caught_up(seen + 1, timeout):
-            return False
-        await asyncio.sleep(SETTLE)
-        return True
+        """For background work (CRLs, alerts, rotation parts): wait until the copy has moved past
+        revision `seen` and SETTLE has passed since the first change of that burst (False after
+        `timeout` seconds without one), so that a burst of changes (N nodes appending) is one round of
+        work, not one per change, and the replies waiting for that change go first. Every task waiting
+        here is released at the same moment."""
+        if self._released_at > seen:
+            return True
+        loop = asyncio.get_running_loop()
+        released: asyncio.Future[bool] = loop.create_future()  # a future and a timer each: no task
+        timer = loop.call_later(timeout, _settle, released, False)
+        self._waiting.append((seen, released))
+        try:
+            return await released
+        finally:
+            timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiting.remove((seen, released))
+
+    def _release(self) -> None:
+        self._release_pending = False
+        self._released_at = self.revision
+        waiting = self._waiting
+        self._waiting = [(seen, w) for seen, w in waiting if seen >= self._released_at]
+        for seen, released in waiting:
+            if seen < self._released_at:
+                _settle(released, True)
 
     def current(self) -> bool:
         return self.ready.is_set()
@@ -197,6 +221,9 @@ class ClusterView:
         async with self._changed:
             self.revision = max(self.revision, revision)
             self._changed.notify_all()
+        if not self._release_pending and self.revision > self._released_at:
+            self._release_pending = True
+            asyncio.get_running_loop().call_later(SETTLE, self._release)
 
     def _apply(self, key: str, value: Versioned | None) -> None:
         kind, _, name = key[len(self.prefix) :].partition("/")
@@ -237,3 +264,8 @@ class ClusterView:
                     self.targets[name] = target_address(value.value)
         except (ValueError, KeyError, TypeError) as e:
             log.error("ignoring unreadable value at %s: %s", key, e)
+
+
+def _settle(future: asyncio.Future[bool], result: bool) -> None:
+    if not future.done():
+        future.set_result(result)

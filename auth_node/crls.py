@@ -201,6 +201,11 @@ def unpublished(
     return {path: pem for path, pem in files.items() if published.get(path) != pem}
 
 
+def _same_objects(a: dict[str, CertAuthorityCRL], b: dict[str, CertAuthorityCRL]) -> bool:
+    """Whether `a` and `b` hold the very same resources (the view replaces one whenever it changes)."""
+    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
+
+
 def publish(files: dict[Path, str]) -> None:
     """Write each CRL to its file at the publication point, DER, replaced atomically when its content
     changed (blocking: call it off the loop)."""
@@ -247,6 +252,7 @@ class CRLs:
         reaches every node."""
         checked: dict[str, tuple[object, ...]] = {}  # CA type -> what its CRLs were last found current for
         published: dict[Path, str] = {}  # the PEM of each file published
+        published_from: dict[str, CertAuthorityCRL] = {}  # the CRL resources those files came from
         while True:
             await self.view.ready.wait()
             seen = self.view.revision
@@ -261,23 +267,34 @@ class CRLs:
                     log.warning("CRLs of %s not kept: %s", ca_type, e)
                 except Exception:  # a bug here must not stop the node from issuing: logged, next round
                     log.exception("CRLs of %s not kept", ca_type)
-            if self.node.crl_dir:
-                files = unpublished(Path(self.node.crl_dir), self.view.crls, self.node.host_id, published)
+            if self.node.crl_dir and not _same_objects(self.view.crls, published_from):
+                source = dict(self.view.crls)
+                files = unpublished(Path(self.node.crl_dir), source, self.node.host_id, published)
                 try:
                     if files:
                         await asyncio.to_thread(publish, files)
                         published.update(files)
+                    published_from = source
                 except OSError as e:
                     log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
             if not await self.view.next_change(seen, CHECK_INTERVAL):  # the timer: check everything
                 checked.clear()
                 published.clear()
+                published_from.clear()
 
     def _inputs(self, ca_type: str) -> tuple[object, ...]:
-        """What the CRLs of `ca_type` depend on in the view (compared by identity first: cheap)."""
+        """What the CRLs of this node's keys of `ca_type` depend on in the view: the CA, the override
+        entries of these keys, and their CRLs and revocations (another node's entry or CRL changing
+        costs no check)."""
+        ca = self.view.cert_authorities.get(ca_type)
+        own = sorted({pair.public_key_hash for _, pair in ca.keys_of_host(self.node.host_id)}) if ca else []
         stored = self.view.stored_override(ca_type)
-        entries = stored.resource.certificate_overrides if stored is not None and stored.valid else None
-        return (self.view.cert_authorities.get(ca_type), entries, self.view.crls.get(ca_type))
+        entries = None
+        if stored is not None and stored.valid:
+            entries = tuple(e for e in stored.resource.certificate_overrides if e.key_hash in own)
+        crls = self.view.crls.get(ca_type)
+        held = None if crls is None else tuple((k, crls.crls.get(k), crls.revoked.get(k)) for k in own)
+        return (ca, entries, held)
 
     def _issuers(self, ca_type: str) -> dict[str, KeyIssuers]:
         """This node's keys of `ca_type` with their CRL issuers, from the view."""

@@ -676,19 +676,37 @@ class EtcdStore:
     ) -> AsyncGenerator[tuple[str, Versioned | None, int], None]:
         """Yield (key, value, revision) for each change under `prefix`; value None for a delete.
 
-        Raises StoreUnavailableError when the stream breaks: watch again from the last
-        revision seen + 1 to miss nothing. Wrap in `contextlib.aclosing` to cancel the watch
-        when leaving the loop early.
+        Raises StoreUnavailableError when the stream breaks: watch again from the last revision seen
+        + 1 to miss nothing; ClusterError when etcd compacted the revisions it would start from. Wrap in
+        `contextlib.aclosing` to cancel the watch when leaving the loop early.
+
+        One Watch stream of its own, read here without aetcd's watcher (its locks, callbacks and
+        queue cost a third of the CPU of each change a node sees: every node sees every change).
         """
-        with self._map_errors():
-            watch = await self._connected().watch_prefix(prefix.encode(), start_revision=start_revision)
-            try:
-                async for event in watch:
-                    deleted = event.kind == aetcd.rtypes.EventKind.DELETE
-                    value = None if deleted else _versioned(event.kv)
-                    yield event.kv.key.decode(), value, int(event.kv.mod_revision)
-            finally:
-                await watch.cancel()
+        client = self._connected()
+        start, end = _prefix_range(prefix)
+        create = rpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision or 0)
+        call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+        try:
+            with self._map_errors():
+                await call.write(rpc.WatchRequest(create_request=create))
+                while True:
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        raise StoreUnavailableError(f"etcd at {','.join(self.endpoints)} ended the watch")
+                    if response.compact_revision:
+                        raise ClusterError(
+                            f"etcd compacted the revisions up to {response.compact_revision}: "
+                            f"the watch of {prefix} cannot start at {start_revision}"
+                        )
+                    if response.canceled:
+                        raise StoreUnavailableError(f"etcd canceled the watch: {response.cancel_reason}")
+                    for event in response.events:
+                        deleted = event.type == rpc.Event.DELETE
+                        value = None if deleted else _versioned(event.kv)
+                        yield event.kv.key.decode(), value, int(event.kv.mod_revision)
+        finally:
+            call.cancel()
 
     async def ping(self, key: str = "\0") -> int:
         """One linearizable read (needs a leader and quorum); returns the store revision.
