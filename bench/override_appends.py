@@ -23,12 +23,15 @@ from authsim.cluster.store.queue import SESSION_TTL, STALL
 CHANGE_SPACING = 0.02  # seconds between the changes whose watch CPU is measured
 
 
-async def raw_cas_latency(endpoint: str, count: int = 300) -> list[float]:
-    """Sequential successful CAS Txns on one key with the store's own client: seconds each."""
+async def raw_cas_latency(endpoint: str, count: int = 300, idle: float = 0.0) -> list[float]:
+    """Sequential successful CAS Txns on one key with the store's own client: seconds each. With
+    `idle`, each after that many seconds of nothing (as a lone append comes: every process asleep)."""
     samples = []
     async with EtcdStore([endpoint]) as store:
         revision = 0
         for i in range(count):
+            if idle:
+                await asyncio.sleep(idle)
             started = time.perf_counter()
             result = await store.compare_and_swap("/bench/raw", revision, f"value {i}".encode() * 20)
             samples.append(time.perf_counter() - started)
@@ -95,6 +98,8 @@ def simultaneous_appends(
         certs = cluster.override_certs(ca, "windows")
         clients = {n: cluster.client(n) for n in cluster.node_names}
         pids = [p for p in [etcd.pid, *(cluster.state.node(n).pid for n in cluster.node_names)] if p]
+        etcd_cpu = nodes_cpu = 0.0  # from the appends until the cluster is quiet again (their CRLs too)
+        aftermath = 0.0  # seconds that took
         at_once: list[float] = []
         serial: list[float] = []
         behind_dead: list[float] = []
@@ -110,12 +115,17 @@ def simultaneous_appends(
         for _ in range(rounds):
             fresh()
             cpu_before = sum(cpu_seconds(p) for p in pids) + time.process_time()
+            etcd_before, nodes_before = cpu_seconds(pids[0]), sum(cpu_seconds(p) for p in pids[1:])
+            began = time.perf_counter()
             seconds, replies = _append_at_once(clients, certs)
             cpu_used += sum(cpu_seconds(p) for p in pids) + time.process_time() - cpu_before
             at_once.append(seconds)
             attempts.extend(r.attempts for r in replies)
-            _check_all_landed(cluster, nodes)
             asyncio.run(_quiet(endpoint, tls))  # the new entries' CRLs are signed after the appends
+            aftermath += time.perf_counter() - began
+            etcd_cpu += cpu_seconds(pids[0]) - etcd_before
+            nodes_cpu += sum(cpu_seconds(p) for p in pids[1:]) - nodes_before
+            _check_all_landed(cluster, nodes)
             fresh()
             serial.append(_append_serially(clients, certs))
             _check_all_landed(cluster, nodes)
@@ -125,6 +135,9 @@ def simultaneous_appends(
                 behind_dead.append(_append_at_once(clients, certs)[0])
                 asyncio.run(_revoke(endpoint, tls, lease))
                 _check_all_landed(cluster, nodes)
+        idle_etcd, idle_nodes = _idle_cpu(pids, 2.0)
+        etcd_cpu -= idle_etcd * aftermath
+        nodes_cpu -= idle_nodes * aftermath
         watch = _watch_cpu(endpoint, tls, name, pids[1:], watched_changes) if watched_changes else {}
         for client in clients.values():
             client.close()
@@ -137,6 +150,8 @@ def simultaneous_appends(
         "attempts_mean": statistics.fmean(attempts),
         "attempts_max": max(attempts),
         "cores_busy": cpu_used / sum(at_once),
+        "etcd_cpu_ms_per_append": etcd_cpu / (rounds * nodes) * 1000,
+        "nodes_cpu_ms_per_append": nodes_cpu / (rounds * nodes) * 1000,
         **watch,
     }
     if behind_dead:
@@ -206,6 +221,15 @@ async def _dead_ticket(endpoint: str, tls: EtcdTLS | None, cluster_name: str) ->
 async def _revoke(endpoint: str, tls: EtcdTLS | None, lease: int) -> None:
     async with EtcdStore([endpoint], tls=tls) as store:
         await store.revoke_lease(lease)
+
+
+def _idle_cpu(pids: list[int], seconds: float) -> tuple[float, float]:
+    """CPU seconds per second that etcd (`pids[0]`) and the nodes (the rest) use when nothing happens
+    (timers, health checks): taken off the CPU measured over the appends and their aftermath."""
+    etcd_before, nodes_before = cpu_seconds(pids[0]), sum(cpu_seconds(p) for p in pids[1:])
+    time.sleep(seconds)
+    etcd = cpu_seconds(pids[0]) - etcd_before
+    return etcd / seconds, (sum(cpu_seconds(p) for p in pids[1:]) - nodes_before) / seconds
 
 
 def _watch_cpu(
