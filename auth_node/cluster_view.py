@@ -35,8 +35,9 @@ class ClusterView:
     Stored values are distrusted: one that breaks a rule is kept with its problems, never used.
     """
 
-    def __init__(self, store: EtcdStore, cluster_name: str) -> None:
+    def __init__(self, store: EtcdStore, cluster_name: str, settle: float = SETTLE) -> None:
         self.store = store
+        self.settle = settle
         self.cluster_name = cluster_name
         self.prefix = cluster_prefix(cluster_name)
         self.cert_authorities: dict[str, CertAuthority] = {}
@@ -161,8 +162,8 @@ class ClusterView:
         """For background work (CRLs, alerts, rotation parts): wait until the copy has moved past
         revision `seen` (False after `timeout` seconds without a change). Every task waiting here is
         released at the same moment, right after the replies waiting for that change, and at most once
-        per SETTLE: a lone change is handled in the wake-up that brought it, a burst of changes (N nodes
-        appending) in one round at the end of the period, not one round per change."""
+        per `settle` seconds: a lone change is handled in the wake-up that brought it, a burst of
+        changes (N nodes appending) in one round at the end of the period, not one round per change."""
         if self._released_at > seen:
             return True
         loop = asyncio.get_running_loop()
@@ -226,7 +227,7 @@ class ClusterView:
         if not self._release_pending and self.revision > self._released_at:
             self._release_pending = True
             loop = asyncio.get_running_loop()
-            loop.call_at(max(loop.time(), self._released_time + SETTLE), self._release)
+            loop.call_at(max(loop.time(), self._released_time + self.settle), self._release)
 
     def _apply(self, key: str, value: Versioned | None) -> None:
         kind, _, name = key[len(self.prefix) :].partition("/")

@@ -341,7 +341,7 @@ def report(result: dict[str, Any]) -> None:
         f"{etcd['raw_cas_after_idle_ms_median']:.2f} ms {etcd['idle_s']:g} s after the last; "
         f"{result['cpu_count']} cores"
     )
-    Console(width=140).print(table)
+    Console(width=160).print(table)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -1,0 +1,131 @@
+"""What a node does with each change it watches (issue 17): every node sees every change, so a change
+that alters nothing a node uses costs it little, and nothing it should notice is missed.
+
+The override readings are pure functions over real certificates; the watch and the view run against
+a real etcd of their own (the compaction test compacts it, which the session etcd must never be).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aetcd import rpc
+
+from authsim.auth_node.cluster_view import ClusterView
+from authsim.cluster.errors import ClusterError
+from authsim.cluster.local.etcd_server import EtcdServer
+from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
+from authsim.cluster.resources.stored import read_override
+from authsim.cluster.store import EtcdStore
+from authsim.cluster.store.keys import cluster_prefix
+from tests.certs import external_ca, override_cert, rsa_key
+
+CLUSTER = "mycluster"
+
+
+@functools.cache
+def _entries() -> tuple[CertificateOverride, ...]:
+    """Two override entries with real certificates (made once: a certificate's serial is random)."""
+    chain = external_ca()
+    certificates = (override_cert(rsa_key(slot), chain[0]).pem for slot in (1, 2))
+    return tuple(CertificateOverride(certificate=pem) for pem in certificates)
+
+
+def _stored(status: dict[str, object], **entry_fields: object) -> bytes:
+    """A stored windows override of the two entries, with `status`; `entry_fields` set on the first
+    entry's stored mapping as given (types too)."""
+    entries = tuple(replace(e, public_key=e.key_hash) for e in _entries())
+    resource = CertAuthorityOverride(CLUSTER, "windows", certificate_overrides=entries)
+    data = json.loads(resource.to_json())
+    data["spec"]["certificate_overrides"][0].update(entry_fields)
+    data["status"] = status
+    return json.dumps(data).encode()
+
+
+def test_a_status_only_change_is_the_last_reading_at_the_new_revision() -> None:
+    first = read_override(_stored({"last_write": {"node": "auth1"}}), 10, CLUSTER, "windows")
+    assert first.valid, first.problems
+    again = read_override(_stored({"last_write": {"node": "auth2"}}), 11, CLUSTER, "windows", first)
+    assert again.valid
+    assert again.resource.revision == 11
+    assert again.resource.last_write == {"node": "auth2"}
+    # the entries are the very objects already read: nothing parsed or checked again
+    assert again.resource.certificate_overrides is first.resource.certificate_overrides
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("disabled", 1, "spec.certificate_overrides[0].disabled: must be true or false, got 1"),
+        ("disabled", False, ""),  # a real change of content: read again, and it passes
+    ],
+)
+def test_a_content_change_equal_in_python_but_not_in_json_is_read_again(
+    field: str, value: object, problem: str
+) -> None:
+    """`1 == True` in Python: the comparison with the last reading must not take one for the other."""
+    first = read_override(_stored({}, disabled=True), 10, CLUSTER, "windows")
+    assert first.valid, first.problems
+    changed = read_override(_stored({}, **{field: value}), 11, CLUSTER, "windows", first)
+    assert list(changed.problems) == ([problem] if problem else [])
+
+
+async def test_a_watch_from_a_compacted_revision_fails_naming_it(tmp_path: Path) -> None:
+    etcd = EtcdServer.start(tmp_path / "etcd")
+    try:
+        async with EtcdStore([etcd.endpoint]) as store:
+            first = await store.create("/w/a", b"1")
+            await store.compare_and_swap("/w/a", first, b"2")
+            latest = await store.ping()
+            await store._call("Compact", rpc.CompactionRequest(revision=latest, physical=True))
+            with pytest.raises(ClusterError, match=f"compacted the revisions up to {latest}"):
+                async with contextlib.aclosing(store.watch_prefix("/w/", first)) as changes:
+                    async for _ in changes:
+                        pass
+    finally:
+        etcd.stop()
+
+
+async def test_background_work_is_released_at_a_lone_change_and_once_per_period_in_a_burst(
+    tmp_path: Path,
+) -> None:
+    settle = 1.0  # long, so that the test does not hang on how fast this machine is
+    etcd = EtcdServer.start(tmp_path / "etcd")
+    try:
+        async with EtcdStore([etcd.endpoint]) as store:
+            view = ClusterView(store, CLUSTER, settle=settle)
+            watching = asyncio.create_task(view.run())
+            try:
+                await view.wait_ready(10)
+                loop = asyncio.get_running_loop()
+                unused = cluster_prefix(CLUSTER) + "expiry_alerts/test/"  # a kind the view keeps nothing of
+                await asyncio.sleep(settle)  # the listing's release is a period ago
+                seen = view.revision
+                changed = loop.time()
+                await store.create(unused + "lone", b"x")
+                assert await view.next_change(seen, 5 * settle)
+                assert loop.time() - changed < settle / 2, "a lone change waited for the period"
+
+                rounds, seen = 0, view.revision
+                burst = asyncio.gather(*(store.create(f"{unused}{i}", b"x") for i in range(40)))
+                while await view.next_change(seen, 2 * settle):
+                    seen = view.revision
+                    rounds += 1
+                    if burst.done() and seen >= max(burst.result()):
+                        break
+                assert burst.done() and seen >= max(burst.result())
+                # at the burst's first change (if a period has passed since the lone one), then at
+                # most once a period while its changes keep coming
+                assert rounds <= 3, f"{rounds} rounds of background work for a burst of 40 changes"
+            finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
+    finally:
+        etcd.stop()
