@@ -19,7 +19,7 @@ from authsim.cluster.resources.stored import (
 )
 from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.addresses import node_name, target_address
-from authsim.cluster.store.keys import cluster_prefix, crl_prefix, override_prefix
+from authsim.cluster.store.keys import cluster_prefix, crl_prefix, override_key, override_prefix
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
@@ -65,6 +65,9 @@ class ClusterView:
         self._release_pending = False
         # background tasks waiting for a release past the revision each has seen
         self._waiting: list[tuple[int, asyncio.Future[bool]]] = []
+        # override key -> the revision of the latest change of it this copy holds (watched, or written
+        # here: see `wrote`), so that a watched change older than one written here is not applied
+        self._held_since: dict[str, int] = {}
         # key -> the mod_revisions of its latest updates seen, for writers waiting their turn (queue.py)
         self._updates: dict[str, deque[int]] = {}
         self._queued = (override_prefix(cluster_name), crl_prefix(cluster_name))  # the keys writers queue for
@@ -85,13 +88,15 @@ class ClusterView:
                 self.crls.clear()
                 self.stored_crls.clear()
                 self._decoded.clear()
+                self._held_since.clear()
                 for key, found in listing:
                     self._apply(key, found)
                 await self._advance(start)
                 self.ready.set()
                 async with contextlib.aclosing(self.store.watch_prefix(self.prefix, start + 1)) as changes:
                     async for key, value, revision in changes:
-                        self._apply(key, value)
+                        if self._newer(key, revision):
+                            self._apply(key, value)
                         if key.startswith(self._queued):
                             self._updates.setdefault(key, deque(maxlen=UPDATES_KEPT)).append(revision)
                         await self._advance(revision)
@@ -148,6 +153,27 @@ class ClusterView:
         if ca_type in self.invalid_cas:
             raise self.invalid_cas[ca_type].error()
         raise NotFoundError(f"cert_authority {ca_type} of cluster {self.cluster_name} not found")
+
+    def wrote(self, ca_type: str, value: Versioned | None, revision: int) -> bool:
+        """Take this node's own write of `ca_type`'s override (None: its removal), landed at `revision`,
+        before the watch shows it: read-your-writes on this node without waiting for the watch. False
+        when the copy is not current (then wait with `caught_up`)."""
+        if not self.ready.is_set():
+            return False
+        key = override_key(self.cluster_name, ca_type)
+        if self._newer(key, revision):
+            self._apply(key, value)
+        return True
+
+    def _newer(self, key: str, revision: int) -> bool:
+        """Whether a change of `key` at `revision` is newer than what this copy holds of it (an override
+        written here may be held before the watch shows it, and changes before it after)."""
+        if not key.startswith(self._queued[0]):
+            return True
+        if self._held_since.get(key, 0) >= revision:
+            return False
+        self._held_since[key] = revision
+        return True
 
     async def caught_up(self, revision: int, timeout: float) -> bool:
         """Wait until this copy reflects `revision` (read-your-writes on this node)."""

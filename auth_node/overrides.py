@@ -79,6 +79,7 @@ class WriteResult:
     public_key: str = ""
     problems: tuple[str, ...] = ()  # a check-only write: every problem found (none: it would land)
     request_id: str = ""  # the write's id, in status.last_write where it landed
+    in_view: bool = False  # whether this node's view already holds the write (no wait for its watch)
 
 
 def _trusted(stored: StoredOverride | None) -> CertAuthorityOverride | None:
@@ -353,16 +354,19 @@ class Overrides:
         if check_only:
             return await self._check(ca_type, change, base)
         removing = False
+        sent: tuple[Versioned | None, bytes] | None = None  # the last value sent, and what it replaced
 
         def encode(current: Versioned | None, ca: Versioned | None) -> bytes | None:
-            nonlocal removing
+            nonlocal removing, sent
             ctx = replace(base, cert_authority=self._cert_authority(ca_type, ca))
             new = change(self._decoded(ca_type, current), ctx)
             removing = new is REMOVE
             if new is None:
                 return None
             done.attempts += 1  # the Txn this goes out in
-            return DELETE if new is REMOVE else self._encoded(new, done.attempts, request_id)
+            data = DELETE if new is REMOVE else self._encoded(new, done.attempts, request_id)
+            sent = (current, data)
+            return data
 
         def mine(found: Versioned) -> bool:
             stored = self._decoded(ca_type, found)
@@ -384,7 +388,16 @@ class Overrides:
             raise OutcomeUnknownError(
                 f"{e}; {_how_to_check(ca_type, request_id, removing)}", request_id
             ) from e
-        return WriteResult(result.revision, result.attempts, result.changed, request_id=request_id)
+        in_view = result.changed and sent is not None and self._show(ca_type, *sent, result.revision)
+        return WriteResult(
+            result.revision, result.attempts, result.changed, request_id=request_id, in_view=in_view
+        )
+
+    def _show(self, ca_type: str, replaced: Versioned | None, data: bytes, revision: int) -> bool:
+        """Put this node's write, landed at `revision`, in its view; whether the view took it."""
+        created = revision if replaced is None else replaced.create_revision
+        value = None if data is DELETE else Versioned(data, revision, created)
+        return self.view.wrote(ca_type, value, revision)
 
     def _queue(self, ca_type: str, request_id: str) -> WriteQueue | None:
         """The write's place in the queue of `ca_type`'s writers: a ticket named by node and request."""

@@ -560,7 +560,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
 
     async def _written(self, result: WriteResult) -> pb.WriteResponse:
         """The reply to a write, sent once this node's view has it (read-your-writes on this node)."""
-        if result.changed:
+        if result.changed and not result.in_view:
             await self.view.caught_up(result.revision, VIEW_TIMEOUT)
         return pb.WriteResponse(
             revision=result.revision,

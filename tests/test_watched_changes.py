@@ -22,8 +22,8 @@ from authsim.cluster.errors import ClusterError
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
 from authsim.cluster.resources.stored import read_override
-from authsim.cluster.store import EtcdStore
-from authsim.cluster.store.keys import cluster_prefix
+from authsim.cluster.store import EtcdStore, Versioned
+from authsim.cluster.store.keys import cluster_prefix, override_key
 from tests.certs import external_ca, override_cert, rsa_key
 
 CLUSTER = "mycluster"
@@ -123,6 +123,37 @@ async def test_background_work_is_released_at_a_lone_change_and_once_per_period_
                 # at the burst's first change (if a period has passed since the lone one), then at
                 # most once a period while its changes keep coming
                 assert rounds <= 3, f"{rounds} rounds of background work for a burst of 40 changes"
+            finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
+    finally:
+        etcd.stop()
+
+
+async def test_an_own_write_held_before_the_watch_shows_it_is_not_undone_by_older_changes(
+    tmp_path: Path,
+) -> None:
+    """A node takes its own override write into its view at once (read-your-writes without waiting for
+    its watch); changes of that key the watch shows afterwards but from before it are older: ignored."""
+    etcd = EtcdServer.start(tmp_path / "etcd")
+    try:
+        async with EtcdStore([etcd.endpoint]) as store:
+            view = ClusterView(store, CLUSTER)
+            watching = asyncio.create_task(view.run())
+            try:
+                await view.wait_ready(10)
+                key = override_key(CLUSTER, "windows")
+                ours = await store.ping() + 3  # as if this node's write landed 3 revisions from now
+                assert view.wrote("windows", Versioned(b"ours", ours, ours), ours)
+                revision = await store.create(key, b"older 1")
+                for i in range(2, 5):
+                    revision = (await store.compare_and_swap(key, revision, f"older {i}".encode())).revision
+                    if revision <= ours:
+                        assert await view.caught_up(revision, 5)
+                        assert view.stored_overrides["windows"].value == b"ours"
+                assert revision > ours and await view.caught_up(revision, 5)
+                assert view.stored_overrides["windows"] == Versioned(b"older 4", revision, ours - 2)
             finally:
                 watching.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
