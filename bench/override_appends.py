@@ -139,7 +139,7 @@ def simultaneous_appends(
                 behind_dead.append(_append_at_once(clients, certs)[0])
                 asyncio.run(_revoke(endpoint, tls, lease))
                 _check_all_landed(cluster, nodes)
-        idle_etcd, idle_nodes = _idle_cpu(pids, 2.0)
+        idle_etcd, idle_nodes = _idle_cpu(pids, endpoint, tls)
         etcd_cpu -= idle_etcd * aftermath
         nodes_cpu -= idle_nodes * aftermath
         watch = _watch_cpu(endpoint, tls, name, pids[1:], watched_changes) if watched_changes else {}
@@ -227,11 +227,15 @@ async def _revoke(endpoint: str, tls: EtcdTLS | None, lease: int) -> None:
         await store.revoke_lease(lease)
 
 
-def _idle_cpu(pids: list[int], seconds: float) -> tuple[float, float]:
-    """CPU seconds per second that etcd (`pids[0]`) and the nodes (the rest) use when nothing happens
-    (timers, health checks): taken off the CPU measured over the appends and their aftermath."""
+def _idle_cpu(pids: list[int], endpoint: str, tls: EtcdTLS | None, waits: int = 5) -> tuple[float, float]:
+    """CPU seconds per second that etcd (`pids[0]`) and the nodes (the rest) use while nothing happens
+    but a wait for quiet (timers, health checks, the wait's own connection and reads): taken off the CPU
+    measured over the appends and the wait for quiet after them."""
     etcd_before, nodes_before = cpu_seconds(pids[0]), sum(cpu_seconds(p) for p in pids[1:])
-    time.sleep(seconds)
+    started = time.perf_counter()
+    for _ in range(waits):
+        asyncio.run(_quiet(endpoint, tls))
+    seconds = time.perf_counter() - started
     etcd = cpu_seconds(pids[0]) - etcd_before
     return etcd / seconds, (sum(cpu_seconds(p) for p in pids[1:]) - nodes_before) / seconds
 

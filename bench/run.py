@@ -335,13 +335,13 @@ def report(result: dict[str, Any]) -> None:
         "",
     )
     hsm_report(table, result["hsm"], issuance["credentials_per_s"], issuance["batched_credentials_per_s"])
-    Console(width=140).print(
+    Console(width=200).print(
         f"raw etcd CAS Txn: median {etcd['raw_cas_ms_median']:.2f} ms "
         f"({etcd['raw_cas_per_s']:.0f}/s, one client, back to back), "
         f"{etcd['raw_cas_after_idle_ms_median']:.2f} ms {etcd['idle_s']:g} s after the last; "
         f"{result['cpu_count']} cores"
     )
-    Console(width=160).print(table)
+    Console(width=200).print(table)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
