@@ -680,8 +680,9 @@ class EtcdStore:
         + 1 to miss nothing; ClusterError when etcd compacted the revisions it would start from. Wrap in
         `contextlib.aclosing` to cancel the watch when leaving the loop early.
 
-        One Watch stream of its own, read here without aetcd's watcher (its locks, callbacks and
-        queue cost a third of the CPU of each change a node sees: every node sees every change).
+        One Watch stream of its own, read here without aetcd's watcher and its locks, callbacks and
+        queue: every node sees every change, and a bare watcher process spent 575 µs of CPU per change
+        through it against 400 µs this way.
         """
         client = self._connected()
         start, end = _prefix_range(prefix)
