@@ -69,7 +69,8 @@ class ClusterView:
         self._held_since: dict[str, int] = {}
         # key -> the mod_revisions of its latest updates seen, for writers waiting their turn (queue.py)
         self._updates: dict[str, deque[int]] = {}
-        self._queued = (override_prefix(cluster_name), crl_prefix(cluster_name))  # the keys writers queue for
+        self._overrides = override_prefix(cluster_name)
+        self._queued = (self._overrides, crl_prefix(cluster_name))  # the keys writers queue for
 
     async def run(self) -> None:
         """List, then watch from the listing's revision; on any failure, list and watch again."""
@@ -167,7 +168,7 @@ class ClusterView:
     def _newer(self, key: str, revision: int) -> bool:
         """Whether a change of `key` at `revision` is newer than what this copy holds of it (an override
         written here may be held before the watch shows it, and changes before it after)."""
-        if not key.startswith(self._queued[0]):
+        if not key.startswith(self._overrides):
             return True
         if self._held_since.get(key, 0) >= revision:
             return False
@@ -195,7 +196,7 @@ class ClusterView:
             return True
         loop = asyncio.get_running_loop()
         released: asyncio.Future[bool] = loop.create_future()  # a future and a timer each: no task
-        timer = loop.call_later(timeout, _settle, released, False)
+        timer = loop.call_later(timeout, _resolve, released, False)
         self._waiting.append((seen, released))
         try:
             return await released
@@ -211,7 +212,7 @@ class ClusterView:
         self._waiting = [(seen, w) for seen, w in waiting if seen >= self._released_at]
         for seen, released in waiting:
             if seen < self._released_at:
-                _settle(released, True)
+                _resolve(released, True)
 
     def current(self) -> bool:
         return self.ready.is_set()
@@ -295,6 +296,6 @@ class ClusterView:
             log.error("ignoring unreadable value at %s: %s", key, e)
 
 
-def _settle(future: asyncio.Future[bool], result: bool) -> None:
+def _resolve(future: asyncio.Future[bool], result: bool) -> None:
     if not future.done():
         future.set_result(result)

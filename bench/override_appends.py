@@ -118,17 +118,20 @@ def simultaneous_appends(
 
         for _ in range(rounds):
             fresh()
-            cpu_before = sum(cpu_seconds(p) for p in pids) + time.process_time()
-            etcd_before, nodes_before = cpu_seconds(pids[0]), sum(cpu_seconds(p) for p in pids[1:])
-            began = time.perf_counter()
+            etcd_before, nodes_before = _cpu_split(pids)
+            client_before, began = time.process_time(), time.perf_counter()
             seconds, replies = _append_at_once(clients, certs)
-            cpu_used += sum(cpu_seconds(p) for p in pids) + time.process_time() - cpu_before
+            etcd_landed, nodes_landed = _cpu_split(pids)
+            cpu_used += (
+                etcd_landed + nodes_landed + time.process_time() - etcd_before - nodes_before - client_before
+            )
             at_once.append(seconds)
             attempts.extend(r.attempts for r in replies)
             asyncio.run(_quiet(endpoint, tls))  # the new entries' CRLs are signed after the appends
             aftermath += time.perf_counter() - began
-            etcd_cpu += cpu_seconds(pids[0]) - etcd_before
-            nodes_cpu += sum(cpu_seconds(p) for p in pids[1:]) - nodes_before
+            etcd_after, nodes_after = _cpu_split(pids)
+            etcd_cpu += etcd_after - etcd_before
+            nodes_cpu += nodes_after - nodes_before
             _check_all_landed(cluster, nodes)
             fresh()
             serial.append(_append_serially(clients, certs))
@@ -231,13 +234,18 @@ def _idle_cpu(pids: list[int], endpoint: str, tls: EtcdTLS | None, waits: int = 
     """CPU seconds per second that etcd (`pids[0]`) and the nodes (the rest) use while nothing happens
     but a wait for quiet (timers, health checks, the wait's own connection and reads): taken off the CPU
     measured over the appends and the wait for quiet after them."""
-    etcd_before, nodes_before = cpu_seconds(pids[0]), sum(cpu_seconds(p) for p in pids[1:])
+    etcd_before, nodes_before = _cpu_split(pids)
     started = time.perf_counter()
     for _ in range(waits):
         asyncio.run(_quiet(endpoint, tls))
     seconds = time.perf_counter() - started
-    etcd = cpu_seconds(pids[0]) - etcd_before
-    return etcd / seconds, (sum(cpu_seconds(p) for p in pids[1:]) - nodes_before) / seconds
+    etcd, nodes = _cpu_split(pids)
+    return (etcd - etcd_before) / seconds, (nodes - nodes_before) / seconds
+
+
+def _cpu_split(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds used so far by etcd (`pids[0]`) and by the nodes (the rest) together."""
+    return cpu_seconds(pids[0]), sum(cpu_seconds(p) for p in pids[1:])
 
 
 def _watch_cpu(

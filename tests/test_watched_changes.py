@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import functools
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from aetcd import rpc
 
-from authsim.auth_node.cluster_view import ClusterView
+from authsim.auth_node.cluster_view import SETTLE, ClusterView
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
@@ -60,19 +61,19 @@ def test_a_status_only_change_is_the_last_reading_at_the_new_revision() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "problem"),
+    ("disabled", "problem"),
     [
-        ("disabled", 1, "spec.certificate_overrides[0].disabled: must be true or false, got 1"),
-        ("disabled", False, ""),  # a real change of content: read again, and it passes
+        (1, "spec.certificate_overrides[0].disabled: must be true or false, got 1"),
+        (False, ""),  # a real change of content: read again, and it passes
     ],
 )
 def test_a_content_change_equal_in_python_but_not_in_json_is_read_again(
-    field: str, value: object, problem: str
+    disabled: object, problem: str
 ) -> None:
     """`1 == True` in Python: the comparison with the last reading must not take one for the other."""
     first = read_override(_stored({}, disabled=True), 10, CLUSTER, "windows")
     assert first.valid, first.problems
-    changed = read_override(_stored({}, **{field: value}), 11, CLUSTER, "windows", first)
+    changed = read_override(_stored({}, disabled=disabled), 11, CLUSTER, "windows", first)
     assert list(changed.problems) == ([problem] if problem else [])
 
 
@@ -92,36 +93,45 @@ async def test_a_watch_from_a_compacted_revision_fails_naming_it(tmp_path: Path)
         etcd.stop()
 
 
-async def test_background_work_is_released_once_per_burst_of_changes(tmp_path: Path) -> None:
-    settle = 0.5  # long, so that a burst falls within it on a busy machine too
-    etcd = EtcdServer.start(tmp_path / "etcd")
+@contextlib.asynccontextmanager
+async def _watching_view(
+    directory: Path, settle: float = SETTLE
+) -> AsyncIterator[tuple[EtcdStore, ClusterView]]:
+    """A store on an etcd of its own, and a ClusterView of it, current and watching; all stopped after."""
+    etcd = EtcdServer.start(directory / "etcd")
     try:
         async with EtcdStore([etcd.endpoint]) as store:
             view = ClusterView(store, CLUSTER, settle=settle)
             watching = asyncio.create_task(view.run())
             try:
                 await view.wait_ready(10)
-                loop = asyncio.get_running_loop()
-                unused = cluster_prefix(CLUSTER) + "expiry_alerts/test/"  # a kind the view keeps nothing of
-                rounds, seen = 0, view.revision
-                changed = loop.time()
-                burst = await asyncio.gather(*(store.create(f"{unused}{i}", b"x") for i in range(40)))
-                while await view.next_change(seen, 3 * settle):
-                    seen = view.revision
-                    rounds += 1
-                    if seen >= max(burst):
-                        break
-                took = loop.time() - changed
-                assert seen >= max(burst)
-                # one release for the burst (two if it outlasted the period), each after the period
-                assert rounds <= 1 + int(took / settle), f"{rounds} rounds in {took:.2f} s for 40 changes"
-                assert took >= settle * 0.9, f"background work ran {took:.2f} s after the burst began"
+                yield store, view
             finally:
                 watching.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watching
     finally:
         etcd.stop()
+
+
+async def test_background_work_is_released_once_per_burst_of_changes(tmp_path: Path) -> None:
+    settle = 0.5  # long, so that a burst falls within it on a busy machine too
+    async with _watching_view(tmp_path, settle) as (store, view):
+        loop = asyncio.get_running_loop()
+        unused = cluster_prefix(CLUSTER) + "expiry_alerts/test/"  # a kind the view keeps nothing of
+        rounds, seen = 0, view.revision
+        changed = loop.time()
+        burst = await asyncio.gather(*(store.create(f"{unused}{i}", b"x") for i in range(40)))
+        while await view.next_change(seen, 3 * settle):
+            seen = view.revision
+            rounds += 1
+            if seen >= max(burst):
+                break
+        took = loop.time() - changed
+        assert seen >= max(burst)
+        # one release for the burst (two if it outlasted the period), each after the period
+        assert rounds <= 1 + int(took / settle), f"{rounds} rounds in {took:.2f} s for 40 changes"
+        assert took >= settle * 0.9, f"background work ran {took:.2f} s after the burst began"
 
 
 async def test_an_own_write_held_before_the_watch_shows_it_is_not_undone_by_older_changes(
@@ -129,27 +139,15 @@ async def test_an_own_write_held_before_the_watch_shows_it_is_not_undone_by_olde
 ) -> None:
     """A node takes its own override write into its view at once (read-your-writes without waiting for
     its watch); changes of that key the watch shows afterwards but from before it are older: ignored."""
-    etcd = EtcdServer.start(tmp_path / "etcd")
-    try:
-        async with EtcdStore([etcd.endpoint]) as store:
-            view = ClusterView(store, CLUSTER)
-            watching = asyncio.create_task(view.run())
-            try:
-                await view.wait_ready(10)
-                key = override_key(CLUSTER, "windows")
-                ours = await store.ping() + 3  # as if this node's write landed 3 revisions from now
-                assert view.wrote("windows", Versioned(b"ours", ours, ours), ours)
-                revision = await store.create(key, b"older 1")
-                for i in range(2, 5):
-                    revision = (await store.compare_and_swap(key, revision, f"older {i}".encode())).revision
-                    if revision <= ours:
-                        assert await view.caught_up(revision, 5)
-                        assert view.stored_overrides["windows"].value == b"ours"
-                assert revision > ours and await view.caught_up(revision, 5)
-                assert view.stored_overrides["windows"] == Versioned(b"older 4", revision, ours - 2)
-            finally:
-                watching.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watching
-    finally:
-        etcd.stop()
+    async with _watching_view(tmp_path) as (store, view):
+        key = override_key(CLUSTER, "windows")
+        ours = await store.ping() + 3  # as if this node's write landed 3 revisions from now
+        assert view.wrote("windows", Versioned(b"ours", ours, ours), ours)
+        revision = await store.create(key, b"older 1")
+        for i in range(2, 5):
+            revision = (await store.compare_and_swap(key, revision, f"older {i}".encode())).revision
+            if revision <= ours:
+                assert await view.caught_up(revision, 5)
+                assert view.stored_overrides["windows"].value == b"ours"
+        assert revision > ours and await view.caught_up(revision, 5)
+        assert view.stored_overrides["windows"] == Versioned(b"older 4", revision, ours - 2)

@@ -271,10 +271,21 @@ def _known_entries(
     for index, raw in enumerate(entries):
         certificate = raw.get("certificate") if isinstance(raw, dict) else None
         entry = by_certificate.get(certificate) if isinstance(certificate, str) else None
-        stored = {} if entry is None else entry.to_dict()
-        if entry is not None and raw == stored and all(type(raw[k]) is type(v) for k, v in stored.items()):
-            found[index] = entry  # (types too: 1 == True, but `disabled: 1` breaks a rule)
+        if entry is not None and identical_json(raw, entry.to_dict()):
+            found[index] = entry
     return found
+
+
+def identical_json(a: Any, b: Any) -> bool:
+    """Decoded JSON values equal in value and type (`1 == True` in Python, but `disabled: 1` breaks a
+    rule that `disabled: true` passes)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(identical_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(identical_json, a, b))
+    return bool(a == b)
 
 
 def _no_document() -> ValidationError:

@@ -12,7 +12,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from authsim.cluster.errors import StoredDataError, ValidationError, cut
 from authsim.cluster.resources.cert_authority import ROTATION_PHASES, CAKeyPair, CertAuthority
-from authsim.cluster.resources.override import CertAuthorityOverride, override_from_data
+from authsim.cluster.resources.override import CertAuthorityOverride, identical_json, override_from_data
 from authsim.cluster.resources.validation import OverrideContext, key_hash_problems, validate_override
 from authsim.cluster.resources.x509 import public_key_hash
 
@@ -97,7 +97,7 @@ def read_override(
         return StoredOverride(empty, (f"resource: not a JSON document: {cut(str(e), 120)}",))
     last_write = _last_write(data)
     content = {k: v for k, v in data.items() if k != "status"} if isinstance(data, dict) else None
-    if content is not None and previous is not None and _identical(content, previous.content):
+    if content is not None and previous is not None and identical_json(content, previous.content):
         pinned = previous.resource.revision if _pinned_revision(content) else revision
         return replace(previous, resource=replace(previous.resource, revision=pinned, last_write=last_write))
     known = () if previous is None else previous.resource.certificate_overrides
@@ -113,17 +113,6 @@ def read_override(
     ctx = OverrideContext(cluster_name, None, "", {}, force=True)
     problems += validate_override(resource, resource, ctx)
     return StoredOverride(replace(resource, last_write=last_write), tuple(problems), content)
-
-
-def _identical(a: Any, b: Any) -> bool:
-    """Decoded JSON values equal in value and type (`1 == True` in Python, not here)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_identical(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(map(_identical, a, b))
-    return bool(a == b)
 
 
 def _pinned_revision(content: dict[str, Any]) -> bool:
