@@ -22,9 +22,12 @@ from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.layout import ClusterLayout
 from authsim.cluster.local import processes
+from authsim.cluster.local.downstream import LABELS
 from authsim.cluster.local.external_ca import init
 from authsim.cluster.local.launcher import down, etcd_marker, node_marker
+from authsim.cluster.local.state import ClusterState
 from authsim.cluster.local.target_process import target_marker
+from authsim.hsm.provision import HSM_PROCESS
 
 BIN = Path(sys.executable).parent
 
@@ -155,7 +158,7 @@ def test_up_interrupted_at_any_moment_leaves_nothing_running_and_up_works_again(
 
     interrupted = 0
     try:
-        for delay in (0.0, 0.4, 1.0, 2.0, 3.0):
+        for delay in (0.0, 0.4, 1.0, 2.0, 8.0):  # 8 s: up has finished
             before = saved()
             up = subprocess.Popen(
                 [BIN / "authsim", "up", "--dir", str(directory), "--nodes", "2", "--detach"],
@@ -177,7 +180,8 @@ def test_up_interrupted_at_any_moment_leaves_nothing_running_and_up_works_again(
             assert "Traceback" not in err, err
             assert up.returncode in (0, 130, -signal.SIGINT), err
             if left := _processes_of(directory):  # the signal came once the cluster was up: all is up
-                assert len(down(directory)) == 7, (
+                planned = _planned_parts(directory)
+                assert sorted(down(directory)) == planned, (
                     f"after {delay}s only part of the cluster runs: {err}; {_command_lines(left)}"
                 )
             else:
@@ -189,6 +193,17 @@ def test_up_interrupted_at_any_moment_leaves_nothing_running_and_up_works_again(
     with local_cluster(directory, nodes=2) as cluster:  # and up works again, on the same dir
         assert cluster.exercise("db_client", "alice")["success"]
     assert _processes_of(directory) == []
+
+
+def _planned_parts(directory: Path) -> list[str]:
+    """What `down` names when every part `up` planned for `directory` runs: each node (and its HSM
+    process, in that mode), each target, each downstream server, and the embedded etcd."""
+    state = ClusterState.load(directory)
+    parts = [node.name for node in state.nodes] + [f"{kind} target" for kind in state.targets]
+    if state.hsm == HSM_PROCESS:
+        parts += [f"{node.name} HSM" for node in state.nodes]
+    parts += [LABELS[name] for name in state.servers] + ["etcd"]
+    return sorted(parts)
 
 
 def _stop_everything(directory: Path) -> None:
