@@ -19,7 +19,7 @@ from authsim.cluster.resources.stored import (
 )
 from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.addresses import node_name, target_address
-from authsim.cluster.store.keys import cluster_prefix, crl_prefix, override_key, override_prefix
+from authsim.cluster.store.keys import cluster_prefix, crl_key, crl_prefix, override_key, override_prefix
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
@@ -64,8 +64,8 @@ class ClusterView:
         self._release_pending = False
         # background tasks waiting for a release past the revision each has seen
         self._waiting: list[tuple[int, asyncio.Future[bool]]] = []
-        # override key -> the revision of the latest change of it this copy holds (watched, or written
-        # here: see `wrote`), so that a watched change older than one written here is not applied
+        # override or CRL resource key -> the revision of the latest change of it this copy holds (watched,
+        # or written here: see `wrote`), so that a watched change older than one written here is not applied
         self._held_since: dict[str, int] = {}
         # key -> the mod_revisions of its latest updates seen, for writers waiting their turn (queue.py)
         self._updates: dict[str, deque[int]] = {}
@@ -154,21 +154,27 @@ class ClusterView:
             raise self.invalid_cas[ca_type].error()
         raise NotFoundError(f"cert_authority {ca_type} of cluster {self.cluster_name} not found")
 
-    def wrote(self, ca_type: str, value: Versioned | None, revision: int) -> bool:
-        """Take this node's own write of `ca_type`'s override (None: its removal), landed at `revision`,
-        before the watch shows it: read-your-writes on this node without waiting for the watch. False
-        when the copy is not current (then wait with `caught_up`)."""
+    def wrote(
+        self, ca_type: str, value: Versioned | None, revision: int, crls: Versioned | None = None
+    ) -> bool:
+        """Take this node's own write of `ca_type`'s override (None: its removal), and of its CRL
+        resource when the same Txn wrote it, landed at `revision`, before the watch shows it:
+        read-your-writes on this node without waiting for the watch. False when the copy is not current
+        (then wait with `caught_up`)."""
         if not self.ready.is_set():
             return False
-        key = override_key(self.cluster_name, ca_type)
-        if self._newer(key, revision):
-            self._apply(key, value)
+        written = {override_key(self.cluster_name, ca_type): value}
+        if crls is not None:
+            written[crl_key(self.cluster_name, ca_type)] = crls
+        for key, new in written.items():
+            if self._newer(key, revision):
+                self._apply(key, new)
         return True
 
     def _newer(self, key: str, revision: int) -> bool:
         """Whether a change of `key` at `revision` is newer than what this copy holds of it (an override
-        written here may be held before the watch shows it, and changes before it after)."""
-        if not key.startswith(self._overrides):
+        or CRL resource written here may be held before the watch shows it, and changes before it after)."""
+        if not key.startswith(self._queued):
             return True
         if self._held_since.get(key, 0) >= revision:
             return False

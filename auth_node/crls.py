@@ -2,9 +2,11 @@
 
 Each key of a CA has a CRL issued by its self-signed CA certificate and one per override entry, issued
 by that entry's certificate (enabled or disabled). Only the node that holds a key signs them: the
-keeper (`CRLKeeper.run`) signs what is missing or stale for this node's own keys, on every change of the
+keeper (`CRLs.run`) signs what is missing or stale for this node's own keys, on every change of the
 cluster's CAs, overrides and CRLs, and on a timer. A revocation (any node) adds a serial to the spec of
-the key that issued it; the holder's keeper then signs new CRLs listing it.
+the key that issued it; the holder's keeper then signs new CRLs listing it. A node appending its own
+key's entry signs that entry's CRL first and writes it in the append's Txn (`entry_crl`): the entry
+never shows without its CRL, and the append costs the cluster one write, not two.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import os
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -47,8 +49,9 @@ from authsim.cluster.resources.crl import (
     key_identifier,
 )
 from authsim.cluster.resources.key_prefix import SHOWN, resolve_key_hash
-from authsim.cluster.resources.override import CertAuthorityOverride
-from authsim.cluster.store import EtcdStore, Versioned
+from authsim.cluster.resources.key_ref import KeyRef
+from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
+from authsim.cluster.store import Companion, EtcdStore, Versioned
 from authsim.cluster.store.keys import crl_key, crl_tickets_prefix
 from authsim.cluster.store.queue import Session, WriteQueue, writer_queue
 from authsim.hsm import KeyStore
@@ -116,18 +119,24 @@ def stale_reason(issuers: KeyIssuers, stored: CertAuthorityCRL | None, now: dt.d
     return None
 
 
+def sign_crl(
+    keystore: KeyStore, key: KeyRef, issuer: x509.Certificate, number: int, revoked: tuple[Revocation, ...]
+) -> str:
+    """The CRL of `issuer`, a certificate of token key `key`, number `number`, signed in the token
+    (blocking: call it off the loop)."""
+    serials = {int(r.serial, 16): dt.datetime.fromisoformat(r.revoked_at) for r in revoked}
+    builder = crl_builder(issuer, number, serials, dt.datetime.now(dt.timezone.utc))
+    crl = keystore.run(lambda: builder.sign(keystore.private_key(key), hashes.SHA256()))
+    return crl.public_bytes(Encoding.PEM).decode()
+
+
 def sign_key_crls(
     keystore: KeyStore, issuers: KeyIssuers, number: int, revoked: tuple[Revocation, ...]
 ) -> KeyCRLs:
     """Every CRL of one key, number `number`, signed in the token (blocking: call it off the loop)."""
-    now = dt.datetime.now(dt.timezone.utc)
-    serials = {int(r.serial, 16): dt.datetime.fromisoformat(r.revoked_at) for r in revoked}
-    key = keystore.private_key(issuers.pair.key)
 
     def signed(issuer: x509.Certificate) -> str:
-        builder = crl_builder(issuer, number, serials, now)
-        crl = keystore.run(lambda: builder.sign(key, hashes.SHA256()))
-        return crl.public_bytes(Encoding.PEM).decode()
+        return sign_crl(keystore, issuers.pair.key, issuer, number, revoked)
 
     overrides = {print_: signed(cert) for print_, cert in issuers.overrides.items()}
     return KeyCRLs(number, signed(issuers.ca_cert), overrides, issuers.pair.key.host_id)
@@ -391,6 +400,48 @@ class CRLs:
         key = crl_key(self.node.cluster_name, ca_type)
         result = await self.store.update(key, add, queue=self._queue(ca_type))
         return key_hash, serial, already, result.revision
+
+    async def entry_crl(self, ca_type: str, entry: CertificateOverride) -> Companion | None:
+        """The CRL resource with the CRL of `entry`, a new override entry of a key this node holds,
+        signed now, to be written in the entry's own Txn; None when the keeper is to sign it (another
+        node's key, an expired certificate, or no CRLs of the key yet). It keeps the key's CRL number
+        (a new issuer's first CRL; the number still rises with each CRL that issuer signs) and takes
+        effect only while the key's CRLs and revocations are still those it was signed for."""
+        ca = self.view.cert_authorities.get(ca_type)
+        current = self.view.crls.get(ca_type)
+        own = {pair.public_key_hash: pair for _, pair in ca.keys_of_host(self.node.host_id)} if ca else {}
+        held = None if current is None else current.crls.get(entry.key_hash)
+        if entry.key_hash not in own or held is None or current is None:
+            return None
+        try:
+            cert = _certificate(entry.certificate)
+        except ValueError:  # the append refuses it
+            return None
+        if (
+            cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc)
+            or fingerprint(cert) in held.overrides
+        ):
+            return None
+        revoked = current.revoked.get(entry.key_hash, ())
+        key = own[entry.key_hash].key
+        pem = await self.keystore.run_async(sign_crl, self.keystore, key, cert, held.crl_number, revoked)
+        crls = replace(held, overrides={fingerprint(cert): pem})
+
+        def merge(found: Versioned | None) -> bytes | None:
+            try:
+                resource = decoded(found, self.node.cluster_name, ca_type)
+            except StoredDataError:
+                return None
+            if (
+                resource.crls.get(entry.key_hash) != held
+                or resource.revoked.get(entry.key_hash, ()) != revoked
+            ):
+                return None  # signed or revoked since: the keeper signs again
+            return resource.with_crls(entry.key_hash, crls).to_json()
+
+        return Companion(
+            crl_key(self.node.cluster_name, ca_type), merge, lambda: self.view.stored_crls.get(ca_type)
+        )
 
     def _queue(self, ca_type: str) -> WriteQueue | None:
         """A write's place in the queue of `ca_type`'s CRL writers."""

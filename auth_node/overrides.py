@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
 from authsim.cluster.errors import (
     AlreadyExistsError,
+    AuthSimError,
     ConflictError,
     NotFoundError,
     OutcomeUnknownError,
@@ -31,7 +33,7 @@ from authsim.cluster.resources.key_prefix import resolve_key_hash
 from authsim.cluster.resources.override import MAX_RESOURCE_BYTES, CertAuthorityOverride, CertificateOverride
 from authsim.cluster.resources.stored import StoredOverride, read_cert_authority, read_override
 from authsim.cluster.resources.validation import OverrideContext, check_override
-from authsim.cluster.store import DELETE, EtcdStore, Versioned
+from authsim.cluster.store import DELETE, Companion, EtcdStore, UpdateResult, Versioned
 from authsim.cluster.store.addresses import node_names
 from authsim.cluster.store.keys import (
     cert_authority_key,
@@ -48,6 +50,9 @@ class Removal(enum.Enum):
 
 REMOVE = Removal.REMOVE  # what a change returns to delete the resource
 Change = Callable[[StoredOverride | None, OverrideContext], CertAuthorityOverride | Removal | None]
+# the CRL resource with a new entry's CRL, to write in the entry's Txn (`CRLs.entry_crl`); None: none
+EntryCRL = Callable[[str, CertificateOverride], Awaitable[Companion | None]]
+log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
@@ -97,15 +102,22 @@ def _base(stored: StoredOverride | None) -> CertAuthorityOverride | None:
 class Overrides:
     """The override resources of one cluster, as seen and written by one node. With the node's
     `session`, a write whose compare-and-swap failed waits its turn in the key's queue (shown by the
-    view's watch) instead of retrying at random."""
+    view's watch) instead of retrying at random. With `entry_crl`, an appended entry of this node's
+    key lands with its CRL, in one Txn."""
 
     def __init__(
-        self, store: EtcdStore, node: NodeConfig, view: ClusterView, session: Session | None = None
+        self,
+        store: EtcdStore,
+        node: NodeConfig,
+        view: ClusterView,
+        session: Session | None = None,
+        entry_crl: EntryCRL | None = None,
     ) -> None:
         self.store = store
         self.node = node
         self.view = view
         self.session = session
+        self.entry_crl = entry_crl
 
     async def get(self, ca_type: str) -> StoredOverride:
         found = await self.store.get(override_key(self.node.cluster_name, ca_type))
@@ -223,7 +235,13 @@ class Overrides:
                 )
             return self._checked(base.with_entry(entry), before, ctx)
 
-        written = await self._update(ca_type, append, force, progress=progress)
+        crl = None
+        if self.entry_crl is not None and entry.certificate:
+            try:
+                crl = await self.entry_crl(ca_type, entry)
+            except AuthSimError as e:  # the token away: the keeper signs it once it answers
+                log.warning("the CRL of the new %s entry is left to the keeper: %s", ca_type, e)
+        written = await self._update(ca_type, append, force, progress=progress, companion=crl)
         return replace(written, public_key=entry.key_hash)
 
     async def update_entry(
@@ -340,13 +358,15 @@ class Overrides:
         force: bool,
         check_only: bool = False,
         progress: WriteProgress | None = None,
+        companion: Companion | None = None,
     ) -> WriteResult:
         """The compare-and-swap loop: `change` maps the stored resource to the new one (None: no-op,
         REMOVE: delete it), checked against the CA as stored at that moment: the Txn compares the CA's
         revision too, so a CA change (a rotation) between the checks and the write sends the write
         round again, never past the checks. A write whose answer etcd lost succeeds when the stored
         resource carries its request id (`progress.request_id`, made here when empty); else its outcome is
-        unknown. `progress` follows the write, also when it is refused (its audit event tells it)."""
+        unknown. `progress` follows the write, also when it is refused (its audit event tells it). A
+        `companion` (a new entry's CRL) is written along when it still applies (`Companion`)."""
         done = progress or WriteProgress()
         request_id = done.request_id = _request_id_or_new(done.request_id)
         base = await self._context(force)
@@ -383,21 +403,28 @@ class Overrides:
                 known=known,
                 mine=mine,
                 queue=self._queue(ca_type, request_id),
+                companion=companion,
             )
         except OutcomeUnknownError as e:
             raise OutcomeUnknownError(
                 f"{e}; {_how_to_check(ca_type, request_id, removing)}", request_id
             ) from e
-        in_view = result.changed and sent is not None and self._show(ca_type, *sent, result.revision)
+        in_view = result.changed and sent is not None and self._show(ca_type, *sent, result)
         return WriteResult(
             result.revision, result.attempts, result.changed, request_id=request_id, in_view=in_view
         )
 
-    def _show(self, ca_type: str, replaced: Versioned | None, data: bytes, revision: int) -> bool:
-        """Put this node's write, landed at `revision`, in its view; whether the view took it."""
+    def _show(self, ca_type: str, replaced: Versioned | None, data: bytes, landed: UpdateResult) -> bool:
+        """Put this node's write (with the CRLs it wrote along), landed, in its view; whether the view
+        took it."""
+        revision = landed.revision
         created = revision if replaced is None else replaced.create_revision
         value = None if data is DELETE else Versioned(data, revision, created)
-        return self.view.wrote(ca_type, value, revision)
+        crls = None
+        if landed.companion is not None:  # created before: an entry's CRL needs its key's CRLs stored
+            held = self.view.stored_crls.get(ca_type)
+            crls = Versioned(landed.companion, revision, held.create_revision if held else revision)
+        return self.view.wrote(ca_type, value, revision, crls)
 
     def _queue(self, ca_type: str, request_id: str) -> WriteQueue | None:
         """The write's place in the queue of `ca_type`'s writers: a ticket named by node and request."""

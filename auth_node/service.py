@@ -145,7 +145,7 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.view = view
         self.recorder = recorder  # override writes' audit events
         self.crls = crls
-        self.overrides = Overrides(store, node, view, session)
+        self.overrides = Overrides(store, node, view, session, crls.entry_crl)
         self.signer = TokenSigner(keystore)
         self.domain = desktop_domain(node.cluster_name)  # windows leaves' UPN suffix
 

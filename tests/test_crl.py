@@ -21,8 +21,8 @@ from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.errors import KeyAccessError, ValidationError
 from authsim.cluster.local.external_ca import ExternalCA, init
 from authsim.cluster.resources.crl import CertAuthorityCRL, crl_builder, crl_problem, fingerprint
-from authsim.cluster.store import EtcdStore
-from authsim.cluster.store.keys import crl_key
+from authsim.cluster.store import EtcdStore, Versioned
+from authsim.cluster.store.keys import crl_key, override_key
 
 NODES = ("node1", "node2")
 
@@ -63,6 +63,20 @@ class Flow:
                 return keys
             assert time.monotonic() < deadline, f"CRLs not signed in {until}s: {listing}"
             time.sleep(0.2)
+
+    def stored_crls(self) -> tuple[Versioned, CertAuthorityCRL]:
+        """The windows override and CRL resource as etcd holds them, read at one revision."""
+        state = self.cluster.state
+
+        async def read() -> tuple[Versioned | None, Versioned | None]:
+            async with EtcdStore(list(state.etcd.endpoints), tls=state.etcd.tls) as store:
+                return await store.get_both(
+                    override_key(state.cluster_name, "windows"), crl_key(state.cluster_name, "windows")
+                )
+
+        override, crls = asyncio.run(read())
+        assert override is not None and crls is not None
+        return override, CertAuthorityCRL.from_json(crls.value, crls.mod_revision)
 
     def store_write(self, value: bytes) -> None:
         state = self.cluster.state
@@ -205,6 +219,34 @@ def test_a_stale_crl_is_signed_again_with_a_higher_number(flow: Flow) -> None:
         time.sleep(0.2)
     assert _crl(found.crl).is_signature_valid(ca_cert.public_key())  # type: ignore[arg-type]
     assert len(listing.keys) == 2
+
+
+def test_an_appended_entry_lands_with_its_crl_in_the_same_write(flow: Flow, tmp_path: Path) -> None:
+    """A node appending an entry of its own key signs the entry's CRL first and writes it in the
+    append's Txn: etcd never holds the entry without its CRL (openssl verifies it against the entry's
+    certificate), the key keeps its CRL number, and the keeper finds nothing left to sign."""
+    node = NODES[1]
+    key = flow.key_of(node)
+    cert = flow.overrides[node]
+    path = tmp_path / "entry.pem"
+    path.write_bytes(cert.public_bytes(Encoding.PEM))
+    flow.ok("auth", "delete-override", "--type=windows", "--public-key", key, node=node)
+    deadline = time.monotonic() + 15
+    while (before := flow.stored_crls()[1].crls[key]).overrides:  # the keeper signs without the entry
+        assert time.monotonic() < deadline, "the removed entry's CRL stayed"
+        time.sleep(0.1)
+    flow.ok("auth", "create-override", "--type=windows", str(path), "--disabled", node=node)
+    override, crls = flow.stored_crls()
+    assert crls.revision == override.mod_revision  # one Txn
+    after = crls.crls[key]
+    assert (after.crl_number, after.crl, list(after.overrides)) == (
+        before.crl_number,
+        before.crl,
+        [fingerprint(cert)],
+    )
+    assert _openssl_verifies(after.overrides[fingerprint(cert)], cert, tmp_path) == ""
+    time.sleep(1.0)  # many times the keeper's settle period: it would have signed by now
+    assert flow.stored_crls()[1].revision == crls.revision
 
 
 def test_crl_number_validity_rule() -> None:

@@ -24,7 +24,7 @@ from authsim.cluster.errors import (
     ValidationError,
 )
 from authsim.cluster.local.etcd_server import EtcdServer, find_etcd_binary
-from authsim.cluster.store import DELETE, EtcdStore, EtcdTLS, UpdateResult, Versioned
+from authsim.cluster.store import DELETE, Companion, EtcdStore, EtcdTLS, UpdateResult, Versioned
 from tests.etcd_pki import EtcdPKI, etcd_pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -379,6 +379,38 @@ async def test_update_guarded_goes_round_again_when_the_guard_key_changed(
         key, guard_key, lambda current, guard: b"entry", known=(None, current_guard)
     )
     assert (result.changed, result.attempts) == (True, 1)
+
+
+async def test_a_companion_lands_in_the_same_txn_and_only_as_its_fn_saw_it(
+    store: EtcdStore, key_prefix: str
+) -> None:
+    """An update's companion key (an entry's CRL) is written in the key's own Txn, at one revision, and
+    compared too: written meanwhile by someone else (a stale cached copy), the whole Txn fails and the
+    next attempt gives `fn` the value its failure branch read. `fn` returning None leaves it out."""
+    key, crls = key_prefix + "override", key_prefix + "crls"
+    await store.create(crls, b"crl 1")
+    cached = await store.get(crls)
+    assert cached is not None
+    await store.compare_and_swap(crls, cached.mod_revision, b"crl 2")  # e.g. the keeper signed again
+    seen: list[bytes | None] = []
+
+    def along(current: Versioned | None) -> bytes | None:
+        seen.append(current.value if current else None)
+        return (current.value if current else b"") + b" + entry"
+
+    companion = Companion(crls, along, lambda: cached)
+    result = await store.update(key, lambda _: b"entry", known=(None,), companion=companion)
+    assert seen == [b"crl 1", b"crl 2"]  # the first Txn compared the stale copy: nothing of it landed
+    assert (result.attempts, result.companion) == (2, b"crl 2 + entry")
+    stored, stored_crls = await store.get_both(key, crls)
+    assert stored is not None and stored_crls is not None
+    assert (stored.value, stored_crls.value) == (b"entry", b"crl 2 + entry")
+    assert stored.mod_revision == stored_crls.mod_revision == result.revision
+
+    left_out = Companion(crls, lambda _: None, lambda: stored_crls)
+    result = await store.update(key, lambda _: b"entry 2", companion=left_out)
+    assert (result.changed, result.companion) == (True, None)
+    assert await store.get(crls) == stored_crls
 
 
 async def test_update_does_not_trust_a_cached_value_for_errors_or_no_ops(

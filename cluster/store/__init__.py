@@ -7,6 +7,7 @@ cluster-name rule); `addresses` keeps the nodes' and targets' addresses there; `
 from authsim.cluster.store.etcd import (
     DELETE,
     CasResult,
+    Companion,
     EtcdStore,
     EtcdTLS,
     Page,
@@ -15,4 +16,14 @@ from authsim.cluster.store.etcd import (
     Versioned,
 )
 
-__all__ = ["DELETE", "CasResult", "EtcdStore", "EtcdTLS", "Page", "Trim", "UpdateResult", "Versioned"]
+__all__ = [
+    "DELETE",
+    "CasResult",
+    "Companion",
+    "EtcdStore",
+    "EtcdTLS",
+    "Page",
+    "Trim",
+    "UpdateResult",
+    "Versioned",
+]

@@ -112,6 +112,7 @@ class EtcdTLS:
 
 
 Guard = tuple[str, int]  # a key that must still be at this mod_revision (0: absent) for a write to land
+CompanionWrite = tuple[str, int, bytes]  # a companion key, the mod_revision it must be at, its new value
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,20 @@ class CasResult:
     current: Versioned | None = None
     guard: Versioned | None = None
     tickets: tuple[tuple[str, Versioned], ...] = ()  # a queued swap that failed: the queue then, keys only
+    companion: Versioned | None = None  # a swap with a companion that failed: the companion key's value
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A second key an update writes in the same Txn as its key, when `fn` says so: `fn(value)` gives
+    the companion's new value from its current one, or None to leave it out of that attempt. Written, it
+    is compared too (at the revision `fn` saw), so it never overwrites a change `fn` did not see.
+    `latest()` is the freshest value the caller holds (a watch's copy): each attempt starts from it or
+    from the last failure branch's read, whichever is newer."""
+
+    key: str
+    fn: Callable[[Versioned | None], bytes | None]
+    latest: Callable[[], Versioned | None]
 
 
 class Queue(Protocol):
@@ -203,11 +218,13 @@ class Queue(Protocol):
 
 @dataclass(frozen=True)
 class UpdateResult:
-    """The outcome of `update()`: the revision now stored, the attempts taken, whether it wrote."""
+    """The outcome of `update()`: the revision now stored, the attempts taken, whether it wrote (and
+    the companion's value it wrote along, if any)."""
 
     revision: int
     attempts: int
     changed: bool
+    companion: bytes | None = None
 
 
 class EtcdStore:
@@ -483,6 +500,7 @@ class EtcdStore:
         known: tuple[Versioned | None] | None = None,
         mine: Callable[[Versioned], bool] | None = None,
         queue: Queue | None = None,
+        companion: Companion | None = None,
     ) -> UpdateResult:
         """Read, `fn(current)`, compare-and-swap; on conflict retry `fn` on the value the Txn returned.
 
@@ -505,7 +523,8 @@ class EtcdStore:
         land (then the loop goes on as after a conflict). Else `fn` judges the value as usual; but an
         AuthSimError from it (a refusal that may be about our own write, overwritten since) becomes
         OutcomeUnknownError, and so does reaching the deadline or `max_attempts` with the write unsettled.
-        With a `queue`, writers take turns instead of backing off (see `update_guarded`).
+        With a `queue`, writers take turns instead of backing off; with a `companion`, a second key
+        is written along (see `update_guarded`).
         """
         return await self.update_guarded(
             key,
@@ -516,6 +535,7 @@ class EtcdStore:
             known=None if known is None else (known[0], None),
             mine=mine,
             queue=queue,
+            companion=companion,
         )
 
     async def update_guarded(
@@ -529,6 +549,7 @@ class EtcdStore:
         known: tuple[Versioned | None, Versioned | None] | None = None,
         mine: Callable[[Versioned], bool] | None = None,
         queue: Queue | None = None,
+        companion: Companion | None = None,
     ) -> UpdateResult:
         """`update`, where `fn(current, guard)` also sees the value of `guard_key` and the write lands
         only if that key is still as `fn` saw it (both compared in the one Txn; both re-read by its
@@ -539,12 +560,14 @@ class EtcdStore:
         random: its failed Txn enqueued it, and it waits until the writers ahead of it have written the
         key (`Queue.wait_turn`), then tries at once with the value its watch shows; its ticket leaves
         the queue with its successful Txn, or when the update ends otherwise.
+
+        With a `companion`, each attempt that puts the key may also put the companion key (`Companion`).
         """
         limits = (max_attempts, deadline)
         if queue is None:
-            return await self._attempts(key, guard_key, fn, limits, known, mine, None)
+            return await self._attempts(key, guard_key, fn, limits, known, mine, None, companion)
         try:
-            return await self._attempts(key, guard_key, fn, limits, known, mine, queue)
+            return await self._attempts(key, guard_key, fn, limits, known, mine, queue, companion)
         finally:
             if queue.placed:
                 await self._leave(queue)
@@ -558,6 +581,7 @@ class EtcdStore:
         known: tuple[Versioned | None, Versioned | None] | None,
         mine: Callable[[Versioned], bool] | None,
         queue: Queue | None,
+        companion: Companion | None,
     ) -> UpdateResult:
         """The loop of `update_guarded`, within `limits` (max_attempts, deadline)."""
         max_attempts, deadline = limits
@@ -570,6 +594,7 @@ class EtcdStore:
         lost_since = 0  # the revision that write compared the key against (0: absent, or a delete)
         unsure = False  # whether history could not settle a lost write (it stays in doubt)
         unanswered: StoreUnavailableError | None = None  # the last call etcd did not answer
+        along: tuple[Versioned | None, int] | None = None  # a failure branch's companion value, and revision
         attempt = expected = 0
         while True:
             writing = waited = False
@@ -607,13 +632,15 @@ class EtcdStore:
                     return UpdateResult(expected, attempt, False)
                 guarded = (guard_key, guard.mod_revision if guard else 0) if guard_key else None
                 queued = queue if queue is not None and queue.usable() else None
+                extra = _companion_write(companion, along) if new_value is not DELETE else None
                 writing = True
                 lost_since = expected if new_value is not DELETE else 0
-                result = await self._swap(key, expected, new_value, guarded, queued)
+                result = await self._swap(key, expected, new_value, guarded, queued, extra)
                 writing = False
                 if result.succeeded:
-                    return UpdateResult(result.revision, attempt, True)
+                    return UpdateResult(result.revision, attempt, True, extra[2] if extra else None)
                 current, guard, confirmed = result.current, result.guard, True
+                along = (result.companion, result.revision) if extra else along
                 if queued is not None and result.tickets:  # enqueued (its own ticket is listed)
                     turn = await queued.wait_turn(key, guard_key, result)
                     if turn is not None:  # the watch's values, newer than the failure branch's
@@ -732,17 +759,23 @@ class EtcdStore:
         op: Any,
         guard: Guard | None = None,
         queue: tuple[Queue, int] | None = None,
+        extra: CompanionWrite | None = None,
     ) -> CasResult:
-        """Txn: if `key` (and the guard key) are at the expected revisions then `op` else Get both.
-        With a `queue` (and its lease): success also deletes the writer's ticket; failure also puts it
-        under the lease and lists the queue's tickets (keys only)."""
+        """Txn: if `key` (and the guard key, and the `extra` key) are at the expected revisions then
+        `op` (and put `extra`'s value) else Get them all. With a `queue` (and its lease): success also
+        deletes the writer's ticket; failure also puts it under the lease and lists the queue's tickets
+        (keys only)."""
         compares, reads = [], []
-        for k, expected in [(key, expected_revision), *([guard] if guard else [])]:
+        checked = [(key, expected_revision), *([guard] if guard else []), *([extra[:2]] if extra else [])]
+        for k, expected in checked:
             if expected < 0:
                 raise ValueError(f"expected revision of {k} must be >= 0, not {expected}")
             compares.append(_compare(k, expected))
             reads.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())))
         success, failure = [op], list(reads)
+        if extra is not None:
+            put = rpc.PutRequest(key=extra[0].encode(), value=extra[2])
+            success.append(rpc.RequestOp(request_put=put))
         if queue is not None:
             (waiting, lease), ticket = queue, queue[0].ticket.encode()
             start, end = _prefix_range(waiting.tickets)
@@ -762,18 +795,27 @@ class EtcdStore:
             tickets = tuple(
                 (kv.key.decode(), _versioned(kv)) for kv in response.responses[-1].response_range.kvs
             )
-        return CasResult(False, revision, values[0], values[1] if guard else None, tickets)
+        along = values[-1] if extra is not None else None
+        return CasResult(False, revision, values[0], values[1] if guard else None, tickets, along)
 
     async def _swap(
-        self, key: str, expected: int, value: bytes, guard: Guard | None, queue: Queue | None
+        self,
+        key: str,
+        expected: int,
+        value: bytes,
+        guard: Guard | None,
+        queue: Queue | None,
+        extra: CompanionWrite | None = None,
     ) -> CasResult:
-        """One attempt's Txn: a compare-and-swap of `value`, or a conditional delete for DELETE; with
-        `queue`, queued (see `Queue`). A ticket put under a lease etcd no longer knows fails the whole
-        Txn ("lease not found"), applying nothing: it goes again unqueued (the session grants anew)."""
+        """One attempt's Txn: a compare-and-swap of `value` (and `extra`), or a conditional delete for
+        DELETE; with `queue`, queued (see `Queue`). A ticket put under a lease etcd no longer knows
+        fails the whole Txn ("lease not found"), applying nothing: it goes again unqueued (the session
+        grants anew)."""
         if queue is None:
             if value is DELETE:
                 return await self.delete(key, expected, guard)
-            return await self.compare_and_swap(key, expected, value, guard)
+            put = rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))
+            return await self._guarded(key, expected, put, guard, extra=extra)
         if value is DELETE:
             if expected < 1:
                 raise ValueError(f"delete of {key} needs the revision it read (> 0), not {expected}")
@@ -783,12 +825,12 @@ class EtcdStore:
         lease = queue.lease()
         queue.placed = True  # until a success branch deletes it
         try:
-            result = await self._guarded(key, expected, op, guard, (queue, lease))
+            result = await self._guarded(key, expected, op, guard, (queue, lease), extra)
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.NOT_FOUND:
                 raise
             queue.lease_ended(lease)
-            return await self._guarded(key, expected, op, guard)
+            return await self._guarded(key, expected, op, guard, extra=extra)
         queue.placed = not result.succeeded
         return result
 
@@ -920,6 +962,22 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, OSError):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     return None
+
+
+def _companion_write(
+    companion: Companion | None, read: tuple[Versioned | None, int] | None
+) -> CompanionWrite | None:
+    """What one attempt writes of `companion`, from the newer of its caller's copy and `read` (the
+    value a failure branch read, and that Txn's revision); None when nothing."""
+    if companion is None:
+        return None
+    seen = held = companion.latest()
+    if read is not None:
+        value, revision = read
+        if held is None or held.mod_revision < (value.mod_revision if value else revision):
+            seen = value
+    new = companion.fn(seen)
+    return None if new is None else (companion.key, seen.mod_revision if seen else 0, new)
 
 
 def _compare(key: str, expected_revision: int) -> Any:
