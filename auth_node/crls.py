@@ -58,6 +58,7 @@ from authsim.hsm import KeyStore
 
 log = logging.getLogger(__name__)
 CHECK_INTERVAL = 60.0  # seconds between checks when nothing changes (CRLs age)
+RETRY_INTERVAL = 1.0  # seconds before a check that failed (the token or etcd away) runs again
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,8 @@ class CRLs:
 
     async def run(self) -> None:
         """Keep this node's keys' CRLs current: after every change the view sees of what they depend on
-        (a CA type's CA, override entries, CRLs), and on a timer (CRLs age). A change of anything else
+        (a CA type's CA, override entries, CRLs), and on a timer (CRLs age); a check that failed (the
+        token or etcd away) runs again within RETRY_INTERVAL, changes or not. A change of anything else
         (another resource, an override's status) costs no check: with N nodes appending, each change
         reaches every node."""
         checked: dict[str, tuple[object, ...]] = {}  # CA type -> what its CRLs were last found current for
@@ -265,6 +267,7 @@ class CRLs:
         while True:
             await self.view.ready.wait()
             seen = self.view.revision
+            failed = False
             for ca_type in sorted(self.view.cert_authorities):
                 inputs = self._inputs(ca_type)
                 if checked.get(ca_type) == inputs:
@@ -272,10 +275,12 @@ class CRLs:
                 try:
                     await self.keep(ca_type)
                     checked[ca_type] = inputs
-                except AuthSimError as e:  # etcd away, a broken stored resource: next round
+                except AuthSimError as e:  # etcd or the token away, a broken stored resource: next round
                     log.warning("CRLs of %s not kept: %s", ca_type, e)
+                    failed = True
                 except Exception:  # a bug here must not stop the node from issuing: logged, next round
                     log.exception("CRLs of %s not kept", ca_type)
+                    failed = True
             if self.node.crl_dir and not _same_objects(self.view.crls, published_from):
                 source = dict(self.view.crls)
                 files = unpublished(Path(self.node.crl_dir), source, self.node.host_id, published)
@@ -286,7 +291,10 @@ class CRLs:
                     published_from = source
                 except OSError as e:
                     log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
-            if not await self.view.next_change(seen, CHECK_INTERVAL):  # the timer: check everything
+                    failed = True
+            if failed:
+                await self.view.next_change(seen, RETRY_INTERVAL)
+            elif not await self.view.next_change(seen, CHECK_INTERVAL):  # the timer: check everything
                 checked.clear()
                 published.clear()
                 published_from.clear()

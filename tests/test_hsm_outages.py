@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -24,6 +25,7 @@ from authsim.cluster.errors import AuthSimError, UnavailableError
 from authsim.cluster.local import processes
 from authsim.cluster.local.external_ca import ExternalCA, init
 from authsim.cluster.local.hsm_process import hsm_marker
+from authsim.cluster.resources.crl import fingerprint
 from tests.attacker import passable_dir
 
 DEADLINE = 1.5  # the cluster's --hsm-timeout
@@ -169,8 +171,9 @@ def test_hsm_stop_during_signing(world: World) -> None:
 @pytest.mark.parametrize("kind", ["pause", "stop"])
 def test_hsm_outage_during_override_writes(world: World, kind: str) -> None:
     """A node's HSM hangs or is gone during the override flow on that node: its CSR fails within the
-    deadline naming its HSM; the override append through it (no token call) lands exactly once; after
-    the HSM answers, its CSR works again."""
+    deadline naming its HSM; the override append through it lands exactly once, within the deadline,
+    without the entry's CRL (the token call for it fails at once); after the HSM answers, its CSR works
+    again and its keeper signs the entry's CRL."""
     cluster = world.cluster
     node = world.others[0] if kind == "pause" else world.others[1]
     _, csr = _csr(world, node, world.tmp / f"{kind}-csr-before" / node)
@@ -200,6 +203,11 @@ def test_hsm_outage_during_override_writes(world: World, kind: str) -> None:
     added = [e for e in after["spec"]["certificate_overrides"] if e["certificate"].strip() == pem]
     assert len(added) == 1  # landed once
     assert len(after["spec"]["certificate_overrides"]) == len(before["spec"]["certificate_overrides"]) + 1
+    entry_cert = x509.load_pem_x509_certificate(pem.encode())
+    deadline = time.monotonic() + RECOVERY_LIMIT
+    while fingerprint(entry_cert) not in _override_crls(world, added[0]["public_key"]):
+        assert time.monotonic() < deadline, "the keeper did not sign the entry's CRL once the HSM answered"
+        time.sleep(0.2)
 
 
 def test_hsm_processes_are_stopped_by_down() -> None:
@@ -214,6 +222,13 @@ def test_hsm_processes_are_stopped_by_down() -> None:
         stopped = cluster.stop()
     assert "node1 HSM" in stopped
     assert not processes.is_running(entry.hsm_pid, marker)
+
+
+def _override_crls(world: World, key_hash: str) -> list[str]:
+    """The fingerprints of the override certificates whose CRLs key `key_hash` has now."""
+    with world.cluster.client(world.active) as client:
+        listing = client.call("ListCRLs", pb.ListCRLsRequest(type="windows"))
+    return [o.fingerprint for k in listing.keys if k.public_key_hash == key_hash for o in k.overrides]
 
 
 def _overrides(world: World) -> dict[str, Any]:
