@@ -71,6 +71,7 @@ from authsim.cluster.store import EtcdStore
 from authsim.cluster.store.addresses import node_names
 from authsim.cluster.store.queue import Session
 from authsim.hsm import KeyStore
+from authsim.hsm.pkcs11_store import Pkcs11KeyStore
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -146,7 +147,8 @@ class AuthService(pb_grpc.AuthServiceServicer):  # type: ignore[misc]
         self.recorder = recorder  # override writes' audit events
         self.crls = crls
         self.overrides = Overrides(store, node, view, session, crls.entry_crl)
-        self.signer = TokenSigner(keystore)
+        worker = keystore.signing_process() if isinstance(keystore, Pkcs11KeyStore) else None
+        self.signer = TokenSigner(keystore, worker)
         self.domain = desktop_domain(node.cluster_name)  # windows leaves' UPN suffix
 
     async def issuer(self, ca_type: str) -> Issuer:

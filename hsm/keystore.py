@@ -60,6 +60,11 @@ class HsmProbe(Protocol):
         """False from a token call that failed or ran past its deadline until `probe` reconnected."""
         ...
 
+    def failed(self, why: str) -> None:
+        """A token call made elsewhere (a signing worker) failed or missed its deadline: unavailable
+        until `probe` reconnects."""
+        ...
+
     def probe(self) -> None:
         """Return when the HSM answers (reconnecting first if it did not); HsmUnavailableError if not."""
         ...

@@ -29,6 +29,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from authsim.cluster.errors import AuthSimError, HsmUnavailableError, KeyAccessError, NotFoundError
 from authsim.cluster.resources.key_ref import KeyRef
 from authsim.hsm.provision import SERVER_ADDRESS_ENV, TokenConfig
+from authsim.hsm.signing_process import SigningProcess
 from authsim.hsm.token_key import TokenRSAPrivateKey
 
 T = TypeVar("T")
@@ -149,6 +150,18 @@ class Pkcs11KeyStore:  # implements authsim.hsm.keystore.KeyStore and HsmProbe
             return await asyncio.wait_for(asyncio.wrap_future(future), self.call_timeout)
         except asyncio.TimeoutError:
             raise self._not_answering(future) from None
+
+    def failed(self, why: str) -> None:
+        """A token call made elsewhere (the signing worker) failed or missed its deadline: the HSM
+        counts as unavailable until `probe` reconnects."""
+        if self._unavailable is None:
+            self._unavailable = why
+
+    def signing_process(self) -> SigningProcess:
+        """A signing worker of this token (started on first use): its own process, session and GIL."""
+        return SigningProcess(
+            self.module_path, self.token_label, self._pin, self.host_id, self.node_name, self.call_timeout
+        )
 
     def probe(self) -> None:
         """Check that the HSM answers (a key search); while it counts as unavailable, reconnect

@@ -80,3 +80,59 @@ class TokenRSAPrivateKey(rsa.RSAPrivateKey):
             f"private key material never leaves the token: key {self._ref.key_id} "
             f"of host {self._ref.host_id} stays in token {self._store.token_label}"
         )
+
+
+class DraftRSAKey(rsa.RSAPrivateKey):
+    """Signs nothing: it keeps what `cryptography` gives it to sign (a certificate's to-be-signed part)
+    and returns zeros of a signature's length, so that the signature can be made elsewhere (the node's
+    signing worker) and put in their place (`with_signature`)."""
+
+    def __init__(self, public_key: rsa.RSAPublicKey) -> None:
+        self._public_key = public_key
+        self.signed: bytes = b""
+
+    @property
+    def key_size(self) -> int:
+        return self._public_key.key_size
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._public_key
+
+    def sign(
+        self,
+        data: bytes,
+        padding: AsymmetricPadding,
+        algorithm: Prehashed | hashes.HashAlgorithm | NoDigestInfo,
+    ) -> bytes:
+        if not isinstance(padding, PKCS1v15) or not isinstance(algorithm, hashes.SHA256):
+            raise ValueError("token keys sign only SHA256 with PKCS1v15 padding")
+        self.signed = bytes(data)
+        return bytes(self.key_size // 8)
+
+    def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
+        raise KeyAccessError("a draft key cannot decrypt")
+
+    def private_numbers(self) -> rsa.RSAPrivateNumbers:
+        raise KeyAccessError("a draft key has no private numbers")
+
+    def private_bytes(
+        self,
+        encoding: Encoding,
+        format: PrivateFormat,
+        encryption_algorithm: KeySerializationEncryption,
+    ) -> bytes:
+        raise KeyAccessError("a draft key has no private bytes")
+
+    def __copy__(self) -> DraftRSAKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> DraftRSAKey:
+        return self
+
+
+def with_signature(der: bytes, signature: bytes) -> bytes:
+    """The DER of a certificate (or CRL) signed with a DraftRSAKey, its zeros replaced by `signature`:
+    the signature is the end of the DER (a BIT STRING of the key's length, so no length changes)."""
+    if len(der) < len(signature) or any(der[-len(signature) :]):
+        raise ValueError("not signed with a draft key of this signature's length")
+    return der[: -len(signature)] + signature
