@@ -19,7 +19,7 @@ import struct
 import sys
 
 from authsim.cluster.errors import HsmUnavailableError, NotFoundError
-from authsim.hsm.signing_worker import FAILED, NO_SUCH_KEY, decode_results, encode_requests, frame
+from authsim.hsm.signing_protocol import FAILED, NO_SUCH_KEY, decode_results, encode_requests, frame
 
 Results = list[bytes | Exception]
 

@@ -5,12 +5,8 @@ way back while the node's event loop handled gRPC calls (issue 17). Started by i
 (`signing_process.SigningProcess`) with one end of a socket pair (its fd number the only argument)
 and the node's environment
 (which names its token: SOFTHSM2_CONF, or its HSM process's P11_KIT_SERVER_ADDRESS). The PIN comes over
-the socket, never in argv or the environment. Frames are a 4-byte big-endian length and a payload:
-
-- first, from the node: JSON `{"module", "label", "host_id", "pin"}`; answered `ok` or `error: <why>`;
-- then, per batch: items of key id (1-byte length, bytes) and data to sign (4-byte length, bytes);
-  answered with one item per request: a status byte (0 signed, 1 no such key, 2 PKCS#11 error) and
-  the signature or the error (4-byte length, bytes).
+the socket, never in argv or the environment. In frames (`signing_protocol`): first, from the node,
+JSON `{"module", "label", "host_id", "pin"}`, answered `ok` or `error: <why>`; then batches to sign.
 
 It signs only with its host's keys (CKA_LABEL = host id), SHA256-RSA-PKCS#1 v1.5; private keys never
 leave the token. It exits when the node closes the socket, and with the node (PR_SET_PDEATHSIG).
@@ -29,7 +25,15 @@ from typing import Any
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
-SIGNED, NO_SUCH_KEY, FAILED = 0, 1, 2
+from authsim.hsm.signing_protocol import (
+    FAILED,
+    NO_SUCH_KEY,
+    SIGNED,
+    decode_requests,
+    encode_results,
+    frame,
+)
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -37,42 +41,6 @@ def read_frame(sock: socket.socket) -> bytes | None:
     """One frame's payload; None at the end of the stream."""
     head = _read_exactly(sock, 4)
     return None if head is None else _read_exactly(sock, struct.unpack(">I", head)[0])
-
-
-def frame(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
-
-
-def encode_requests(items: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(
-        bytes([len(key_id)]) + key_id + struct.pack(">I", len(data)) + data for key_id, data in items
-    )
-
-
-def decode_requests(payload: bytes) -> list[tuple[bytes, bytes]]:
-    items, at = [], 0
-    while at < len(payload):
-        size = payload[at]
-        key_id = payload[at + 1 : at + 1 + size]
-        at += 1 + size
-        (length,) = struct.unpack_from(">I", payload, at)
-        items.append((key_id, payload[at + 4 : at + 4 + length]))
-        at += 4 + length
-    return items
-
-
-def encode_results(results: list[tuple[int, bytes]]) -> bytes:
-    return b"".join(bytes([status]) + struct.pack(">I", len(body)) + body for status, body in results)
-
-
-def decode_results(payload: bytes) -> list[tuple[int, bytes]]:
-    results, at = [], 0
-    while at < len(payload):
-        status = payload[at]
-        (length,) = struct.unpack_from(">I", payload, at + 1)
-        results.append((status, payload[at + 5 : at + 5 + length]))
-        at += 5 + length
-    return results
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
