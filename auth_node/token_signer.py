@@ -48,6 +48,7 @@ class TokenSigner:
         self.keystore = keystore
         self.worker = worker
         self._public_keys: dict[KeyRef, rsa.RSAPublicKey] = {}
+        self._reconnects = 0  # the key store's reconnects when the worker was last known to be current
         self._waiting: list[_Job] = []
         self._drains: set[asyncio.Task[None]] = set()
 
@@ -102,6 +103,10 @@ class TokenSigner:
     ) -> list[list[x509.Certificate] | Exception]:
         """Every job's certificates, or the error that stopped that job: drafted here, signed by the
         worker in one batch. The HSM failing or not answering makes the key store count it unavailable."""
+        reconnects = self.keystore.reconnects if isinstance(self.keystore, HsmProbe) else 0
+        if reconnects != self._reconnects:  # the HSM came back: the worker's session died with it
+            await worker.stop()
+            self._reconnects = reconnects
         drafts: list[list[tuple[KeyRef, DraftRSAKey, x509.Certificate]] | Exception] = []
         for job in jobs:
             try:

@@ -55,6 +55,8 @@ class KeyStore(Protocol):
 class HsmProbe(Protocol):
     """A key store whose HSM can be checked, and reconnected once it answers again (a node's health)."""
 
+    reconnects: int  # how many times `probe` reconnected (sessions opened before it are gone)
+
     @property
     def available(self) -> bool:
         """False from a token call that failed or ran past its deadline until `probe` reconnected."""

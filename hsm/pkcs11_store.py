@@ -70,6 +70,7 @@ class Pkcs11KeyStore:  # implements authsim.hsm.keystore.KeyStore and HsmProbe
         self._token_thread: int | None = None
         self._running_since: float | None = None  # when the call now on the token thread started
         self._unavailable: str | None = None  # why the HSM counts as unavailable; None while it answers
+        self.reconnects = 0  # how many times `probe` reconnected: sessions opened before are gone
         self._closed = False
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="token", initializer=self._mark_token_thread
@@ -179,6 +180,7 @@ class Pkcs11KeyStore:  # implements authsim.hsm.keystore.KeyStore and HsmProbe
         except (AuthSimError, pkcs11.PKCS11Error) as e:
             detail = f"{type(e).__name__} {e}".strip()
             raise HsmUnavailableError(f"{self._hsm} is unavailable: reconnecting failed: {detail}") from e
+        self.reconnects += 1
         self._unavailable = None
 
     @property

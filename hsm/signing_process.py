@@ -34,6 +34,7 @@ class SigningProcess:
             {"module": module_path, "label": token_label, "host_id": host_id, "pin": pin}
         ).encode()
         self.node_name = node_name
+        self.token_label = token_label
         self.call_timeout = call_timeout
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -92,8 +93,10 @@ class SigningProcess:
             if answer != b"ok":
                 writer.close()
                 await self.stop()
+                why = answer.decode(errors="replace").removeprefix("error: ")
                 raise HsmUnavailableError(
-                    f"{self.node_name}'s signing worker did not start: {answer.decode()}"
+                    f"node {self.node_name}: token {self.token_label}: "
+                    f"the signing worker could not open it: {why}"
                 )
             self._writer = writer
             self._answers = asyncio.create_task(self._read_answers(reader))

@@ -237,3 +237,21 @@ def _overrides(world: World) -> dict[str, Any]:
         return {"spec": {"certificate_overrides": []}}
     data: dict[str, Any] = json.loads(result.stdout)
     return data
+
+
+def test_hsm_stopped_while_idle_signs_at_the_first_call_once_back(world: World) -> None:
+    """The active node's HSM process killed while nobody signs, then started again: once the node is
+    SERVING, the very first Sign works (its signing worker, whose session died with the HSM, is not
+    used again)."""
+    cluster, node = world.cluster, world.active
+    _, before = _sign(world, node)  # the worker runs, with a session on the HSM
+    assert not isinstance(before, Exception), before
+    hsm = cluster.hsm(node)
+    hsm.stop()
+    try:
+        cluster.wait_health(node, "NOT_SERVING", DEADLINE + SLACK)  # the health probe noticed
+    finally:
+        hsm.start()
+    _recovered(world, node, "stop/start while idle")
+    _, first = _sign(world, node)
+    assert not isinstance(first, Exception), first
