@@ -137,8 +137,9 @@ class TokenSigner:
                     if isinstance(signature, bytes)
                 ]
             )
-        if any(isinstance(s, HsmUnavailableError) for s in signatures):
-            self._hsm_failed("a signature failed")
+        failure = next((s for s in signatures if isinstance(s, HsmUnavailableError)), None)
+        if failure is not None:  # the token failed the worker's session: a new one after the probe
+            self._hsm_failed(str(failure))
             await worker.stop()
         return outcomes
 
@@ -152,9 +153,10 @@ class TokenSigner:
         key = DraftRSAKey(public_key)
         return ref, key, builder.sign(key, hashes.SHA256())
 
-    def _hsm_failed(self, why: str) -> None:
+    def _hsm_failed(self, error: str) -> None:
+        """The key store counts the HSM unavailable, for the reason `error` gives ("X's HSM failed: …")."""
         if isinstance(self.keystore, HsmProbe):
-            self.keystore.failed(why)
+            self.keystore.failed(error.removeprefix(f"{self.keystore.node_name}'s HSM "))
 
     def _sign_jobs(self, jobs: list[_Job]) -> list[list[x509.Certificate] | Exception]:
         """On the token thread: every job's certificates, or the error that stopped that job."""

@@ -1,12 +1,12 @@
-"""A node's signing worker: a process of its own that makes the token signatures of certificates.
+"""A node's signing worker: a process of its own that makes the token signatures of credentials.
 
-It has its own GIL: signing on the node's token thread, each signature waited for Python's GIL on its
-way back while the node's event loop handled gRPC calls (issue 17). Started by its node
-(`signing_process.SigningProcess`) with one end of a socket pair (its fd number the only argument)
-and the node's environment
-(which names its token: SOFTHSM2_CONF, or its HSM process's P11_KIT_SERVER_ADDRESS). The PIN comes over
-the socket, never in argv or the environment. In frames (`signing_protocol`): first, from the node,
-JSON `{"module", "label", "host_id", "pin"}`, answered `ok` or `error: <why>`; then batches to sign.
+It has its own GIL: on the node's token thread, each signature waited for Python's GIL on its way
+back while the node's event loop handled gRPC calls (issue 17). Its node starts it
+(`signing_process.SigningProcess`) with one end of a socket pair (the fd number its only argument)
+and the node's environment, which names the token (SOFTHSM2_CONF, or the HSM process's
+P11_KIT_SERVER_ADDRESS). The PIN comes over the socket, never in argv or the environment. In frames
+(`signing_protocol`): first, from the node, JSON `{"module", "label", "host_id", "pin"}`, answered
+`ok` or `error: <why>`; then batches to sign.
 
 It signs only with its host's keys (CKA_LABEL = host id), SHA256-RSA-PKCS#1 v1.5; private keys never
 leave the token. It exits when the node closes the socket, and with the node (PR_SET_PDEATHSIG).
@@ -54,6 +54,8 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
 
 
 class _Signer:
+    """Signatures by this host's keys in one logged-in session; each key found once, then kept."""
+
     def __init__(self, session: Any, host_id: str) -> None:
         self.session = session
         self.host_id = host_id
