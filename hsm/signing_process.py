@@ -17,6 +17,7 @@ import json
 import socket
 import struct
 import sys
+from dataclasses import dataclass, field
 
 from authsim.cluster.errors import HsmUnavailableError, NotFoundError
 from authsim.hsm.signing_protocol import FAILED, NO_SUCH_KEY, decode_results, encode_requests, frame
@@ -24,8 +25,19 @@ from authsim.hsm.signing_protocol import FAILED, NO_SUCH_KEY, decode_results, en
 Results = list[bytes | Exception]
 
 
+@dataclass
+class _Worker:
+    """One started worker: its process, the node's end of its socket, the batches it has yet to answer
+    (their sizes, in order) and the task reading its answers."""
+
+    process: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    pending: collections.deque[tuple[int, asyncio.Future[Results]]] = field(default_factory=collections.deque)
+    answers: asyncio.Task[None] | None = None
+
+
 class SigningProcess:
-    """One signing worker of one node's token."""
+    """The signing worker of one node's token."""
 
     def __init__(
         self, module_path: str, token_label: str, pin: str, host_id: str, node_name: str, call_timeout: float
@@ -36,15 +48,12 @@ class SigningProcess:
         self.node_name = node_name
         self.token_label = token_label
         self.call_timeout = call_timeout
-        self._process: asyncio.subprocess.Process | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._answers: asyncio.Task[None] | None = None
-        self._pending: collections.deque[tuple[int, asyncio.Future[Results]]] = collections.deque()
+        self._worker: _Worker | None = None
         self._starting = asyncio.Lock()
 
     @property
     def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+        return None if self._worker is None else self._worker.process.pid
 
     async def sign(self, items: list[tuple[bytes, bytes]]) -> Results:
         """Each (key id, data) signed (SHA256-RSA-PKCS#1 v1.5), in order: the signature, or the error
@@ -59,19 +68,19 @@ class SigningProcess:
             ) from None
 
     async def _sign(self, items: list[tuple[bytes, bytes]]) -> Results:
-        writer = await self._started()
+        worker = await self._started()
         answer: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
-        self._pending.append((len(items), answer))
-        writer.write(frame(encode_requests(items)))
+        worker.pending.append((len(items), answer))
+        worker.writer.write(frame(encode_requests(items)))
         return await answer
 
-    async def _started(self) -> asyncio.StreamWriter:
+    async def _started(self) -> _Worker:
         async with self._starting:
-            if self._writer is not None:
-                return self._writer
+            if self._worker is not None:
+                return self._worker
             ours, theirs = socket.socketpair()
             try:
-                self._process = await asyncio.create_subprocess_exec(
+                process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
                     "authsim.hsm.signing_worker",
@@ -85,54 +94,60 @@ class SigningProcess:
             finally:
                 theirs.close()
             reader, writer = await asyncio.open_connection(sock=ours)
+            worker = _Worker(process, writer)
             writer.write(frame(self._setup))
             try:
                 answer = await _read_frame(reader)
             except (OSError, asyncio.IncompleteReadError) as e:
                 answer = f"error: {e}".encode()
             if answer != b"ok":
-                writer.close()
-                await self.stop()
+                await _end(worker)
                 why = answer.decode(errors="replace").removeprefix("error: ")
                 raise HsmUnavailableError(
                     f"node {self.node_name}: token {self.token_label}: "
                     f"the signing worker could not open it: {why}"
                 )
-            self._writer = writer
-            self._answers = asyncio.create_task(self._read_answers(reader))
-            return writer
+            worker.answers = asyncio.create_task(self._read_answers(worker, reader))
+            self._worker = worker
+            return worker
 
-    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
-        """Hand each answer to the batch it answers, in order; when the worker ends, fail the rest."""
+    async def _read_answers(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        """Hand each of `worker`'s answers to the batch it answers, in order; when it ends, fail the
+        rest, and start another next time."""
         try:
             while True:
                 results = decode_results(await _read_frame(reader))
-                count, answer = self._pending.popleft()
+                count, answer = worker.pending.popleft()
                 if len(results) != count:
                     raise EOFError(f"{len(results)} answers to {count} requests")
                 if not answer.done():
                     answer.set_result([_outcome(status, body, self.node_name) for status, body in results])
         except (OSError, EOFError, asyncio.IncompleteReadError) as e:
             ended = HsmUnavailableError(f"{self.node_name}'s signing worker ended: {e}")
-            while self._pending:
-                _, answer = self._pending.popleft()
+            while worker.pending:
+                _, answer = worker.pending.popleft()
                 if not answer.done():
                     answer.set_exception(ended)
-            self._writer = None
+            if self._worker is worker:
+                self._worker = None
 
     async def stop(self) -> None:
         """Kill the worker (it may hang inside a token call); batches waiting on it fail."""
-        writer, process, answers = self._writer, self._process, self._answers
-        self._writer, self._process, self._answers = None, None, None
-        if writer is not None:
-            writer.close()
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-        if answers is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await answers
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await _end(worker)
+
+
+async def _end(worker: _Worker) -> None:
+    """Kill `worker` and wait until it and the reading of its answers are over."""
+    worker.writer.close()
+    if worker.process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.kill()
+    await worker.process.wait()
+    if worker.answers is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.answers
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:
