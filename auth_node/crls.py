@@ -425,15 +425,13 @@ class CRLs:
             cert = _certificate(entry.certificate)
         except ValueError:  # the append refuses it
             return None
-        if (
-            cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc)
-            or fingerprint(cert) in held.overrides
-        ):
+        print_ = fingerprint(cert)
+        if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc) or print_ in held.overrides:
             return None
         revoked = current.revoked.get(entry.key_hash, ())
         key = own[entry.key_hash].key
         pem = await self.keystore.run_async(sign_crl, self.keystore, key, cert, held.crl_number, revoked)
-        crls = replace(held, overrides={fingerprint(cert): pem})
+        crls = replace(held, overrides={print_: pem})
 
         def merge(found: Versioned | None) -> bytes | None:
             try:
