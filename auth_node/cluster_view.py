@@ -23,7 +23,8 @@ from authsim.cluster.store.keys import cluster_prefix, crl_key, crl_prefix, over
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 0.5  # seconds before listing again after the watch broke
-SETTLE = 0.01  # seconds background work waits after a change for the rest of a burst
+SETTLE = 0.02  # seconds without a change after which background work runs (the burst is over)
+SETTLE_MAX = 0.25  # seconds after a burst's first change background work runs at the latest
 UPDATES_KEPT = 256  # recent update revisions kept per queued key, for writers waiting their turn
 
 
@@ -35,9 +36,12 @@ class ClusterView:
     Stored values are distrusted: one that breaks a rule is kept with its problems, never used.
     """
 
-    def __init__(self, store: EtcdStore, cluster_name: str, settle: float = SETTLE) -> None:
+    def __init__(
+        self, store: EtcdStore, cluster_name: str, settle: float = SETTLE, settle_max: float = SETTLE_MAX
+    ) -> None:
         self.store = store
         self.settle = settle
+        self.settle_max = settle_max
         self.cluster_name = cluster_name
         self.prefix = cluster_prefix(cluster_name)
         self.cert_authorities: dict[str, CertAuthority] = {}
@@ -47,8 +51,9 @@ class ClusterView:
         self.stored_overrides: dict[str, Versioned] = {}  # as stored, to start a CAS without a read
         # likewise for the CAs, which override writes are checked against
         self.stored_cas: dict[str, Versioned] = {}
-        self.crls: dict[str, CertAuthorityCRL] = {}  # revoked serials and signed CRLs, per CA type
-        self.stored_crls: dict[str, Versioned] = {}
+        self.stored_crls: dict[str, Versioned] = {}  # revoked serials and signed CRLs, per CA type
+        # each CRL resource as last decoded (None: unreadable), by the mod_revision it was decoded at
+        self._crls: dict[str, tuple[int, CertAuthorityCRL | None]] = {}
         # the latest override read of each type, by the mod_revision it was read at: decoded and checked
         # on first use, and the base of the next read (entries unchanged since are not parsed again)
         self._decoded: dict[str, tuple[int, StoredOverride]] = {}
@@ -62,6 +67,8 @@ class ClusterView:
         # wake-up of this process per burst, not one per task (each costs as much CPU as the change)
         self._released_at = 0  # the revision background work was last released at
         self._release_pending = False
+        self._burst_began = 0.0  # loop time of the first change not yet released
+        self._last_change = 0.0  # loop time of the latest change
         # background tasks waiting for a release past the revision each has seen
         self._waiting: list[tuple[int, asyncio.Future[bool]]] = []
         # override or CRL resource key -> the revision of the latest change of it this copy holds (watched,
@@ -85,8 +92,8 @@ class ClusterView:
                 self.targets.clear()
                 self.stored_overrides.clear()
                 self.stored_cas.clear()
-                self.crls.clear()
                 self.stored_crls.clear()
+                self._crls.clear()
                 self._decoded.clear()
                 self._held_since.clear()
                 for key, found in listing:
@@ -135,6 +142,22 @@ class ClusterView:
         """The override of `ca_type` as last read here, whatever its revision (a base for reading
         another revision of it)."""
         return self._decoded.get(ca_type, (0, None))[1]
+
+    def crl(self, ca_type: str) -> CertAuthorityCRL | None:
+        """The CRL resource of `ca_type` in this copy; None when there is none or it is unreadable
+        (logged). Decoded on first use, like the overrides: every append changes it."""
+        found = self.stored_crls.get(ca_type)
+        if found is None:
+            return None
+        revision, decoded = self._crls.get(ca_type) or (0, None)
+        if revision != found.mod_revision:
+            try:
+                decoded = CertAuthorityCRL.from_json(found.value, found.mod_revision)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                decoded = None
+                log.error("ignoring unreadable ca_crls/%s (revision %d): %s", ca_type, found.mod_revision, e)
+            self._crls[ca_type] = (found.mod_revision, decoded)
+        return decoded
 
     def override(self, ca_type: str) -> CertAuthorityOverride | None:
         """The override resource of `ca_type` to issue under; StoredDataError when it breaks a rule."""
@@ -192,12 +215,13 @@ class ClusterView:
 
     async def next_change(self, seen: int, timeout: float) -> bool:
         """For background work (CRLs, alerts, rotation parts): wait until the copy has moved past
-        revision `seen` and `settle` seconds have passed since the first change of that burst (False
-        after `timeout` seconds without a change), so that a burst of changes (N nodes appending) is one
-        round of work, not one per change, and the replies waiting for the changes go first. Every task
-        waiting here is released at the same moment: one wake-up of this process, not one per task.
-        (Releasing at a burst's first change costs the appends of 2 to 4 nodes half as much time again:
-        the holders' CRLs are then signed among them.)"""
+        revision `seen` and the burst of changes is over: `settle` seconds without a change, or
+        `settle_max` seconds since its first change (False after `timeout` seconds without a change).
+        A burst (N nodes appending) is one round of work, not one per change, and the replies waiting
+        for the changes go first. Every task waiting here is released at the same moment: one wake-up
+        of this process, not one per task. (Releasing at a burst's first change costs the appends of 2
+        to 4 nodes half as much time again: the holders' CRLs are then signed among them; releasing a
+        fixed time after it, each of 16 appends some 20 ms apart ran every node's checks again.)"""
         if self._released_at > seen:
             return True
         loop = asyncio.get_running_loop()
@@ -210,6 +234,15 @@ class ClusterView:
             timer.cancel()
             with contextlib.suppress(ValueError):
                 self._waiting.remove((seen, released))
+
+    def _release_when_settled(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        wait = min(self._last_change + self.settle, self._burst_began + self.settle_max) - now
+        if wait > 0.001:  # changes came meanwhile: one timer again, not one per change
+            loop.call_later(wait, self._release_when_settled)
+        else:
+            self._release()
 
     def _release(self) -> None:
         self._release_pending = False
@@ -257,9 +290,12 @@ class ClusterView:
         async with self._changed:
             self.revision = max(self.revision, revision)
             self._changed.notify_all()
+        loop = asyncio.get_running_loop()
+        self._last_change = loop.time()
         if not self._release_pending and self.revision > self._released_at:
             self._release_pending = True
-            asyncio.get_running_loop().call_later(self.settle, self._release)
+            self._burst_began = self._last_change
+            loop.call_later(self.settle, self._release_when_settled)
 
     def _apply(self, key: str, value: Versioned | None) -> None:
         kind, _, name = key[len(self.prefix) :].partition("/")
@@ -281,11 +317,9 @@ class ClusterView:
                 if value is not None:
                     self.stored_overrides[name] = value
             elif kind == "ca_crls":
-                self.crls.pop(name, None)
                 self.stored_crls.pop(name, None)
                 if value is not None:
                     self.stored_crls[name] = value
-                    self.crls[name] = CertAuthorityCRL.from_json(value.value, value.mod_revision)
             elif kind == "nodes":
                 self.node_names.pop(name, None)
                 found = node_name(value.value) if value is not None else None

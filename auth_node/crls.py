@@ -211,11 +211,6 @@ def unpublished(
     return {path: pem for path, pem in files.items() if published.get(path) != pem}
 
 
-def _same_objects(a: dict[str, CertAuthorityCRL], b: dict[str, CertAuthorityCRL]) -> bool:
-    """Whether `a` and `b` hold the very same resources (the view replaces one whenever it changes)."""
-    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
-
-
 def publish(files: dict[Path, str]) -> None:
     """Write each CRL to its file at the publication point, DER, replaced atomically when its content
     changed (blocking: call it off the loop)."""
@@ -263,7 +258,7 @@ class CRLs:
         reaches every node."""
         checked: dict[str, tuple[object, ...]] = {}  # CA type -> what its CRLs were last found current for
         published: dict[Path, str] = {}  # the PEM of each file published
-        published_from: dict[str, CertAuthorityCRL] = {}  # the CRL resources those files came from
+        published_from: dict[str, int] = {}  # the revisions of the CRL resources those files came from
         while True:
             await self.view.ready.wait()
             seen = self.view.revision
@@ -281,14 +276,15 @@ class CRLs:
                 except Exception:  # a bug here must not stop the node from issuing: logged, next round
                     log.exception("CRLs of %s not kept", ca_type)
                     failed = True
-            if self.node.crl_dir and not _same_objects(self.view.crls, published_from):
-                source = dict(self.view.crls)
+            revisions = {t: found.mod_revision for t, found in self.view.stored_crls.items()}
+            if self.node.crl_dir and revisions != published_from:
+                source = {t: crl for t in revisions if (crl := self.view.crl(t)) is not None}
                 files = unpublished(Path(self.node.crl_dir), source, self.node.host_id, published)
                 try:
                     if files:
                         await asyncio.to_thread(publish, files)
                         published.update(files)
-                    published_from = source
+                    published_from = revisions
                 except OSError as e:
                     log.warning("CRLs not published to %s: %s", self.node.crl_dir, e)
                     failed = True
@@ -309,7 +305,7 @@ class CRLs:
         entries = None
         if stored is not None and stored.valid:
             entries = tuple(e for e in stored.resource.certificate_overrides if e.key_hash in own)
-        crls = self.view.crls.get(ca_type)
+        crls = self.view.crl(ca_type)
         held = None if crls is None else tuple((k, crls.crls.get(k), crls.revoked.get(k)) for k in own)
         return (ca, entries, held)
 
@@ -324,7 +320,7 @@ class CRLs:
         """Sign the stale CRLs of this node's keys of `ca_type` (and those of `force_key`, its own, in
         any case), and store them; what was stored."""
         own = self._issuers(ca_type)
-        current = self.view.crls.get(ca_type)
+        current = self.view.crl(ca_type)
         now = dt.datetime.now(dt.timezone.utc)
         todo = [i for h, i in own.items() if h == force_key or stale_reason(i, current, now) is not None]
         if not todo:
@@ -340,7 +336,7 @@ class CRLs:
         stored: dict[str, KeyCRLs] = {}
 
         def merge(found: Versioned | None) -> bytes | None:
-            resource = decoded(found, self.node.cluster_name, ca_type)
+            resource = self._decoded(ca_type, found)
             stored.clear()
             for key_hash, (crls, serials) in signed.items():
                 held = resource.crls.get(key_hash)
@@ -401,7 +397,7 @@ class CRLs:
 
         def add(found: Versioned | None) -> bytes | None:
             nonlocal already
-            resource = decoded(found, self.node.cluster_name, ca_type)
+            resource = self._decoded(ca_type, found)
             already = resource.revocation(key_hash, serial) is not None
             return None if already else resource.with_revocation(key_hash, revocation).to_json()
 
@@ -416,7 +412,7 @@ class CRLs:
         (a new issuer's first CRL; the number still rises with each CRL that issuer signs) and takes
         effect only while the key's CRLs and revocations are still those it was signed for."""
         ca = self.view.cert_authorities.get(ca_type)
-        current = self.view.crls.get(ca_type)
+        current = self.view.crl(ca_type)
         own = {pair.public_key_hash: pair for _, pair in ca.keys_of_host(self.node.host_id)} if ca else {}
         held = None if current is None else current.crls.get(entry.key_hash)
         if entry.key_hash not in own or held is None or current is None:
@@ -435,7 +431,7 @@ class CRLs:
 
         def merge(found: Versioned | None) -> bytes | None:
             try:
-                resource = decoded(found, self.node.cluster_name, ca_type)
+                resource = self._decoded(ca_type, found)
             except StoredDataError:
                 return None
             if (
@@ -448,6 +444,15 @@ class CRLs:
         return Companion(
             crl_key(self.node.cluster_name, ca_type), merge, lambda: self.view.stored_crls.get(ca_type)
         )
+
+    def _decoded(self, ca_type: str, found: Versioned | None) -> CertAuthorityCRL:
+        """`found` decoded (`decoded`); the view's copy when it is the same revision (no second decode)."""
+        held = self.view.stored_crls.get(ca_type)
+        if found is not None and held is not None and held.mod_revision == found.mod_revision:
+            crl = self.view.crl(ca_type)
+            if crl is not None:
+                return crl
+        return decoded(found, self.node.cluster_name, ca_type)
 
     def _queue(self, ca_type: str) -> WriteQueue | None:
         """A write's place in the queue of `ca_type`'s CRL writers."""

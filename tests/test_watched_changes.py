@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from aetcd import rpc
 
-from authsim.auth_node.cluster_view import SETTLE, ClusterView
+from authsim.auth_node.cluster_view import SETTLE, SETTLE_MAX, ClusterView
 from authsim.cluster.errors import ClusterError
 from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.resources.override import CertAuthorityOverride, CertificateOverride
@@ -95,13 +95,13 @@ async def test_a_watch_from_a_compacted_revision_fails_naming_it(tmp_path: Path)
 
 @contextlib.asynccontextmanager
 async def _watching_view(
-    directory: Path, settle: float = SETTLE
+    directory: Path, settle: float = SETTLE, settle_max: float = SETTLE_MAX
 ) -> AsyncIterator[tuple[EtcdStore, ClusterView]]:
     """A store on an etcd of its own, and a ClusterView of it, current and watching; all stopped after."""
     etcd = EtcdServer.start(directory / "etcd")
     try:
         async with EtcdStore([etcd.endpoint]) as store:
-            view = ClusterView(store, CLUSTER, settle=settle)
+            view = ClusterView(store, CLUSTER, settle=settle, settle_max=settle_max)
             watching = asyncio.create_task(view.run())
             try:
                 await view.wait_ready(10)
@@ -116,7 +116,7 @@ async def _watching_view(
 
 async def test_background_work_is_released_once_per_burst_of_changes(tmp_path: Path) -> None:
     settle = 0.5  # long, so that a burst falls within it on a busy machine too
-    async with _watching_view(tmp_path, settle) as (store, view):
+    async with _watching_view(tmp_path, settle, settle_max=5.0) as (store, view):
         loop = asyncio.get_running_loop()
         unused = cluster_prefix(CLUSTER) + "expiry_alerts/test/"  # a kind the view keeps nothing of
         rounds, seen = 0, view.revision
@@ -132,6 +132,52 @@ async def test_background_work_is_released_once_per_burst_of_changes(tmp_path: P
         # one release for the burst (two if it outlasted the period), each after the period
         assert rounds <= 1 + int(took / settle), f"{rounds} rounds in {took:.2f} s for 40 changes"
         assert took >= settle * 0.9, f"background work ran {took:.2f} s after the burst began"
+
+
+async def _changes_spaced(store: EtcdStore, count: int, spacing: float) -> list[float]:
+    """`count` changes of a key the view keeps nothing of, `spacing` seconds apart: the loop time of
+    each once written."""
+    loop = asyncio.get_running_loop()
+    unused = cluster_prefix(CLUSTER) + "expiry_alerts/test/"
+    written = []
+    for i in range(count):
+        await store.create(f"{unused}{i}", b"x")
+        written.append(loop.time())
+        await asyncio.sleep(spacing)
+    return written
+
+
+async def test_background_work_waits_until_changes_stop_coming(tmp_path: Path) -> None:
+    """Changes closer together than the settle period are one burst, however long it lasts (up to
+    settle_max): N appends some 20 ms apart are one round of background work, not N."""
+    settle = 0.5
+    async with _watching_view(tmp_path, settle, settle_max=10.0) as (store, view):
+        loop = asyncio.get_running_loop()
+        seen = view.revision
+        writing = asyncio.create_task(_changes_spaced(store, 16, 0.05))  # 0.8 s, longer than settle
+        assert await view.next_change(seen, 10)
+        released = loop.time()
+        written = await writing
+        assert view.revision >= seen + 16, "released before the last change of the burst was seen"
+        assert released >= written[-1] + settle * 0.9, f"released {released - written[-1]:.2f} s after it"
+
+
+async def test_background_work_runs_within_settle_max_of_changes_that_never_stop(tmp_path: Path) -> None:
+    """A stream of changes that never pauses does not starve background work: it runs settle_max
+    after the first change, while changes still come."""
+    settle, settle_max = 0.5, 1.0
+    async with _watching_view(tmp_path, settle, settle_max) as (store, view):
+        loop = asyncio.get_running_loop()
+        seen = view.revision
+        writing = asyncio.create_task(_changes_spaced(store, 60, 0.05))  # 3 s of changes
+        try:
+            assert await view.next_change(seen, 10)
+            released = loop.time()
+            assert not writing.done(), "released only once the changes stopped"
+        finally:
+            written = await writing
+        took = released - written[0]
+        assert settle_max * 0.9 <= took < settle_max + 1.0, f"released {took:.2f} s after the first change"
 
 
 async def test_an_own_write_held_before_the_watch_shows_it_is_not_undone_by_older_changes(
