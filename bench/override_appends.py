@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from authsim.cluster.local.etcd_server import EtcdServer
 from authsim.cluster.local.external_ca import init
 from authsim.cluster.local.node_client import NodeClient
 from authsim.cluster.store import EtcdStore, EtcdTLS
-from authsim.cluster.store.keys import override_key, override_tickets_prefix
+from authsim.cluster.store.keys import cluster_prefix, override_key, override_tickets_prefix
 from authsim.cluster.store.queue import SESSION_TTL, STALL
 
 CHANGE_SPACING = 0.02  # seconds between the changes whose watch CPU is measured
@@ -269,13 +271,36 @@ def _watch_cpu(
             await asyncio.sleep(0.2)  # the last deliveries
             return time.perf_counter() - started
 
-    before = sum(cpu_seconds(p) for p in nodes)
-    seconds = asyncio.run(change_all())
-    busy = sum(cpu_seconds(p) for p in nodes) - before
-    before = sum(cpu_seconds(p) for p in nodes)
-    time.sleep(seconds)
-    idle = sum(cpu_seconds(p) for p in nodes) - before
-    return {
+    bare = _start_bare_watcher(endpoint, cluster_prefix(cluster_name)) if tls is None else None
+    try:
+        watchers = [*nodes, *([bare.pid] if bare else [])]
+        before = {p: cpu_seconds(p) for p in watchers}
+        seconds = asyncio.run(change_all())
+        busy = {p: cpu_seconds(p) - before[p] for p in watchers}
+        before = {p: cpu_seconds(p) for p in watchers}
+        time.sleep(seconds)
+        used = {p: max(busy[p] - (cpu_seconds(p) - before[p]), 0.0) / changes * 1e6 for p in watchers}
+    finally:
+        if bare is not None:
+            bare.kill()
+            bare.wait()
+    row = {
         "watched_changes": changes,
-        "watch_cpu_us_per_change_per_node": max(busy - idle, 0.0) / (changes * len(nodes)) * 1e6,
+        "watch_cpu_us_per_change_per_node": sum(used[p] for p in nodes) / len(nodes),
     }
+    if bare is not None:
+        row["bare_watch_cpu_us_per_change"] = used[bare.pid]
+    return row
+
+
+def _start_bare_watcher(endpoint: str, prefix: str) -> subprocess.Popen[str]:
+    """A bare watcher process (bench/bare_watcher.py) of `prefix`, its watch open."""
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_watcher", endpoint, prefix], stdout=subprocess.PIPE, text=True
+    )
+    assert watcher.stdout is not None
+    if watcher.stdout.readline().strip() != "watching":
+        watcher.kill()
+        watcher.wait()
+        raise RuntimeError("the bare watcher did not start")
+    return watcher

@@ -266,11 +266,12 @@ def report(result: dict[str, Any]) -> None:
                 f"<= +{row['stall_ms']:.0f} ms (a stall)",
             )
         if "watch_cpu_us_per_change_per_node" in row:
+            bare = row.get("bare_watch_cpu_us_per_change")
             table.add_row(
                 f"  watch CPU per change per node ({row['nodes']} entries)",
                 f"{row['watch_cpu_us_per_change_per_node']:.0f} us",
-                "",
-                "",
+                "" if bare is None else f"{bare:.0f} us (a bare watcher, nothing done)",
+                "" if bare is None else f"{row['watch_cpu_us_per_change_per_node'] / bare:.2f}",
                 "",
             )
     events = result["events"]
