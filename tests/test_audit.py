@@ -376,7 +376,7 @@ class Chaos:
         connected to (a write it forwarded may commit after it died: the node cannot know)."""
         if self.rng.random() < 0.5:
             with contextlib.suppress(AssertionError, OSError):  # none leads (mid-election) or answers
-                return leader(self.members)
+                return leader(self.members, timeout=0)
         return max(self.members, key=connections)
 
     def _node(self) -> tuple[str, int]:

@@ -27,16 +27,21 @@ from authsim.cluster.resources.validation import OverrideContext, validate_overr
 from tests.etcd_pki import etcd_pki
 
 
-def leader(servers: list[EtcdServer]) -> EtcdServer:
-    """The member that leads, asked over https with the member certificate (the members serve TLS only)."""
-    for server in servers:
-        assert server.tls is not None
-        request = urllib.request.Request(f"https://{server.endpoint}/v3/maintenance/status", data=b"{}")
-        with urllib.request.urlopen(request, timeout=2, context=server.tls.ssl_context()) as reply:
-            status = json.load(reply)
-        if status["header"]["member_id"] == status["leader"]:
-            return server
-    raise AssertionError("no etcd leader")
+def leader(servers: list[EtcdServer], timeout: float = 10.0) -> EtcdServer:
+    """The member that leads, asked over https with the member certificate (the members serve TLS only);
+    during an election (no leader: the status leaves the field out), asked again until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for server in servers:
+            assert server.tls is not None
+            request = urllib.request.Request(f"https://{server.endpoint}/v3/maintenance/status", data=b"{}")
+            with urllib.request.urlopen(request, timeout=2, context=server.tls.ssl_context()) as reply:
+                status = json.load(reply)
+            if status["header"]["member_id"] == status.get("leader"):
+                return server
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no etcd leader within {timeout:g} s")
+        time.sleep(0.1)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
