@@ -5,8 +5,10 @@ by that entry's certificate (enabled or disabled). Only the node that holds a ke
 keeper (`CRLs.run`) signs what is missing or stale for this node's own keys, on every change of the
 cluster's CAs, overrides and CRLs, and on a timer. A revocation (any node) adds a serial to the spec of
 the key that issued it; the holder's keeper then signs new CRLs listing it. A node appending its own
-key's entry signs that entry's CRL first and writes it in the append's Txn (`entry_crl`): the entry
-never shows without its CRL, and the append costs the cluster one write, not two.
+key's entry writes that entry's CRL in the append's Txn (`entry_crl`): the entry never shows without
+its CRL, and the append costs the cluster one write, not two. The keeper signs that CRL ahead, for
+the certificate the key's CSR asks for (`sign_ahead`), so the append does not wait for the token; an
+entry whose certificate differs (another name, another key identifier) has its CRL signed then.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from authsim.auth_node.cluster_view import ClusterView
 from authsim.auth_node.config import NodeConfig
+from authsim.auth_node.csr import csr_subject
 from authsim.cluster.errors import (
     AuthSimError,
     KeyAccessError,
@@ -42,6 +45,8 @@ from authsim.cluster.resources.crl import (
     CertAuthorityCRL,
     KeyCRLs,
     Revocation,
+    ahead_builder,
+    ahead_problem,
     checked_serial,
     crl_builder,
     crl_problem,
@@ -125,8 +130,36 @@ def sign_crl(
 ) -> str:
     """The CRL of `issuer`, a certificate of token key `key`, number `number`, signed in the token
     (blocking: call it off the loop)."""
-    serials = {int(r.serial, 16): dt.datetime.fromisoformat(r.revoked_at) for r in revoked}
-    builder = crl_builder(issuer, number, serials, dt.datetime.now(dt.timezone.utc))
+    builder = crl_builder(issuer, number, _serials(revoked), dt.datetime.now(dt.timezone.utc))
+    return _signed(keystore, key, builder)
+
+
+@dataclass(frozen=True)
+class AheadCRL:
+    """The CRL of a key's next override entry, signed before the entry exists (`sign_ahead`): the
+    append of that entry writes it without waiting for a signature (`CRLs.entry_crl`)."""
+
+    number: int
+    revoked: tuple[Revocation, ...]
+    pem: str
+
+
+def sign_ahead(
+    keystore: KeyStore, issuers: KeyIssuers, cluster_name: str, number: int, revoked: tuple[Revocation, ...]
+) -> AheadCRL:
+    """The CRL that the key of `issuers` signs as the certificate its CSR asks for by default
+    (`csr_subject`), number `number`, signed in the token (blocking: call it off the loop)."""
+    subject = csr_subject(issuers.ca_cert.subject, cluster_name)
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = ahead_builder(subject, issuers.ca_cert.public_key(), number, _serials(revoked), now)
+    return AheadCRL(number, revoked, _signed(keystore, issuers.pair.key, builder))
+
+
+def _serials(revoked: tuple[Revocation, ...]) -> dict[int, dt.datetime]:
+    return {int(r.serial, 16): dt.datetime.fromisoformat(r.revoked_at) for r in revoked}
+
+
+def _signed(keystore: KeyStore, key: KeyRef, builder: x509.CertificateRevocationListBuilder) -> str:
     crl = keystore.run(lambda: builder.sign(keystore.private_key(key), hashes.SHA256()))
     return crl.public_bytes(Encoding.PEM).decode()
 
@@ -249,6 +282,7 @@ class CRLs:
         self.keystore = keystore
         self.view = view
         self.session = session  # with it, writers of a CRL resource take turns (queue.py)
+        self._ahead: dict[str, AheadCRL] = {}  # key hash -> the CRL of its next entry, signed ahead
 
     async def run(self) -> None:
         """Keep this node's keys' CRLs current: after every change the view sees of what they depend on
@@ -323,8 +357,14 @@ class CRLs:
         current = self.view.crl(ca_type)
         now = dt.datetime.now(dt.timezone.utc)
         todo = [i for h, i in own.items() if h == force_key or stale_reason(i, current, now) is not None]
-        if not todo:
-            return {}
+        stored = await self._sign(ca_type, todo, current) if todo else {}
+        await self._sign_ahead(own, current, stored)
+        return stored
+
+    async def _sign(
+        self, ca_type: str, todo: list[KeyIssuers], current: CertAuthorityCRL | None
+    ) -> dict[str, KeyCRLs]:
+        """Sign every CRL of the keys `todo` with the next CRL number, and store them; what was stored."""
         signed: dict[str, tuple[KeyCRLs, set[int]]] = {}
         for issuers in todo:
             revoked = current.revoked.get(issuers.key_hash, ()) if current is not None else ()
@@ -351,6 +391,27 @@ class CRLs:
         key = crl_key(self.node.cluster_name, ca_type)
         await self.store.update(key, merge, known=known, queue=self._queue(ca_type))
         return stored
+
+    async def _sign_ahead(
+        self, own: dict[str, KeyIssuers], current: CertAuthorityCRL | None, stored: dict[str, KeyCRLs]
+    ) -> None:
+        """Sign ahead the CRL of the next override entry of each key of `own` that has none, at the
+        CRL number the key's CRLs have after this round (`stored`, else `current`). A token that fails
+        it costs nothing but the wait: the append then signs the entry's CRL itself."""
+        for key_hash, issuers in own.items():
+            held = stored.get(key_hash) or (current.crls.get(key_hash) if current is not None else None)
+            if issuers.overrides or held is None:
+                continue
+            revoked = current.revoked.get(key_hash, ()) if current is not None else ()
+            ahead = self._ahead.get(key_hash)
+            if ahead is not None and (ahead.number, ahead.revoked) == (held.crl_number, revoked):
+                continue
+            try:
+                self._ahead[key_hash] = await asyncio.to_thread(
+                    sign_ahead, self.keystore, issuers, self.node.cluster_name, held.crl_number, revoked
+                )
+            except AuthSimError as e:
+                log.warning("the CRL ahead of key %s's next entry is not signed: %s", key_hash[:16], e)
 
     async def sign_now(self, ca_type: str, public_key: str) -> tuple[str, KeyCRLs]:
         """Sign the CRLs of the key picked by `public_key` now; refused when another node holds it."""
@@ -425,8 +486,17 @@ class CRLs:
         if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc) or print_ in held.overrides:
             return None
         revoked = current.revoked.get(entry.key_hash, ())
-        key = own[entry.key_hash].key
-        pem = await self.keystore.run_async(sign_crl, self.keystore, key, cert, held.crl_number, revoked)
+        ahead = self._ahead.get(entry.key_hash)
+        serials = {int(r.serial, 16) for r in revoked}
+        if (
+            ahead is not None
+            and (ahead.number, ahead.revoked) == (held.crl_number, revoked)
+            and ahead_problem(ahead.pem, cert, serials, dt.datetime.now(dt.timezone.utc)) is None
+        ):
+            pem = ahead.pem
+        else:
+            key = own[entry.key_hash].key
+            pem = await self.keystore.run_async(sign_crl, self.keystore, key, cert, held.crl_number, revoked)
         crls = replace(held, overrides={print_: pem})
 
         def merge(found: Versioned | None) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -15,14 +16,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
 
 from authsim.auth_node.pb import authsim_pb2 as pb
 from authsim.cluster.api.local_cluster import LocalCluster, local_cluster
 from authsim.cluster.errors import KeyAccessError, ValidationError
 from authsim.cluster.local.external_ca import ExternalCA, init
-from authsim.cluster.resources.crl import CertAuthorityCRL, crl_builder, crl_problem, fingerprint
+from authsim.cluster.resources.crl import (
+    BACKDATE,
+    CertAuthorityCRL,
+    ahead_builder,
+    ahead_problem,
+    crl_builder,
+    crl_problem,
+    fingerprint,
+)
 from authsim.cluster.store import EtcdStore, Versioned
 from authsim.cluster.store.keys import crl_key, override_key
+from tests.certs import external_ca, issue_cert, rsa_key
 
 NODES = ("node1", "node2")
 
@@ -222,9 +234,10 @@ def test_a_stale_crl_is_signed_again_with_a_higher_number(flow: Flow) -> None:
 
 
 def test_an_appended_entry_lands_with_its_crl_in_the_same_write(flow: Flow, tmp_path: Path) -> None:
-    """A node appending an entry of its own key signs the entry's CRL first and writes it in the
-    append's Txn: etcd never holds the entry without its CRL (openssl verifies it against the entry's
-    certificate), the key keeps its CRL number, and the keeper finds nothing left to sign."""
+    """A node appending an entry of its own key writes the entry's CRL in the append's Txn: etcd never
+    holds the entry without its CRL (openssl verifies it against the entry's certificate), the key
+    keeps its CRL number, and the keeper finds nothing left to sign. That CRL was signed ahead, when
+    the keeper last signed the key's CRLs: the append did not wait for a signature."""
     node = NODES[1]
     key = flow.key_of(node)
     cert = flow.overrides[node]
@@ -235,6 +248,8 @@ def test_an_appended_entry_lands_with_its_crl_in_the_same_write(flow: Flow, tmp_
     while (before := flow.stored_crls()[1].crls[key]).overrides:  # the keeper signs without the entry
         assert time.monotonic() < deadline, "the removed entry's CRL stayed"
         time.sleep(0.1)
+    time.sleep(1.1)  # CRL times are in whole seconds: one signed during the append would show it
+    appending = dt.datetime.now(dt.timezone.utc)
     flow.ok("auth", "create-override", "--type=windows", str(path), "--disabled", node=node)
     override, crls = flow.stored_crls()
     assert crls.revision == override.mod_revision  # one Txn
@@ -245,6 +260,8 @@ def test_an_appended_entry_lands_with_its_crl_in_the_same_write(flow: Flow, tmp_
         [fingerprint(cert)],
     )
     assert _openssl_verifies(after.overrides[fingerprint(cert)], cert, tmp_path) == ""
+    signed = _crl(after.overrides[fingerprint(cert)]).last_update_utc + BACKDATE
+    assert signed <= appending - dt.timedelta(seconds=1), f"signed at {signed}, the append began {appending}"
     time.sleep(1.0)  # many times the keeper's settle period: it would have signed by now
     assert flow.stored_crls()[1].revision == crls.revision
 
@@ -277,6 +294,58 @@ def test_crl_number_validity_rule() -> None:
     )
     assert crl_problem(pem(now, {}), cert, {5}, now) == "revoked serials differ from spec"
     assert crl_problem(pem(now, {5: now}), cert, {5}, now) is None
+
+
+def test_a_crl_signed_ahead_serves_only_the_certificate_it_was_signed_for() -> None:
+    """A CRL signed before its issuer's certificate exists (the next override entry's) is used only
+    for a certificate of that key, named in the same bytes, with the key identifier it guessed, valid
+    at least as long as the CRL, and the same revoked serials; openssl verifies the one that fits."""
+    key, other = rsa_key(0), rsa_key(1)
+    subject = x509.Name.from_rfc4514_string("CN=windows CA,O=mycluster")
+    now = dt.datetime.now(dt.timezone.utc)
+    ahead = (
+        ahead_builder(subject, key.public_key(), 3, {7: now}, now)
+        .sign(key, hashes.SHA256())
+        .public_bytes(Encoding.PEM)
+        .decode()
+    )
+
+    def cert(name: x509.Name = subject, public: rsa.RSAPrivateKey = key, days: int = 365) -> x509.Certificate:
+        return issue_cert(name, public, external_ca()[0], days=days).cert
+
+    fits = cert()
+    assert ahead_problem(ahead, fits, {7}, now) is None
+    assert _crl(ahead).issuer.public_bytes() == fits.subject.public_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        assert _openssl_verifies(ahead, fits, Path(tmp)) == ""
+    assert ahead_problem(ahead, fits, {7, 8}, now) == "revoked serials differ from spec"
+    assert ahead_problem(ahead, cert(name=x509.Name.from_rfc4514_string("CN=other")), {7}, now) == (
+        "not signed by its issuer"
+    )
+    assert ahead_problem(ahead, cert(public=other), {7}, now) == "not signed by its issuer"
+    assert ahead_problem(ahead, cert(days=3), {7}, now) == "valid past its issuer"
+    # the same name in other string types is another name (openssl would not match it either)
+    printable = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "windows CA", _type=_ASN1Type.PrintableString),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mycluster"),
+        ]
+    )
+    assert ahead_problem(ahead, cert(name=printable), {7}, now) == "not signed by its issuer"
+    another_ski = (  # a CA that computes key identifiers its own way
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.SubjectKeyIdentifier(b"\x01" * 20), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    assert ahead_problem(ahead, another_ski, {7}, now) == "another authority key identifier"
+    later = now + BACKDATE + dt.timedelta(days=4)
+    assert ahead_problem(ahead, fits, {7}, later) == "less than half its life left"
 
 
 def test_revoke_lists_the_serial_in_every_crl_of_the_issuing_key(flow: Flow) -> None:

@@ -90,8 +90,8 @@ def _sign(world: World, node: str) -> tuple[float, Any]:
         return _timed(lambda: client.call("Sign", _sign_request()))
 
 
-def _csr(world: World, node: str, out: Path) -> tuple[float, Any]:
-    args = ("auth", "create-override-csr", "--type=windows", "--local-only", "--out", f"{out}/")
+def _csr(world: World, node: str, out: Path, *extra: str) -> tuple[float, Any]:
+    args = ("auth", "create-override-csr", "--type=windows", "--local-only", "--out", f"{out}/", *extra)
     return _timed(lambda: _cli(world.cluster.authctl(*args, node=node)))
 
 
@@ -171,12 +171,14 @@ def test_hsm_stop_during_signing(world: World) -> None:
 @pytest.mark.parametrize("kind", ["pause", "stop"])
 def test_hsm_outage_during_override_writes(world: World, kind: str) -> None:
     """A node's HSM hangs or is gone during the override flow on that node: its CSR fails within the
-    deadline naming its HSM; the override append through it lands exactly once, within the deadline,
-    without the entry's CRL (the token call for it fails at once); after the HSM answers, its CSR works
-    again and its keeper signs the entry's CRL."""
+    deadline naming its HSM; the override append through it lands exactly once, within the deadline.
+    With the certificate its CSR asks for by default (pause), the entry lands with its CRL, signed
+    ahead by the keeper; with another subject (stop), it lands without (the token call for it fails at
+    once), and once the HSM answers its keeper signs it. Its CSR works again after."""
     cluster = world.cluster
     node = world.others[0] if kind == "pause" else world.others[1]
-    _, csr = _csr(world, node, world.tmp / f"{kind}-csr-before" / node)
+    subject = ("--subject", "CN=outage test CA") if kind == "stop" else ()
+    _, csr = _csr(world, node, world.tmp / f"{kind}-csr-before" / node, *subject)
     assert not isinstance(csr, Exception), csr
     (csr_path,) = (world.tmp / f"{kind}-csr-before" / node).glob("*.pem")
     cert = world.tmp / f"{kind}-{node}.pem"
@@ -188,6 +190,11 @@ def test_hsm_outage_during_override_writes(world: World, kind: str) -> None:
         took_csr, failed_csr = _csr(world, node, world.tmp / f"{kind}-csr-during" / node)
         args = ("auth", "create-override", "--type=windows", str(cert), str(world.ca.chain_path))
         took_write, written = _timed(lambda: _cli(cluster.authctl(*args, node=node)))
+        entry_cert = x509.load_pem_x509_certificate(cert.read_bytes())
+        pem = cert.read_text().strip()
+        entries = _overrides(world)["spec"]["certificate_overrides"]
+        landed = [e["public_key"] for e in entries if e["certificate"].strip() == pem]
+        with_crl = bool(landed) and fingerprint(entry_cert) in _override_crls(world, landed[0])
         cluster.wait_health(node, "NOT_SERVING", DEADLINE + SLACK)
     finally:
         hsm.resume() if kind == "pause" else hsm.start()
@@ -199,11 +206,10 @@ def test_hsm_outage_during_override_writes(world: World, kind: str) -> None:
     assert took_csr < DEADLINE + SLACK and took_write < DEADLINE + SLACK
     assert not isinstance(written, Exception), written
     assert not isinstance(csr_after, Exception), csr_after
-    pem = cert.read_text().strip()
     added = [e for e in after["spec"]["certificate_overrides"] if e["certificate"].strip() == pem]
     assert len(added) == 1  # landed once
     assert len(after["spec"]["certificate_overrides"]) == len(before["spec"]["certificate_overrides"]) + 1
-    entry_cert = x509.load_pem_x509_certificate(pem.encode())
+    assert with_crl == (kind == "pause"), "the entry's CRL signed ahead is used only when it fits"
     deadline = time.monotonic() + RECOVERY_LIMIT
     while fingerprint(entry_cert) not in _override_crls(world, added[0]["public_key"]):
         assert time.monotonic() < deadline, "the keeper did not sign the entry's CRL once the HSM answered"

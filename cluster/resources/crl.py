@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from authsim.cluster.errors import ValidationError, quoted
 
@@ -190,13 +191,56 @@ def crl_builder(
 ) -> x509.CertificateRevocationListBuilder:
     """The CRL of `issuer`, number `number`, revoking `serials` (serial -> revocation time): valid from
     now - BACKDATE to now + LIFETIME, never past the issuer's not_after; AKI = the issuer's SKI."""
+    next_update = min(now + LIFETIME, issuer.not_valid_after_utc)
+    return _builder(issuer.subject, authority_key_id(issuer), next_update, number, serials, now)
+
+
+def ahead_builder(
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    number: int,
+    serials: dict[int, dt.datetime],
+    now: dt.datetime,
+) -> x509.CertificateRevocationListBuilder:
+    """The CRL that a certificate not issued yet, of `public_key` and named `subject`, would sign (as
+    `crl_builder`), its AKI the key's SHA-1 (RFC 5280's first method, which most CAs use for the SKI):
+    signed ahead, it serves that certificate once `ahead_problem` finds nothing."""
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)  # type: ignore[arg-type]
+    return _builder(subject, aki, now + LIFETIME, number, serials, now)
+
+
+def ahead_problem(pem: str, issuer: x509.Certificate, serials: set[int], now: dt.datetime) -> str | None:
+    """Why the CRL `pem`, signed ahead (`ahead_builder`), is not one `issuer` could sign now: any
+    `crl_problem` (another name, string types included, or key), another key identifier, or valid past
+    the issuer."""
+    problem = crl_problem(pem, issuer, serials, now)
+    if problem is not None:
+        return problem
+    crl = _signed_crl(pem, issuer)
+    assert not isinstance(crl, str)
+    if crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value != authority_key_id(issuer):
+        return "another authority key identifier"
+    next_update = crl.next_update_utc
+    if next_update is None or next_update > issuer.not_valid_after_utc:
+        return "valid past its issuer"
+    return None
+
+
+def _builder(
+    issuer_name: x509.Name,
+    aki: x509.AuthorityKeyIdentifier,
+    next_update: dt.datetime,
+    number: int,
+    serials: dict[int, dt.datetime],
+    now: dt.datetime,
+) -> x509.CertificateRevocationListBuilder:
     builder = (
         x509.CertificateRevocationListBuilder()
-        .issuer_name(issuer.subject)
+        .issuer_name(issuer_name)
         .last_update(now - BACKDATE)
-        .next_update(min(now + LIFETIME, issuer.not_valid_after_utc))
+        .next_update(next_update)
         .add_extension(x509.CRLNumber(number), critical=False)
-        .add_extension(authority_key_id(issuer), critical=False)
+        .add_extension(aki, critical=False)
     )
     for serial, when in sorted(serials.items()):
         builder = builder.add_revoked_certificate(
