@@ -243,7 +243,7 @@ def report(result: dict[str, Any]) -> None:
             "<= 1.3",
         )
         table.add_row(
-            "  CPU per append, its CRL included: etcd / nodes",
+            "  CPU per append, until quiet: etcd / nodes",
             f"{row['etcd_cpu_ms_per_append']:.1f} / {row['nodes_cpu_ms_per_append']:.1f} ms",
             "",
             "",
