@@ -487,7 +487,7 @@ class CRLs:
             return None
         revoked = current.revoked.get(entry.key_hash, ())
         ahead = self._ahead.get(entry.key_hash)
-        serials = {int(r.serial, 16) for r in revoked}
+        serials = current.serials(entry.key_hash)
         if (
             ahead is not None
             and (ahead.number, ahead.revoked) == (held.crl_number, revoked)

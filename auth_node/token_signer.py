@@ -47,6 +47,7 @@ class TokenSigner:
     def __init__(self, keystore: KeyStore, worker: SigningProcess | None = None) -> None:
         self.keystore = keystore
         self.worker = worker
+        self._probe = keystore if isinstance(keystore, HsmProbe) else None  # its HSM's health, if it has one
         self._public_keys: dict[KeyRef, rsa.RSAPublicKey] = {}
         self._reconnects = 0  # the key store's reconnects when the worker was last known to be current
         self._waiting: list[_Job] = []
@@ -67,9 +68,7 @@ class TokenSigner:
             while self._waiting:
                 jobs = self._next_jobs()
                 try:
-                    if self.worker is not None and (
-                        not isinstance(self.keystore, HsmProbe) or self.keystore.available
-                    ):
+                    if self.worker is not None and (self._probe is None or self._probe.available):
                         outcomes = await self._sign_in_worker(self.worker, jobs)
                     else:  # no worker, or the HSM away: this fails at once, naming why
                         outcomes = await self.keystore.run_async(self._sign_jobs, jobs)
@@ -103,7 +102,7 @@ class TokenSigner:
     ) -> list[list[x509.Certificate] | Exception]:
         """Every job's certificates, or the error that stopped that job: drafted here, signed by the
         worker in one batch. The HSM failing or not answering makes the key store count it unavailable."""
-        reconnects = self.keystore.reconnects if isinstance(self.keystore, HsmProbe) else 0
+        reconnects = self._probe.reconnects if self._probe is not None else 0
         if reconnects != self._reconnects:  # the HSM came back: the worker's session died with it
             await worker.stop()
             self._reconnects = reconnects
@@ -155,8 +154,8 @@ class TokenSigner:
 
     def _hsm_failed(self, error: str) -> None:
         """The key store counts the HSM unavailable, for the reason `error` gives ("X's HSM failed: …")."""
-        if isinstance(self.keystore, HsmProbe):
-            self.keystore.failed(error.removeprefix(f"{self.keystore.node_name}'s HSM "))
+        if self._probe is not None:
+            self._probe.failed(error.removeprefix(f"{self.keystore.node_name}'s HSM "))
 
     def _sign_jobs(self, jobs: list[_Job]) -> list[list[x509.Certificate] | Exception]:
         """On the token thread: every job's certificates, or the error that stopped that job."""

@@ -266,12 +266,11 @@ def test_an_appended_entry_lands_with_its_crl_in_the_same_write(flow: Flow, tmp_
     assert flow.stored_crls()[1].revision == crls.revision
 
 
-def test_crl_number_validity_rule() -> None:
-    """A CRL past half its life is stale; a fresh one is not (the keeper's timer re-signs ahead of expiry)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name.from_rfc4514_string("CN=test CA")
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
+def _self_signed(
+    key: rsa.RSAPrivateKey, name: x509.Name, now: dt.datetime, ski: x509.SubjectKeyIdentifier | None = None
+) -> x509.Certificate:
+    """A self-signed certificate of `key`, valid a year from yesterday; its SKI the key's SHA-1 by default."""
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -279,9 +278,16 @@ def test_crl_number_validity_rule() -> None:
         .serial_number(1)
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(ski or x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+
+
+def test_crl_number_validity_rule() -> None:
+    """A CRL past half its life is stale; a fresh one is not (the keeper's timer re-signs ahead of expiry)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = _self_signed(key, x509.Name.from_rfc4514_string("CN=test CA"), now)
 
     def pem(at: dt.datetime, serials: dict[int, dt.datetime]) -> str:
         return (
@@ -298,8 +304,9 @@ def test_crl_number_validity_rule() -> None:
 
 def test_a_crl_signed_ahead_serves_only_the_certificate_it_was_signed_for() -> None:
     """A CRL signed before its issuer's certificate exists (the next override entry's) is used only
-    for a certificate of that key, named in the same bytes, with the key identifier it guessed, valid
-    at least as long as the CRL, and the same revoked serials; openssl verifies the one that fits."""
+    for a certificate of that key, of the same name (string types included), with the key identifier
+    it guessed, valid at least as long as the CRL, and the same revoked serials; openssl verifies the
+    one that fits."""
     key, other = rsa_key(0), rsa_key(1)
     subject = x509.Name.from_rfc4514_string("CN=windows CA,O=mycluster")
     now = dt.datetime.now(dt.timezone.utc)
@@ -332,17 +339,7 @@ def test_a_crl_signed_ahead_serves_only_the_certificate_it_was_signed_for() -> N
         ]
     )
     assert ahead_problem(ahead, cert(name=printable), {7}, now) == "not signed by its issuer"
-    another_ski = (  # a CA that computes key identifiers its own way
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(2)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.SubjectKeyIdentifier(b"\x01" * 20), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    another_ski = _self_signed(key, subject, now, x509.SubjectKeyIdentifier(b"\x01" * 20))  # its own way
     assert ahead_problem(ahead, another_ski, {7}, now) == "another authority key identifier"
     later = now + BACKDATE + dt.timedelta(days=4)
     assert ahead_problem(ahead, fits, {7}, later) == "less than half its life left"
